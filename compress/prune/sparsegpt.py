@@ -1,0 +1,183 @@
+"""SparseGPT: OBS mask choice w^2 / [H^-1]_jj^2 plus error feedback from H = X X^T.
+
+SparseGPT (Frantar & Alistarh, arXiv 2301.00774) prunes a linear layer column by column.
+Pruning weight w_rj adds the error (w_rj - q_rj) / [Hinv]_jj, which the still-unpruned
+later columns of that row absorb through `W[:, j+1:] -= err_j * Hinv[j, j+1:]`, where
+Hinv is the upper Cholesky factor of (H + damp I)^-1 (row j of it is the OBS update
+direction restricted to the columns not yet processed). The reconstruction error
+||W X - W' X|| is therefore much lower than Wanda's or magnitude's on correlated inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import ClassVar
+
+import torch
+
+from compress.errors import CompressError
+from compress.prune.base import PruneConfig, register_pruner
+from compress.prune.masks import check_n_m, row_lowest_k_mask
+from compress.stats import HESSIAN, LinearStats
+
+# When Cholesky fails, retry with the dampening x10 this many times before giving up:
+# 1% -> 10% -> 100% -> 1000% of mean(diag H); beyond that the update is meaningless.
+_DAMPENING_RETRIES = 3
+
+
+@dataclasses.dataclass
+class SparseGPTConfig(PruneConfig):
+    """SparseGPT's knobs on top of the shared pruning ones; needs the full input Hessian."""
+
+    method: ClassVar[str] = "sparsegpt"
+    needs: ClassVar[frozenset[str]] = frozenset({HESSIAN})
+
+    # Columns whose mask is chosen together and whose updates to the later columns are
+    # applied as one matmul (lazy batch). The paper uses 128: smaller lets more of the
+    # error feedback reach the mask choice, larger is faster. With N:M it is rounded
+    # down to a multiple of M so no group straddles two blocks.
+    block_size: int = 128
+    # Fraction of mean(diag H) added to H's diagonal: makes H invertible when the
+    # calibration tokens span fewer dimensions than the layer has inputs (paper: 1%).
+    dampening: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) \
+                or self.block_size < 1:
+            raise CompressError(
+                f"block_size {self.block_size!r} must be a positive integer (the paper uses 128)"
+            )
+        if isinstance(self.dampening, bool) or not isinstance(self.dampening, int | float) \
+                or not math.isfinite(self.dampening) or self.dampening <= 0:
+            raise CompressError(
+                f"dampening {self.dampening!r} must be a number > 0 (the paper uses 0.01)"
+            )
+        self.dampening = float(self.dampening)
+
+
+def _inverse_hessian_factor(
+    hessian: torch.Tensor, weight: torch.Tensor, dampening: float, name: str
+) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, fp32.
+
+    Dead inputs (H_jj = 0: the feature was always 0) get H_jj = 1 and W[:, j] = 0 in place,
+    since no calibration token can tell what such a weight does.
+    """
+    h = hessian.detach().to(weight.device, torch.float64).clone()
+    if not torch.isfinite(h).all():
+        raise CompressError(
+            f"{name}: the calibration Hessian holds inf/NaN: the calibration inputs overflowed; "
+            "calibrate in fp32 or leave the layer dense with --ignore"
+        )
+    dead = torch.nonzero(torch.diagonal(h) == 0).squeeze(1)
+    h[dead, dead] = 1.0
+    weight[:, dead] = 0.0
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    mean_diag = torch.diagonal(h).mean()
+    for attempt in range(_DAMPENING_RETRIES + 1):
+        damp = dampening * 10.0**attempt
+        lower, info = torch.linalg.cholesky_ex(h + damp * mean_diag * eye)
+        if info == 0:
+            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+            if info == 0 and torch.isfinite(upper).all():
+                if attempt:
+                    warnings.warn(
+                        f"{name}: the Hessian needed dampening {damp:g} (asked {dampening:g}) "
+                        "to be positive definite; more calibration tokens would help",
+                        stacklevel=3,
+                    )
+                return upper.to(torch.float32)
+    raise CompressError(
+        f"{name}: the calibration Hessian is not positive definite even with dampening "
+        f"{damp:g}: use more calibration samples, another method (e.g. wanda), "
+        "or leave the layer dense with --ignore"
+    )
+
+
+def _prune_block(
+    w: torch.Tensor, hinv: torch.Tensor, i1: int, i2: int,
+    sparsity: float, nm: tuple[int, int] | None,
+) -> None:
+    """Prune columns [i1, i2) of w in place with error feedback, then update columns i2:."""
+    w1 = w[:, i1:i2].clone()
+    h1 = hinv[i1:i2, i1:i2]
+    d = torch.diagonal(h1)
+    err1 = torch.zeros_like(w1)
+    if nm is None:
+        # Per-row counts that telescope to exactly round(sparsity * in) zeros per row.
+        k = round(sparsity * i2) - round(sparsity * i1)
+        mask1 = row_lowest_k_mask(w1.square() / d.square(), k)
+    else:
+        mask1 = torch.zeros_like(w1, dtype=torch.bool)
+    for i in range(i2 - i1):
+        if nm is not None and i % nm[1] == 0:
+            # The paper's choice: the group's mask sees the already updated weights.
+            group = slice(i, i + nm[1])
+            mask1[:, group] = row_lowest_k_mask(w1[:, group].square() / d[group].square(), nm[0])
+        col = w1[:, i]
+        q = col.masked_fill(mask1[:, i], 0.0)
+        err = (col - q) / d[i]
+        w1[:, i + 1:] -= err.unsqueeze(1) * h1[i, i + 1:].unsqueeze(0)
+        w1[:, i] = q
+        err1[:, i] = err
+    w[:, i1:i2] = w1
+    w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float,
+    nm: tuple[int, int] | None,
+    block_size: int = 128,
+    dampening: float = 0.01,
+    name: str = "layer",
+) -> torch.Tensor:
+    """OBS saliency w_rj^2 / [Hinv]_jj^2 and update W[:, j+1:] -= err_j Hinv[j, j+1:].
+
+    SparseGPT, arXiv 2301.00774, with H = sum_t x_t x_t^T (the paper's 2 X X^T / n: the
+    factor and the 1/n cancel, dampening being relative to mean(diag H)). Returns a new
+    fp32 tensor; pruned entries are exactly 0. Two deliberate choices of the mask:
+
+    (a) unstructured: chosen PER OUTPUT ROW (as Wanda does, where the paper compares a
+        whole block). Row r gets round(s * i2) - round(s * i1) zeros in block [i1, i2), so
+        every row ends with exactly round(s * in) zeros, as `unstructured_row_mask` gives.
+    (b) N:M: at each column i with i % M == 0 the N lowest saliencies among columns
+        i..i+M-1 are pruned, using the weights already updated by the earlier columns, as
+        the paper does. `block_size` is rounded down to a multiple of M (at least M).
+
+    Dead inputs (H_jj = 0) come out as zero columns, which count toward the zeros.
+    """
+    rows, cols = weight.shape
+    if hessian.shape != (cols, cols):
+        raise ValueError(f"hessian has shape {tuple(hessian.shape)}, expected ({cols}, {cols})")
+    if nm is not None:
+        check_n_m(cols, nm[0], nm[1], name)
+        block_size = max(nm[1], block_size - block_size % nm[1])
+    elif not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity {sparsity} is outside [0, 1]")
+    w = weight.detach().to(torch.float32).clone()
+    hinv = _inverse_hessian_factor(hessian, w, dampening, name)
+    for i1 in range(0, cols, block_size):
+        _prune_block(w, hinv, i1, min(i1 + block_size, cols), sparsity, nm)
+    return w
+
+
+@register_pruner(SparseGPTConfig)
+def prune_weight(
+    weight: torch.Tensor,
+    stats: LinearStats,
+    sparsity: float,
+    nm: tuple[int, int] | None,
+    config: PruneConfig,
+) -> torch.Tensor:
+    """SparseGPT on one linear layer, with the config's block size and dampening."""
+    if stats.hessian is None:
+        raise RuntimeError("hessian was not collected for this layer")
+    assert isinstance(config, SparseGPTConfig), type(config)
+    return sparsegpt_prune(
+        weight, stats.hessian, sparsity, nm, config.block_size, config.dampening
+    )

@@ -1,0 +1,87 @@
+"""Where a model keeps its parts, told to the engine without checking model names.
+
+The block-sequential engine needs: the embeddings (to capture what enters block 0), the
+ordered list of blocks, the linear layers inside a block, the final norm and the head
+(both left dense). Hugging Face decoders expose this through `get_decoder()`,
+`get_input_embeddings()`, `get_output_embeddings()` and a `ModuleList` of
+`config.num_hidden_layers` blocks; a family that is shaped differently registers its own
+layout function with `@register_layout(ModelClass)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from torch import nn
+
+from models.errors import ModelError
+
+_LAYOUTS: dict[type, Callable[[nn.Module], DecoderLayout]] = {}
+
+
+@dataclasses.dataclass
+class DecoderLayout:
+    embeddings: nn.Module
+    blocks: nn.ModuleList
+    # Qualified name of the blocks' ModuleList inside the model, e.g. "model.layers".
+    blocks_name: str
+    norm: nn.Module | None
+    head: nn.Module | None
+
+    def block_linears(self, index: int) -> dict[str, nn.Linear]:
+        """Qualified name -> nn.Linear for every linear layer inside block `index`."""
+        prefix = f"{self.blocks_name}.{index}"
+        return {
+            f"{prefix}.{name}": module
+            for name, module in self.blocks[index].named_modules()
+            if isinstance(module, nn.Linear)
+        }
+
+
+def register_layout(model_class: type) -> Callable:
+    """Decorator: `@register_layout(MyModel) def layout(model) -> DecoderLayout`."""
+
+    def decorate(fn: Callable[[nn.Module], DecoderLayout]) -> Callable:
+        _LAYOUTS[model_class] = fn
+        return fn
+
+    return decorate
+
+
+def decoder_layout(model: nn.Module) -> DecoderLayout:
+    for klass in type(model).__mro__:
+        if klass in _LAYOUTS:
+            return _LAYOUTS[klass](model)
+    return _hf_decoder_layout(model)
+
+
+def _hf_decoder_layout(model: nn.Module) -> DecoderLayout:
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else model
+    n_blocks = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    blocks_name, blocks = _find_block_list(model, decoder, n_blocks)
+    embeddings = model.get_input_embeddings()
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    norms = [m for m in decoder.children() if "norm" in type(m).__name__.lower()]
+    return DecoderLayout(embeddings, blocks, blocks_name, norms[-1] if norms else None, head)
+
+
+def _find_block_list(model: nn.Module, decoder: nn.Module,
+                     n_blocks: int | None) -> tuple[str, nn.ModuleList]:
+    """The ModuleList of identical modules inside the decoder, `num_hidden_layers` long."""
+    names = {id(module): name for name, module in model.named_modules()}
+    candidates = [
+        module for module in decoder.modules()
+        if isinstance(module, nn.ModuleList) and len(module) > 0
+        and len({type(block) for block in module}) == 1
+        and (n_blocks is None or len(module) == n_blocks)
+    ]
+    if not candidates:
+        raise ModelError(
+            f"cannot find the decoder blocks of {type(model).__name__}: it is not a "
+            "supported decoder (Llama, Mistral, Qwen2, Gemma families)"
+        )
+    blocks = max(candidates, key=len)
+    return names[id(blocks)], blocks

