@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from compress.block_io import capture_block0_inputs, collect_linear_inputs, run_block
+from compress.errors import CompressError
 from compress.prune.base import PruneConfig, PruneFn
 from compress.prune.owl import outlier_ratio, owl_block_sparsities
 from compress.prune.wanda import wanda_scores
@@ -132,7 +133,10 @@ def _collect_stats(run: _Run, block: nn.Module, linears: dict[str, nn.Linear],
 def _prune_linear(name: str, linear: nn.Linear, stats: LinearStats, sparsity: float,
                   config: PruneConfig, prune_weight: PruneFn, report: PruneReport) -> None:
     weight = linear.weight.data
-    pruned = prune_weight(weight.to(torch.float32), stats, sparsity, config.nm, config)
+    try:
+        pruned = prune_weight(weight.to(torch.float32), stats, sparsity, config.nm, config)
+    except CompressError as exc:  # the pure function does not know the layer's name
+        raise CompressError(f"{name}: {exc}") from None
     weight.copy_(pruned.to(weight.dtype))
     report.layer_sparsity[name] = float((weight == 0).float().mean())
     report.layer_numel[name] = weight.numel()
