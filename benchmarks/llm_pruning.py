@@ -56,11 +56,11 @@ def run_variant(name: str, eval_windows: int | None, calib_samples: int) -> dict
     import compress
     from compress.config import MethodConfig
     from models import create_model
-    from toolkit.data import build_streams, sample_calibration
+    from toolkit.data import cached_streams, sample_calibration
     from toolkit.eval import EvalProtocol, evaluate_perplexities
 
     loaded = create_model("smollm2-135m")
-    streams = build_streams(loaded.tokenizer)
+    streams = cached_streams(loaded.tokenizer)
     result: dict = {"variant": name, "threads": torch.get_num_threads()}
     spec = VARIANTS[name]
     if spec is not None:

@@ -17,7 +17,7 @@ from models import LoadedModel
 from toolkit.artifacts import save_artifact
 from toolkit.data import (
     TokenStreams,
-    build_streams,
+    cached_streams,
     read_calibration_file,
     sample_calibration,
     token_hash,
@@ -72,7 +72,7 @@ class CompressionRun:
 
 def run_compression(loaded: LoadedModel, run: CompressionRun) -> dict[str, Any]:
     """Compress `loaded.module` in place; return the manifest (metrics included)."""
-    streams = build_streams(loaded.tokenizer)
+    streams = cached_streams(loaded.tokenizer)
     calib = calibration_tokens(run.calibration, streams, loaded.tokenizer)
     metrics: dict[str, Any] = {}
     if run.evaluate:

@@ -22,6 +22,7 @@ class StageProgress:
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
+            del self._bars[stage]  # the same stage may run again (eval before and after)
 
     def close(self) -> None:
         for bar in self._bars.values():

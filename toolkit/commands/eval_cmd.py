@@ -8,7 +8,7 @@ from pathlib import Path
 from models import load_model
 from toolkit.artifacts import load_manifest
 from toolkit.commands.common import add_eval_options, add_runtime_options, write_json
-from toolkit.data import build_streams
+from toolkit.data import cached_streams
 from toolkit.errors import UserError
 from toolkit.eval import EvalProtocol, evaluate_perplexities
 from toolkit.hardware import resolve_device
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     progress = make_progress(args.quiet)
     tick = (lambda stream, done, total: progress(f"eval {stream}", done, total)
             ) if progress else None
-    results = evaluate_perplexities(loaded.module, build_streams(loaded.tokenizer), protocol,
+    results = evaluate_perplexities(loaded.module, cached_streams(loaded.tokenizer), protocol,
                                     device=device, progress=tick)
     rows = [[name, r.ppl, r.mean_nll, r.windows, r.tokens] for name, r in results.items()]
     print(format_table(["stream", "ppl", "nll/token", "windows", "tokens"], rows))

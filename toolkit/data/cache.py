@@ -12,12 +12,9 @@ import os
 import uuid
 from pathlib import Path
 
+from models.cache import toolkit_cache_dir  # one definition for models and data
 
-def toolkit_cache_dir() -> Path:
-    """`$EDGE_TOOLKIT_CACHE` if set (tests and CI point it at a scratch folder),
-    else `~/.cache/edge-toolkit`."""
-    env = os.environ.get("EDGE_TOOLKIT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "edge-toolkit"
+__all__ = ["data_cache_dir", "toolkit_cache_dir", "write_text_atomic"]
 
 
 def data_cache_dir() -> Path:

@@ -10,6 +10,8 @@ the GGUF SmolLM2 tokenizer would otherwise prepend `<|im_start|>` as BOS.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -66,3 +68,40 @@ def build_streams(tokenizer: PreTrainedTokenizerBase) -> TokenStreams:
         wiki_eval=wiki_eval,
         news_eval=tokenize_text(tokenizer, news_text()),
     )
+
+
+def cached_streams(tokenizer: PreTrainedTokenizerBase) -> TokenStreams:
+    """`build_streams`, cached on disk per tokenizer: tokenizing 3.1M characters costs
+    3-5 s on every command otherwise. The key hashes the tokenizer's full serialization
+    and both texts, so a different tokenizer or text never reuses a stale cache."""
+    from safetensors.torch import load_file, save_file
+
+    from toolkit.data.cache import data_cache_dir
+
+    key = _streams_key(tokenizer)
+    if key is None:
+        return build_streams(tokenizer)
+    path = data_cache_dir() / f"streams-{key}.safetensors"
+    if path.is_file():
+        try:
+            saved = load_file(path)
+            return TokenStreams(**{k: v.to(torch.int64) for k, v in saved.items()})
+        except (OSError, ValueError, RuntimeError, TypeError):
+            pass  # a damaged cache is rebuilt below
+    streams = build_streams(tokenizer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({name: getattr(streams, name).to(torch.int32).contiguous()
+               for name in ("calib_pool", "wiki_eval", "news_eval")}, str(tmp))
+    os.replace(tmp, path)
+    return streams
+
+
+def _streams_key(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    digest = hashlib.sha256(backend.to_str().encode("utf-8"))
+    digest.update(wikipedia_text().encode("utf-8"))
+    digest.update(news_text().encode("utf-8"))
+    return digest.hexdigest()[:32]
