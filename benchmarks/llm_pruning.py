@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -43,9 +42,9 @@ VARIANTS: dict[str, tuple[str, dict] | None] = {
     "wanda-50%-owl": ("wanda", {"sparsity": 0.5, "layerwise": "owl"}),
     "wanda-70%": ("wanda", {"sparsity": 0.7}),
     "wanda-70%-owl": ("wanda", {"sparsity": 0.7, "layerwise": "owl"}),
+    "wanda-50%-bf16-forward": ("wanda", {"sparsity": 0.5, "_forward_dtype": "bf16"}),
     "sparsegpt-70%": ("sparsegpt", {"sparsity": 0.7}),
     "sparsegpt-70%-owl": ("sparsegpt", {"sparsity": 0.7, "layerwise": "owl"}),
-    "wanda-50%-bf16-forward": ("wanda", {"sparsity": 0.5, "_forward_dtype": "bf16"}),
 }
 
 

@@ -48,7 +48,8 @@ def _build_fake(config_class_name: str, **overrides) -> LoadedModel:
         torch.manual_seed(FAKE_SEED)
         module = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     module.eval()
-    return LoadedModel(module=module, tokenizer=tokenizer, source=f"random init ({config_class_name})")
+    source = f"random init ({config_class_name})"
+    return LoadedModel(module=module, tokenizer=tokenizer, source=source)
 
 
 @register_model("fake-llama", family="llm", weights="random, generated (tests)",

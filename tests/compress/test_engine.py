@@ -112,3 +112,18 @@ def test_magnitude_needs_no_calibration_data():
     report = compress.apply(loaded.module, compress.MagnitudeConfig(sparsity=0.5), None)
     assert report.calib_tokens == 0
     assert report.seconds["forward"] == 0.0
+
+
+def test_bf16_calibration_forward_still_accumulates_fp32_statistics():
+    loaded = create_model("fake-llama")
+    config = compress.SparseGPTConfig(sparsity=0.5)
+    report = compress.apply(loaded.module, config, _calib(), forward_dtype=torch.bfloat16)
+    assert report.forward_dtype == "bfloat16"
+    assert loaded.module.model.layers[1].mlp.up_proj.weight.dtype == torch.float32
+    assert report.overall_sparsity == pytest.approx(0.5)
+
+
+def test_width_that_m_does_not_divide_names_the_layer():
+    loaded = create_model("fake-llama")
+    with pytest.raises(compress.CompressError, match=r"model\.layers\.0\..*_proj"):
+        compress.apply(loaded.module, compress.WandaConfig(pattern="3:5"), _calib())

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from toolkit.errors import UserError
-from toolkit.eval.protocol import DEFAULT_EVAL_WINDOWS
+from toolkit.eval.protocol import DEFAULT_EVAL_SEQ_LEN, DEFAULT_EVAL_WINDOWS
 
 
 def positive_int(text: str) -> int:
@@ -28,17 +28,21 @@ def eval_windows_arg(text: str) -> int | None:
 
 
 def add_eval_options(parser: argparse.ArgumentParser, *, defaults_from_artifact: bool) -> None:
-    suffix = (" (default: the artifact's recorded protocol, else %(default)s)"
-              if defaults_from_artifact else " (default: %(default)s)")
+    def default(value: object) -> str:
+        if defaults_from_artifact:
+            return f" (default: the artifact's recorded protocol, else {value})"
+        return f" (default: {value})"
+
     parser.add_argument(
         "--eval-windows", type=eval_windows_arg, metavar="K|all",
         default=None if defaults_from_artifact else DEFAULT_EVAL_WINDOWS,
-        help=f"perplexity windows per stream, evenly spread; `all` evaluates the full "
-             f"Wikipedia and news streams (minutes per model on 2 cores){suffix}")
+        help="perplexity windows per stream, evenly spread; `all` evaluates the full "
+             "Wikipedia and news streams (minutes per model on 2 cores)"
+             + default(DEFAULT_EVAL_WINDOWS))
     parser.add_argument(
         "--eval-seq-len", type=positive_int, metavar="L",
-        default=None if defaults_from_artifact else 512,
-        help=f"tokens per perplexity window{suffix}")
+        default=None if defaults_from_artifact else DEFAULT_EVAL_SEQ_LEN,
+        help="tokens per perplexity window" + default(DEFAULT_EVAL_SEQ_LEN))
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:

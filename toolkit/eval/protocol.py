@@ -12,12 +12,13 @@ from toolkit.data import TokenStreams, eval_windows
 from toolkit.eval.perplexity import PerplexityResult, perplexity
 
 DEFAULT_EVAL_WINDOWS = 16  # per stream; evenly spread; `all` for the benchmark
+DEFAULT_EVAL_SEQ_LEN = 512
 STREAMS = ("wikipedia", "news")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalProtocol:
-    seq_len: int = 512
+    seq_len: int = DEFAULT_EVAL_SEQ_LEN
     # Windows per stream, evenly spaced over the stream; None = every window.
     windows: int | None = DEFAULT_EVAL_WINDOWS
 
@@ -27,7 +28,8 @@ class EvalProtocol:
     @classmethod
     def from_dict(cls, data: dict) -> EvalProtocol:
         windows = data.get("windows", DEFAULT_EVAL_WINDOWS)
-        return cls(int(data.get("seq_len", 512)), None if windows == "all" else int(windows))
+        seq_len = int(data.get("seq_len", DEFAULT_EVAL_SEQ_LEN))
+        return cls(seq_len, None if windows == "all" else int(windows))
 
 
 def evaluate_perplexities(model: nn.Module, streams: TokenStreams, protocol: EvalProtocol,
