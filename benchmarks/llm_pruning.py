@@ -126,11 +126,17 @@ def main() -> int:
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--variants", help="comma-separated subset of: " + ", ".join(VARIANTS))
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite BENCHMARKS.md from the saved results without running")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     windows = None if args.eval_windows == "all" else int(args.eval_windows)
     if args.worker:
         print(json.dumps(run_variant(args.worker, windows, args.calib_samples)))
+        return 0
+    if args.render_only:
+        replace_section(ROOT / "BENCHMARKS.md", "llm_pruning",
+                        render(json.loads(RESULTS.read_text())))
         return 0
     protocol = {"eval_windows": args.eval_windows, "calib_samples": args.calib_samples}
     results = {} if args.fresh or not RESULTS.exists() else json.loads(RESULTS.read_text())
