@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -30,11 +31,12 @@ def load_gguf(path: Path) -> LoadedModel:
         module = AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, dtype=torch.float32
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, IndexError, struct.error) as exc:
         raise ModelError(
             f"{path} could not be read as a GGUF causal LM ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}): pass a GGUF of a supported "
-            "architecture (llama, mistral, qwen2, gemma) or a safetensors directory"
+            f"{str(exc).splitlines()[0] if str(exc) else ''}): it may be truncated or corrupt "
+            "(re-download it), or of an unsupported architecture: pass a GGUF of llama, "
+            "mistral, qwen2 or gemma, or a safetensors directory"
         ) from None
     _drop_gguf_quantizer(module)
     module.eval()

@@ -1,5 +1,6 @@
 """Shared fixtures: the real SmolLM2 tokenizer (loaded once per test session), an isolated
-toolkit cache, the fake Llama saved as a Hugging Face directory, and an in-process CLI runner."""
+toolkit cache, the fake Llama saved as a Hugging Face directory and as a GGUF file, and an
+in-process CLI runner."""
 
 from __future__ import annotations
 
@@ -92,3 +93,60 @@ def toolkit_cli():
         return CliResult(code, out.getvalue(), err.getvalue())
 
     return run
+
+
+def _llama_cpp_permute(weight, n_head: int):
+    """llama.cpp stores q/k rows interleaved for its RoPE; transformers undoes this on load."""
+    return (weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+@pytest.fixture(scope="session")
+def fake_gguf_file(tmp_path_factory) -> pathlib.Path:
+    """`fake-llama` written as an fp32 llama GGUF with its byte-level vocabulary (tokenizer
+    type gpt2), the way llama.cpp's converter writes SmolLM2. Skips without `gguf`."""
+    gguf = pytest.importorskip("gguf")
+    import models
+
+    loaded = models.create_model("fake-llama")
+    config, vocab = loaded.module.config, loaded.tokenizer.get_vocab()
+    tensors = {k: v.detach().float().numpy() for k, v in loaded.module.state_dict().items()}
+    path = tmp_path_factory.mktemp("fake-gguf") / "fake-llama.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_vocab_size(config.vocab_size)
+    tokens = sorted(vocab, key=vocab.get)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))  # 3 = control, 1 = normal
+    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_pad_token_id(2)
+    writer.add_tensor("token_embd.weight", tensors["model.embed_tokens.weight"])
+    names = {"input_layernorm": "attn_norm", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for i in range(config.num_hidden_layers):
+        hf = f"model.layers.{i}."
+        writer.add_tensor(f"blk.{i}.attn_q.weight", _llama_cpp_permute(
+            tensors[hf + "self_attn.q_proj.weight"], config.num_attention_heads))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", _llama_cpp_permute(
+            tensors[hf + "self_attn.k_proj.weight"], config.num_key_value_heads))
+        for hf_name, gguf_name in names.items():
+            writer.add_tensor(f"blk.{i}.{gguf_name}.weight", tensors[f"{hf}{hf_name}.weight"])
+    writer.add_tensor("output_norm.weight", tensors["model.norm.weight"])  # head tied: no output
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

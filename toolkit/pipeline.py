@@ -88,6 +88,7 @@ def run_compression(loaded: LoadedModel, run: CompressionRun) -> dict[str, Any]:
         "format": "edge-toolkit-artifact/1",
         "created": timestamp(),
         "source_model": loaded.source,
+        "model_name": loaded.name,
         "recipe": [run.config.to_dict()],
         "method": run.config.to_dict(),
         "calibration": calib.description,

@@ -27,6 +27,7 @@ class StageProgress:
     def close(self) -> None:
         for bar in self._bars.values():
             bar.close()
+        self._bars.clear()
 
 
 def make_progress(quiet: bool) -> Callable[[str, int, int], None] | None:

@@ -238,7 +238,12 @@ def test_sigint_to_a_running_compress(fake_model_dir, tmp_path):
                "--method", "sparsegpt", "--calib-samples", "64", "--seq-len", "128",
                "--eval-windows", "all", "--eval-seq-len", "64", "--out", str(out)]
     with err_path.open("w", encoding="utf-8") as err:
-        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        # A shell's background job ignores SIGINT, and an ignored signal stays ignored
+        # across exec: give the child the default disposition so Python installs its
+        # KeyboardInterrupt handler.
+        process = subprocess.Popen(
+            command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             # Not --quiet: the progress bars on stderr tell when the real work has begun.
             deadline = time.monotonic() + 240
@@ -256,8 +261,11 @@ def test_sigint_to_a_running_compress(fake_model_dir, tmp_path):
     stderr = err_path.read_text(encoding="utf-8")
     assert code == 2, stderr
     assert "Traceback" not in stderr
+    # Progress bars may precede it, but the message is one whole line of its own and the
+    # last thing printed (no bar glued to its front or redrawn after it).
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert [line for line in lines if "interrupted" in line] == [lines[-1]], stderr
+    assert lines[-1].startswith("toolkit compress: interrupted"), stderr
     assert leftovers(out) == []
 
 

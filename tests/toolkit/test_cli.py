@@ -75,6 +75,7 @@ def test_compress_writes_a_hugging_face_directory(artifact):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
     assert report["output"] == str(out)
     assert method in result.out and str(out) in result.out  # the summary table
+    assert result.err == ""  # --quiet: no progress bars, no library chatter
 
 
 def test_saved_model_has_the_reported_sparsity(artifact, fake_model_dir):
@@ -182,7 +183,9 @@ def test_layerwise_owl_records_block_targets(toolkit_cli, fake_model_dir, tmp_pa
                                                              abs=1 / linear.in_features)
 
 
-def test_calib_data_files_change_the_calibration_hash(toolkit_cli, fake_model_dir, tmp_path):
+def test_calib_data_files_are_used_and_hashed(toolkit_cli, fake_model_dir, tmp_path):
+    from toolkit.data import sample_calibration, token_hash
+
     paragraphs = [f"Paragraph {i}: the quick brown fox jumps over the lazy dog near river {i}."
                   for i in range(40)]
     text_file = tmp_path / "calib.txt"
@@ -191,14 +194,18 @@ def test_calib_data_files_change_the_calibration_hash(toolkit_cli, fake_model_di
     jsonl_file.write_text("".join(json.dumps({"text": p[::-1]}) + "\n" for p in paragraphs),
                           encoding="utf-8")
     hashes = {}
-    for label, extra in (("default", ()), ("txt", ("--calib-data", text_file)),
-                         ("jsonl", ("--calib-data", jsonl_file))):
+    for label, path in (("txt", text_file), ("jsonl", jsonl_file)):
         _, _, report = compress(toolkit_cli, tmp_path, fake_model_dir, "--method", "wanda",
-                                *extra, name=label)
+                                "--calib-data", path, name=label)
+        assert report["calibration"]["source"] == str(path)
         hashes[label] = report["calibration"]["tokens_sha256"]
-        if extra:
-            assert report["calibration"]["source"] == str(extra[1])
-    assert len(set(hashes.values())) == 3, hashes
+    # Recomputed independently: 4 windows of 32 byte-level tokens of the text file, seed 0
+    # (the fake tokenizer maps every UTF-8 byte to one token, no special tokens added).
+    tokenizer = models.create_model("fake-llama").tokenizer
+    pool = torch.tensor(tokenizer.encode(text_file.read_text(encoding="utf-8"),
+                                         add_special_tokens=False))
+    assert hashes["txt"] == token_hash(sample_calibration(pool, 4, 32, 0))
+    assert hashes["jsonl"] != hashes["txt"]  # the JSONL's `text` fields are other text
 
 
 def test_registered_fake_name_works_as_model(toolkit_cli, tmp_path):
@@ -272,14 +279,14 @@ def test_console_script_runs(tmp_path):
         assert command in done.stdout
 
 
-def test_gguf_file_as_model(toolkit_cli, tmp_path):
-    gguf_path = write_fake_gguf(tmp_path)
-    _, out, report = compress(toolkit_cli, tmp_path, gguf_path, "--method", "wanda")
-    assert report["source_model"] == str(gguf_path)
+def test_gguf_file_as_model(toolkit_cli, fake_gguf_file, fake_model_dir, tmp_path):
+    _, out, report = compress(toolkit_cli, tmp_path, fake_gguf_file, "--method", "wanda")
+    assert report["source_model"] == str(fake_gguf_file)
     assert report["sparsity"]["overall"] == pytest.approx(0.5, abs=1e-9)
-    assert (out / "model.safetensors").is_file()
-
-
-def write_fake_gguf(tmp_path: Path) -> Path:
-    pytest.skip("writing a GGUF with a tokenizer transformers reads is not set up")
-
+    module = load_saved(out)  # a plain safetensors HF directory, no GGUF quantizer left
+    assert "quantization_config" not in json.loads((out / "config.json").read_text("utf-8"))
+    for name, linear in block_linears(module).items():
+        assert zero_fraction(linear.weight) == pytest.approx(0.5, abs=1e-9), name
+    original = load_file(fake_model_dir / "model.safetensors")
+    torch.testing.assert_close(module.get_input_embeddings().weight.detach(),
+                               original["model.embed_tokens.weight"], rtol=0, atol=0)

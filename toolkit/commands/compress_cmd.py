@@ -110,7 +110,11 @@ def run(args: argparse.Namespace) -> int:
         protocol=EvalProtocol(args.eval_seq_len, args.eval_windows),
         device=device, forward_dtype=resolve_forward_dtype(args.forward_dtype, device),
         evaluate=not args.no_eval, progress=progress)
-    manifest = run_compression(loaded, job)
+    try:
+        manifest = run_compression(loaded, job)
+    finally:
+        if progress is not None:
+            progress.close()  # end the bars' lines before any error message
     save_lm_artifact(out, loaded, manifest, overwrite=args.overwrite)
     manifest["timing_seconds"]["wall_total"] = time.perf_counter() - start
     print(summary_table(manifest, out))

@@ -54,8 +54,12 @@ def run(args: argparse.Namespace) -> int:
     progress = make_progress(args.quiet)
     tick = (lambda stream, done, total: progress(f"eval {stream}", done, total)
             ) if progress else None
-    results = evaluate_perplexities(loaded.module, cached_streams(loaded.tokenizer), protocol,
-                                    device=device, progress=tick)
+    try:
+        results = evaluate_perplexities(loaded.module, cached_streams(loaded.tokenizer),
+                                        protocol, device=device, progress=tick)
+    finally:
+        if progress is not None:
+            progress.close()
     rows = [[name, r.ppl, r.mean_nll, r.windows, r.tokens] for name, r in results.items()]
     print(format_table(["stream", "ppl", "nll/token", "windows", "tokens"], rows))
     print(f"model: {loaded.source}; windows of {protocol.seq_len} tokens")

@@ -91,9 +91,13 @@ def cached_streams(tokenizer: PreTrainedTokenizerBase) -> TokenStreams:
     streams = build_streams(tokenizer)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({name: getattr(streams, name).to(torch.int32).contiguous()
-               for name in ("calib_pool", "wiki_eval", "news_eval")}, str(tmp))
-    os.replace(tmp, path)
+    try:
+        save_file({name: getattr(streams, name).to(torch.int32).contiguous()
+                   for name in ("calib_pool", "wiki_eval", "news_eval")}, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return streams
 
 
