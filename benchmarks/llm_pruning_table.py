@@ -28,7 +28,7 @@ def render_table(results: dict, env: dict) -> str:
             s = r["seconds"]
             rows.append(
                 f"| {name} | {r['wiki_ppl']:.2f} | {r['news_ppl']:.2f} | {r['sparsity']:.4f} | "
-                f"{r['prune_seconds']:.1f} | {s['capture'] + s['forward'] + s['owl']:.1f} | "
+                f"{r['prune_seconds']:.1f} | {s['capture'] + s['forward']:.1f} | "
                 f"{s['method']:.2f} | {_spread(r['block_method_seconds'])} | "
                 f"{r['peak_rss_mb']:.0f} |")
         else:
@@ -47,6 +47,7 @@ def render_table(results: dict, env: dict) -> str:
         f"{TOTAL_WINDOWS['news']}, evenly spread). "
         "Sparsity is over the pruned linears (embeddings and head dense). "
         "`prune s` is the whole compression (capture + calibration forwards + method); "
+        "`calib forward s` counts every block forward, OWL's dense pre-pass included; "
         "`method s` is the method's own math (Wanda's metric and mask, SparseGPT's "
         "Hessian inverse and update) apart from the forward passes; the per-block column "
         "gives its median and range over the 30 blocks. Each variant ran once, in its own "
