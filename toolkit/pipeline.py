@@ -106,10 +106,8 @@ def run_compression(loaded: LoadedModel, run: CompressionRun) -> dict[str, Any]:
 
 
 def _evaluate(loaded: LoadedModel, streams: TokenStreams, run: CompressionRun):
-    tick = (lambda stream, done, total: run.progress(f"eval {stream}", done, total)
-            ) if run.progress else None
     return evaluate_perplexities(loaded.module, streams, run.protocol, device=run.device,
-                                 progress=tick)
+                                 progress=run.progress)
 
 
 def save_lm_artifact(out: Path, loaded: LoadedModel, manifest: dict, *, overwrite: bool) -> Path:

@@ -37,8 +37,6 @@ def resolve_protocol(args: argparse.Namespace, model_spec: str) -> EvalProtocol:
     recorded = EvalProtocol.from_dict(manifest.get("eval_protocol", {})) if manifest \
         else EvalProtocol()
     windows = recorded.windows if args.eval_windows is None else args.eval_windows
-    if args.eval_windows is None and manifest is None:
-        windows = EvalProtocol().windows
     return EvalProtocol(args.eval_seq_len or recorded.seq_len, windows)
 
 
@@ -52,11 +50,9 @@ def run(args: argparse.Namespace) -> int:
     protocol = resolve_protocol(args, spec)
     loaded = load_model(spec)
     progress = make_progress(args.quiet)
-    tick = (lambda stream, done, total: progress(f"eval {stream}", done, total)
-            ) if progress else None
     try:
         results = evaluate_perplexities(loaded.module, cached_streams(loaded.tokenizer),
-                                        protocol, device=device, progress=tick)
+                                        protocol, device=device, progress=progress)
     finally:
         if progress is not None:
             progress.close()

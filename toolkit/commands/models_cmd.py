@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from models import list_models
 from toolkit.commands.common import write_json
@@ -15,7 +16,7 @@ def add_parser(subparsers) -> None:
                                           "where their weights come from.")
     p.add_argument("--all", action="store_true",
                    help="include the tiny random-weight test models")
-    p.add_argument("--json", metavar="PATH", type=__import__("pathlib").Path,
+    p.add_argument("--json", metavar="PATH", type=Path,
                    help="also write the list as JSON to PATH")
     p.set_defaults(run=run)
 

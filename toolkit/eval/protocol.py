@@ -36,11 +36,13 @@ def evaluate_perplexities(model: nn.Module, streams: TokenStreams, protocol: Eva
                           *, device: str = "cpu", batch_size: int = 1,
                           progress: Callable[[str, int, int], None] | None = None,
                           ) -> dict[str, PerplexityResult]:
-    """Perplexity on the Wikipedia held-out stream and on the news stream."""
+    """Perplexity on the Wikipedia held-out stream and on the news stream; `progress`
+    gets stages named "eval wikipedia" and "eval news"."""
     results = {}
     for name, stream in (("wikipedia", streams.wiki_eval), ("news", streams.news_eval)):
         windows = eval_windows(stream, protocol.seq_len, protocol.windows)
-        tick = (lambda done, total, _n=name: progress(_n, done, total)) if progress else None
+        tick = (lambda done, total, _n=f"eval {name}": progress(_n, done, total)
+                ) if progress else None
         results[name] = perplexity(model, windows, batch_size=batch_size, device=device,
                                    progress=tick)
     return results
