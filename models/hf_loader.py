@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from models.errors import ModelError
+from models.quantized_loader import load_quantized_module, quantization_layout
 from models.registry import LoadedModel
 from models.safetensors_check import check_safetensors_file
 from models.weights_check import check_finite_weights
@@ -26,6 +27,14 @@ def load_hf_directory(path: Path, *, dtype: torch.dtype = torch.float32,
     from transformers import AutoModelForCausalLM
 
     _check_directory(path)
+    files = sorted(path.glob("*.safetensors"))
+    layout = quantization_layout(files)
+    if layout is not None:
+        module, quantized = load_quantized_module(path, files, layout, dtype)
+        check_finite_weights(module, str(path))
+        tokenizer = load_tokenizer(path) if need_tokenizer else None
+        return LoadedModel(module=module, tokenizer=tokenizer, source=str(path),
+                           quantized=quantized)
     try:
         module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError, KeyError) as exc:

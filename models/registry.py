@@ -26,6 +26,8 @@ class LoadedModel:
     source: str
     # Registered name when it came from the registry, else None.
     name: str | None = None
+    # Packed form of quantized linears (models.qformat) when loaded from such an artifact.
+    quantized: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from toolkit.commands import compress_cmd, eval_cmd, models_cmd
+from toolkit.commands import compress_cmd, eval_cmd, models_cmd, run_cmd
 from toolkit.errors import USER_ERRORS
 
-COMMANDS = (compress_cmd, eval_cmd, models_cmd)
+COMMANDS = (compress_cmd, run_cmd, eval_cmd, models_cmd)
 EXIT_USER_ERROR = 2
 
 
@@ -37,7 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _quiet_libraries() -> None:
     """transformers draws its own bars (loading, writing shards) and warnings; the
     toolkit reports its own progress, so keep the terminal to that."""
+    import logging
+
     from transformers.utils import logging as hf_logging
+
+    # transformers imports torchao when it is installed (NNCF needs it); torchao then
+    # reports CUDA-only kernels it cannot load and torch deprecation notes, none of which
+    # concern a user of this command.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()

@@ -1,5 +1,5 @@
 """The main job, as functions the CLI and the benchmarks share:
-load -> calibration data -> evaluate -> compress -> evaluate -> save."""
+load -> calibration data -> evaluate -> run the recipe's stages -> evaluate -> save."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ from typing import Any
 import torch
 
 import compress
-from compress.config import MethodConfig
 from models import LoadedModel
-from toolkit.artifacts import save_artifact
 from toolkit.data import (
     TokenStreams,
     cached_streams,
@@ -23,16 +21,12 @@ from toolkit.data import (
     token_hash,
     tokenize_text,
 )
-from toolkit.eval import EvalProtocol, evaluate_perplexities
+from toolkit.eval import evaluate_perplexities
+from toolkit.lm_artifact import block_sparsity, save_lm_artifact
 from toolkit.manifest import library_versions, timestamp
+from toolkit.recipe import CalibrationSpec, Recipe
 
-
-@dataclasses.dataclass(frozen=True)
-class CalibrationSpec:
-    samples: int = 32
-    seq_len: int = 512
-    seed: int = 0
-    file: Path | None = None  # a user's text/JSONL instead of the Wikipedia pool
+__all__ = ["CalibrationSpec", "CompressionRun", "Recipe", "run_compression", "save_result"]
 
 
 @dataclasses.dataclass
@@ -61,60 +55,104 @@ def metrics_dict(results) -> dict[str, dict]:
 
 @dataclasses.dataclass
 class CompressionRun:
-    config: MethodConfig
-    calibration: CalibrationSpec
-    protocol: EvalProtocol
+    recipe: Recipe
     device: str = "cpu"
     forward_dtype: torch.dtype = torch.float32
     evaluate: bool = True
     progress: Callable[[str, int, int], None] | None = None
 
 
-def run_compression(loaded: LoadedModel, run: CompressionRun) -> dict[str, Any]:
-    """Compress `loaded.module` in place; return the manifest (metrics included)."""
+@dataclasses.dataclass
+class CompressionResult:
+    manifest: dict[str, Any]
+    quantized: dict  # linear name -> packed form (models.qformat), empty when not quantized
+
+
+def run_compression(loaded: LoadedModel, run: CompressionRun) -> CompressionResult:
+    """Run every stage of the recipe on `loaded.module` in place; return the manifest
+    (metrics included) and the packed weights of the quantization stage, if any."""
     streams = cached_streams(loaded.tokenizer)
-    calib = calibration_tokens(run.calibration, streams, loaded.tokenizer)
+    calib = calibration_tokens(run.recipe.calibration, streams, loaded.tokenizer)
     metrics: dict[str, Any] = {}
     if run.evaluate:
         metrics["before"] = metrics_dict(_evaluate(loaded, streams, run))
+    stages, quantization, quantized = [], None, {}
     start = time.perf_counter()
-    report = compress.apply(loaded.module, run.config, calib.tokens, device=run.device,
-                            forward_dtype=run.forward_dtype, progress=run.progress)
+    for config in run.recipe.stages:
+        stage_start = time.perf_counter()
+        report = compress.apply(loaded.module, config, calib.tokens, device=run.device,
+                                forward_dtype=run.forward_dtype, progress=run.progress)
+        section = report.manifest_section()
+        stages.append({"method": config.method, "kind": section["kind"],
+                       "seconds": {"total": time.perf_counter() - stage_start,
+                                   **report.seconds},
+                       "forward_dtype": report.forward_dtype, "report": section})
+        if section["kind"] == "quantize":
+            quantization, quantized = section, report.quantized
     compress_seconds = time.perf_counter() - start
     loaded.module.to("cpu")
     if run.evaluate:
         metrics["after"] = metrics_dict(_evaluate(loaded, streams, run))
-    return {
+    last = run.recipe.stages[-1].to_dict()
+    manifest = {
         "format": "edge-toolkit-artifact/1",
         "created": timestamp(),
         "source_model": loaded.source,
         "model_name": loaded.name,
-        "recipe": [run.config.to_dict()],
-        "method": run.config.to_dict(),
+        "recipe": run.recipe.to_dict(),
+        "method": {**last, "method": run.recipe.name} if len(stages) > 1 else last,
+        "stages": stages,
         "calibration": calib.description,
-        "engine": {"device": run.device, "forward_dtype": report.forward_dtype,
+        "engine": {"device": run.device, "forward_dtype": stages[-1]["forward_dtype"],
                    "threads": torch.get_num_threads()},
-        "seed": run.calibration.seed,
+        "seed": run.recipe.calibration.seed,
         "versions": library_versions(),
-        "sparsity": {"overall": report.overall_sparsity, "per_layer": report.layer_sparsity,
-                     "block_targets": report.block_targets,
-                     "outlier_ratios": report.outlier_ratios, "ignored": report.ignored},
-        "timing_seconds": {"compress_total": compress_seconds, **report.seconds},
-        "eval_protocol": run.protocol.to_dict(),
+        "sparsity": _sparsity_section(loaded, stages),
+        "quantization": quantization,
+        "timing_seconds": {"compress_total": compress_seconds,
+                           **_summed_seconds(stages)},
+        "eval_protocol": run.recipe.protocol.to_dict(),
         "metrics": metrics,
     }
+    return CompressionResult(manifest, quantized)
+
+
+def _sparsity_section(loaded: LoadedModel, stages: list[dict]) -> dict[str, Any]:
+    """Zeros counted in the final weights (so a later quantization stage is accounted for)
+    over the linears a pruning stage pruned (all block linears when none did), plus the
+    pruning stage's own per-block targets."""
+    _, measured = block_sparsity(loaded.module)
+    prune = [s["report"] for s in stages if s["kind"] == "prune"]
+    names = list(prune[-1]["per_layer"]) if prune else list(measured)
+    numel = {n: m.weight.numel() for n, m in loaded.module.named_modules() if n in names}
+    total = sum(numel.values())
+    overall = sum(measured[n] * numel[n] for n in names) / total if total else 0.0
+    section: dict[str, Any] = {"overall": overall, "per_layer": {n: measured[n] for n in names}}
+    if prune:
+        section.update({k: prune[-1][k] for k in ("block_targets", "outlier_ratios",
+                                                   "ignored")})
+    return section
+
+
+def _summed_seconds(stages: list[dict]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for stage in stages:
+        for key, value in stage["seconds"].items():
+            if key != "total":
+                totals[key] = totals.get(key, 0.0) + value
+    for key in ("capture", "forward", "method"):
+        totals.setdefault(key, 0.0)
+    return totals
 
 
 def _evaluate(loaded: LoadedModel, streams: TokenStreams, run: CompressionRun):
-    return evaluate_perplexities(loaded.module, streams, run.protocol, device=run.device,
-                                 progress=run.progress)
+    return evaluate_perplexities(loaded.module, streams, run.recipe.protocol,
+                                 device=run.device, progress=run.progress)
 
 
-def save_lm_artifact(out: Path, loaded: LoadedModel, manifest: dict, *, overwrite: bool) -> Path:
-    """Write a Hugging Face-compatible directory plus `toolkit.json`, atomically."""
-
-    def write(staging: Path) -> None:
-        loaded.module.save_pretrained(staging, safe_serialization=True)
-        loaded.tokenizer.save_pretrained(staging)
-
-    return save_artifact(out, write, manifest, overwrite=overwrite)
+def save_result(out: Path, loaded: LoadedModel, result: CompressionResult, recipe: Recipe, *,
+                overwrite: bool) -> Path:
+    """The artifact directory: model files (packed when quantized), recipe.yaml and
+    toolkit.json, written atomically."""
+    return save_lm_artifact(out, loaded, result.manifest, result.quantized, recipe.to_yaml(),
+                            overwrite=overwrite)

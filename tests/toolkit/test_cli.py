@@ -111,7 +111,7 @@ def test_manifest_records_the_run(artifact):
     assert report["output"] == str(out)
     assert {k: v for k, v in report.items() if k not in ("output", "timing_seconds")} == \
         {k: v for k, v in manifest.items() if k != "timing_seconds"}
-    assert manifest["recipe"] == [manifest["method"]]
+    assert manifest["recipe"]["stages"] == [manifest["method"]]
     assert manifest["method"]["method"] == method
     assert manifest["method"]["sparsity"] == 0.5
     calibration = manifest["calibration"]
