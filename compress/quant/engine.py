@@ -26,11 +26,11 @@ def quantize_blockwise(model: nn.Module, config: QuantConfig, calib: torch.Tenso
                        quantize_weight: QuantizeFn, *, device: str | torch.device = "cpu",
                        forward_dtype: torch.dtype = torch.float32, batch_size: int = 4,
                        progress: Progress | None = None,
-                       config_for: Callable[[str], QuantConfig] | None = None,
+                       plan: Callable[[str], tuple[QuantConfig, QuantizeFn]] | None = None,
                        sweep: BlockSweep | None = None) -> QuantReport:
     """Quantize every linear inside the decoder blocks of `model` in place.
 
-    `config_for(name)` may give a layer its own config (mixed-bit allocation)."""
+    `plan(name)` may give a layer its own config and function (mixed-bit allocation)."""
     if sweep is None:
         sweep = BlockSweep(model, calib, torch.device(device), forward_dtype, batch_size,
                            progress)
@@ -40,9 +40,9 @@ def quantize_blockwise(model: nn.Module, config: QuantConfig, calib: torch.Tenso
     def quantize_block(index: int, linears: dict[str, nn.Linear], stats) -> None:
         report.ignored += [n for n in sweep.layout.block_linears(index) if n not in linears]
         for name, linear in linears.items():
-            layer_config = config_for(name) if config_for else config
+            layer_config, layer_fn = plan(name) if plan else (config, quantize_weight)
             report.quantized[name] = quantize_linear(name, linear, stats[name], layer_config,
-                                                     quantize_weight)
+                                                     layer_fn)
 
     start = time.perf_counter()
     sweep.run("quantize", config.needs, lambda n: not config.is_ignored(n), quantize_block)

@@ -1,0 +1,183 @@
+"""Benchmark: quantizing SmolLM2-135M (RTN, GPTQ, AWQ, NNCF, palettization, mixed bits,
+pruning + quantization stacked).
+
+    python benchmarks/llm_quant.py [--eval-windows 16] [--kick-questions N] [--variants a,b]
+
+Each variant is one recipe run by `toolkit run` in its own child process (calibration:
+32 x 512 Wikipedia tokens, seed 0), saved as a real artifact so its bytes on disk are
+measured, then scored by `toolkit eval DIR --suite kick` (perplexity on Wikipedia and
+news, factoid QA closed- and open-book) in another child. Results accumulate in
+benchmarks/results/llm_quant.json (a re-run skips variants done with the same protocol
+unless --fresh); the table in BENCHMARKS.md is regenerated after every variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "llm_quant.json"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.markdown_section import replace_section  # noqa: E402
+
+
+def _q(method: str, bits: int, group: int | None, **extra) -> list[dict]:
+    return [{"method": method, "bits": bits, "group_size": group, **extra}]
+
+
+# name -> list of stages (a recipe); [] = the dense model. Ordered by what matters most,
+# so an interrupted run still has the comparisons the issue asks for.
+VARIANTS: dict[str, list[dict]] = {
+    "dense": [],
+    "rtn-4b-g128": _q("rtn", 4, 128),
+    "gptq-4b-g128": _q("gptq", 4, 128),
+    "awq-4b-g128": _q("awq", 4, 128),
+    "rtn-3b-g128": _q("rtn", 3, 128),
+    "gptq-3b-g128": _q("gptq", 3, 128),
+    "awq-3b-g128": _q("awq", 3, 128),
+    "nncf-int4-g128": _q("rtn", 4, 128, backend="nncf"),
+    "nncf-awq-int4-g128": _q("awq", 4, 128, backend="nncf"),
+    "palettize-4b": [{"method": "palettize", "bits": 4, "group_rows": 16}],
+    "palettize-mixed-3.7": [{"method": "palettize", "group_rows": 16, "target_bits": 3.7}],
+    "palettize-mixed-3.5": [{"method": "palettize", "group_rows": 16, "target_bits": 3.5}],
+    "palettize-3b": [{"method": "palettize", "bits": 3, "group_rows": 16}],
+    "palettize-mixed-3.01": [{"method": "palettize", "group_rows": 16, "target_bits": 3.01}],
+    "wanda50+gptq-4b-g128": [{"method": "wanda", "sparsity": 0.5}, *_q("gptq", 4, 128)],
+    "rtn-2b-g64": _q("rtn", 2, 64),
+    "gptq-2b-g64": _q("gptq", 2, 64),
+    "rtn-4b-channel": _q("rtn", 4, None),
+    "gptq-4b-channel": _q("gptq", 4, None),
+    "rtn-8b-channel": _q("rtn", 8, None),
+}
+
+
+def cli_worker(argv: list[str], rss_file: str) -> int:
+    """Child process: run one toolkit command in-process and record its peak RSS."""
+    from toolkit.cli import main
+
+    code = main(argv)
+    Path(rss_file).write_text(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    return code
+
+
+def run_cli(argv: list[str]) -> float:
+    """Run `toolkit ARGV` in a child process; return its peak RSS in MB."""
+    with tempfile.NamedTemporaryFile(suffix=".rss", delete=False) as handle:
+        rss_file = handle.name
+    child = subprocess.run([sys.executable, __file__, "--worker", rss_file, "--", *argv],
+                           capture_output=True, text=True, cwd=ROOT)
+    if child.returncode != 0:
+        raise RuntimeError(f"toolkit {' '.join(argv[:2])} failed:\n{child.stderr[-3000:]}")
+    rss = float(Path(rss_file).read_text())
+    Path(rss_file).unlink()
+    return rss
+
+
+def run_variant(name: str, args: argparse.Namespace, work: Path) -> dict:
+    stages = VARIANTS[name]
+    result: dict = {"variant": name, "stages": stages}
+    model = "smollm2-135m"
+    if stages:
+        recipe = work / f"{name}.yaml"
+        recipe.write_text(json.dumps({
+            "calibration": {"samples": args.calib_samples, "seq_len": 512, "seed": 0},
+            "stages": stages}), encoding="utf-8")  # JSON is YAML
+        out, report = work / name, work / f"{name}.json"
+        start = time.perf_counter()
+        result["compress_peak_rss_mb"] = run_cli(
+            ["run", str(recipe), "--model", model, "--out", str(out), "--no-eval", "--quiet",
+             "--overwrite", "--json", str(report)])
+        result["compress_wall_seconds"] = time.perf_counter() - start
+        manifest = json.loads(report.read_text(encoding="utf-8"))
+        quant = manifest.get("quantization") or {}
+        result.update(
+            bits_per_weight=quant.get("bits_per_weight"), quant_bytes=quant.get("bytes"),
+            weights_bytes=manifest["files"]["weights_bytes"],
+            sparsity=manifest["sparsity"]["overall"],
+            compress_seconds=manifest["timing_seconds"]["compress_total"],
+            allocation=_allocation_summary(quant.get("allocation")))
+        model = str(out)
+    kick = work / f"{name}.kick.json"
+    eval_args = ["eval", model, "--suite", "kick", "--eval-windows", str(args.eval_windows),
+                 "--json", str(kick), "--quiet"]
+    if args.kick_questions:
+        eval_args += ["--kick-questions", str(args.kick_questions)]
+    start = time.perf_counter()
+    result["eval_peak_rss_mb"] = run_cli(eval_args)
+    result["eval_wall_seconds"] = time.perf_counter() - start
+    result["kick"] = json.loads(kick.read_text(encoding="utf-8"))
+    if stages:
+        shutil.rmtree(work / name, ignore_errors=True)  # keep the disk small
+    return result
+
+
+def _allocation_summary(allocation: dict | None) -> dict | None:
+    if not allocation:
+        return None
+    counts: dict[str, int] = {}
+    for bits in allocation.get("layer_bits", {}).values():
+        counts[str(bits)] = counts.get(str(bits), 0) + 1
+    return {"target": allocation.get("target_bits"), "achieved": allocation.get("achieved_bits"),
+            "layers_per_bits": counts}
+
+
+def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        return cli_worker(sys.argv[4:], sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--eval-windows", default="16",
+                        help="perplexity windows per stream (default: 16; `all` = full)")
+    parser.add_argument("--kick-questions", type=int, default=0,
+                        help="cap on factoid questions (default: the suite's default)")
+    parser.add_argument("--calib-samples", type=int, default=32)
+    parser.add_argument("--variants", help="comma-separated subset of: " + ", ".join(VARIANTS))
+    parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite BENCHMARKS.md from the saved results without running")
+    args = parser.parse_args()
+    from benchmarks.llm_quant_table import render_table
+
+    if args.render_only:
+        replace_section(ROOT / "BENCHMARKS.md", "llm_quant",
+                        render_table(json.loads(RESULTS.read_text())))
+        return 0
+    protocol = {"eval_windows": args.eval_windows, "calib_samples": args.calib_samples,
+                "kick_questions": args.kick_questions}
+    results = {} if args.fresh or not RESULTS.exists() else json.loads(RESULTS.read_text())
+    if results.get("protocol") != protocol:
+        results = {"protocol": protocol, "variants": {}}
+    names = args.variants.split(",") if args.variants else list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        print(f"unknown variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}",
+              file=sys.stderr)
+        return 2
+    work = ROOT / "runs" / "bench-quant"
+    work.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if name in results["variants"]:
+            continue
+        print(f"[bench] {name} ...", flush=True)
+        try:
+            results["variants"][name] = run_variant(name, args, work)
+        except RuntimeError as exc:
+            print(f"[bench] {name} failed: {exc}", file=sys.stderr, flush=True)
+            results["variants"][name] = {"variant": name, "error": str(exc)[-500:]}
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        replace_section(ROOT / "BENCHMARKS.md", "llm_quant", render_table(results))
+        print(f"[bench] {name} done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

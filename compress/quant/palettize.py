@@ -1,0 +1,235 @@
+"""Palettization: k-means lookup-table quantization, optionally with mixed bit-widths.
+
+    W[r, j] ~= lut[r // g, idx[r, j]],   lut[t] = k-means centroids (k = 2^b, fp16) of the
+    weights in rows [t g, (t + 1) g),    idx = the nearest centroid's index
+
+as in Apple's on-device foundation model (arXiv 2407.21075): 4-bit palettes shared by
+groups of 16 rows, and a mix of 2- and 4-bit layers for about 3.5-3.7 bits per weight.
+With `target_bits`, a dense pre-pass measures every layer's output error at every choice
+of bits and `compress.quant.mixed_bits.allocate_bits` spends the budget where it helps most.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from compress.config import register_handler
+from compress.errors import CompressError
+from compress.quant.base import QuantConfig
+from compress.quant.engine import quantize_blockwise
+from compress.quant.kmeans import kmeans_1d
+from compress.quant.mixed_bits import LayerChoices, allocate_bits, average_bits, output_error
+from compress.quant.report import QuantReport
+from compress.stats import HESSIAN, SQ_NORM, LinearStats
+from compress.sweep import BlockSweep, Progress
+from models.qformat import PaletteQuantized
+
+# Index widths a palettized layer may use (those Core ML's palettization stores, but 1).
+PALETTE_BITS = (2, 3, 4, 6, 8)
+
+
+@dataclasses.dataclass
+class PalettizeConfig(QuantConfig):
+    """k-means palettization (arXiv 2407.21075), uniform or mixed bit-width."""
+
+    method: ClassVar[str] = "palettize"
+
+    # Each weight stores a b-bit index into a table of 2^b fp16 values: 2, 3, 4, 6 or 8.
+    # Ignored when target_bits is set (then bits_choices are mixed).
+    bits: int = 4
+    # Output rows sharing one table: 16 in Apple's model, where a 4-bit table costs
+    # 16 x 16 bits per 16 rows (~0.005 bits per weight at 3072 inputs) and fits the rows'
+    # local range far better than one table per tensor (None).
+    group_rows: int | None = 16
+    # Lloyd iterations; 1-D k-means settles within a few dozen and stops early once stable.
+    iters: int = 20
+    # Mixed bit-width: average stored bits per weight over the quantized linears, tables
+    # included (e.g. 3.7). Layers whose outputs suffer most get the larger choices.
+    # Needs calibration data. None = every layer gets `bits`.
+    target_bits: float | None = None
+    # The bit-widths mixed under target_bits (Apple mixes 2 and 4).
+    bits_choices: tuple[int, ...] = (2, 4)
+    # Weight each squared error by its input's second moment sum_t x_j^2 (the Hessian
+    # diagonal), so the tables favour the weights that move the outputs most: sensitive
+    # k-means (SqueezeLLM, arXiv 2306.07629; coremltools). Needs calibration data.
+    weighted: bool = False
+
+    # A property, not a ClassVar: what calibration must collect depends on the knobs.
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        if self.target_bits is not None:
+            return frozenset({HESSIAN})  # sensitivities tr(dW H dW^T); its diagonal weighs
+        return frozenset({SQ_NORM}) if self.weighted else frozenset()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_palette_bits("bits", self.bits)
+        if isinstance(self.bits_choices, int):
+            self.bits_choices = (self.bits_choices,)
+        for bits in self.bits_choices:
+            _check_palette_bits("bits_choices entry", bits)
+        self.bits_choices = tuple(sorted(set(self.bits_choices)))
+        if len(self.bits_choices) < 2:
+            raise CompressError(f"bits_choices {self.bits_choices} needs at least two "
+                                "bit-widths to mix, e.g. (2, 4)")
+        if self.group_rows is not None and not _positive_int(self.group_rows):
+            raise CompressError(f"group_rows {self.group_rows!r} must be a positive integer "
+                                "(16 as in Apple's model) or omitted for one table per tensor")
+        if not _positive_int(self.iters):
+            raise CompressError(f"iters {self.iters!r} must be a positive integer, e.g. 20")
+        if not isinstance(self.weighted, bool):
+            raise CompressError(f"weighted {self.weighted!r} must be true or false")
+        if self.target_bits is not None:
+            self._check_target()
+
+    def _check_target(self) -> None:
+        target = self.target_bits
+        if isinstance(target, bool) or not isinstance(target, int | float):
+            raise CompressError(f"target_bits {target!r} must be a number, e.g. 3.7")
+        self.target_bits = float(target)
+        low, high = self.bits_choices[0], self.bits_choices[-1]
+        if target < low:
+            raise CompressError(f"target {target:g} bits is below the smallest choice ({low} "
+                                "bits): raise target_bits or add a smaller choice")
+        if target > high:
+            raise CompressError(f"target {target:g} bits is above the largest choice ({high} "
+                                "bits): lower target_bits or add a larger choice")
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_palette_bits(what: str, bits: object) -> None:
+    if isinstance(bits, bool) or bits not in PALETTE_BITS:
+        raise CompressError(f"{what} {bits!r} is not supported by palettize: use one of "
+                            f"{', '.join(map(str, PALETTE_BITS))}")
+
+
+def palettize(weight: torch.Tensor, bits: int, group_rows: int | None, iters: int,
+              importance: torch.Tensor | None = None) -> PaletteQuantized:
+    """W[r, j] ~= lut[r // g, idx[r, j]] with each lut row the 2^b k-means centroids of its
+    g rows (arXiv 2407.21075). `importance` (broadcastable to `weight` [out, in], e.g. the
+    Hessian diagonal [in]) weights each weight's squared error. Pruned zeros stay zero."""
+    _check_palette_bits("bits", bits)
+    out, inp = weight.shape
+    rows = out if group_rows is None else group_rows
+    if out % rows:
+        raise CompressError(f"group_rows {rows} does not divide the {out} output rows: choose "
+                            "a divisor (e.g. 16 or 8) or omit it for one table per tensor")
+    values = weight.float().reshape(out // rows, rows * inp)  # consecutive rows per group
+    weights = None
+    if importance is not None:
+        weights = importance.float().expand(out, inp).reshape(out // rows, rows * inp)
+    table, assignment = kmeans_1d(values, 1 << bits, iters, weights)
+    return PaletteQuantized(indices=assignment.reshape(out, inp).to(torch.uint8), lut=table,
+                            bits=bits, group_rows=rows)
+
+
+def input_importance(stats: LinearStats) -> torch.Tensor:
+    """sum_t x_j^2 per input j: the diagonal of H = sum_t x_t x_t^T."""
+    if stats.sq_norm is not None:
+        return stats.sq_norm
+    if stats.hessian is not None:
+        return stats.hessian.diagonal()
+    raise RuntimeError("weighted palettization needs sq_norm or hessian statistics")
+
+
+def palettize_weight(weight: torch.Tensor, stats: LinearStats,
+                     config: PalettizeConfig) -> PaletteQuantized:
+    """The per-layer function the quantization engine calls (uniform `config.bits`)."""
+    importance = input_importance(stats) if config.weighted else None
+    return palettize(weight, config.bits, config.group_rows, config.iters, importance)
+
+
+# Every quantizer type carries its per-layer function, as `register_quantizer` sets it;
+# the handler is registered by hand below because mixed bits needs a pre-pass.
+PalettizeConfig.quantize_weight = staticmethod(palettize_weight)
+
+
+_CACHE_LIMIT_BYTES = 4 << 30
+
+
+@register_handler(PalettizeConfig)
+def palettize_model(model: nn.Module, config: PalettizeConfig, calib: torch.Tensor | None, *,
+                    device: str | torch.device = "cpu",
+                    forward_dtype: torch.dtype = torch.float32, batch_size: int = 4,
+                    progress: Progress | None = None) -> QuantReport:
+    """`compress.apply`'s handler. Uniform bits: one (data-free unless weighted) sweep.
+    Mixed bits: a dense pre-pass measures s_l(b) = tr(dW_b H dW_b^T) / n_tokens for every
+    linear l and choice b, `allocate_bits` picks each layer's bits under `target_bits`, and
+    the main sweep palettizes every layer at its bits."""
+    if config.needs and (calib is None or calib.ndim != 2 or calib.shape[0] == 0):
+        knob = "target_bits" if config.target_bits is not None else "weighted"
+        raise CompressError(f"palettize with {knob} needs calibration token ids [N, L]: pass "
+                            f"calibration data or drop {knob}")
+    sweep = BlockSweep(model, calib, torch.device(device), forward_dtype, batch_size, progress)
+    if config.target_bits is None:
+        return quantize_blockwise(model, config, calib, palettize_weight, sweep=sweep)
+    # Data-free k-means gives the pre-pass's palettes again, so keep them (one byte per
+    # index per choice) unless that would not fit comfortably in memory.
+    cache: dict[tuple[str, int], PaletteQuantized] | None = None
+    block_weights = sum(lin.weight.numel() for i in range(sweep.n_blocks)
+                        for lin in sweep.layout.block_linears(i).values())
+    if not config.weighted and block_weights * len(config.bits_choices) <= _CACHE_LIMIT_BYTES:
+        cache = {}
+    layers = measure_sensitivities(sweep, config, cache)
+    layer_bits = allocate_bits(layers, config.target_bits)
+    main = dataclasses.replace(config, target_bits=None)  # the main pass needs no Hessian
+    per_bits = {bits: dataclasses.replace(main, bits=bits) for bits in config.bits_choices}
+
+    def plan(name: str):
+        layer_config = per_bits[layer_bits[name]]
+        cached = cache.pop((name, layer_config.bits), None) if cache is not None else None
+        if cached is not None:
+            return layer_config, lambda _weight, _stats, _config: cached
+        return layer_config, palettize_weight
+
+    report = quantize_blockwise(model, main, calib, palettize_weight, sweep=sweep, plan=plan)
+    report.calib_tokens = int(calib.numel())
+    report.allocation = {
+        "target_bits": config.target_bits, "achieved_bits": average_bits(layers, layer_bits),
+        "choices": list(config.bits_choices), "layer_bits": layer_bits,
+        "sensitivity": {name: {b: s for b, (s, _) in options.items()}
+                        for name, _, options in layers},
+    }
+    return report
+
+
+def measure_sensitivities(sweep: BlockSweep, config: PalettizeConfig,
+                          cache: dict | None = None) -> list[LayerChoices]:
+    """The dense pre-pass: for every kept linear and every b in `bits_choices`, its output
+    error tr(dW_b H dW_b^T) / n_tokens and stored bits per weight. Nothing is changed.
+    With `cache`, each palette is kept under (name, bits) so the main pass need not
+    cluster again (valid when clustering ignores the data, i.e. not `weighted`)."""
+    start = time.perf_counter()
+    method_before = sweep.seconds["method"]
+    layers: list[LayerChoices] = []
+
+    def measure(_index: int, linears: dict[str, nn.Linear], stats) -> None:
+        for name, linear in linears.items():
+            weight = linear.weight.data.float()
+            hessian, n_tokens = stats[name].hessian, stats[name].n_tokens
+            importance = hessian.diagonal() if config.weighted else None
+            options = {}
+            for bits in config.bits_choices:
+                try:
+                    palette = palettize(weight, bits, config.group_rows, config.iters,
+                                        importance)
+                except CompressError as exc:  # the pure function does not know the name
+                    raise CompressError(f"{name}: {exc}") from None
+                error = output_error(weight, palette.dequantize(), hessian, n_tokens)
+                if cache is not None:
+                    cache[(name, bits)] = palette
+                options[bits] = (error, 8 * palette.storage_bytes() / weight.numel())
+            layers.append((name, weight.numel(), options))
+
+    sweep.run("sensitivity", frozenset({HESSIAN}), lambda n: not config.is_ignored(n), measure)
+    sweep.seconds["method"] = method_before  # the pre-pass is reported as "sensitivity"
+    sweep.seconds["sensitivity"] = time.perf_counter() - start
+    return layers
