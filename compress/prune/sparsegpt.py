@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 
 from compress.errors import CompressError
+from compress.linalg import inverse_from_cholesky, single_threaded
 from compress.prune.base import PruneConfig, register_pruner
 from compress.prune.masks import check_n_m, row_lowest_k_mask
 from compress.stats import HESSIAN, LinearStats
@@ -81,7 +82,7 @@ def _inverse_hessian_factor(
         damp = dampening * 10.0**attempt
         lower, info = torch.linalg.cholesky_ex(h + damp * mean_diag * eye)
         if info == 0:
-            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+            upper, info = torch.linalg.cholesky_ex(inverse_from_cholesky(lower), upper=True)
             if info == 0 and torch.isfinite(upper).all():
                 if attempt:
                     warnings.warn(
@@ -161,8 +162,9 @@ def sparsegpt_prune(
         raise ValueError(f"sparsity {sparsity} is outside [0, 1]")
     w = weight.detach().to(torch.float32).clone()
     hinv = _inverse_hessian_factor(hessian, w, dampening, name)
-    for i1 in range(0, cols, block_size):
-        _prune_block(w, hinv, i1, min(i1 + block_size, cols), sparsity, nm)
+    with single_threaded():
+        for i1 in range(0, cols, block_size):
+            _prune_block(w, hinv, i1, min(i1 + block_size, cols), sparsity, nm)
     return w
 
 

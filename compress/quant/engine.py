@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from compress.errors import CompressError
+from compress.linalg import single_threaded
 from compress.quant.base import QuantConfig, QuantizeFn
 from compress.quant.report import QuantReport
 from compress.stats import LinearStats
@@ -55,7 +56,10 @@ def quantize_linear(name: str, linear: nn.Linear, stats: LinearStats, config: Qu
     """Quantize one linear, write its dequantized weight back, return the stored form."""
     weight = linear.weight.data
     try:
-        quantized = quantize_weight(weight.to(torch.float32), stats, config)
+        # The per-layer math is many small ops: one thread avoids fork/join costs that
+        # dominate on small CPUs (see compress.linalg.single_threaded).
+        with single_threaded():
+            quantized = quantize_weight(weight.to(torch.float32), stats, config)
     except CompressError as exc:  # the pure function does not know the layer's name
         raise CompressError(f"{name}: {exc}") from None
     dequantized = quantized.dequantize()

@@ -40,6 +40,7 @@ from typing import ClassVar
 import torch
 
 from compress.errors import CompressError
+from compress.linalg import inverse_from_cholesky, single_threaded
 from compress.quant.base import IntQuantConfig, register_quantizer
 from compress.quant.grid import check_grid, dequantize_codes, group_params, quantize_to_codes
 from compress.stats import HESSIAN, LinearStats
@@ -129,7 +130,7 @@ def _inverse_hessian_factor(h: torch.Tensor, dampening: float) -> torch.Tensor:
         damp = dampening * 10.0**attempt
         lower, info = torch.linalg.cholesky_ex(h + damp * mean_diag * eye)
         if info == 0:
-            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+            upper, info = torch.linalg.cholesky_ex(inverse_from_cholesky(lower), upper=True)
             if info == 0 and torch.isfinite(upper).all():
                 if attempt:
                     warnings.warn(f"GPTQ: the Hessian needed dampening {damp:g} (asked "
@@ -206,8 +207,9 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
                       fit_on_the_fly=not act_order)
     hinv = _inverse_hessian_factor(h, dampening)
     codes = torch.empty_like(w)
-    for i1 in range(0, cols, block_size):
-        _quantize_block(w, hinv, pruned, codes, grid, i1, min(i1 + block_size, cols))
+    with single_threaded():
+        for i1 in range(0, cols, block_size):
+            _quantize_block(w, hinv, pruned, codes, grid, i1, min(i1 + block_size, cols))
     codes = codes[:, torch.argsort(order)]  # back to the original column order
     return AffineQuantized(codes=codes.to(torch.uint8), scales=grid.scale.to(torch.float16),
                            zeros=None if symmetric else grid.zero.to(torch.uint8), bits=bits,

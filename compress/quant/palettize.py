@@ -20,6 +20,7 @@ from torch import nn
 
 from compress.config import register_handler
 from compress.errors import CompressError
+from compress.linalg import single_threaded
 from compress.quant.base import QuantConfig
 from compress.quant.engine import quantize_blockwise
 from compress.quant.kmeans import kmeans_1d
@@ -219,8 +220,9 @@ def measure_sensitivities(sweep: BlockSweep, config: PalettizeConfig,
             options = {}
             for bits in config.bits_choices:
                 try:
-                    palette = palettize(weight, bits, config.group_rows, config.iters,
-                                        importance)
+                    with single_threaded():  # many small ops: see compress.linalg
+                        palette = palettize(weight, bits, config.group_rows, config.iters,
+                                            importance)
                 except CompressError as exc:  # the pure function does not know the name
                     raise CompressError(f"{name}: {exc}") from None
                 error = output_error(weight, palette.dequantize(), hessian, n_tokens)
