@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -25,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "llm_pruning.json"
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.environment import environment  # noqa: E402
 from benchmarks.markdown_section import replace_section  # noqa: E402
 
 # name -> (method, knobs); None = the dense model. Ordered by what matters most.
@@ -95,22 +94,6 @@ def run_variant(name: str, eval_windows: int | None, calib_samples: int) -> dict
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["fp32_model_mb"] = sum(p.numel() for p in loaded.module.parameters()) * 4 / 2**20
     return result
-
-
-def environment() -> dict:
-    import torch
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d", time.gmtime())}
 
 
 def render(results: dict) -> str:

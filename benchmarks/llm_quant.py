@@ -44,16 +44,16 @@ VARIANTS: dict[str, list[dict]] = {
     "rtn-3b-g64": _q("rtn", 3, 64),
     "gptq-3b-g64": _q("gptq", 3, 64),
     "awq-3b-g64": _q("awq", 3, 64),
-    "nncf-int4-g64": _q("rtn", 4, 64, backend="nncf"),
-    "nncf-awq-int4-g64": _q("awq", 4, 64, backend="nncf"),
-    "palettize-4b": [{"method": "palettize", "bits": 4, "group_rows": 16}],
     "palettize-mixed-3.7": [{"method": "palettize", "group_rows": 16, "target_bits": 3.7}],
     "palettize-mixed-3.5": [{"method": "palettize", "group_rows": 16, "target_bits": 3.5}],
     "palettize-3b": [{"method": "palettize", "bits": 3, "group_rows": 16}],
     "palettize-mixed-3.01": [{"method": "palettize", "group_rows": 16, "target_bits": 3.01}],
+    "palettize-4b": [{"method": "palettize", "bits": 4, "group_rows": 16}],
     "wanda50+gptq-4b-g64": [{"method": "wanda", "sparsity": 0.5}, *_q("gptq", 4, 64)],
+    "nncf-int4-g64": _q("rtn", 4, 64, backend="nncf"),
     "rtn-2b-g32": _q("rtn", 2, 32),
     "gptq-2b-g32": _q("gptq", 2, 32),
+    "nncf-awq-int4-g64": _q("awq", 4, 64, backend="nncf"),
     "rtn-4b-channel": _q("rtn", 4, None),
     "gptq-4b-channel": _q("gptq", 4, None),
     "rtn-8b-channel": _q("rtn", 8, None),
@@ -136,8 +136,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-windows", default="16",
                         help="perplexity windows per stream (default: 16; `all` = full)")
-    parser.add_argument("--kick-questions", type=int, default=0,
-                        help="cap on factoid questions (default: the suite's default)")
+    parser.add_argument("--kick-questions", type=int, default=100,
+                        help="factoid (and MMLU) questions per model (default: 100)")
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--variants", help="comma-separated subset of: " + ", ".join(VARIANTS))
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")

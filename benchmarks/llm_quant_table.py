@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import platform
-import time
-from pathlib import Path
+from benchmarks.environment import environment
 
 
 def _scores(kick: dict) -> dict:
@@ -30,21 +27,6 @@ def _describe(stages: list[dict]) -> str:
         parts.append(stage["method"] + "(" + ", ".join(f"{k}={v}" for k, v in knobs.items())
                      + ")")
     return " + ".join(parts) or "fp32"
-
-
-def environment() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
 
 
 def render_table(results: dict) -> str:

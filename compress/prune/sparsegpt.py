@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import ClassVar
 
 import torch
 
 from compress.errors import CompressError
-from compress.linalg import inverse_from_cholesky, single_threaded
+from compress.hessian import inverse_hessian_factor, prepare_hessian
+from compress.linalg import single_threaded
 from compress.prune.base import PruneConfig, register_pruner
 from compress.prune.masks import check_n_m, row_lowest_k_mask
 from compress.stats import HESSIAN, LinearStats
-
-# When Cholesky fails, retry with the dampening x10 this many times before giving up:
-# 1% -> 10% -> 100% -> 1000% of mean(diag H); beyond that the update is meaningless.
-_DAMPENING_RETRIES = 3
 
 
 @dataclasses.dataclass
@@ -59,43 +55,10 @@ class SparseGPTConfig(PruneConfig):
         self.dampening = float(self.dampening)
 
 
-def _inverse_hessian_factor(
-    hessian: torch.Tensor, weight: torch.Tensor, dampening: float, name: str
-) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, fp32.
-
-    Dead inputs (H_jj = 0: the feature was always 0) get H_jj = 1 and W[:, j] = 0 in place,
-    since no calibration token can tell what such a weight does.
-    """
-    h = hessian.detach().to(weight.device, torch.float64).clone()
-    if not torch.isfinite(h).all():
-        raise CompressError(
-            f"{name}: the calibration Hessian holds inf/NaN: the calibration inputs overflowed; "
-            "calibrate in fp32 or leave the layer dense with --ignore"
-        )
-    dead = torch.nonzero(torch.diagonal(h) == 0).squeeze(1)
-    h[dead, dead] = 1.0
-    weight[:, dead] = 0.0
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    mean_diag = torch.diagonal(h).mean()
-    for attempt in range(_DAMPENING_RETRIES + 1):
-        damp = dampening * 10.0**attempt
-        lower, info = torch.linalg.cholesky_ex(h + damp * mean_diag * eye)
-        if info == 0:
-            upper, info = torch.linalg.cholesky_ex(inverse_from_cholesky(lower), upper=True)
-            if info == 0 and torch.isfinite(upper).all():
-                if attempt:
-                    warnings.warn(
-                        f"{name}: the Hessian needed dampening {damp:g} (asked {dampening:g}) "
-                        "to be positive definite; more calibration tokens would help",
-                        stacklevel=3,
-                    )
-                return upper.to(torch.float32)
-    raise CompressError(
-        f"{name}: the calibration Hessian is not positive definite even with dampening "
-        f"{damp:g}: use more calibration samples, another method (e.g. wanda), "
-        "or leave the layer dense with --ignore"
-    )
+def _inverse_hessian_factor(hessian: torch.Tensor, weight: torch.Tensor, dampening: float,
+                            name: str) -> torch.Tensor:
+    return inverse_hessian_factor(prepare_hessian(hessian, weight, name), dampening, "wanda",
+                                  name)
 
 
 def _prune_block(

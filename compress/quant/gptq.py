@@ -34,21 +34,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import ClassVar
 
 import torch
 
 from compress.errors import CompressError
-from compress.linalg import inverse_from_cholesky, single_threaded
+from compress.hessian import inverse_hessian_factor, prepare_hessian
+from compress.linalg import single_threaded
 from compress.quant.base import IntQuantConfig, register_quantizer
 from compress.quant.grid import check_grid, dequantize_codes, group_params, quantize_to_codes
 from compress.stats import HESSIAN, LinearStats
 from models.qformat import AffineQuantized
-
-# When Cholesky fails, retry with the dampening x10 this many times before giving up:
-# 1% -> 10% -> 100% -> 1000% of mean(diag H); beyond that the update is meaningless.
-_DAMPENING_RETRIES = 3
 
 
 @dataclasses.dataclass
@@ -109,39 +105,6 @@ class _GroupGrid:
         return self.scale[:, g], self.zero[:, g]
 
 
-def _prepare_hessian(hessian: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """H in float64 with dead inputs (H_jj = 0) given H_jj = 1, and W[:, dead] = 0 in place:
-    no calibration token can tell what such a weight does (the paper's reference code)."""
-    h = hessian.detach().to(weight.device, torch.float64).clone()
-    if not torch.isfinite(h).all():
-        raise CompressError("the calibration Hessian holds inf/NaN: the calibration inputs "
-                            "overflowed; calibrate in fp32 or keep the layer with --ignore")
-    dead = torch.nonzero(torch.diagonal(h) == 0).squeeze(1)
-    h[dead, dead] = 1.0
-    weight[:, dead] = 0.0
-    return h
-
-
-def _inverse_hessian_factor(h: torch.Tensor, dampening: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, fp32."""
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    mean_diag = torch.diagonal(h).mean()
-    for attempt in range(_DAMPENING_RETRIES + 1):
-        damp = dampening * 10.0**attempt
-        lower, info = torch.linalg.cholesky_ex(h + damp * mean_diag * eye)
-        if info == 0:
-            upper, info = torch.linalg.cholesky_ex(inverse_from_cholesky(lower), upper=True)
-            if info == 0 and torch.isfinite(upper).all():
-                if attempt:
-                    warnings.warn(f"GPTQ: the Hessian needed dampening {damp:g} (asked "
-                                  f"{dampening:g}) to be positive definite; more calibration "
-                                  "tokens would help", stacklevel=4)
-                return upper.to(torch.float32)
-    raise CompressError(f"the calibration Hessian is not positive definite even with "
-                        f"dampening {damp:g}: use more calibration samples, another method "
-                        "(e.g. rtn), or keep the layer in floating point with --ignore")
-
-
 def _current_columns(w: torch.Tensor, w1: torch.Tensor, err1: torch.Tensor, hinv: torch.Tensor,
                      i1: int, i: int, width: int) -> torch.Tensor:
     """Columns [i1 + i, i1 + i + width) as updated by every column before i1 + i.
@@ -194,7 +157,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
         raise ValueError(f"block_size {block_size} must be >= 1")
     w = weight.detach().to(torch.float32).clone()
     pruned = w == 0  # fixed once, before any update, like SparseGPT's mask
-    h = _prepare_hessian(hessian, w)
+    h = prepare_hessian(hessian, w)
     order = torch.arange(cols, device=w.device)
     if act_order:
         order = torch.argsort(torch.diagonal(h), descending=True, stable=True)
@@ -205,7 +168,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
         zero = torch.zeros_like(scale)
     grid = _GroupGrid(bits, group, symmetric, scale, zero, (order // group).tolist(),
                       fit_on_the_fly=not act_order)
-    hinv = _inverse_hessian_factor(h, dampening)
+    hinv = inverse_hessian_factor(h, dampening, "rtn")
     codes = torch.empty_like(w)
     with single_threaded():
         for i1 in range(0, cols, block_size):

@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import toolkit.pipeline
 import toolkit.lm_artifact
+import toolkit.pipeline
 
 SMALL = ["--calib-samples", "4", "--seq-len", "32", "--eval-windows", "2",
          "--eval-seq-len", "64", "--quiet"]
