@@ -49,7 +49,7 @@ METHOD_FLAGS: list[tuple[str, dict]] = [
                     "4, 8; palettize: 2, 3, 4, 6, 8) (default: 4)")),
     ("--group-size", dict(type=_none_or_int("channel"), metavar="G|channel",
                           help="rtn/gptq/awq: inputs sharing a scale (32, 64, 128), or "
-                               "`channel` for one scale per output row (default: 128)")),
+                               "`channel` for one scale per output row (default: 64)")),
     ("--symmetric", dict(action="store_true", help="rtn/gptq/awq: symmetric grid, no zero "
                          "points (default: asymmetric)")),
     ("--act-order", dict(action="store_true", help="gptq: quantize columns by decreasing "
