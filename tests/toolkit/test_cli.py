@@ -241,8 +241,12 @@ def test_models_lists_registered_models_and_their_weights(toolkit_cli, tmp_path)
 HELP_OPTIONS = {
     "compress": ["--model", "--method", "--sparsity", "--pattern", "--ignore", "--layerwise",
                  "--calib-samples", "--seq-len", "--seed", "--calib-data", "--out", "--json",
-                 "--quiet", "--overwrite", "--eval-windows", "--eval-seq-len", "--option"],
-    "eval": ["--model", "--eval-windows", "--eval-seq-len", "--json", "--quiet"],
+                 "--quiet", "--overwrite", "--eval-windows", "--eval-seq-len", "--option",
+                 "--bits", "--group-size", "--symmetric", "--act-order", "--backend",
+                 "--group-rows", "--target-bits", "--bits-choices"],
+    "run": ["--model", "--out", "--overwrite", "--no-eval", "--json", "--quiet"],
+    "eval": ["--model", "--eval-windows", "--eval-seq-len", "--json", "--quiet", "--suite",
+             "--compare", "--kick-questions", "--mmlu-questions", "--no-cache"],
     "models": ["--all", "--json"],
 }
 
@@ -263,7 +267,7 @@ def test_every_subcommand_help_lists_its_options(toolkit_cli, command):
 def test_top_level_help_lists_the_commands(toolkit_cli):
     result = toolkit_cli("--help")
     assert result.code == 0
-    for command in ("compress", "eval", "models"):
+    for command in ("compress", "run", "eval", "models"):
         assert command in result.out
 
 
@@ -275,7 +279,7 @@ def test_console_script_runs(tmp_path):
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120,
                           env=os.environ.copy())
     assert done.returncode == 0, done.stderr
-    for command in ("compress", "eval", "models"):
+    for command in ("compress", "run", "eval", "models"):
         assert command in done.stdout
 
 
