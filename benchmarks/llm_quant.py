@@ -147,18 +147,33 @@ def main() -> int:
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--variants", help="comma-separated subset of: " + ", ".join(VARIANTS))
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="results JSON (default: benchmarks/results/llm_quant.json); "
+                             "another file lets a second run proceed in parallel")
+    parser.add_argument("--merge", type=Path, metavar="OTHER.json",
+                        help="add the variants of another results file run with the same "
+                             "protocol, then re-render")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite BENCHMARKS.md from the saved results without running")
     args = parser.parse_args()
     from benchmarks.llm_quant_table import render_table
 
-    if args.render_only:
+    if args.merge:
+        results, other = (json.loads(p.read_text()) for p in (args.results, args.merge))
+        if other["protocol"] != results["protocol"]:
+            print(f"{args.merge} used another protocol: not merged", file=sys.stderr)
+            return 2
+        results["variants"].update({k: v for k, v in other["variants"].items()
+                                    if k not in results["variants"]})
+        args.results.write_text(json.dumps(results, indent=1) + "\n")
+    if args.render_only or args.merge:
         replace_section(ROOT / "BENCHMARKS.md", "llm_quant",
-                        render_table(json.loads(RESULTS.read_text())))
+                        render_table(json.loads(args.results.read_text())))
         return 0
     protocol = {"eval_windows": args.eval_windows, "calib_samples": args.calib_samples,
                 "kick_questions": args.kick_questions}
-    results = {} if args.fresh or not RESULTS.exists() else json.loads(RESULTS.read_text())
+    results = ({} if args.fresh or not args.results.exists()
+               else json.loads(args.results.read_text()))
     if results.get("protocol") != protocol:
         results = {"protocol": protocol, "variants": {}}
     names = args.variants.split(",") if args.variants else list(VARIANTS)
@@ -167,7 +182,7 @@ def main() -> int:
         print(f"unknown variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}",
               file=sys.stderr)
         return 2
-    work = ROOT / "runs" / "bench-quant"
+    work = ROOT / "runs" / f"bench-quant-{args.results.stem}"
     work.mkdir(parents=True, exist_ok=True)
     for name in names:
         if name in results["variants"]:
@@ -178,9 +193,10 @@ def main() -> int:
         except RuntimeError as exc:
             print(f"[bench] {name} failed: {exc}", file=sys.stderr, flush=True)
             results["variants"][name] = {"variant": name, "error": str(exc)[-500:]}
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-        replace_section(ROOT / "BENCHMARKS.md", "llm_quant", render_table(results))
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(results, indent=1) + "\n")
+        if args.results == RESULTS:  # a parallel run is rendered when merged
+            replace_section(ROOT / "BENCHMARKS.md", "llm_quant", render_table(results))
         print(f"[bench] {name} done", flush=True)
     return 0
 

@@ -9,6 +9,7 @@ Dead inputs (H_jj = 0: the feature was always 0) get H_jj = 1 and their weights 
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -60,3 +61,15 @@ def inverse_hessian_factor(h: torch.Tensor, dampening: float, alternative: str,
 
 def _prefix(name: str) -> str:
     return f"{name}: " if name else ""
+
+
+def check_lazy_batch_knobs(block_size: object, dampening: object) -> float:
+    """Validate the knobs SparseGPT and GPTQ share; returns the dampening as a float."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise CompressError(
+            f"block_size {block_size!r} must be a positive integer (the paper uses 128)")
+    if isinstance(dampening, bool) or not isinstance(dampening, int | float) \
+            or not math.isfinite(dampening) or dampening <= 0:
+        raise CompressError(
+            f"dampening {dampening!r} must be a number > 0 (the paper uses 0.01)")
+    return float(dampening)

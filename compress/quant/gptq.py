@@ -33,13 +33,12 @@ error feedback used.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import ClassVar
 
 import torch
 
 from compress.errors import CompressError
-from compress.hessian import inverse_hessian_factor, prepare_hessian
+from compress.hessian import check_lazy_batch_knobs, inverse_hessian_factor, prepare_hessian
 from compress.linalg import single_threaded
 from compress.quant.base import IntQuantConfig, register_quantizer
 from compress.quant.grid import check_grid, dequantize_codes, group_params, quantize_to_codes
@@ -68,17 +67,7 @@ class GPTQConfig(IntQuantConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) \
-                or self.block_size < 1:
-            raise CompressError(
-                f"block_size {self.block_size!r} must be a positive integer (the paper uses 128)"
-            )
-        if isinstance(self.dampening, bool) or not isinstance(self.dampening, int | float) \
-                or not math.isfinite(self.dampening) or self.dampening <= 0:
-            raise CompressError(
-                f"dampening {self.dampening!r} must be a number > 0 (the paper uses 0.01)"
-            )
-        self.dampening = float(self.dampening)
+        self.dampening = check_lazy_batch_knobs(self.block_size, self.dampening)
         if not isinstance(self.act_order, bool):
             raise CompressError(f"act_order {self.act_order!r} must be true or false")
 
