@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -184,6 +185,8 @@ def main() -> int:
         return 2
     work = ROOT / "runs" / f"bench-quant-{args.results.stem}"
     work.mkdir(parents=True, exist_ok=True)
+    os.chdir(ROOT)  # relative paths from here on keep machine paths out of the results
+    work = work.relative_to(ROOT)
     for name in names:
         if name in results["variants"]:
             continue
