@@ -7,6 +7,7 @@ dataclass; `compress.apply` dispatches on `type(config)`, never on a method name
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -76,3 +77,19 @@ def handler_for(config: MethodConfig) -> Callable:
 def registered_methods() -> dict[str, type[MethodConfig]]:
     """Method name -> config type, for the CLI's choices and help."""
     return dict(sorted(_CONFIGS_BY_NAME.items()))
+
+
+def ignore_patterns(value: object) -> tuple[str, ...]:
+    """A config's `ignore` knob as a tuple of compiled-checked regexes over module names
+    (a single string or a list from YAML/CLI is accepted)."""
+    patterns = (value,) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
+    for regex in patterns:
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise CompressError(f"--ignore {regex!r} is not a valid regex ({exc})") from None
+    return patterns
+
+
+def matches_any(module_name: str, patterns: tuple[str, ...]) -> bool:
+    return any(re.search(regex, module_name) for regex in patterns)

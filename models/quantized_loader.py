@@ -69,5 +69,7 @@ def _tied_names(module) -> set[str]:
     seen, tied = set(), set()
     for name, tensor in module.state_dict(keep_vars=True).items():
         pointer = tensor.data_ptr()
-        (tied.add(name) if pointer in seen else seen.add(pointer))
+        if pointer in seen:
+            tied.add(name)
+        seen.add(pointer)
     return tied

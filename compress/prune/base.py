@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import torch
 
-from compress.config import MethodConfig, register_handler
+from compress.config import MethodConfig, ignore_patterns, matches_any, register_handler
 from compress.errors import CompressError
 from compress.stats import KNOWN_STATS, LinearStats
 
@@ -60,8 +60,7 @@ class PruneConfig(MethodConfig):
     needs: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
-        if isinstance(self.ignore, list | str):
-            self.ignore = (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore)
+        self.ignore = ignore_patterns(self.ignore)
         nm = parse_pattern(self.pattern) if self.pattern is not None else None
         if self.sparsity is None:
             self.sparsity = nm[0] / nm[1] if nm else 0.5
@@ -82,11 +81,6 @@ class PruneConfig(MethodConfig):
             )
         if self.layerwise == "owl":
             self._check_owl(nm)
-        for regex in self.ignore:
-            try:
-                re.compile(regex)
-            except re.error as exc:
-                raise CompressError(f"--ignore {regex!r} is not a valid regex ({exc})") from None
         assert self.needs <= KNOWN_STATS, self.needs
 
     def _check_owl(self, nm: tuple[int, int] | None) -> None:
@@ -109,7 +103,7 @@ class PruneConfig(MethodConfig):
         return parse_pattern(self.pattern) if self.pattern is not None else None
 
     def is_ignored(self, module_name: str) -> bool:
-        return any(re.search(regex, module_name) for regex in self.ignore)
+        return matches_any(module_name, self.ignore)
 
 
 def register_pruner(config_type: type[PruneConfig]) -> Callable[[PruneFn], PruneFn]:

@@ -11,13 +11,12 @@ blocks calibrate on the quantized model, and keeping the packed form for the art
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 
-from compress.config import MethodConfig, register_handler
+from compress.config import MethodConfig, ignore_patterns, matches_any, register_handler
 from compress.errors import CompressError
 from compress.quant.grid import SUPPORTED_BITS
 from compress.stats import KNOWN_STATS, LinearStats
@@ -40,17 +39,11 @@ class QuantConfig(MethodConfig):
     needs: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
-        if isinstance(self.ignore, list | str):
-            self.ignore = (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore)
-        for regex in self.ignore:
-            try:
-                re.compile(regex)
-            except re.error as exc:
-                raise CompressError(f"--ignore {regex!r} is not a valid regex ({exc})") from None
+        self.ignore = ignore_patterns(self.ignore)
         assert self.needs <= KNOWN_STATS, self.needs
 
     def is_ignored(self, module_name: str) -> bool:
-        return any(re.search(regex, module_name) for regex in self.ignore)
+        return matches_any(module_name, self.ignore)
 
 
 @dataclasses.dataclass
