@@ -82,6 +82,46 @@ def test_weights_pull_a_centroid_onto_the_important_value() -> None:
                                                                       abs=1e-3)
 
 
+def test_outliers_get_a_centroid_where_lloyd_alone_clips_them() -> None:
+    """Lloyd from quantiles keeps every centroid in the bulk and clips isolated large
+    weights (SmolLM2's 6.07 and 5.88 in one 16-row group were stored as 0.98); the swap step
+    moves the cheapest centroid onto them. Bulk: Student-t (5 dof) x 0.2, as in that group."""
+    from compress.quant.kmeans import _lloyd, _quantile_init
+    generator = torch.Generator().manual_seed(1)
+    normal = torch.randn(24000, generator=generator)
+    chi2 = torch.randn(5, 24000, generator=generator).square().mean(dim=0)
+    values = torch.cat([normal / chi2.sqrt() * 0.2, torch.tensor([6.0, 5.8])]).view(1, -1)
+    start, pinned = _quantile_init(values, torch.ones_like(values), 8)
+    lloyd, _ = _lloyd(values, torch.ones_like(values), start, pinned, 20)
+    assert float(lloyd[0, -1]) < 2.0  # Lloyd alone: both outliers clipped to the bulk's edge
+    table, assignment = kmeans_1d(values, 8, iters=20)
+    assert int(assignment[0, -1]) == int(assignment[0, -2]) == 7  # they share a centroid
+    assert float(table.float()[0, 7]) == pytest.approx(5.9, abs=5e-3)
+
+
+def test_swaps_never_raise_the_error_of_lloyd_alone() -> None:
+    """The swap step is accepted only where it lowers the (weighted) error, checked here
+    against Lloyd's result from the same start on heavy-tailed rows."""
+    from compress.quant.kmeans import _lloyd, _quantile_init, nearest_centroid
+    generator = torch.Generator().manual_seed(9)
+    values = torch.distributions.StudentT(2.0).sample((16, 2000)) * 0.05
+    weights = torch.rand(16, 2000, generator=generator) + 0.1
+    improved = []
+    for k in (4, 8, 16):
+        start, pinned = _quantile_init(values, weights, k)
+        lloyd, _ = _lloyd(values, weights, start, pinned, 20)
+        table, assignment = kmeans_1d(values, k, iters=20, weights=weights)
+
+        def error(centroids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            return (weights * (values - centroids.gather(1, index)).square()).sum(dim=1)
+
+        lloyd_error = error(lloyd.half().float(), nearest_centroid(values, lloyd.half().float()))
+        swapped_error = error(table.float(), assignment)
+        assert bool((swapped_error <= lloyd_error * (1 + 1e-3)).all()), k
+        improved.append(float(swapped_error.sum()) < float(lloyd_error.sum()))
+    assert any(improved)  # the swaps did act somewhere
+
+
 def test_weighted_palettization_lowers_the_weighted_error() -> None:
     weight = _gaussian(32, 64, seed=3)
     importance = torch.ones(64)
@@ -122,7 +162,7 @@ def test_group_rows_must_divide_the_rows() -> None:
         palettize(_gaussian(40, 8), 4, 16, 5)
     model = create_model("fake-llama").module  # q_proj has 64 rows
     with pytest.raises(CompressError, match=r"layers\.0\.self_attn\.q_proj: group_rows 48"):
-        compress.apply(model, PalettizeConfig(group_rows=48, iters=2), None)
+        compress.apply(model, PalettizeConfig(group_rows=48, iters=2, weighted=False), None)
 
 
 @pytest.mark.parametrize(("knobs", "message"), [
@@ -142,8 +182,8 @@ def test_config_rejects_bad_knobs(knobs: dict, message: str) -> None:
 
 
 def test_needs_depend_on_the_knobs_and_round_trip() -> None:
-    assert PalettizeConfig().needs == frozenset()
-    assert PalettizeConfig(weighted=True).needs == frozenset({SQ_NORM})
+    assert PalettizeConfig().needs == frozenset({SQ_NORM})  # weighted by default
+    assert PalettizeConfig(weighted=False).needs == frozenset()
     assert PalettizeConfig(target_bits=3.5).needs == frozenset({HESSIAN})
     config = PalettizeConfig(target_bits=3.5, bits_choices=(4, 2))
     assert config.bits_choices == (2, 4)
@@ -154,7 +194,8 @@ def test_needs_depend_on_the_knobs_and_round_trip() -> None:
 
 def test_apply_palettizes_every_linear_of_fake_llama() -> None:
     model = create_model("fake-llama").module
-    report = compress.apply(model, PalettizeConfig(bits=4, group_rows=16, iters=5), None)
+    report = compress.apply(model, PalettizeConfig(bits=4, group_rows=16, iters=5,
+                                                    weighted=False), None)
     assert len(report.quantized) == FAKE_LINEARS and report.calib_tokens == 0
     modules = dict(model.named_modules())
     for name, palette in report.quantized.items():
@@ -185,5 +226,8 @@ def test_mixed_bits_errors_name_the_fix() -> None:
     config = PalettizeConfig(target_bits=3.0, iters=2, ignore=(only_two,))
     with pytest.raises(CompressError, match=r"too few .* set target_bits to 2\.06"):
         compress.apply(create_model("fake-llama").module, config, _calib())
-    with pytest.raises(CompressError, match="target_bits needs calibration token ids"):
+    with pytest.raises(CompressError, match=r"needs calibration token ids \[N, L\] for "
+                                            "target_bits k-means: .* or drop target_bits"):
         compress.apply(create_model("fake-llama").module, PalettizeConfig(target_bits=3), None)
+    with pytest.raises(CompressError, match=r"for weighted k-means: .* \(--no-weighted\)"):
+        compress.apply(create_model("fake-llama").module, PalettizeConfig(), None)

@@ -63,6 +63,9 @@ METHOD_FLAGS: list[tuple[str, dict]] = [
                            "stored bits per weight, e.g. 3.7")),
     ("--bits-choices", dict(type=_int_list, metavar="B,B", help="palettize: bit-widths the "
                             "mixed allocation picks from (default: 2,4)")),
+    ("--weighted", dict(action=argparse.BooleanOptionalAction, help="palettize: weight "
+                        "k-means by each input's activation energy (sensitive k-means); "
+                        "--no-weighted clusters the weights alone, data-free (default: on)")),
 ]
 
 
