@@ -52,6 +52,9 @@ VARIANTS: dict[str, list[dict]] = {
     "nncf-int4-g64": _q("rtn", 4, 64, backend="nncf"),
     "palettize-mixed-3.5": [{"method": "palettize", "group_rows": 16, "target_bits": 3.5}],
     "palettize-4b": [{"method": "palettize", "bits": 4, "group_rows": 16}],
+    # Plain k-means on the weights alone, against the default activation-weighted one.
+    "palettize-3b-data-free": [{"method": "palettize", "bits": 3, "group_rows": 16,
+                                "weighted": False}],
     "rtn-2b-g32": _q("rtn", 2, 32),
     "gptq-2b-g32": _q("gptq", 2, 32),
     "nncf-awq-int4-g64": _q("awq", 4, 64, backend="nncf"),
@@ -148,6 +151,9 @@ def main() -> int:
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--variants", help="comma-separated subset of: " + ", ".join(VARIANTS))
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
+    parser.add_argument("--redo", default="", metavar="A,B",
+                        help="run these variants again even if results exist (after a "
+                             "method changed)")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="results JSON (default: benchmarks/results/llm_quant.json); "
                              "another file lets a second run proceed in parallel")
@@ -187,8 +193,13 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(ROOT)  # relative paths from here on keep machine paths out of the results
     work = work.relative_to(ROOT)
+    redo = {n for n in args.redo.split(",") if n}
+    unknown = sorted(redo - set(VARIANTS))
+    if unknown:
+        print(f"unknown variant {unknown[0]!r} in --redo", file=sys.stderr)
+        return 2
     for name in names:
-        if name in results["variants"]:
+        if name in results["variants"] and name not in redo:
             continue
         print(f"[bench] {name} ...", flush=True)
         try:

@@ -1,0 +1,137 @@
+"""`ExportDecoder.from_hf(module, max_context)`: a Hugging Face Llama-family causal LM
+rebuilt from `export.llm.decoder`'s parts, with the same weights and the same function.
+
+Supported: Llama-style blocks (RMSNorm, grouped-query attention with rotary embeddings of
+any static kind, since the rotary module's own inv_freq and attention scaling are read;
+gated SiLU MLP; optional q/k/v biases as in Qwen2), tied or separate LM head. Anything
+else fails with an error that names the part, rather than exporting a different model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from export.errors import ExportError
+from export.llm.decoder import (
+    SUPPORTED_ACTIVATIONS,
+    DecoderBlock,
+    DecoderShape,
+    ExportLinear,
+    RMSNorm,
+)
+from models.adapter import decoder_layout
+
+# A large negative number instead of -inf: a fully masked row then gives a uniform
+# softmax rather than NaN, and every runtime handles it in fp16 as well.
+MASKED = -1e4
+
+
+class ExportDecoder(nn.Module):
+    def __init__(self, source: nn.Module, max_context: int):
+        super().__init__()
+        config = source.config
+        layout = decoder_layout(source)
+        self.shape = _decoder_shape(config, max_context)
+        activation = getattr(config, "hidden_act", "silu")
+        if activation not in SUPPORTED_ACTIVATIONS:
+            raise ExportError(f"activation {activation!r} in the MLP is not supported by the "
+                              f"LLM exporter: supported are {', '.join(SUPPORTED_ACTIVATIONS)}")
+        _check_blocks(layout.blocks, config)
+        eps = float(getattr(config, "rms_norm_eps", 1e-6))
+        self.embed = nn.Parameter(layout.embeddings.weight.detach().clone(),
+                                  requires_grad=False)
+        self.layers = nn.ModuleList(DecoderBlock(b, self.shape, eps, activation)
+                                    for b in layout.blocks)
+        self.norm = RMSNorm(layout.norm, eps)
+        rotary = _rotary_module(source)
+        self.register_buffer("inv_freq", rotary.inv_freq.detach().float().clone())
+        self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
+        self.tied = layout.head.weight is layout.embeddings.weight
+        self.lm_head = None if self.tied else ExportLinear(layout.head)
+        # Export name of each linear -> the source model's name (the artifact's key).
+        self.source_names = {
+            f"layers.{i}.{name}": f"{layout.blocks_name}.{i}.{name}"
+            for i, block in enumerate(layout.blocks)
+            for name, module in block.named_modules() if isinstance(module, nn.Linear)}
+        self.eval()
+
+    @classmethod
+    def from_hf(cls, source: nn.Module, max_context: int) -> ExportDecoder:
+        return cls(source, max_context)
+
+    def empty_cache(self) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = self.shape.cache_shape()
+        return torch.zeros(shape), torch.zeros(shape)
+
+    def forward(self, input_ids: torch.Tensor, position: torch.Tensor, keys: torch.Tensor,
+                values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tokens = input_ids.shape[1]
+        positions = position + torch.arange(tokens, dtype=position.dtype)
+        freqs = positions.to(torch.float32).unsqueeze(1) * self.inv_freq.unsqueeze(0)
+        angles = torch.cat((freqs, freqs), dim=-1)  # [T, D]
+        cos, sin = angles.cos() * self.rope_scale, angles.sin() * self.rope_scale
+        slots = torch.arange(self.shape.max_context, dtype=position.dtype)
+        visible = slots.unsqueeze(0) <= positions.unsqueeze(1)  # [T, C]
+        mask = torch.where(visible, 0.0, MASKED)
+        x = self.embed[input_ids[0]]  # [T, hidden]
+        new_keys, new_values = [], []
+        for index, layer in enumerate(self.layers):
+            x, k, v = layer(x, cos, sin, mask, positions, keys[index], values[index])
+            new_keys.append(k)
+            new_values.append(v)
+        x = self.norm(x)
+        logits = x @ self.embed.t() if self.lm_head is None else self.lm_head(x)
+        return logits.unsqueeze(0), torch.stack(new_keys), torch.stack(new_values)
+
+
+def _decoder_shape(config, max_context: int) -> DecoderShape:
+    if not isinstance(max_context, int) or max_context < 2:
+        raise ExportError(f"max context {max_context!r} must be an integer >= 2, e.g. 512")
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and max_context > limit:
+        raise ExportError(f"max context {max_context} exceeds the model's "
+                          f"max_position_embeddings ({limit}): choose at most {limit}")
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) and max_context > window:
+        raise ExportError(f"the model uses sliding-window attention ({window} tokens), which "
+                          f"the exporter does not implement: choose --max-context <= {window}")
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return DecoderShape(layers=config.num_hidden_layers, heads=heads,
+                        kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+                        head_dim=head_dim, hidden=config.hidden_size,
+                        vocab=config.vocab_size, max_context=max_context)
+
+
+_BLOCK_PARTS = ("input_layernorm", "post_attention_layernorm", "self_attn.q_proj",
+                "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                "mlp.up_proj", "mlp.down_proj")
+_UNSUPPORTED_PARTS = ("self_attn.q_norm", "self_attn.k_norm", "pre_feedforward_layernorm",
+                      "post_feedforward_layernorm", "mlp.experts")
+
+
+def _check_blocks(blocks: nn.ModuleList, config) -> None:
+    names = {name for name, _ in blocks[0].named_modules()}
+    for part in _BLOCK_PARTS:
+        if part not in names:
+            raise ExportError(f"block 0 of this {config.model_type} model has no {part}: the "
+                              "LLM exporter supports Llama-style decoder blocks only")
+    for part in _UNSUPPORTED_PARTS:
+        if part in names:
+            raise ExportError(f"layer {part} of this {config.model_type} model is not "
+                              "supported by the LLM exporter (Llama-style blocks only)")
+    if getattr(blocks[0].self_attn.o_proj, "bias", None) is not None:
+        raise ExportError("an o_proj bias is not supported by the LLM exporter")
+
+
+def _rotary_module(source: nn.Module) -> nn.Module:
+    rotary = getattr(getattr(source, "model", source), "rotary_emb", None)
+    if rotary is None or not isinstance(getattr(rotary, "inv_freq", None), torch.Tensor):
+        raise ExportError("the model has no rotary embedding with a static inv_freq "
+                          "(model.rotary_emb): the LLM exporter supports rotary Llama-style "
+                          "models only")
+    if getattr(rotary, "rope_type", "default") == "dynamic":
+        raise ExportError("dynamic NTK rotary scaling changes with the sequence length and "
+                          "cannot be exported with a fixed context")
+    return rotary

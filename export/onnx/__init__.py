@@ -1,0 +1,1 @@
+"""ONNX export: graphs from torch.onnx (dynamo), compressed weights rewritten in."""

@@ -1,0 +1,145 @@
+"""Compressed linear weights as ONNX nodes, read from the artifact's packed form.
+
+    affine, 2/4/8 bits, power-of-two groups >= 16:  com.microsoft MatMulNBits
+        Y = A @ W^T,  W[n, k] = scale[n, g] * (q[n, k] - zero[n, g]),  g = k // block
+        B [N, K/block, block*bits/8] uint8, codes LSB-first; zero points packed the same
+        way per row (absent = 2^(bits-1), our symmetric grid)
+    affine, 3 bits:     the same with 4-bit storage (the 3-bit codes fit; say so)
+    affine, other groups (per channel):  DequantizeLinear(uint8 codes, per-axis scale
+        and zero point) -> MatMul
+    palettized:         Gather(lut, Cast(indices)) -> MatMul, indices as UINT4 (<= 4 bits)
+        or UINT8, tables as stored; onnxruntime folds the constant subgraph at load time
+    AWQ input scale s:  A / s before the product (W = dequant / s)
+
+Every builder returns the nodes, the initializers and a one-line description of how the
+layer was carried, which goes into the export report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from models.qformat import AffineQuantized, PaletteQuantized
+from models.qformat.packing import pack_bits
+
+MATMUL_NBITS_BITS = (2, 4, 8)
+
+
+@dataclasses.dataclass
+class OnnxWeight:
+    nodes: list
+    initializers: list
+    carried_as: str  # e.g. "MatMulNBits 4-bit, block 64"
+
+
+def _tensor(name: str, array: np.ndarray):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.ascontiguousarray(array), name)
+
+
+def _pack_rows(values: torch.Tensor, bits: int) -> np.ndarray:
+    """Each row packed on its own (LSB-first), rows padded to whole bytes."""
+    return np.stack([pack_bits(row, bits).numpy() for row in values])
+
+
+def _input_scaled(weight: AffineQuantized, a: str, prefix: str) -> tuple[str, list, list]:
+    if weight.input_scale is None:
+        return a, [], []
+    from onnx import helper
+
+    scale = weight.input_scale.float().numpy()
+    return (f"{prefix}.scaled_input",
+            [helper.make_node("Div", [a, f"{prefix}.input_scale"], [f"{prefix}.scaled_input"])],
+            [_tensor(f"{prefix}.input_scale", scale)])
+
+
+def matmul_nbits_supported(weight: AffineQuantized) -> bool:
+    block = weight.group_size
+    return block >= 16 and block & (block - 1) == 0 and weight.bits <= 8
+
+
+def matmul_nbits(weight: AffineQuantized, a: str, y: str, prefix: str) -> OnnxWeight:
+    """`weight` as com.microsoft MatMulNBits (see the module docstring)."""
+    from onnx import helper
+
+    out, inp = weight.shape
+    bits = weight.bits if weight.bits in MATMUL_NBITS_BITS else 4
+    block = weight.group_size
+    blocks = inp // block
+    packed = _pack_rows(weight.codes, bits).reshape(out, blocks, block * bits // 8)
+    a, nodes, inits = _input_scaled(weight, a, prefix)
+    inits += [_tensor(f"{prefix}.B", packed),
+              _tensor(f"{prefix}.scales", weight.scales.float().numpy().reshape(-1))]
+    inputs = [a, f"{prefix}.B", f"{prefix}.scales"]
+    if weight.zeros is not None or bits != weight.bits:  # the default zero is 2^(bits-1)
+        inits.append(_tensor(f"{prefix}.zero_points", _pack_rows(weight.zero_points(), bits)
+                             .reshape(-1)))
+        inputs.append(f"{prefix}.zero_points")
+    nodes.append(helper.make_node("MatMulNBits", inputs, [y], domain="com.microsoft",
+                                  K=inp, N=out, bits=bits, block_size=block,
+                                  name=f"{prefix}.MatMulNBits"))
+    how = f"MatMulNBits {bits}-bit, block {block}"
+    if bits != weight.bits:
+        how += f" (the {weight.bits}-bit codes stored in 4 bits: no 3-bit kernel)"
+    return OnnxWeight(nodes, inits, how)
+
+
+def dequantize_linear(weight: AffineQuantized, a: str, y: str, prefix: str) -> OnnxWeight:
+    """Per-channel codes as DequantizeLinear(uint8 [K, N], axis 1) -> MatMul."""
+    from onnx import helper
+
+    if weight.group_size != weight.shape[1]:
+        raise ValueError("dequantize_linear carries one group per row only")
+    a, nodes, inits = _input_scaled(weight, a, prefix)
+    inits += [_tensor(f"{prefix}.codes_t", weight.codes.t().numpy()),
+              _tensor(f"{prefix}.scale", weight.scales.float().numpy().reshape(-1)),
+              _tensor(f"{prefix}.zero_point", weight.zero_points().numpy().reshape(-1))]
+    nodes += [helper.make_node("DequantizeLinear", [f"{prefix}.codes_t", f"{prefix}.scale",
+                                                    f"{prefix}.zero_point"],
+                               [f"{prefix}.weight_t"], axis=1),
+              helper.make_node("MatMul", [a, f"{prefix}.weight_t"], [y])]
+    return OnnxWeight(nodes, inits, f"DequantizeLinear uint8 per channel "
+                                    f"({weight.bits}-bit codes)")
+
+
+def palette_gather(weight: PaletteQuantized, a: str, y: str, prefix: str) -> OnnxWeight:
+    """W^T[k, n] = lut_flat[(n // g) * 2^b + index[n, k]] as Gather -> MatMul."""
+    from onnx import TensorProto, helper
+
+    out, inp = weight.shape
+    entries = 1 << weight.bits
+    offsets = (torch.arange(out) // weight.group_rows * entries).to(torch.int32)
+    indices_t = weight.indices.t().contiguous()
+    if weight.bits <= 4:
+        index_init = helper.make_tensor(f"{prefix}.indices_t", TensorProto.UINT4,
+                                        list(indices_t.shape), indices_t.reshape(-1).tolist())
+    else:
+        index_init = _tensor(f"{prefix}.indices_t", indices_t.numpy())
+    inits = [index_init, _tensor(f"{prefix}.lut", weight.lut.float().numpy().reshape(-1)),
+             _tensor(f"{prefix}.row_offset", offsets.numpy().reshape(1, out))]
+    nodes = [helper.make_node("Cast", [f"{prefix}.indices_t"], [f"{prefix}.index32"],
+                              to=TensorProto.INT32),
+             helper.make_node("Add", [f"{prefix}.index32", f"{prefix}.row_offset"],
+                              [f"{prefix}.entry"]),
+             helper.make_node("Gather", [f"{prefix}.lut", f"{prefix}.entry"],
+                              [f"{prefix}.weight_t"]),
+             helper.make_node("MatMul", [a, f"{prefix}.weight_t"], [y])]
+    container = 4 if weight.bits <= 4 else 8
+    return OnnxWeight(nodes, inits, f"palette {weight.bits}-bit via Gather (indices stored "
+                                    f"in {container} bits, {weight.lut.shape[0]} tables)")
+
+
+def compressed_weight(weight, a: str, y: str, prefix: str) -> OnnxWeight | None:
+    """The ONNX form of one packed weight, or None when only a float weight can carry it."""
+    if isinstance(weight, PaletteQuantized):
+        return palette_gather(weight, a, y, prefix)
+    if isinstance(weight, AffineQuantized):
+        if matmul_nbits_supported(weight):
+            return matmul_nbits(weight, a, y, prefix)
+        if weight.group_size == weight.shape[1]:
+            return dequantize_linear(weight, a, y, prefix)
+    return None
