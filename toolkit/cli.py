@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from toolkit.commands import compress_cmd, eval_cmd, models_cmd, run_cmd
+from toolkit.commands import compress_cmd, eval_cmd, export_cmd, models_cmd, run_cmd
 from toolkit.errors import USER_ERRORS
 
-COMMANDS = (compress_cmd, run_cmd, eval_cmd, models_cmd)
+COMMANDS = (compress_cmd, run_cmd, eval_cmd, export_cmd, models_cmd)
 EXIT_USER_ERROR = 2
 
 
@@ -44,7 +44,8 @@ def _quiet_libraries() -> None:
     # transformers imports torchao when it is installed (NNCF needs it); torchao then
     # reports CUDA-only kernels it cannot load and torch deprecation notes, none of which
     # concern a user of this command.
-    for name in ("torchao", "torch.utils._pytree"):
+    # torch.onnx lists the torchvision ops it skips when torchvision is absent.
+    for name in ("torchao", "torch.utils._pytree", "torch.onnx._internal.exporter._registration"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
     hf_logging.disable_progress_bar()

@@ -82,8 +82,8 @@ def _swap_for_worst_value(values: torch.Tensor, weights: torch.Tensor, centroids
     its neighbours, costing  sum_{i in c} w_i (min_{c' = c +- 1} (v_i - c')^2 - (v_i - c)^2);
     a centroid on the worst value v* gains at least  sum_i w_i max(0, (v_i - c_a(i))^2 -
     (v_i - v*)^2)  (every value that is nearer to it moves there; a pair of outliers shares
-    it). A swap is made only where that gain exceeds the cost, so the error strictly falls. Returns the new
-    (centroids, pinned), or None when no row improves."""
+    it). A swap is made only where that gain exceeds the cost, so the error strictly
+    falls. Returns the new (centroids, pinned), or None when no row improves."""
     k = centroids.shape[1]
     assignment = nearest_centroid(values, centroids)
     error = weights * (values - centroids.gather(1, assignment)).square()

@@ -25,10 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.errors import ExportError
-
 SUPPORTED_ACTIVATIONS = {"silu": F.silu}
-
 
 @dataclasses.dataclass(frozen=True)
 class DecoderShape:
@@ -42,7 +39,6 @@ class DecoderShape:
 
     def cache_shape(self) -> tuple[int, int, int, int]:
         return (self.layers, self.kv_heads, self.max_context, self.head_dim)
-
 
 class ExportLinear(nn.Module):
     """y = x @ W^T + b with W^T stored as `weight_t` [in, out] (see the module docstring)."""
@@ -58,7 +54,6 @@ class ExportLinear(nn.Module):
         y = x @ self.weight_t
         return y if self.bias is None else y + self.bias
 
-
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * g, computed in fp32 as the Llama reference does."""
 
@@ -70,11 +65,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
-
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
 
 class CachedAttention(nn.Module):
     """Grouped-query attention over a fixed-size cache (Llama's rotary convention)."""
@@ -110,7 +103,6 @@ class CachedAttention(nn.Module):
         out = self.o_proj(attended.transpose(0, 1).reshape(tokens, s.heads * s.head_dim))
         return out, keys, values
 
-
 class GatedMLP(nn.Module):
     def __init__(self, mlp: nn.Module, activation: str):
         super().__init__()
@@ -120,7 +112,6 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-
 
 class DecoderBlock(nn.Module):
     def __init__(self, block: nn.Module, shape: DecoderShape, eps: float, activation: str):

@@ -33,6 +33,7 @@ class ExportDecoder(nn.Module):
         config = source.config
         layout = decoder_layout(source)
         self.shape = _decoder_shape(config, max_context)
+        _check_blocks(layout.blocks, config)
         activation = getattr(config, "hidden_act", "silu")
         if activation not in SUPPORTED_ACTIVATIONS:
             raise ExportError(f"activation {activation!r} in the MLP is not supported by the "
@@ -111,7 +112,20 @@ _UNSUPPORTED_PARTS = ("self_attn.q_norm", "self_attn.k_norm", "pre_feedforward_l
                       "post_feedforward_layernorm", "mlp.experts")
 
 
+# Llama-shaped families whose arithmetic differs in ways the parts above do not implement.
+_DIFFERENT_ARITHMETIC = {
+    "gemma": "(1 + w) RMSNorm and sqrt(hidden)-scaled embeddings",
+    "gemma2": "(1 + w) RMSNorm, logit soft-capping and sliding windows",
+    "gemma3_text": "(1 + w) RMSNorm, q/k norms and sliding windows",
+}
+
+
 def _check_blocks(blocks: nn.ModuleList, config) -> None:
+    different = _DIFFERENT_ARITHMETIC.get(getattr(config, "model_type", ""))
+    if different:
+        raise ExportError(f"{config.model_type} models use {different}, which the LLM "
+                          "exporter does not implement (Llama, Mistral and Qwen2 are "
+                          "supported)")
     names = {name for name, _ in blocks[0].named_modules()}
     for part in _BLOCK_PARTS:
         if part not in names:

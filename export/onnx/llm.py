@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -73,7 +74,10 @@ def _torch_export(decoder: ExportDecoder):
     tokens = torch.export.Dim("tokens", min=1, max=shape.max_context)
     dynamic = {"input_ids": {1: tokens}, "position": None, "keys": None, "values": None}
     try:
-        with torch.no_grad():
+        # torch's exporter warns about its own internals (pytree deprecations); nothing
+        # there concerns the user.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
             program = torch.onnx.export(decoder, example, dynamo=True, external_data=False,
                                         input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
                                         dynamic_shapes=dynamic, opset_version=OPSET,

@@ -5,8 +5,10 @@
         B [N, K/block, block*bits/8] uint8, codes LSB-first; zero points packed the same
         way per row (absent = 2^(bits-1), our symmetric grid)
     affine, 3 bits:     the same with 4-bit storage (the 3-bit codes fit; say so)
-    affine, other groups (per channel):  DequantizeLinear(uint8 codes, per-axis scale
-        and zero point) -> MatMul
+    affine, groups of g inputs (per channel: g = in): MatMulNBits with the largest
+        power-of-two block b >= 16 dividing g, each group's scale and zero repeated g/b times
+        (DequantizeLinear -> MatMul is not used: onnxruntime fuses it into a kernel that
+        quantizes the activations to 8 bits, which changes the numbers)
     palettized:         Gather(lut, Cast(indices)) -> MatMul, indices as UINT4 (<= 4 bits)
         or UINT8, tables as stored; onnxruntime folds the constant subgraph at load time
     AWQ input scale s:  A / s before the product (W = dequant / s)
@@ -57,9 +59,11 @@ def _input_scaled(weight: AffineQuantized, a: str, prefix: str) -> tuple[str, li
             [_tensor(f"{prefix}.input_scale", scale)])
 
 
-def matmul_nbits_supported(weight: AffineQuantized) -> bool:
-    block = weight.group_size
-    return block >= 16 and block & (block - 1) == 0 and weight.bits <= 8
+def matmul_nbits_block(group_size: int) -> int | None:
+    """The largest power of two >= 16 dividing the group (MatMulNBits' block sizes), or
+    None. A group of g inputs is g / block blocks that repeat the group's scale and zero."""
+    block = group_size & -group_size  # the largest power of two dividing it
+    return block if block >= 16 else None
 
 
 def matmul_nbits(weight: AffineQuantized, a: str, y: str, prefix: str) -> OnnxWeight:
@@ -68,42 +72,29 @@ def matmul_nbits(weight: AffineQuantized, a: str, y: str, prefix: str) -> OnnxWe
 
     out, inp = weight.shape
     bits = weight.bits if weight.bits in MATMUL_NBITS_BITS else 4
-    block = weight.group_size
-    blocks = inp // block
-    packed = _pack_rows(weight.codes, bits).reshape(out, blocks, block * bits // 8)
+    block = matmul_nbits_block(weight.group_size)
+    if block is None:
+        raise ValueError(f"group size {weight.group_size} has no power-of-two block >= 16")
+    repeat = weight.group_size // block
+    packed = _pack_rows(weight.codes, bits).reshape(out, inp // block, block * bits // 8)
     a, nodes, inits = _input_scaled(weight, a, prefix)
+    scales = weight.scales.float().repeat_interleave(repeat, dim=1)
     inits += [_tensor(f"{prefix}.B", packed),
-              _tensor(f"{prefix}.scales", weight.scales.float().numpy().reshape(-1))]
+              _tensor(f"{prefix}.scales", scales.numpy().reshape(-1))]
     inputs = [a, f"{prefix}.B", f"{prefix}.scales"]
     if weight.zeros is not None or bits != weight.bits:  # the default zero is 2^(bits-1)
-        inits.append(_tensor(f"{prefix}.zero_points", _pack_rows(weight.zero_points(), bits)
-                             .reshape(-1)))
+        zeros = weight.zero_points().repeat_interleave(repeat, dim=1)
+        inits.append(_tensor(f"{prefix}.zero_points", _pack_rows(zeros, bits).reshape(-1)))
         inputs.append(f"{prefix}.zero_points")
     nodes.append(helper.make_node("MatMulNBits", inputs, [y], domain="com.microsoft",
                                   K=inp, N=out, bits=bits, block_size=block,
                                   name=f"{prefix}.MatMulNBits"))
     how = f"MatMulNBits {bits}-bit, block {block}"
+    if repeat > 1:
+        how += f" (each group of {weight.group_size} as {repeat} blocks)"
     if bits != weight.bits:
         how += f" (the {weight.bits}-bit codes stored in 4 bits: no 3-bit kernel)"
     return OnnxWeight(nodes, inits, how)
-
-
-def dequantize_linear(weight: AffineQuantized, a: str, y: str, prefix: str) -> OnnxWeight:
-    """Per-channel codes as DequantizeLinear(uint8 [K, N], axis 1) -> MatMul."""
-    from onnx import helper
-
-    if weight.group_size != weight.shape[1]:
-        raise ValueError("dequantize_linear carries one group per row only")
-    a, nodes, inits = _input_scaled(weight, a, prefix)
-    inits += [_tensor(f"{prefix}.codes_t", weight.codes.t().numpy()),
-              _tensor(f"{prefix}.scale", weight.scales.float().numpy().reshape(-1)),
-              _tensor(f"{prefix}.zero_point", weight.zero_points().numpy().reshape(-1))]
-    nodes += [helper.make_node("DequantizeLinear", [f"{prefix}.codes_t", f"{prefix}.scale",
-                                                    f"{prefix}.zero_point"],
-                               [f"{prefix}.weight_t"], axis=1),
-              helper.make_node("MatMul", [a, f"{prefix}.weight_t"], [y])]
-    return OnnxWeight(nodes, inits, f"DequantizeLinear uint8 per channel "
-                                    f"({weight.bits}-bit codes)")
 
 
 def palette_gather(weight: PaletteQuantized, a: str, y: str, prefix: str) -> OnnxWeight:
@@ -137,9 +128,6 @@ def compressed_weight(weight, a: str, y: str, prefix: str) -> OnnxWeight | None:
     """The ONNX form of one packed weight, or None when only a float weight can carry it."""
     if isinstance(weight, PaletteQuantized):
         return palette_gather(weight, a, y, prefix)
-    if isinstance(weight, AffineQuantized):
-        if matmul_nbits_supported(weight):
-            return matmul_nbits(weight, a, y, prefix)
-        if weight.group_size == weight.shape[1]:
-            return dequantize_linear(weight, a, y, prefix)
+    if isinstance(weight, AffineQuantized) and matmul_nbits_block(weight.group_size):
+        return matmul_nbits(weight, a, y, prefix)
     return None

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.kv_cache import cache_kwargs, returned_cache
+
 STOP_TEXT = "\n"
 
 
@@ -68,7 +70,7 @@ def _prefix_cache(model: nn.Module, prefix_ids: list[int], device: torch.device)
     if not prefix_ids:
         return None
     ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
-    return _cache_of(model(input_ids=ids, use_cache=True, **last_logits_kwargs(model)))
+    return returned_cache(model(input_ids=ids, use_cache=True, **last_logits_kwargs(model)))
 
 
 def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,13 +91,13 @@ def _decode_batch(model: nn.Module, tokenizer, batch: list[list[int]], max_new_t
     input_ids, prompt_mask = input_ids.to(device), prompt_mask.to(device)
     positions = prefix_len + (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     mask = torch.cat([prompt_mask.new_ones((len(batch), prefix_len)), prompt_mask], dim=1)
-    cache_kwargs = {}
+    prefix_kwargs = {}
     if prefix_cache is not None:
         cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(len(batch))
-        cache_kwargs = _cache_kwargs(model, cache)
+        prefix_kwargs = cache_kwargs(model, cache)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                use_cache=True, **cache_kwargs, **last_logits_kwargs(model))
+                use_cache=True, **prefix_kwargs, **last_logits_kwargs(model))
     generated: list[list[int]] = [[] for _ in batch]
     finished = [False] * len(batch)
     for step in range(max_new_tokens):
@@ -113,19 +115,8 @@ def _decode_batch(model: nn.Module, tokenizer, batch: list[list[int]], max_new_t
         mask = torch.cat([mask, mask.new_ones((len(batch), 1))], dim=1)
         positions = positions[:, -1:] + 1
         out = model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
-                    use_cache=True, **_cache_kwargs(model, _cache_of(out)))
+                    use_cache=True, **cache_kwargs(model, returned_cache(out)))
     return generated
-
-
-def _cache_of(out: Any) -> Any:
-    """The KV cache a forward returned: transformers 5.2x names it `cache`, earlier
-    versions `past_key_values`."""
-    return out.get("cache") if "cache" in out else out.get("past_key_values")
-
-
-def _cache_kwargs(model: nn.Module, cache: Any) -> dict:
-    parameters = inspect.signature(model.forward).parameters
-    return {"cache": cache} if "cache" in parameters else {"past_key_values": cache}
 
 
 def _pad_id(tokenizer) -> int:

@@ -1,0 +1,88 @@
+"""`toolkit export onnx` end to end on fake artifacts: the file is written only when it
+verifies, the report says what was carried and what was dropped, bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.toolkit.test_cli import SMALL
+
+pytest.importorskip("onnxruntime")
+EXPORT = ["--max-context", "48", "--new-tokens", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def artifacts(toolkit_cli, fake_model_dir, tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("export")
+    made = {}
+    for name, flags in {"gptq4": ["--method", "gptq", "--bits", "4", "--group-size", "32"],
+                        "wanda": ["--method", "wanda", "--sparsity", "0.5"]}.items():
+        result = toolkit_cli("compress", "--model", fake_model_dir, *flags, "--out",
+                             tmp / name, *SMALL)
+        assert result.code == 0, result.err
+        made[name] = tmp / name
+    return made
+
+
+def test_quantized_artifact_exports_with_its_codes_and_verifies(toolkit_cli, artifacts,
+                                                                tmp_path) -> None:
+    out, report = tmp_path / "m.onnx", tmp_path / "m.json"
+    result = toolkit_cli("export", "onnx", "--model", artifacts["gptq4"], "--out", out,
+                         "--json", report, *EXPORT)
+    assert result.code == 0, result.err
+    data = json.loads(report.read_text())
+    assert data["carried"] == {"MatMulNBits 4-bit, block 32": 14} and data["dropped"] == []
+    check = data["verification"]
+    assert check["passed"] and check["tokens_match"] and len(check["runtime_tokens"]) == 8
+    assert data["file_bytes"] == out.stat().st_size < data["float32_bytes"]
+    assert "greedy tokens      same (8 tokens)" in result.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx"]
+
+
+def test_pruned_artifact_reports_the_sparsity_onnx_drops(toolkit_cli, artifacts, tmp_path):
+    out, report = tmp_path / "w.onnx", tmp_path / "w.json"
+    result = toolkit_cli("export", "onnx", "--model", artifacts["wanda"], "--out", out,
+                         "--json", report, *EXPORT)
+    assert result.code == 0, result.err
+    (dropped,) = json.loads(report.read_text())["dropped"]
+    assert dropped["why"].startswith("50.0% zeros stored dense")
+
+
+def test_failed_verification_writes_nothing_and_exits_2(toolkit_cli, artifacts, tmp_path):
+    result = toolkit_cli("export", "onnx", "--model", artifacts["gptq4"], "--out",
+                         tmp_path / "m.onnx", "--rtol", "1e-12", *EXPORT)
+    assert result.code == 2
+    assert "does not match PyTorch" in result.err and "nothing was written" in result.err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--out", "{tmp}/m.tflite"], "must end in .onnx for target onnx"),
+    (["--out", "{tmp}/exists.onnx"], "exists: pass --overwrite"),
+    (["--out", "{tmp}/m.onnx", "--rtol", "2"], "--rtol 2.0 must lie in (0, 1)"),
+])
+def test_bad_output_arguments_exit_2_in_one_line(toolkit_cli, tmp_path, args, message):
+    (tmp_path / "exists.onnx").write_bytes(b"x")
+    argv = [a.format(tmp=tmp_path) for a in args]
+    result = toolkit_cli("export", "onnx", "--model", "fake-llama", *argv, *EXPORT)
+    assert result.code == 2 and message in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert (tmp_path / "exists.onnx").read_bytes() == b"x"
+
+
+def test_unsupported_architecture_names_the_part(toolkit_cli, tmp_path) -> None:
+    result = toolkit_cli("export", "onnx", "--model", "fake-gemma", "--out",
+                         tmp_path / "g.onnx", *EXPORT)
+    assert result.code == 2 and "(1 + w) RMSNorm" in result.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_onnx_package_names_the_extra(toolkit_cli, tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import now raises ImportError
+    result = toolkit_cli("export", "onnx", "--model", "fake-llama", "--out",
+                         tmp_path / "m.onnx", *EXPORT)
+    assert result.code == 2
+    assert "pip install 'edge-toolkit[onnx]'" in result.err and "onnxscript" in result.err
