@@ -9,10 +9,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from toolkit.commands import compress_cmd, eval_cmd, export_cmd, models_cmd, run_cmd
+from toolkit.commands import (
+    bench_cmd,
+    compress_cmd,
+    eval_cmd,
+    export_cmd,
+    models_cmd,
+    run_cmd,
+)
 from toolkit.errors import USER_ERRORS
+from toolkit.quiet import quiet_libraries
 
-COMMANDS = (compress_cmd, run_cmd, eval_cmd, export_cmd, models_cmd)
+COMMANDS = (compress_cmd, run_cmd, eval_cmd, export_cmd, bench_cmd, models_cmd)
 EXIT_USER_ERROR = 2
 
 
@@ -34,27 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    """transformers draws its own bars (loading, writing shards) and warnings; the
-    toolkit reports its own progress, so keep the terminal to that."""
-    import logging
-
-    from transformers.utils import logging as hf_logging
-
-    # transformers imports torchao when it is installed (NNCF needs it); torchao then
-    # reports CUDA-only kernels it cannot load and torch deprecation notes, none of which
-    # concern a user of this command.
-    # torch.onnx lists the torchvision ops it skips when torchvision is absent.
-    for name in ("torchao", "torch.utils._pytree", "torch.onnx._internal.exporter._registration"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return args.run(args)
     except USER_ERRORS as exc:

@@ -117,8 +117,12 @@ def measure_interleaved(
     max_runs: int | None = None,
     seed: int = 0,
     clock: Clock = time.perf_counter,
+    self_timed: bool = False,
 ) -> dict[str, list[float]]:
     """Per-run seconds of several models, timed in rounds that run each model once.
+
+    With `self_timed`, each runner returns its own duration in seconds (a model running in
+    a worker process times itself, so the pipe to it is not counted).
 
     The order within a round is shuffled by `random.Random(seed)`: a slow drift of a noisy
     shared machine (another job starting, the CPU heating up) then hits every model alike,
@@ -142,7 +146,8 @@ def measure_interleaved(
         order = list(runners)
         rng.shuffle(order)
         for name in order:
-            sample = _time_one(runners[name], clock)
+            sample = (float(runners[name]()) if self_timed
+                      else _time_one(runners[name], clock))
             samples[name].append(sample)
             totals[name] += sample
         rounds += 1

@@ -1,0 +1,179 @@
+"""`run_bench`: several models timed in one interleaved run, each in its own worker.
+
+Per model: file size, load time, first inference, then warm-up and timed runs of the
+steady-state step (LLMs: one decode token after a P-token prefill; prefill is timed in
+its own interleaved phase), peak RSS of its process, and the error of its outputs against
+a PyTorch reference run on the same inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.bench.timing import TimingStats, measure_interleaved
+from toolkit.bench.worker import Worker
+
+
+@dataclasses.dataclass
+class BenchTarget:
+    name: str  # as given on the command line
+    path: str
+    runtime: str  # onnxruntime | torch
+
+
+@dataclasses.dataclass
+class BenchOptions:
+    threads: int = 1
+    warmup: int = 3
+    runs: int = 20  # minimum timed runs per model
+    min_seconds: float = 2.0
+    prompt_tokens: int = 64
+    prefill_runs: int = 5
+    max_context: int = 512  # for PyTorch models (exported files carry their own)
+    reference: str | None = None  # PyTorch model whose outputs are the accuracy reference
+
+
+def bench_prompt(tokens: int) -> list[int]:
+    """Fixed token ids below 259, valid in any vocabulary (byte-level tokenizers have 259):
+    latency does not depend on which tokens, and every model gets the same ones."""
+    return [3 + (37 * i) % 256 for i in range(tokens)]
+
+
+def run_bench(targets: list[BenchTarget], options: BenchOptions) -> dict:
+    prompt = bench_prompt(options.prompt_tokens)
+    workers: dict[str, Worker] = {}
+    try:
+        for target in targets:
+            workers[target.name] = Worker(_spec(target, target.name, options, prompt))
+        models = [_first_facts(target, workers[target.name]) for target in targets]
+        steps = measure_interleaved({n: _call(w, "step") for n, w in workers.items()},
+                                    warmup=options.warmup, min_runs=options.runs,
+                                    min_seconds=options.min_seconds, self_timed=True)
+        llms = {n: w for n, w in workers.items() if w.llm}
+        prefills = (measure_interleaved({n: _call(w, "prefill") for n, w in llms.items()},
+                                        warmup=1, min_runs=options.prefill_runs,
+                                        min_seconds=0.0, self_timed=True) if llms else {})
+        outputs = {n: w.call("outputs") for n, w in workers.items()}
+        for model in models:
+            worker = workers[model["name"]]
+            _add_timings(model, steps[model["name"]], prefills.get(model["name"]), worker)
+            model["peak_rss_mb"] = worker.call("rss")
+        _add_accuracy(models, outputs, options, prompt, targets)
+    finally:
+        for worker in workers.values():
+            worker.stop()
+    return {"title": "toolkit bench", "environment": environment(options, targets),
+            "options": dataclasses.asdict(options), "models": models}
+
+
+def _spec(target: BenchTarget, name: str, options: BenchOptions, prompt: list[int]) -> dict:
+    return {"name": name, "path": target.path, "runtime": target.runtime,
+            "threads": options.threads, "prompt": prompt, "max_context": options.max_context}
+
+
+def _call(worker: Worker, command: str):
+    return lambda: worker.call(command)
+
+
+def _first_facts(target: BenchTarget, worker: Worker) -> dict:
+    return {"name": target.name, "path": target.path, "runtime": target.runtime,
+            "file_bytes": file_bytes(target.path), "sha256": file_sha256(target.path),
+            "load_seconds": worker.load_seconds,
+            "first_inference_ms": 1000 * worker.call("first")}
+
+
+def _add_timings(model: dict, steps: list[float], prefills: list[float] | None,
+                 worker: Worker) -> None:
+    model["latency"] = TimingStats.from_seconds(steps).to_dict()
+    model["samples_ms"] = [1000 * s for s in steps]
+    model["llm"] = None
+    if worker.llm and prefills:
+        prefill = TimingStats.from_seconds(prefills)
+        model["llm"] = {"prompt_tokens": worker.llm["prompt_tokens"], "new_tokens": 1,
+                        "max_context": worker.llm["max_context"],
+                        "prefill_ms": prefill.to_dict(),
+                        "prefill_tokens_per_s": worker.llm["prompt_tokens"]
+                        / (prefill.p50_ms / 1000),
+                        "decode_tokens_per_s": 1000 / model["latency"]["p50_ms"]}
+
+
+def _add_accuracy(models: list[dict], outputs: dict, options: BenchOptions,
+                  prompt: list[int], targets: list[BenchTarget]) -> None:
+    from export.verify import agreement
+
+    reference, source = _reference_outputs(outputs, options, prompt, targets)
+    for model in models:
+        if reference is None or outputs[model["name"]].shape != reference.shape:
+            model["accuracy"] = None
+            continue
+        check = agreement("output", outputs[model["name"]], reference)
+        model["accuracy"] = {"max_abs_error": check.max_abs_error,
+                             "relative_error": check.relative_error, "cosine": check.cosine,
+                             "reference": source}
+
+
+def _reference_outputs(outputs: dict, options: BenchOptions, prompt: list[int],
+                       targets: list[BenchTarget]):
+    if options.reference:
+        worker = Worker({"name": "reference", "path": options.reference, "runtime": "torch",
+                         "threads": options.threads, "prompt": prompt,
+                         "max_context": options.max_context})
+        try:
+            return worker.call("outputs"), options.reference
+        finally:
+            worker.stop()
+    torch_targets = [t for t in targets if t.runtime == "torch"]
+    if torch_targets:
+        return outputs[torch_targets[0].name], torch_targets[0].name
+    return None, None
+
+
+def file_bytes(path: str) -> int | None:
+    p = Path(path)
+    if p.is_file():
+        data = p.with_name(p.name + ".data")
+        return p.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return None  # a registered name: nothing on disk
+
+
+def file_sha256(path: str) -> str | None:
+    p = Path(path)
+    if not p.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(p, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def environment(options: BenchOptions, targets: list[BenchTarget]) -> dict[str, str]:
+    import torch
+
+    env = {"cpu": _cpu_name(), "logical cpus": str(os.cpu_count()),
+           "threads per model": str(options.threads), "python": platform.python_version(),
+           "os": f"{platform.system()} {platform.release()}", "torch": torch.__version__,
+           "numpy": np.__version__}
+    if any(t.runtime == "onnxruntime" for t in targets):
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

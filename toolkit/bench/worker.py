@@ -1,0 +1,90 @@
+"""One bench model per worker process: its peak RSS is its own, and a runtime that aborts
+(LiteRT can, see ../shared/TOOLCHAIN.md) takes only its worker down. The worker times
+each run itself, so the pipe to the parent is not in the numbers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _build(spec: dict):
+    from toolkit.bench.runtimes import load_onnx, load_torch_llm
+
+    if spec["runtime"] == "onnxruntime":
+        return load_onnx(Path(spec["path"]), spec["threads"], spec["prompt"])
+    return load_torch_llm(spec["path"], spec["threads"], spec["prompt"], spec["max_context"])
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def worker_main(conn, spec: dict) -> None:
+    from toolkit.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        start = time.perf_counter()
+        runnable = _build(spec)
+        conn.send(("loaded", time.perf_counter() - start, runnable.llm))
+        while True:
+            command = conn.recv()
+            if command == "stop":
+                break
+            if command == "first":  # the first call after load: prefill for an LLM
+                conn.send(_timed(runnable.prefill or runnable.step))
+            elif command == "step":
+                conn.send(_timed(runnable.step))
+            elif command == "prefill":
+                conn.send(_timed(runnable.prefill))
+            elif command == "outputs":
+                conn.send(runnable.outputs())
+            elif command == "rss":
+                conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    except Exception as exc:  # reported to the parent as one line
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+class Worker:
+    """The parent's handle: `call(command)` returns what the worker sent back."""
+
+    def __init__(self, spec: dict):
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=worker_main, args=(child, spec), daemon=True)
+        self.process.start()
+        child.close()
+        self.name = spec["name"]
+        reply = self._receive()
+        _, self.load_seconds, self.llm = reply
+
+    def _receive(self) -> Any:
+        try:
+            reply = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"{self.name}: the runtime's process died (exit code "
+                               f"{self.process.exitcode}); run it alone to see why") from None
+        if isinstance(reply, tuple) and reply and reply[0] == "error":
+            raise RuntimeError(f"{self.name}: {reply[1]}")
+        return reply
+
+    def call(self, command: str) -> Any:
+        self.conn.send(command)
+        return self._receive()
+
+    def stop(self) -> None:
+        try:
+            self.conn.send("stop")
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()

@@ -1,0 +1,147 @@
+"""`toolkit bench PATH...`: latency, load time, memory and accuracy of exported files (and
+PyTorch models for comparison), several at once in one interleaved run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from models.registry import is_registered
+from toolkit.commands.common import positive_int, write_json
+from toolkit.errors import UserError
+from toolkit.report import format_table
+
+RUNTIME_OF_SUFFIX = {".onnx": "onnxruntime"}
+NOT_YET = {".tflite": "LiteRT", ".mlpackage": "Core ML", ".mlmodel": "Core ML"}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="time exported models the way a phone runs them, side by side",
+        description="Load each model in its own process, time a first inference, then "
+                    "warm-up and timed runs interleaved across the models (so their ratios "
+                    "hold on a noisy machine) until both --runs and --min-seconds are met. "
+                    "LLMs: one decode token after a --prompt-tokens prefill is the timed "
+                    "step; prefill is timed too. Accuracy is the output error against a "
+                    "PyTorch model (the first PyTorch model given, or --reference).")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help=".onnx file, or an artifact directory / registered name (PyTorch)")
+    p.add_argument("--runtime", choices=("auto", "onnxruntime", "torch"), default="auto",
+                   help="auto: by file type (default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="intra-op threads per model, as on a phone's big core "
+                        "(default: %(default)s)")
+    p.add_argument("--warmup", type=_non_negative_int, default=3, metavar="W",
+                   help="untimed runs per model first (default: %(default)s)")
+    p.add_argument("--runs", type=positive_int, default=20, metavar="R",
+                   help="minimum timed runs per model (default: %(default)s)")
+    p.add_argument("--min-seconds", type=float, default=2.0, metavar="S",
+                   help="minimum timed seconds of the slowest model (default: %(default)s)")
+    p.add_argument("--prompt-tokens", type=positive_int, default=64, metavar="P",
+                   help="LLMs: prompt length of the prefill (default: %(default)s)")
+    p.add_argument("--max-context", type=positive_int, default=512, metavar="C",
+                   help="LLMs in PyTorch: cache size (match the exported files') "
+                        "(default: %(default)s)")
+    p.add_argument("--reference", metavar="MODEL",
+                   help="PyTorch model (artifact or name) whose outputs are the accuracy "
+                        "reference (default: the first PyTorch model in PATH...)")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the full report as JSON")
+    p.add_argument("--html", type=Path, metavar="PATH",
+                   help="write an HTML report with the latency distributions")
+    p.set_defaults(run=run)
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else None
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 0")
+    return value
+
+
+def resolve_targets(paths: list[str], runtime: str):
+    from toolkit.bench.session import BenchTarget
+
+    targets, seen = [], set()
+    for spec in paths:
+        path = Path(spec).expanduser()
+        suffix = path.suffix.lower()
+        if suffix in NOT_YET:
+            raise UserError(f"{spec}: {NOT_YET[suffix]} files are not benchmarked by this "
+                            "version of `toolkit bench`: export to ONNX (`toolkit export "
+                            "onnx`) to measure the model here")
+        if suffix in RUNTIME_OF_SUFFIX:
+            if not path.is_file():
+                raise UserError(f"{spec} does not exist: check the path")
+            kind = RUNTIME_OF_SUFFIX[suffix]
+        elif path.is_dir() or is_registered(spec):
+            kind = "torch"
+        else:
+            raise UserError(f"{spec} is neither an .onnx file, a model directory nor a "
+                            "registered model name: check the path (see `toolkit models`)")
+        if runtime not in ("auto", kind):
+            raise UserError(f"{spec} runs on {kind}, not --runtime {runtime}")
+        if spec in seen:
+            raise UserError(f"{spec} is given twice: list each model once")
+        seen.add(spec)
+        targets.append(BenchTarget(spec, os.fspath(path) if kind != "torch" or path.is_dir()
+                                   else spec, kind))
+    return targets
+
+
+def run(args: argparse.Namespace) -> int:
+    from toolkit.bench.html_report import render_html
+    from toolkit.bench.session import BenchOptions, run_bench
+
+    if not args.min_seconds >= 0:
+        raise UserError(f"--min-seconds {args.min_seconds} must be >= 0")
+    if args.html and args.html.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"--html {args.html} must end in .html")
+    targets = resolve_targets(args.paths, args.runtime)
+    options = BenchOptions(threads=args.threads, warmup=args.warmup, runs=args.runs,
+                           min_seconds=args.min_seconds, prompt_tokens=args.prompt_tokens,
+                           max_context=args.max_context, reference=args.reference)
+    try:
+        report = run_bench(targets, options)
+    except RuntimeError as exc:  # a worker's failure, named by model
+        raise UserError(str(exc).splitlines()[0][:400]) from None
+    print(format_table(HEADERS, [table_row(m, report["models"][0]) for m in report["models"]]))
+    write_json(args.json, report)
+    if args.html:
+        _write_text(args.html, render_html(report))
+    return 0
+
+
+HEADERS = ["model", "runtime", "MB", "load ms", "first ms", "p50 ms", "p90 ms", "p99 ms",
+           "mean±std ms", "x p50", "RSS MB", "prefill tok/s", "decode tok/s", "max err",
+           "cosine"]
+
+
+def table_row(model: dict, first: dict) -> list:
+    lat, llm, acc = model["latency"], model["llm"], model["accuracy"]
+    size = model["file_bytes"]
+    return [model["name"], model["runtime"], f"{size / 1e6:.2f}" if size else "-",
+            f"{1000 * model['load_seconds']:.0f}", f"{model['first_inference_ms']:.2f}",
+            f"{lat['p50_ms']:.3f}", f"{lat['p90_ms']:.3f}", f"{lat['p99_ms']:.3f}",
+            f"{lat['mean_ms']:.3f}±{lat['std_ms']:.3f}",
+            f"{lat['p50_ms'] / first['latency']['p50_ms']:.2f}",
+            f"{model['peak_rss_mb']:.0f}",
+            f"{llm['prefill_tokens_per_s']:.1f}" if llm else "-",
+            f"{llm['decode_tokens_per_s']:.1f}" if llm else "-",
+            f"{acc['max_abs_error']:.2e}" if acc else "-",
+            f"{acc['cosine']:.6f}" if acc else "-"]
+
+
+def _write_text(path: Path, text: str) -> None:
+    import tempfile
+
+    path = path.expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
