@@ -52,6 +52,9 @@ VARIANTS: dict[str, list[dict]] = {
     "nncf-int4-g64": _q("rtn", 4, 64, backend="nncf"),
     "palettize-mixed-3.5": [{"method": "palettize", "group_rows": 16, "target_bits": 3.5}],
     "palettize-4b": [{"method": "palettize", "bits": 4, "group_rows": 16}],
+    # The same average bits as uniform 3-bit, mixing 2, 3 and 4 bits.
+    "palettize-mixed-3.01-234": [{"method": "palettize", "group_rows": 16, "target_bits": 3.01,
+                                  "bits_choices": [2, 3, 4]}],
     # Plain k-means on the weights alone, against the default activation-weighted one.
     "palettize-3b-data-free": [{"method": "palettize", "bits": 3, "group_rows": 16,
                                 "weighted": False}],

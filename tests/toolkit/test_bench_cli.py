@@ -30,19 +30,25 @@ def exported(toolkit_cli, fake_model_dir, tmp_path_factory):
     result = toolkit_cli("export", "onnx", "--model", artifact, "--out", onnx_file,
                          "--max-context", "32", "--new-tokens", "4", "--quiet")
     assert result.code == 0, result.err
-    return artifact, onnx_file
+    tflite_file = tmp / "rtn4.tflite"
+    result = toolkit_cli("export", "tflite", "--model", artifact, "--out", tflite_file,
+                         "--max-context", "32", "--prefill-tokens", "4", "--new-tokens", "4",
+                         "--quiet")
+    assert result.code == 0, result.err
+    return artifact, onnx_file, tflite_file
 
 
 def test_bench_reports_every_field_for_file_and_pytorch_model(toolkit_cli, exported,
                                                               tmp_path) -> None:
-    artifact, onnx_file = exported
+    artifact, onnx_file, tflite_file = exported
     report_path, html = tmp_path / "bench.json", tmp_path / "bench.html"
-    result = toolkit_cli("bench", onnx_file, artifact, *FAST, "--json", report_path,
-                         "--html", html)
+    result = toolkit_cli("bench", onnx_file, artifact, tflite_file, *FAST, "--json",
+                         report_path, "--html", html)
     assert result.code == 0, result.err
     report = json.loads(report_path.read_text())
-    assert {"cpu", "threads per model", "onnxruntime", "torch"} <= set(report["environment"])
-    onnx_model, torch_model = report["models"]
+    assert {"cpu", "threads per model", "onnxruntime", "ai-edge-litert",
+            "torch"} <= set(report["environment"])
+    onnx_model, torch_model, tflite_model = report["models"]
     for model in report["models"]:
         assert set(model) == MODEL_FIELDS
         assert set(model["latency"]) == LATENCY_FIELDS and model["latency"]["count"] >= 3
@@ -55,15 +61,17 @@ def test_bench_reports_every_field_for_file_and_pytorch_model(toolkit_cli, expor
     # Accuracy against the PyTorch model in the run: itself exactly, the file closely.
     assert torch_model["accuracy"]["max_abs_error"] == 0.0
     assert onnx_model["accuracy"]["relative_error"] < 1e-4
+    assert tflite_model["runtime"] == "litert"
+    assert tflite_model["accuracy"]["relative_error"] < 1e-4  # 8 tokens in two chunks of 4
     assert onnx_model["accuracy"]["reference"] == str(artifact)
     page = html.read_text()
-    assert page.count('class="model-row"') == 2 and "<svg" in page
+    assert page.count('class="model-row"') == 3 and "<svg" in page
 
 
 @pytest.mark.parametrize(("make", "message"), [
     (lambda tmp: tmp / "missing.onnx", "missing.onnx does not exist"),
     (lambda tmp: tmp / "nothing-here", "is neither an .onnx file"),
-    (lambda tmp: tmp / "m.tflite", "LiteRT files are not benchmarked by this version"),
+    (lambda tmp: tmp / "m.mlpackage", "Core ML files run only on Apple devices"),
 ])
 def test_bad_paths_exit_2_in_one_line(toolkit_cli, tmp_path, make, message) -> None:
     result = toolkit_cli("bench", make(tmp_path), *FAST)

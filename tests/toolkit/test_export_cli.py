@@ -42,12 +42,28 @@ def test_quantized_artifact_exports_with_its_codes_and_verifies(toolkit_cli, art
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx"]
 
 
+def test_tflite_export_lists_the_codes_it_cannot_carry(toolkit_cli, artifacts, tmp_path):
+    pytest.importorskip("litert_torch")
+    out, report = tmp_path / "m.tflite", tmp_path / "m.json"
+    result = toolkit_cli("export", "tflite", "--model", artifacts["gptq4"], "--out", out,
+                         "--prefill-tokens", "4", "--json", report, *EXPORT)
+    assert result.code == 0, result.err
+    data = json.loads(report.read_text())
+    assert data["carried"] == {} and len(data["dropped"]) == 14
+    assert data["dropped"][0]["why"] == ("float32: the 4-bit affine codes are not carried "
+                                         "into LiteRT")
+    assert data["verification"]["passed"] and data["verification"]["runtime"] == "ai-edge-litert"
+    assert "14 layers: float32: the 4-bit affine codes" in result.out
+    assert "Run Decompositions" not in result.out + result.err  # converter logs kept quiet
+
+
 def test_pruned_artifact_reports_the_sparsity_onnx_drops(toolkit_cli, artifacts, tmp_path):
     out, report = tmp_path / "w.onnx", tmp_path / "w.json"
     result = toolkit_cli("export", "onnx", "--model", artifacts["wanda"], "--out", out,
                          "--json", report, *EXPORT)
     assert result.code == 0, result.err
     (dropped,) = json.loads(report.read_text())["dropped"]
+    assert dropped["layer"] == "pruned linears"
     assert dropped["why"].startswith("50.0% zeros stored dense")
 
 

@@ -1,6 +1,6 @@
 """Models as a runtime runs them, inside a bench worker process: load, then one timed step.
 
-For an LLM (an ONNX file written by `toolkit export`, or a PyTorch model re-authored the
+For an LLM (an ONNX or .tflite file written by `toolkit export`, or a PyTorch model re-authored the
 same way) the steady-state step is one decode token at position P after a P-token prefill,
 the unit of a phone's generation loop; prefill is timed on its own. Every decode run
 starts from the same prefilled cache, so all runs do identical work. Other ONNX files run
@@ -78,20 +78,42 @@ def load_torch_llm(spec: str, threads: int, prompt: Sequence[int],
     return _llm_runnable(call, list(decoder.shape.cache_shape()), max_context, prompt)
 
 
+def load_litert(path: Path, threads: int, prompt: Sequence[int]) -> Runnable:
+    """A .tflite LLM from `toolkit export tflite` (prefill and decode signatures)."""
+    from export.litert.run_llm import signature_steps
+
+    prefill, decode, chunk, cache_shape = signature_steps(os.fspath(path), threads)
+    return _llm_runnable(decode, cache_shape, cache_shape[2], prompt, prefill, chunk)
+
+
 def _llm_runnable(call, cache_shape: Sequence[int], max_context: int,
-                  prompt: Sequence[int]) -> Runnable:
-    if len(prompt) + 1 > max_context:
+                  prompt: Sequence[int], prefill_call=None,
+                  chunk: int | None = None) -> Runnable:
+    """Prefill = the prompt in one call, or in `chunk`-token calls to `prefill_call` (a
+    fixed-length signature, last chunk padded); step = one decode token after it."""
+    chunk = chunk or len(prompt)
+    padded = -(-len(prompt) // chunk) * chunk
+    if max(padded, len(prompt) + 1) > max_context:
         raise ValueError(f"a {len(prompt)}-token prompt does not fit the exported context "
                          f"of {max_context}: lower --prompt-tokens")
     empty = np.zeros(cache_shape, dtype=np.float32)
-    ids = np.asarray([list(prompt)], dtype=np.int64)
-    start = np.array([0], dtype=np.int64)
-    logits, keys, values = call(ids, start, empty, empty)
-    token = np.asarray([[int(np.asarray(logits)[0, -1].argmax())]], dtype=np.int64)
+    prefill_call = prefill_call or call
+
+    def prefill():
+        keys, values, pieces = empty, empty, []
+        for start in range(0, len(prompt), chunk):
+            real = list(prompt[start:start + chunk])
+            ids = np.asarray([real + [0] * (chunk - len(real))], dtype=np.int64)
+            logits, keys, values = prefill_call(ids, np.array([start], dtype=np.int64),
+                                                keys, values)
+            pieces.append(np.asarray(logits)[0, :len(real)])
+        return np.concatenate(pieces), keys, values
+
+    logits, keys, values = prefill()
+    token = np.asarray([[int(logits[-1].argmax())]], dtype=np.int64)
     position = np.array([len(prompt)], dtype=np.int64)
     return Runnable(step=lambda: call(token, position, keys, values),
-                    outputs=lambda: np.asarray(call(ids, start, empty, empty)[0])[0],
-                    prefill=lambda: call(ids, start, empty, empty),
+                    outputs=lambda: prefill()[0], prefill=prefill,
                     llm={"prompt_tokens": len(prompt), "max_context": max_context})
 
 

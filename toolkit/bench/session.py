@@ -24,7 +24,7 @@ from toolkit.bench.worker import Worker
 class BenchTarget:
     name: str  # as given on the command line
     path: str
-    runtime: str  # onnxruntime | torch
+    runtime: str  # onnxruntime | litert | torch
 
 
 @dataclasses.dataclass
@@ -166,6 +166,10 @@ def environment(options: BenchOptions, targets: list[BenchTarget]) -> dict[str, 
         import onnxruntime
 
         env["onnxruntime"] = onnxruntime.__version__
+    if any(t.runtime == "litert" for t in targets):
+        from importlib.metadata import version
+
+        env["ai-edge-litert"] = version("ai-edge-litert")
     return env
 
 

@@ -12,10 +12,12 @@ from typing import Any
 
 
 def _build(spec: dict):
-    from toolkit.bench.runtimes import load_onnx, load_torch_llm
+    from toolkit.bench.runtimes import load_litert, load_onnx, load_torch_llm
 
     if spec["runtime"] == "onnxruntime":
         return load_onnx(Path(spec["path"]), spec["threads"], spec["prompt"])
+    if spec["runtime"] == "litert":
+        return load_litert(Path(spec["path"]), spec["threads"], spec["prompt"])
     return load_torch_llm(spec["path"], spec["threads"], spec["prompt"], spec["max_context"])
 
 

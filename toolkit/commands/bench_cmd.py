@@ -12,8 +12,8 @@ from toolkit.commands.common import positive_int, write_json
 from toolkit.errors import UserError
 from toolkit.report import format_table
 
-RUNTIME_OF_SUFFIX = {".onnx": "onnxruntime"}
-NOT_YET = {".tflite": "LiteRT", ".mlpackage": "Core ML", ".mlmodel": "Core ML"}
+RUNTIME_OF_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
+NOT_YET = {".mlpackage": "Core ML", ".mlmodel": "Core ML"}
 
 
 def add_parser(subparsers) -> None:
@@ -26,8 +26,9 @@ def add_parser(subparsers) -> None:
                     "step; prefill is timed too. Accuracy is the output error against a "
                     "PyTorch model (the first PyTorch model given, or --reference).")
     p.add_argument("paths", nargs="+", metavar="PATH",
-                   help=".onnx file, or an artifact directory / registered name (PyTorch)")
-    p.add_argument("--runtime", choices=("auto", "onnxruntime", "torch"), default="auto",
+                   help=".onnx or .tflite file, or an artifact directory / registered name "
+                        "(PyTorch)")
+    p.add_argument("--runtime", choices=("auto", "onnxruntime", "litert", "torch"), default="auto",
                    help="auto: by file type (default: %(default)s)")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="intra-op threads per model, as on a phone's big core "
@@ -67,9 +68,9 @@ def resolve_targets(paths: list[str], runtime: str):
         path = Path(spec).expanduser()
         suffix = path.suffix.lower()
         if suffix in NOT_YET:
-            raise UserError(f"{spec}: {NOT_YET[suffix]} files are not benchmarked by this "
-                            "version of `toolkit bench`: export to ONNX (`toolkit export "
-                            "onnx`) to measure the model here")
+            raise UserError(f"{spec}: {NOT_YET[suffix]} files run only on Apple devices and "
+                            "are not benchmarked here: export to ONNX or tflite to measure "
+                            "the model on this machine")
         if suffix in RUNTIME_OF_SUFFIX:
             if not path.is_file():
                 raise UserError(f"{spec} does not exist: check the path")

@@ -10,12 +10,15 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from compress.config import registered_methods
+from compress.prune import PruneConfig
 from models import load_model
+from toolkit.artifacts import load_manifest
 from toolkit.commands.common import positive_int, write_json
+from toolkit.commands.export_targets import TARGETS
 from toolkit.errors import UserError
 from toolkit.report import format_table
 
-TARGETS = {"onnx": ".onnx"}
 DEFAULT_PROMPT = "The capital of France is"
 
 
@@ -34,6 +37,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-context", type=positive_int, default=512, metavar="C",
                    help="tokens the key/value cache holds, prompt and output together "
                         "(default: %(default)s)")
+    p.add_argument("--prefill-tokens", type=positive_int, default=64, metavar="P",
+                   help="tflite: tokens of the fixed-length prefill signature; longer "
+                        "prompts run in chunks (default: %(default)s, at most --max-context)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT,
                    help="verification prompt (default: %(default)r)")
     p.add_argument("--new-tokens", type=positive_int, default=16, metavar="N",
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_out(args: argparse.Namespace) -> Path:
     out = args.out.expanduser()
-    suffix = TARGETS[args.target]
+    suffix = TARGETS[args.target].suffix
     if out.suffix != suffix:
         raise UserError(f"--out {out} must end in {suffix} for target {args.target}")
     if out.exists() and not args.overwrite:
@@ -81,22 +87,19 @@ def _check_out(args: argparse.Namespace) -> Path:
 
 
 def _export_and_verify(loaded, out: Path, args: argparse.Namespace) -> dict:
-    from export.onnx.llm import export_llm_onnx
-
+    target = TARGETS[args.target]
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, staging = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
     os.close(fd)
     staging = Path(staging)
     try:
-        result = export_llm_onnx(loaded.module, staging, max_context=args.max_context,
-                                 quantized=loaded.quantized,
-                                 metadata={"edge_toolkit.source": loaded.source})
-        report = _describe(loaded, result, staging)
+        result = target.write(loaded, staging, args)
+        report = _describe(loaded, result, staging, args.target)
         if not args.no_verify:
             report["verification"] = _verify(loaded, result, staging, args)
         if report.get("verification") and not report["verification"]["passed"]:
             raise _Failed(report)
-        _move_into_place(staging, out, result.external_data)
+        _move_into_place(staging, out, getattr(result, "external_data", False))
     except _Failed as failed:
         _remove(staging)
         failed.report["path"] = None
@@ -114,40 +117,40 @@ class _Failed(Exception):
         self.report = report
 
 
-def _describe(loaded, result, staging: Path) -> dict:
+def _describe(loaded, result, staging: Path, target: str) -> dict:
     module = loaded.module
     params = sum(p.numel() for p in module.parameters())
-    carried = {r.name for r in result.carried}
-    sparsity = _float_linear_sparsity(result.decoder, carried)
     dropped = [{"layer": r.name, "why": r.carried_as} for r in result.dropped]
-    if sparsity >= 0.01:
-        dropped.append({"layer": "float linears", "why": f"{sparsity:.1%} zeros stored "
-                        "dense: ONNX has no sparse weight format onnxruntime runs"})
+    sparsity = pruned_sparsity(loaded.source)
+    if sparsity is not None:
+        dropped.append({"layer": "pruned linears", "why": f"{sparsity:.1%} zeros stored "
+                        f"dense: {TARGETS[target].sparse_note}"})
     size = staging.stat().st_size + (_data_file(staging).stat().st_size
-                                     if result.external_data else 0)
-    return {"target": "onnx", "source": loaded.source, "float32_bytes": 4 * params,
+                                     if getattr(result, "external_data", False) else 0)
+    return {"target": target, "runtime": TARGETS[target].runtime, "source": loaded.source,
+            "float32_bytes": 4 * params,
             "file_bytes": size, "max_context": result.decoder.shape.max_context,
             "carried": dict(Counter(r.carried_as for r in result.carried)),
             "carried_layers": len(result.carried), "dropped": dropped,
-            "weight_sparsity": sparsity}
+            "pruned_sparsity": sparsity}
 
 
-def _float_linear_sparsity(decoder, carried: set[str]) -> float:
-    """Share of exact zeros in the linears left in float (pruned weights that the file
-    stores dense); zeros inside packed layers are carried as codes."""
-    zeros = total = 0
-    for export_name, source_name in decoder.source_names.items():
-        if source_name in carried:
-            continue
-        weight = decoder.get_parameter(f"{export_name}.weight_t")
-        zeros += int((weight == 0).sum())
-        total += weight.numel()
-    return zeros / total if total else 0.0
+def pruned_sparsity(source: str) -> float | None:
+    """The artifact's recorded sparsity when one of its stages pruned, else None: zeros
+    that quantization makes (a code equal to its zero point) are not pruning."""
+    directory = Path(source)
+    manifest = load_manifest(directory) if directory.is_dir() else None
+    if not manifest:
+        return None
+    pruning = {name for name, config in registered_methods().items()
+               if issubclass(config, PruneConfig)}
+    stages = (manifest.get("recipe") or {}).get("stages") or []
+    if not any(stage.get("method") in pruning for stage in stages):
+        return None
+    return float(manifest.get("sparsity", {}).get("overall", 0.0))
 
 
 def _verify(loaded, result, staging: Path, args: argparse.Namespace) -> dict:
-    from export.onnx.verify_llm import verify_llm_onnx
-
     prompt = loaded.tokenizer(args.prompt, add_special_tokens=False)["input_ids"]
     if not prompt:
         raise UserError("--prompt encodes to no tokens: give some text")
@@ -155,8 +158,10 @@ def _verify(loaded, result, staging: Path, args: argparse.Namespace) -> dict:
     if len(prompt) + args.new_tokens > shape.max_context:
         raise UserError(f"--prompt ({len(prompt)} tokens) + --new-tokens {args.new_tokens} "
                         f"exceed --max-context {shape.max_context}: shorten or raise it")
-    check = verify_llm_onnx(staging, loaded.module, prompt, args.new_tokens,
-                            shape.cache_shape(), shape.max_context)
+    try:
+        check = TARGETS[args.target].verify(result, staging, loaded, prompt, args)
+    except ValueError as exc:  # the prompt does not fit the exported shapes
+        raise UserError(f"cannot verify with this prompt: {exc}") from None
     data = check.to_dict()
     data["rtol"] = args.rtol
     data["passed"] = check.tokens_match and check.logits.relative_error <= args.rtol
@@ -182,14 +187,22 @@ def _remove(staging: Path) -> None:
     _data_file(staging).unlink(missing_ok=True)
 
 
+def _group_by_reason(dropped: list[dict]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for item in dropped:
+        groups.setdefault(item["why"], []).append(item["layer"])
+    return groups
+
+
 def _report_rows(report: dict) -> list[list[str]]:
     rows = [["file", report.get("path") or "(not written: verification failed)"],
             ["size", f"{report['file_bytes'] / 1e6:.2f} MB (float32 weights: "
                      f"{report['float32_bytes'] / 1e6:.2f} MB)"]]
     for how, count in report["carried"].items():
         rows.append(["carried", f"{count} layers: {how}"])
-    for item in report["dropped"]:
-        rows.append(["dropped", f"{item['layer']}: {item['why']}"])
+    for why, layers in _group_by_reason(report["dropped"]).items():
+        named = layers[0] if len(layers) == 1 else f"{len(layers)} layers"
+        rows.append(["dropped", f"{named}: {why}"])
     check = report.get("verification")
     if check is None:
         rows.append(["numerics", "not checked (--no-verify)"])

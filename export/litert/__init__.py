@@ -1,0 +1,1 @@
+"""LiteRT (TFLite) export through litert-torch; files run by ai-edge-litert."""
