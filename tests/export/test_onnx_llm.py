@@ -14,8 +14,8 @@ import torch
 from compress.quant.palettize import palettize
 from compress.quant.rtn import rtn_quantize
 from export.errors import ExportError
-from export.llm.export_decoder import ExportDecoder
 from export.llm.check import torch_greedy
+from export.llm.export_decoder import ExportDecoder
 from export.onnx.verify_llm import onnx_step, verify_llm_onnx
 from models import create_model
 
