@@ -69,15 +69,40 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
+def scatter_write(cache: torch.Tensor, new: torch.Tensor,
+                  positions: torch.Tensor) -> torch.Tensor:
+    """cache [H, C, D] with rows `positions` [T] replaced by new [H, T, D] (ONNX, LiteRT)."""
+    heads, tokens, dim = new.shape
+    return cache.scatter(1, positions.view(1, tokens, 1).expand(heads, tokens, dim), new)
+
+
+def blend_write(cache: torch.Tensor, new: torch.Tensor,
+                positions: torch.Tensor) -> torch.Tensor:
+    """The same write as matrix products: with one-hot P [T, C] of the positions,
+        cache' = cache * (1 - 1^T P) + P^T new
+    for converters whose scatter needs equal index and data shapes (Core ML)."""
+    slots = torch.arange(cache.shape[1], dtype=positions.dtype)
+    one_hot = (positions.unsqueeze(1) == slots.unsqueeze(0)).to(cache.dtype)  # [T, C]
+    keep = 1.0 - one_hot.sum(dim=0).unsqueeze(-1)  # [C, 1]
+    return cache * keep + one_hot.t() @ new
+
+
+CACHE_WRITES = {"scatter": scatter_write, "blend": blend_write}
+
+
 class CachedAttention(nn.Module):
     """Grouped-query attention over a fixed-size cache (Llama's rotary convention)."""
 
-    def __init__(self, attn: nn.Module, shape: DecoderShape):
+    def __init__(self, attn: nn.Module, shape: DecoderShape, cache_write: str = "scatter"):
         super().__init__()
+        self.cache_write = CACHE_WRITES[cache_write]
         self.q_proj, self.k_proj = ExportLinear(attn.q_proj), ExportLinear(attn.k_proj)
         self.v_proj, self.o_proj = ExportLinear(attn.v_proj), ExportLinear(attn.o_proj)
         self.shape = shape
         self.scaling = float(getattr(attn, "scaling", shape.head_dim ** -0.5))
+
+    def write_cache(self, keys, values, k, v, positions):
+        return (self.cache_write(keys, k, positions), self.cache_write(values, v, positions))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor,
@@ -89,10 +114,7 @@ class CachedAttention(nn.Module):
         v = self.v_proj(x).view(tokens, s.kv_heads, s.head_dim).transpose(0, 1)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        # Write the new keys/values at their positions: scatter keeps every shape static.
-        index = positions.view(1, tokens, 1).expand(s.kv_heads, tokens, s.head_dim)
-        keys = keys.scatter(1, index, k)
-        values = values.scatter(1, index, v)
+        keys, values = self.write_cache(keys, values, k, v, positions)
         groups = s.heads // s.kv_heads
         all_k = keys.unsqueeze(1).expand(s.kv_heads, groups, s.max_context, s.head_dim)
         all_v = values.unsqueeze(1).expand(s.kv_heads, groups, s.max_context, s.head_dim)
@@ -114,10 +136,11 @@ class GatedMLP(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 class DecoderBlock(nn.Module):
-    def __init__(self, block: nn.Module, shape: DecoderShape, eps: float, activation: str):
+    def __init__(self, block: nn.Module, shape: DecoderShape, eps: float, activation: str,
+                 cache_write: str = "scatter"):
         super().__init__()
         self.input_layernorm = RMSNorm(block.input_layernorm, eps)
-        self.self_attn = CachedAttention(block.self_attn, shape)
+        self.self_attn = CachedAttention(block.self_attn, shape, cache_write)
         self.post_attention_layernorm = RMSNorm(block.post_attention_layernorm, eps)
         self.mlp = GatedMLP(block.mlp, activation)
 

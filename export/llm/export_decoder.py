@@ -28,7 +28,7 @@ MASKED = -1e4
 
 
 class ExportDecoder(nn.Module):
-    def __init__(self, source: nn.Module, max_context: int):
+    def __init__(self, source: nn.Module, max_context: int, cache_write: str = "scatter"):
         super().__init__()
         config = source.config
         layout = decoder_layout(source)
@@ -42,7 +42,7 @@ class ExportDecoder(nn.Module):
         eps = float(getattr(config, "rms_norm_eps", 1e-6))
         self.embed = nn.Parameter(layout.embeddings.weight.detach().clone(),
                                   requires_grad=False)
-        self.layers = nn.ModuleList(DecoderBlock(b, self.shape, eps, activation)
+        self.layers = nn.ModuleList(DecoderBlock(b, self.shape, eps, activation, cache_write)
                                     for b in layout.blocks)
         self.norm = RMSNorm(layout.norm, eps)
         rotary = _rotary_module(source)
@@ -58,8 +58,10 @@ class ExportDecoder(nn.Module):
         self.eval()
 
     @classmethod
-    def from_hf(cls, source: nn.Module, max_context: int) -> ExportDecoder:
-        return cls(source, max_context)
+    def from_hf(cls, source: nn.Module, max_context: int,
+                cache_write: str = "scatter") -> ExportDecoder:
+        """`cache_write`: "scatter" or "blend" (see export.llm.decoder); same function."""
+        return cls(source, max_context, cache_write)
 
     def empty_cache(self) -> tuple[torch.Tensor, torch.Tensor]:
         shape = self.shape.cache_shape()

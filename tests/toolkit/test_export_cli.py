@@ -57,6 +57,22 @@ def test_tflite_export_lists_the_codes_it_cannot_carry(toolkit_cli, artifacts, t
     assert "Run Decompositions" not in result.out + result.err  # converter logs kept quiet
 
 
+def test_coreml_export_is_checked_without_running(toolkit_cli, artifacts, tmp_path):
+    pytest.importorskip("coremltools")
+    out, report = tmp_path / "m.mlpackage", tmp_path / "m.json"
+    result = toolkit_cli("export", "coreml", "--model", artifacts["gptq4"], "--out", out,
+                         "--json", report, *EXPORT)
+    assert result.code == 0, result.err
+    data = json.loads(report.read_text())
+    assert data["carried"] == {"constexpr_blockwise_shift_scale 4-bit, block 32": 14}
+    checks = {item["check"]: item["passed"] for item in data["verification"]["checks"]}
+    assert checks == {"inputs": True, "output": True, "states": True,
+                      "constexpr_blockwise_shift_scale": True, "compressed weights": True}
+    assert "numerics not checked: Core ML runs only on macOS" in result.out
+    assert out.is_dir() and (out / "Manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.mlpackage"]
+
+
 def test_pruned_artifact_reports_the_sparsity_onnx_drops(toolkit_cli, artifacts, tmp_path):
     out, report = tmp_path / "w.onnx", tmp_path / "w.json"
     result = toolkit_cli("export", "onnx", "--model", artifacts["wanda"], "--out", out,
@@ -71,7 +87,7 @@ def test_failed_verification_writes_nothing_and_exits_2(toolkit_cli, artifacts, 
     result = toolkit_cli("export", "onnx", "--model", artifacts["gptq4"], "--out",
                          tmp_path / "m.onnx", "--rtol", "1e-12", *EXPORT)
     assert result.code == 2
-    assert "does not match PyTorch" in result.err and "nothing was written" in result.err
+    assert "failed verification" in result.err and "nothing was written" in result.err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(["", f"{args.target} export"], _report_rows(report)))
     write_json(args.json, report)
     if report.get("verification") and not report["verification"]["passed"]:
-        print(f"toolkit export: error: the {args.target} file does not match PyTorch (see "
+        print(f"toolkit export: error: the {args.target} file failed verification (see "
               "above), so nothing was written: check the dropped layers or raise --rtol",
               file=sys.stderr)
         return 2
@@ -87,34 +88,33 @@ def _check_out(args: argparse.Namespace) -> Path:
 
 
 def _export_and_verify(loaded, out: Path, args: argparse.Namespace) -> dict:
+    """Write into a hidden sibling folder under the final name (an ONNX file names its
+    external data file after itself), verify, then move the result into place."""
     target = TARGETS[args.target]
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    staging = Path(staging)
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = folder / out.name
     try:
         result = target.write(loaded, staging, args)
         report = _describe(loaded, result, staging, args.target)
         if not args.no_verify:
             report["verification"] = _verify(loaded, result, staging, args)
         if report.get("verification") and not report["verification"]["passed"]:
-            raise _Failed(report)
-        _move_into_place(staging, out, getattr(result, "external_data", False))
-    except _Failed as failed:
-        _remove(staging)
-        failed.report["path"] = None
-        return failed.report
-    except BaseException:
-        _remove(staging)
-        raise
-    report["path"] = os.fspath(out)
-    return report
+            report["path"] = None
+            return report
+        _move_into_place(folder, out)
+        report["path"] = os.fspath(out)
+        return report
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
-class _Failed(Exception):
-    def __init__(self, report: dict):
-        super().__init__("verification failed")
-        self.report = report
+def _move_into_place(folder: Path, out: Path) -> None:
+    for written in sorted(folder.iterdir()):  # the file, and ONNX's external data if any
+        destination = out.parent / written.name
+        if destination.is_dir():
+            shutil.rmtree(destination)
+        os.replace(written, destination)
 
 
 def _describe(loaded, result, staging: Path, target: str) -> dict:
@@ -122,11 +122,11 @@ def _describe(loaded, result, staging: Path, target: str) -> dict:
     params = sum(p.numel() for p in module.parameters())
     dropped = [{"layer": r.name, "why": r.carried_as} for r in result.dropped]
     sparsity = pruned_sparsity(loaded.source)
-    if sparsity is not None:
+    sparse_carried = any("sparse" in r.carried_as for r in result.carried)
+    if sparsity is not None and not sparse_carried:
         dropped.append({"layer": "pruned linears", "why": f"{sparsity:.1%} zeros stored "
                         f"dense: {TARGETS[target].sparse_note}"})
-    size = staging.stat().st_size + (_data_file(staging).stat().st_size
-                                     if getattr(result, "external_data", False) else 0)
+    size = _written_bytes(staging)
     return {"target": target, "runtime": TARGETS[target].runtime, "source": loaded.source,
             "float32_bytes": 4 * params,
             "file_bytes": size, "max_context": result.decoder.shape.max_context,
@@ -162,6 +162,8 @@ def _verify(loaded, result, staging: Path, args: argparse.Namespace) -> dict:
         check = TARGETS[args.target].verify(result, staging, loaded, prompt, args)
     except ValueError as exc:  # the prompt does not fit the exported shapes
         raise UserError(f"cannot verify with this prompt: {exc}") from None
+    if isinstance(check, dict):  # structural checks only (the runtime cannot run here)
+        return check
     data = check.to_dict()
     data["rtol"] = args.rtol
     data["passed"] = check.tokens_match and check.logits.relative_error <= args.rtol
@@ -170,21 +172,9 @@ def _verify(loaded, result, staging: Path, args: argparse.Namespace) -> dict:
     return data
 
 
-def _data_file(path: Path) -> Path:
-    return path.with_name(path.name + ".data")
-
-
-def _move_into_place(staging: Path, out: Path, external: bool) -> None:
-    if external:
-        # The graph names its data file; keep the name it was written with beside it.
-        raise UserError("models over 1.8 GB (external ONNX data) are not yet supported by "
-                        "`toolkit export onnx`: export a smaller model")
-    os.replace(staging, out)
-
-
-def _remove(staging: Path) -> None:
-    staging.unlink(missing_ok=True)
-    _data_file(staging).unlink(missing_ok=True)
+def _written_bytes(staging: Path) -> int:
+    """Bytes of everything written: the file, its external data, or a package folder."""
+    return sum(p.stat().st_size for p in staging.parent.rglob("*") if p.is_file())
 
 
 def _group_by_reason(dropped: list[dict]) -> dict[str, list[str]]:
@@ -206,6 +196,12 @@ def _report_rows(report: dict) -> list[list[str]]:
     check = report.get("verification")
     if check is None:
         rows.append(["numerics", "not checked (--no-verify)"])
+        return rows
+    if "checks" in check:
+        rows += [[item["check"], f"{'ok' if item['passed'] else 'FAILED'}: {item['detail']}"]
+                 for item in check["checks"]]
+        rows += [["runtime", check["numerics"]],
+                 ["verdict", "passed" if check["passed"] else "FAILED"]]
         return rows
     logits = check["logits"]
     rows += [["logits vs PyTorch", f"max abs error {logits['max_abs_error']:.3g} "

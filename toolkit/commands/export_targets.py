@@ -14,7 +14,9 @@ class ExportTarget:
     suffix: str
     runtime: str
     write: Callable  # (loaded, staging path, args) -> export result
-    verify: Callable  # (result, staging path, loaded, prompt, args) -> LlmVerification
+    # (result, staging path, loaded, prompt, args) -> LlmVerification, or a dict of
+    # structural checks where the runtime cannot run here (Core ML)
+    verify: Callable
     sparse_note: str  # why pruned zeros are stored dense, when they are
 
 
@@ -49,9 +51,25 @@ def _verify_tflite(result, staging: Path, loaded, prompt: list[int], args):
                              result.decoder.shape.max_context)
 
 
+def _write_coreml(loaded, staging: Path, args: argparse.Namespace):
+    from export.coreml.llm import export_llm_coreml
+
+    return export_llm_coreml(loaded.module, staging, max_context=args.max_context,
+                             quantized=loaded.quantized)
+
+
+def _verify_coreml(result, staging: Path, loaded, prompt: list[int], args):
+    from export.coreml.verify_llm import verify_coreml_llm
+
+    return verify_coreml_llm(staging, result)
+
+
 TARGETS = {
     "onnx": ExportTarget(".onnx", "onnxruntime", _write_onnx, _verify_onnx,
                          "ONNX has no sparse weight format onnxruntime runs"),
     "tflite": ExportTarget(".tflite", "ai-edge-litert", _write_tflite, _verify_tflite,
                            "litert-torch writes dense weights"),
+    # Core ML runs only on macOS: off it, the saved model is opened and checked instead.
+    "coreml": ExportTarget(".mlpackage", "coremltools", _write_coreml, _verify_coreml,
+                           "quantized layers keep their pruned zeros as codes"),
 }

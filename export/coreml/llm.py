@@ -1,0 +1,150 @@
+"""`export_llm_coreml`: an LLM as an iOS 18 Core ML ML program with a stateful KV cache.
+
+    inputs:  input_ids [1, T] int32 (T in 1..max_context), position [1] int32
+    states:  keys, values [layers, kv_heads, max_context, head_dim] fp16 (ct.StateType)
+    output:  logits [1, T, vocab]
+
+One function serves prefill (T = prompt length) and decode (T = 1). The cache is written
+with one-hot products instead of scatter (export.llm.decoder.blend_write): Core ML's
+scatter needs index and data of the same shape. The converter goes through
+torch.export(...).run_decompositions({}) (../shared/TOOLCHAIN.md gotchas 1-2); coremltools'
+`canonicalize_inplace_pattern` pass, which only reorders state writes, fails on this graph
+and is skipped. Packed weights are put in as compile-time ops (export.coreml.weights),
+matched to the converted graph's constants by value, since conversion renames them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.coreml.weights import carried_op
+from export.errors import ExportError, require
+from export.llm.export_decoder import ExportDecoder
+from export.onnx.rewrite import LayerRecord
+from export.quiet import captured_console
+
+
+class StatefulDecoder(torch.nn.Module):
+    """The decoder with its cache as fp16 buffers updated in place (Core ML states)."""
+
+    def __init__(self, decoder: ExportDecoder):
+        super().__init__()
+        self.decoder = decoder
+        keys, values = decoder.empty_cache()
+        self.register_buffer("keys", keys.half())
+        self.register_buffer("values", values.half())
+
+    def forward(self, input_ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        logits, keys, values = self.decoder(input_ids, position, self.keys.float(),
+                                            self.values.float())
+        self.keys.copy_(keys.half())
+        self.values.copy_(values.half())
+        return logits
+
+
+@dataclasses.dataclass
+class CoremlExport:
+    path: Path
+    decoder: ExportDecoder
+    carried: list[LayerRecord]
+    dropped: list[LayerRecord]
+
+
+def export_llm_coreml(source: torch.nn.Module, out: Path, *, max_context: int,
+                      quantized: dict | None = None) -> CoremlExport:
+    ct = require("coremltools", "coreml", "Core ML export")
+    decoder = ExportDecoder.from_hf(source, max_context, cache_write="blend")
+    stateful = StatefulDecoder(decoder).eval()
+    with torch.no_grad(), warnings.catch_warnings(), captured_console():
+        warnings.simplefilter("ignore")
+        program = _to_mil(ct, stateful, max_context)
+        carried, dropped = _carry_weights(program, decoder, quantized or {})
+        model = ct.convert(program, convert_to="mlprogram",
+                           minimum_deployment_target=ct.target.iOS18,
+                           compute_precision=ct.precision.FLOAT16,
+                           pass_pipeline=_pipeline(ct))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(out))
+    return CoremlExport(out, decoder, carried, dropped)
+
+
+def _pipeline(ct):
+    pipeline = ct.PassPipeline.DEFAULT
+    pipeline.remove_passes(["common::canonicalize_inplace_pattern"])
+    return pipeline
+
+
+def _to_mil(ct, stateful: StatefulDecoder, max_context: int):
+    tokens = torch.export.Dim("tokens", min=1, max=max_context)
+    example = (torch.zeros(1, min(4, max_context), dtype=torch.long),
+               torch.zeros(1, dtype=torch.long))
+    try:
+        program = torch.export.export(stateful, example, dynamic_shapes={
+            "input_ids": {1: tokens}, "position": None}).run_decompositions({})
+        cache = ct.TensorType(shape=tuple(stateful.keys.shape), dtype=np.float16)
+        return ct.convert(
+            program, convert_to="milinternal", minimum_deployment_target=ct.target.iOS18,
+            inputs=[ct.TensorType(name="input_ids", dtype=np.int32,
+                                  shape=ct.Shape((1, ct.RangeDim(1, max_context)))),
+                    ct.TensorType(name="position", shape=(1,), dtype=np.int32)],
+            states=[ct.StateType(wrapped_type=cache, name="keys"),
+                    ct.StateType(wrapped_type=cache, name="values")],
+            outputs=[ct.TensorType(name="logits")], compute_precision=ct.precision.FLOAT16,
+            pass_pipeline=_pipeline(ct))
+    except Exception as exc:
+        raise ExportError(f"coremltools could not convert the decoder: "
+                          f"{str(exc).splitlines()[0][:300]}") from exc
+
+
+def _digest(array: np.ndarray) -> str:
+    """Of the fp16 values: the converted program computes, and stores weights, in fp16."""
+    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float16).tobytes()).hexdigest()
+
+
+def _carry_weights(program, decoder: ExportDecoder, quantized: dict):
+    """Replace each linear's float constant (found by its value) with a compile-time op."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil.scope import ScopeInfo, ScopeSource
+
+    layers = {}
+    for export_name, source_name in decoder.source_names.items():
+        weight = decoder.get_parameter(f"{export_name}.weight_t").detach().t().numpy()
+        layers[(weight.shape, _digest(weight))] = (source_name, weight)
+    main = program.functions["main"]
+    carried, dropped, seen = [], [], set()
+    for op in list(main.operations):
+        value = op.outputs[0].val if op.op_type == "const" else None
+        if not isinstance(value, np.ndarray) or value.ndim != 2:
+            continue
+        match = layers.get((value.shape, _digest(value)))
+        if match is None or match[0] in seen:
+            continue
+        name, dense = match
+        seen.add(name)
+        # New ops take the scopes of the layer that reads the weight: coremltools requires
+        # torch.export's stack trace and debug handle on every op.
+        reader = op.outputs[0].child_ops[0]
+        scopes = [ScopeInfo(source=source, data=data) for source, data in reader.scopes.items()
+                  if source in (ScopeSource.EXIR_STACK_TRACE, ScopeSource.EXIR_DEBUG_HANDLE)]
+        with main:
+            with mb.set_before_op(before_op=op), mb.scope(*scopes):
+                new, how = carried_op(quantized.get(name), dense, f"{op.name}_compressed")
+            if new is None:
+                if how:
+                    dropped.append(LayerRecord(name, how))
+                continue
+            op.enclosing_block.replace_uses_of_var_after_op(
+                anchor_op=op, old_var=op.outputs[0], new_var=new)
+            op.enclosing_block.remove_ops([op])
+        carried.append(LayerRecord(name, how))
+    missing = sorted(set(quantized) - seen)
+    if missing:
+        raise ExportError(f"Core ML conversion changed the weights of {missing[0]} (and "
+                          f"{len(missing) - 1} more), so their packed form cannot be matched")
+    return carried, dropped

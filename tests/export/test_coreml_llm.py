@@ -1,0 +1,94 @@
+"""Core ML export on the fake Llama (opened, not run: Core ML runs only on macOS): the
+stateful I/O, one compile-time op per compressed layer, and weights that decompress with
+coremltools' reference code to exactly the weights the toolkit evaluated (fp16)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from compress.quant.palettize import palettize
+from compress.quant.rtn import rtn_quantize
+from models import create_model
+
+pytest.importorskip("coremltools")
+CONTEXT = 32
+
+
+def _mixed_fake():
+    """palettes on the MLP, 3-bit symmetric q, 4-bit asymmetric o, AWQ-scaled v, and a
+    pruned float k: every path of export.coreml.weights."""
+    loaded = create_model("fake-llama")
+    packed = {}
+    for name, module in loaded.module.named_modules():
+        if not isinstance(module, torch.nn.Linear) or "layers" not in name:
+            continue
+        weight = module.weight.data
+        if "mlp" in name:
+            packed[name] = palettize(weight, 4, 16, 10)
+        elif "q_proj" in name:
+            packed[name] = rtn_quantize(weight, 3, 32, symmetric=True)
+        elif "o_proj" in name:
+            packed[name] = rtn_quantize(weight, 4, 32, symmetric=False)
+        elif "v_proj" in name:
+            packed[name] = rtn_quantize(weight, 4, 32, symmetric=True)
+            packed[name].input_scale = torch.linspace(0.5, 2.0, weight.shape[1]).half()
+        else:  # k_proj: prune half of each row by magnitude, keep it float
+            threshold = weight.abs().median(dim=1, keepdim=True).values
+            module.weight.data = torch.where(weight.abs() > threshold, weight, 0.0)
+            continue
+        module.weight.data.copy_(packed[name].dequantize())
+    return loaded.module, packed
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from export.coreml.llm import export_llm_coreml
+
+    model, packed = _mixed_fake()
+    path = tmp_path_factory.mktemp("coreml") / "m.mlpackage"
+    return export_llm_coreml(model, path, max_context=CONTEXT, quantized=packed)
+
+
+def test_each_layer_is_carried_by_its_op_or_reported(exported) -> None:
+    how = Counter(record.carried_as.split(" (")[0].split(",")[0] for record in exported.carried)
+    assert how == {"constexpr_lut_to_dense 4-bit": 6,
+                   "constexpr_blockwise_shift_scale 3-bit": 2,
+                   "constexpr_blockwise_shift_scale 4-bit": 2,
+                   "constexpr_sparse_to_dense": 2}
+    assert [r.carried_as for r in exported.dropped] == [
+        "float: AWQ's per-input scales are not carried into Core ML"] * 2
+
+
+def test_stateful_io_and_compressed_ops(exported) -> None:
+    from export.coreml.inspect import describe_mlpackage
+
+    described = describe_mlpackage(exported.path)
+    cache = [2, 2, CONTEXT, 16]
+    assert described["inputs"] == {"input_ids": [[1, 1], [1, CONTEXT]], "position": [1]}
+    assert list(described["outputs"]) == ["logits"]
+    assert described["states"] == {"keys": cache, "values": cache}
+    ops = described["ops"]
+    assert ops["constexpr_lut_to_dense"] == 6 and ops["constexpr_blockwise_shift_scale"] == 4
+    assert ops["constexpr_sparse_to_dense"] == 2
+    assert ops["read_state"] == 2 and ops["write_state"] == 2
+
+
+def test_weights_decompress_to_the_evaluated_weights(exported) -> None:
+    from export.coreml.inspect import decompressed_weights
+    from export.coreml.verify_llm import verify_coreml_llm
+
+    stored = [np.asarray(w, np.float16) for w in decompressed_weights(exported.path).values()]
+    assert len(stored) == 12
+    decoder = exported.decoder
+    for export_name, source in decoder.source_names.items():
+        if source not in {r.name for r in exported.carried}:
+            continue
+        dense = decoder.get_parameter(f"{export_name}.weight_t").detach().t().numpy()
+        assert sum(np.array_equal(w, dense.astype(np.float16)) for w in stored
+                   if w.shape == dense.shape) >= 1, source
+    report = verify_coreml_llm(exported.path, exported)
+    assert report["passed"] and report["numerics"].startswith("numerics not checked")
