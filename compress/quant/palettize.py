@@ -58,9 +58,9 @@ class PalettizeConfig(QuantConfig):
     # Weight each squared error by its input's second moment sum_t x_j^2 (the Hessian
     # diagonal), so the tables favour the weights that move the outputs most: sensitive
     # k-means (SqueezeLLM, arXiv 2306.07629; coremltools). Needs calibration data. On by
-    # default because plain k-means spends the table on the bulk of small weights: on
-    # SmolLM2 (8 windows of 512 wiki tokens, dense 17.3) 3-bit 16-row tables gave ppl 8303
-    # unweighted and 89 weighted (RTN 3-bit g64: 126). false = data-free clustering.
+    # default because plain k-means spends the table on the bulk of small weights and
+    # collapses an LLM at 3 bits (BENCHMARKS.md: palettize-3b against
+    # palettize-3b-data-free on SmolLM2). false = data-free clustering.
     weighted: bool = True
 
     # A property, not a ClassVar: what calibration must collect depends on the knobs.

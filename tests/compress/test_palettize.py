@@ -84,8 +84,8 @@ def test_weights_pull_a_centroid_onto_the_important_value() -> None:
 
 def test_outliers_get_a_centroid_where_lloyd_alone_clips_them() -> None:
     """Lloyd from quantiles keeps every centroid in the bulk and clips isolated large
-    weights (SmolLM2's 6.07 and 5.88 in one 16-row group were stored as 0.98); the swap step
-    moves the cheapest centroid onto them. Bulk: Student-t (5 dof) x 0.2, as in that group."""
+    weights (as seen in SmolLM2's down projections); the swap step moves the cheapest
+    centroid onto them. Bulk: heavy-tailed Student-t (5 dof) x 0.2."""
     from compress.quant.kmeans import _lloyd, _quantile_init
     generator = torch.Generator().manual_seed(1)
     normal = torch.randn(24000, generator=generator)
