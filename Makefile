@@ -46,6 +46,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/llm_pruning.py
 	$(PY) benchmarks/llm_quant.py
+	$(PY) benchmarks/export_bench.py
 
 clean:
 	rm -rf $(VENV) runs
