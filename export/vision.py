@@ -1,0 +1,155 @@
+"""Any vision `nn.Module` with a fixed input shape, to ONNX, LiteRT or Core ML.
+
+The file takes raw pixels in [0, 255] in the layout its runtime prefers (LiteRT: NHWC;
+ONNX and Core ML: NCHW unless asked otherwise): the layout change and the normalisation
+x' = (x / 255 - mean) / std are folded into the graph, and the file's metadata says so
+where the format has metadata (ONNX metadata_props, Core ML user-defined metadata).
+Verification runs the file on its runtime (LiteRT in a child process) on the same input
+as PyTorch; Core ML, which runs only on macOS, is opened and its I/O checked instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.errors import ExportError, require
+from export.quiet import captured_console
+from export.verify import OutputAgreement, agreement
+
+DEFAULT_LAYOUT = {"onnx": "NCHW", "tflite": "NHWC", "coreml": "NCHW"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def describe(self, layout: str) -> dict:
+        return {"input": f"raw pixels 0..255, {layout}", "folded": "(x / 255 - mean) / std",
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+class PixelInput(nn.Module):
+    """module((x / 255 - mean) / std) with x in `layout`; the module itself takes NCHW."""
+
+    def __init__(self, module: nn.Module, layout: str, preprocess: Preprocess):
+        super().__init__()
+        if layout not in ("NCHW", "NHWC"):
+            raise ExportError(f"layout {layout!r} is not NCHW or NHWC")
+        self.module, self.channels_last = module, layout == "NHWC"
+        self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(preprocess.std).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2) if self.channels_last else pixels
+        return self.module((x / 255.0 - self.mean) / self.std)
+
+
+@dataclasses.dataclass
+class VisionExport:
+    path: Path
+    target: str
+    layout: str
+    example: torch.Tensor  # the pixel input in the file's layout
+    wrapped: nn.Module
+
+
+def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], target: str,
+                  out: Path, *, layout: str | None = None,
+                  preprocess: Preprocess = Preprocess()) -> VisionExport:
+    """`input_shape` is NCHW as the module takes it; the file's input follows `layout`."""
+    layout = layout or DEFAULT_LAYOUT[target]
+    n, c, h, w = input_shape
+    shape = (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
+    wrapped = PixelInput(module.eval(), layout, preprocess).eval()
+    example = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255
+    meta = {"edge_toolkit.preprocess": json.dumps(preprocess.describe(layout))}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = {"onnx": _onnx, "tflite": _tflite, "coreml": _coreml}[target]
+    with torch.no_grad(), warnings.catch_warnings(), captured_console():
+        warnings.simplefilter("ignore")
+        try:
+            writer(wrapped, example, out, meta)
+        except ExportError:
+            raise
+        except Exception as exc:
+            raise ExportError(f"{target} export failed: {str(exc).splitlines()[0][:300]}"
+                              ) from exc
+    return VisionExport(out, target, layout, example, wrapped)
+
+
+def _onnx(wrapped, example, out: Path, meta: dict) -> None:
+    onnx = require("onnx", "onnx", "ONNX export")
+    program = torch.onnx.export(wrapped, (example,), dynamo=True, external_data=False,
+                                input_names=["pixels"], opset_version=21, optimize=True)
+    model = program.model_proto
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save_model(model, os.fspath(out))
+
+
+def _tflite(wrapped, example, out: Path, meta: dict) -> None:
+    litert_torch = require("litert_torch", "litert", "LiteRT export")
+    litert_torch.convert(wrapped, (example,)).export(os.fspath(out))
+
+
+def _coreml(wrapped, example, out: Path, meta: dict) -> None:
+    ct = require("coremltools", "coreml", "Core ML export")
+    program = torch.export.export(wrapped, (example,)).run_decompositions({})
+    model = ct.convert(program, minimum_deployment_target=ct.target.iOS18,
+                       inputs=[ct.TensorType(name="pixels", shape=tuple(example.shape))])
+    model.user_defined_metadata.update(meta)
+    model.save(os.fspath(out))
+
+
+def verify_vision(result: VisionExport) -> list[OutputAgreement] | dict:
+    """Per-output agreement with PyTorch; for Core ML the I/O description instead."""
+    with torch.no_grad():
+        reference = result.wrapped(result.example)
+    references = reference if isinstance(reference, tuple | list) else (reference,)
+    if result.target == "coreml":
+        import coremltools as ct
+
+        spec = ct.models.MLModel(os.fspath(result.path), skip_model_load=True).get_spec()
+        return {"inputs": [i.name for i in spec.description.input],
+                "outputs": [o.name for o in spec.description.output],
+                "numerics": "numerics not checked: Core ML runs only on macOS"}
+    outputs = (_run_onnx if result.target == "onnx" else _run_tflite)(result)
+    if len(outputs) != len(references):
+        raise ExportError(f"the file has {len(outputs)} outputs, PyTorch {len(references)}")
+    return [agreement(f"output{i}", got, want.numpy())
+            for i, (got, want) in enumerate(zip(outputs, references, strict=True))]
+
+
+def _run_onnx(result: VisionExport) -> list[np.ndarray]:
+    ort = require("onnxruntime", "onnx", "running ONNX files")
+    session = ort.InferenceSession(os.fspath(result.path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: result.example.numpy()})
+
+
+def _run_tflite(result: VisionExport) -> list[np.ndarray]:
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, outputs = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(inputs, arg0=result.example.numpy())
+        child = subprocess.run(
+            [sys.executable, "-m", "export.litert.run_model", os.fspath(result.path),
+             "--inputs", os.fspath(inputs), "--out", os.fspath(outputs)],
+            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        if child.returncode != 0:
+            last = (child.stderr.strip().splitlines() or ["no message"])[-1][:300]
+            raise ExportError(f"the LiteRT interpreter failed on {result.path.name} (exit "
+                              f"code {child.returncode}): {last}")
+        data = np.load(outputs)
+        return [data[f"out{i}"] for i in range(len(data.files))]

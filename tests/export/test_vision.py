@@ -1,0 +1,62 @@
+"""A small CNN (conv, batch norm, depthwise conv, pooling, two heads) exported to each
+format with pixels in [0, 255] and normalisation folded in: ONNX and LiteRT outputs match
+PyTorch; the Core ML package has the expected I/O."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from export.vision import Preprocess, export_vision, verify_vision
+
+SHAPE = (1, 3, 32, 32)
+PRE = Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8),
+                                  nn.ReLU6())
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.classes, self.mask = nn.Linear(8, 5), nn.Conv2d(8, 1, 1)
+        self.stem[1].running_mean.uniform_(-0.5, 0.5)  # a non-trivial folded batch norm
+
+    def forward(self, x):
+        features = torch.relu(self.depthwise(self.stem(x)))
+        return self.classes(features.mean(dim=(2, 3))), torch.sigmoid(self.mask(features))
+
+
+@pytest.mark.parametrize(("target", "module"), [("onnx", "onnxruntime"),
+                                                ("tflite", "ai_edge_litert")])
+def test_runtime_outputs_match_pytorch(tmp_path, target: str, module: str) -> None:
+    pytest.importorskip(module)
+    result = export_vision(TinyNet(), SHAPE, target, tmp_path / f"m.{target}", preprocess=PRE)
+    assert tuple(result.example.shape) == ((1, 32, 32, 3) if target == "tflite" else SHAPE)
+    assert float(result.example.max()) > 1.0  # raw pixels go in
+    agreements = verify_vision(result)
+    assert len(agreements) == 2
+    for check in agreements:
+        assert check.relative_error < 1e-4 and check.cosine > 0.99999, check
+
+
+def test_folded_preprocessing_equals_normalising_by_hand(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    net = TinyNet().eval()
+    result = export_vision(net, SHAPE, "onnx", tmp_path / "m.onnx", preprocess=PRE)
+    pixels = result.example
+    mean, std = torch.tensor(PRE.mean).view(1, 3, 1, 1), torch.tensor(PRE.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        by_hand = net((pixels / 255 - mean) / std)[0]
+    torch.testing.assert_close(result.wrapped(pixels)[0], by_hand)
+
+
+def test_coreml_package_io(tmp_path) -> None:
+    pytest.importorskip("coremltools")
+    result = export_vision(TinyNet(), SHAPE, "coreml", tmp_path / "m.mlpackage",
+                           preprocess=PRE)
+    described = verify_vision(result)
+    assert described["inputs"] == ["pixels"] and len(described["outputs"]) == 2
+    assert described["numerics"] == "numerics not checked: Core ML runs only on macOS"
