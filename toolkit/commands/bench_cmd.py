@@ -9,6 +9,7 @@ from pathlib import Path
 
 from models.registry import is_registered
 from toolkit.commands.common import positive_int, write_json
+from toolkit.data.cache import write_text_atomic
 from toolkit.errors import UserError
 from toolkit.report import format_table
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(HEADERS, [table_row(m, report["models"][0]) for m in report["models"]]))
     write_json(args.json, report)
     if args.html:
-        _write_text(args.html, render_html(report))
+        write_text_atomic(args.html.expanduser(), render_html(report))
     return 0
 
 
@@ -131,18 +132,3 @@ def table_row(model: dict, first: dict) -> list:
             f"{llm['decode_tokens_per_s']:.1f}" if llm else "-",
             f"{acc['max_abs_error']:.2e}" if acc else "-",
             f"{acc['cosine']:.6f}" if acc else "-"]
-
-
-def _write_text(path: Path, text: str) -> None:
-    import tempfile
-
-    path = path.expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
