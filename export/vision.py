@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from export.errors import ExportError, require
+from export.op_locator import locate_op
 from export.quiet import captured_console
 from export.verify import OutputAgreement, agreement
 
@@ -84,8 +85,13 @@ def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], tar
         except ExportError:
             raise
         except Exception as exc:
-            raise ExportError(f"{target} export failed: {str(exc).splitlines()[0][:300]}"
-                              ) from exc
+            first = str(exc).splitlines()[0][:300]
+            where = locate_op(wrapped, (example,), first)
+            if where:  # paths inside PixelInput start at .module: name the user's layers
+                where = where.replace(" layer module.", " layer ").replace(
+                    " layer module ", " layer (root) ")
+            raise ExportError(f"{target} export failed: {first}"
+                              + (f" [unsupported: {where}]" if where else "")) from exc
     return VisionExport(out, target, layout, example, wrapped)
 
 

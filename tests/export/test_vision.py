@@ -60,3 +60,29 @@ def test_coreml_package_io(tmp_path) -> None:
     described = verify_vision(result)
     assert described["inputs"] == ["pixels"] and len(described["outputs"]) == 2
     assert described["numerics"] == "numerics not checked: Core ML runs only on macOS"
+
+
+class Determinant(nn.Module):
+    def forward(self, x):
+        return torch.linalg.det(x[:, :, :4, :4])
+
+
+class WithUnsupportedOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 4, 3), Determinant()
+
+    def forward(self, x):
+        return self.head(self.conv(x))
+
+
+@pytest.mark.parametrize(("target", "module"), [("tflite", "litert_torch"),
+                                                ("coreml", "coremltools")])
+def test_unsupported_op_is_named_with_its_layer(tmp_path, target: str, module: str) -> None:
+    from export.errors import ExportError
+
+    pytest.importorskip(module)
+    with pytest.raises(ExportError, match=r"unsupported: linalg_det in layer head "
+                                          r"\(Determinant\)"):
+        export_vision(WithUnsupportedOp(), (1, 3, 8, 8), target, tmp_path / "m.bin")
+    assert list(tmp_path.iterdir()) == []
