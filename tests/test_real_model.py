@@ -83,3 +83,22 @@ def test_wanda_50_through_the_cli(smollm2_installed, toolkit_cli, tmp_path):
     assert math.isfinite(dense) and math.isfinite(after)
     assert 5 < dense < 100  # a working 135M model on Wikipedia text
     assert dense < after < MAX_PPL_RATIO * dense
+
+
+def test_gptq4_exports_to_onnx_with_the_same_greedy_tokens(smollm2_installed, toolkit_cli,
+                                                           tmp_path):
+    """The real model through compress -> export: 4-bit codes as MatMulNBits, and
+    onnxruntime continues "The capital of France is" exactly as PyTorch does."""
+    pytest.importorskip("onnxruntime")
+    artifact, out, report = tmp_path / "gptq4", tmp_path / "m.onnx", tmp_path / "m.json"
+    result = toolkit_cli("compress", "--model", "smollm2-135m", "--method", "gptq", "--bits",
+                         "4", "--group-size", "64", "--calib-samples", "8", "--seq-len",
+                         "256", "--no-eval", "--out", artifact, "--quiet")
+    assert result.code == 0, result.err
+    result = toolkit_cli("export", "onnx", "--model", artifact, "--out", out, "--max-context",
+                         "64", "--json", report, "--quiet")
+    assert result.code == 0, result.err
+    data = json.loads(report.read_text())
+    assert data["carried"] == {"MatMulNBits 4-bit, block 64": 210}
+    assert data["verification"]["tokens_match"]
+    assert data["file_bytes"] < 0.45 * data["float32_bytes"]  # fp32 embeddings remain
