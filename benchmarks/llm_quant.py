@@ -139,9 +139,7 @@ def _allocation_summary(allocation: dict | None) -> dict | None:
             "layers_per_bits": counts}
 
 
-def main() -> int:
-    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
-        return cli_worker(sys.argv[4:], sys.argv[2])
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-windows", default="16",
                         help="perplexity windows per stream (default: 16; `all` = full)")
@@ -165,7 +163,13 @@ def main() -> int:
                              "protocol, then re-render")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite BENCHMARKS.md from the saved results without running")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        return cli_worker(sys.argv[4:], sys.argv[2])
+    args = parse_args()
     from benchmarks.llm_quant_table import render_table
 
     if args.merge:
