@@ -26,8 +26,8 @@ import torch
 from export.coreml.weights import carried_op
 from export.errors import ExportError, require
 from export.llm.export_decoder import ExportDecoder
-from export.onnx.rewrite import LayerRecord
 from export.quiet import captured_console
+from export.records import LayerRecord
 
 
 class StatefulDecoder(torch.nn.Module):

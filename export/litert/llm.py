@@ -20,8 +20,8 @@ import torch
 
 from export.errors import ExportError, require
 from export.llm.export_decoder import ExportDecoder
-from export.onnx.rewrite import LayerRecord
 from export.quiet import captured_console
+from export.records import LayerRecord
 
 SIGNATURES = ("prefill", "decode")
 

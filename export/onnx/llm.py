@@ -21,7 +21,8 @@ import torch
 
 from export.errors import ExportError, require
 from export.llm.export_decoder import ExportDecoder
-from export.onnx.rewrite import LayerRecord, carry_compression
+from export.onnx.rewrite import carry_compression
+from export.records import LayerRecord
 
 INPUT_NAMES = ["input_ids", "position", "past_keys", "past_values"]
 OUTPUT_NAMES = ["logits", "present_keys", "present_values"]

@@ -8,15 +8,8 @@ the packed codes: the file carries the compression as it was made, nothing re-qu
 
 from __future__ import annotations
 
-import dataclasses
-
 from export.onnx.weights import compressed_weight
-
-
-@dataclasses.dataclass
-class LayerRecord:
-    name: str  # the source model's layer name
-    carried_as: str
+from export.records import LayerRecord
 
 
 def carry_compression(model, weights: dict[str, object]) -> tuple[list[LayerRecord],
@@ -27,12 +20,13 @@ def carry_compression(model, weights: dict[str, object]) -> tuple[list[LayerReco
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
     carried, dropped = [], []
-    new_nodes, used = [], set()
+    new_nodes, used, found = [], set(), set()
     for node in graph.node:
         target = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
         if target not in weights:
             new_nodes.append(node)
             continue
+        found.add(target)
         source, packed = weights[target]
         built = compressed_weight(packed, node.input[0], node.output[0], source)
         if built is None:
@@ -44,7 +38,7 @@ def carry_compression(model, weights: dict[str, object]) -> tuple[list[LayerReco
         graph.initializer.extend(built.initializers)
         carried.append(LayerRecord(source, built.carried_as))
         used.add(target)
-    missing = sorted(set(weights) - used - {w for w in weights if _kept(w, dropped, weights)})
+    missing = sorted(set(weights) - found)
     if missing:
         raise RuntimeError(f"compressed weights not found in the exported graph: {missing[:3]}")
     del graph.node[:]
@@ -55,10 +49,6 @@ def carry_compression(model, weights: dict[str, object]) -> tuple[list[LayerReco
             graph.initializer.remove(initializers[name])
     _ensure_opset(model, "com.microsoft", 1)
     return carried, dropped
-
-
-def _kept(name: str, dropped: list[LayerRecord], weights: dict) -> bool:
-    return weights[name][0] in {record.name for record in dropped}
 
 
 def _ensure_opset(model, domain: str, version: int) -> None:

@@ -29,15 +29,6 @@ class Runnable:
     llm: dict | None = None  # prompt_tokens, max_context
 
 
-def onnx_llm_metadata(path: Path) -> dict | None:
-    """The exported LLM's I/O description, or None for another ONNX file."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-    text = session.get_modelmeta().custom_metadata_map.get(LLM_METADATA_KEY)
-    return json.loads(text) if text else None
-
-
 def load_onnx(path: Path, threads: int, prompt: Sequence[int]) -> Runnable:
     import onnxruntime as ort
 
@@ -90,30 +81,21 @@ def _llm_runnable(call, cache_shape: Sequence[int], max_context: int,
                   prompt: Sequence[int], prefill_call=None,
                   chunk: int | None = None) -> Runnable:
     """Prefill = the prompt in one call, or in `chunk`-token calls to `prefill_call` (a
-    fixed-length signature, last chunk padded); step = one decode token after it."""
-    chunk = chunk or len(prompt)
-    padded = -(-len(prompt) // chunk) * chunk
-    if max(padded, len(prompt) + 1) > max_context:
+    fixed-length signature, see export.llm.greedy.prefill); step = one decode token."""
+    from export.llm.greedy import prefill
+
+    if len(prompt) + 1 > max_context:
         raise ValueError(f"a {len(prompt)}-token prompt does not fit the exported context "
                          f"of {max_context}: lower --prompt-tokens")
-    empty = np.zeros(cache_shape, dtype=np.float32)
-    prefill_call = prefill_call or call
 
-    def prefill():
-        keys, values, pieces = empty, empty, []
-        for start in range(0, len(prompt), chunk):
-            real = list(prompt[start:start + chunk])
-            ids = np.asarray([real + [0] * (chunk - len(real))], dtype=np.int64)
-            logits, keys, values = prefill_call(ids, np.array([start], dtype=np.int64),
-                                                keys, values)
-            pieces.append(np.asarray(logits)[0, :len(real)])
-        return np.concatenate(pieces), keys, values
+    def run_prefill():
+        return prefill(prefill_call or call, prompt, cache_shape, max_context, chunk)
 
-    logits, keys, values = prefill()
+    logits, keys, values = run_prefill()
     token = np.asarray([[int(logits[-1].argmax())]], dtype=np.int64)
     position = np.array([len(prompt)], dtype=np.int64)
     return Runnable(step=lambda: call(token, position, keys, values),
-                    outputs=lambda: prefill()[0], prefill=prefill,
+                    outputs=lambda: run_prefill()[0], prefill=run_prefill,
                     llm={"prompt_tokens": len(prompt), "max_context": max_context})
 
 

@@ -9,7 +9,6 @@ a PyTorch reference run on the same inputs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import platform
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 
 from toolkit.bench.timing import TimingStats, measure_interleaved
 from toolkit.bench.worker import Worker
+from toolkit.eval.kick_cache import file_fingerprint
 
 
 @dataclasses.dataclass
@@ -145,14 +145,8 @@ def file_bytes(path: str) -> int | None:
 
 
 def file_sha256(path: str) -> str | None:
-    p = Path(path)
-    if not p.is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(p, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """sha256 of an exported file's bytes; None for a directory or registered name."""
+    return file_fingerprint(path) if Path(path).is_file() else None
 
 
 def environment(options: BenchOptions, targets: list[BenchTarget]) -> dict[str, str]:
