@@ -5,9 +5,10 @@
 
 keys/values: [layers, kv_heads, max_context, head_dim] float32 (export.llm.decoder). LiteRT
 wants static shapes, so prefill takes exactly P tokens: longer prompts go in chunks, a
-shorter last chunk is padded (export.llm.greedy). Weights are float32: the interpreter's
-weight-only formats are int8 (and int4 through its own quantizer's layout), so the
-artifact's packed codes are not carried, and the report lists every such layer.
+shorter last chunk is padded (export.llm.greedy). litert-torch writes float32 weights;
+the artifact's integer codes are then put back as LiteRT weight-only int8/int4
+(export.litert.weights). Palette weights have no LiteRT op and stay float32, and the
+report lists every such layer.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from export.errors import ExportError, require
+from export.litert.weights import carry_weights
 from export.llm.export_decoder import ExportDecoder
 from export.quiet import captured_console
 from export.records import LayerRecord
@@ -58,7 +60,7 @@ def export_llm_litert(source: torch.nn.Module, out: Path, *, max_context: int,
     except Exception as exc:
         raise ExportError(f"litert-torch could not convert the decoder: "
                           f"{str(exc).splitlines()[0][:300]}") from exc
-    dropped = [LayerRecord(name, f"float32: the {weight.bits}-bit {weight.scheme} codes are "
-                                 "not carried into LiteRT")
-               for name, weight in (quantized or {}).items()]
-    return LitertExport(out, decoder, prefill_tokens, [], dropped)
+    layers = {name: (source.get_submodule(name).weight.detach().float().numpy(), packed)
+              for name, packed in (quantized or {}).items()}
+    carried, dropped = carry_weights(out, layers)
+    return LitertExport(out, decoder, prefill_tokens, carried, dropped)
