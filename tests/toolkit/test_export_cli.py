@@ -19,7 +19,9 @@ def artifacts(toolkit_cli, fake_model_dir, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("export")
     made = {}
     for name, flags in {"gptq4": ["--method", "gptq", "--bits", "4", "--group-size", "32"],
-                        "wanda": ["--method", "wanda", "--sparsity", "0.5"]}.items():
+                        "wanda": ["--method", "wanda", "--sparsity", "0.5"],
+                        "palettize4": ["--method", "palettize", "--bits", "4",
+                                       "--group-rows", "16"]}.items():
         result = toolkit_cli("compress", "--model", fake_model_dir, *flags, "--out",
                              tmp / name, *SMALL)
         assert result.code == 0, result.err
@@ -42,19 +44,30 @@ def test_quantized_artifact_exports_with_its_codes_and_verifies(toolkit_cli, art
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx"]
 
 
-def test_tflite_export_lists_the_codes_it_cannot_carry(toolkit_cli, artifacts, tmp_path):
+def test_tflite_export_carries_integer_codes_as_weight_only(toolkit_cli, artifacts, tmp_path):
     pytest.importorskip("litert_torch")
     out, report = tmp_path / "m.tflite", tmp_path / "m.json"
     result = toolkit_cli("export", "tflite", "--model", artifacts["gptq4"], "--out", out,
                          "--prefill-tokens", "4", "--json", report, *EXPORT)
     assert result.code == 0, result.err
     data = json.loads(report.read_text())
-    assert data["carried"] == {} and len(data["dropped"]) == 14
-    assert data["dropped"][0]["why"] == ("float32: the 4-bit affine codes are not carried "
-                                         "into LiteRT")
+    assert data["carried"] == {"DEQUANTIZE int4 block 32": 14} and data["dropped"] == []
     assert data["verification"]["passed"] and data["verification"]["runtime"] == "ai-edge-litert"
-    assert "14 layers: float32: the 4-bit affine codes" in result.out
+    assert data["file_bytes"] < data["float32_bytes"]
     assert "Run Decompositions" not in result.out + result.err  # converter logs kept quiet
+
+
+def test_tflite_export_lists_the_palettes_it_cannot_carry(toolkit_cli, artifacts, tmp_path):
+    pytest.importorskip("litert_torch")
+    out, report = tmp_path / "m.tflite", tmp_path / "m.json"
+    result = toolkit_cli("export", "tflite", "--model", artifacts["palettize4"], "--out", out,
+                         "--prefill-tokens", "4", "--json", report, *EXPORT)
+    assert result.code == 0, result.err
+    data = json.loads(report.read_text())
+    assert data["carried"] == {} and len(data["dropped"]) == 14
+    assert data["dropped"][0]["why"] == "float32: LiteRT has no op for palette weights"
+    assert "14 layers: float32: LiteRT has no op for palette weights" in result.out
+    assert data["verification"]["passed"]
 
 
 def test_coreml_export_is_checked_without_running(toolkit_cli, artifacts, tmp_path):
