@@ -54,6 +54,8 @@ class CoremlExport:
     decoder: ExportDecoder
     carried: list[LayerRecord]
     dropped: list[LayerRecord]
+    # AWQ layers: the file's weight is W * s, the input is scaled by 1/s (for the checks)
+    input_scales: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def export_llm_coreml(source: torch.nn.Module, out: Path, *, max_context: int,
@@ -71,7 +73,10 @@ def export_llm_coreml(source: torch.nn.Module, out: Path, *, max_context: int,
                            pass_pipeline=_pipeline(ct))
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(str(out))
-    return CoremlExport(out, decoder, carried, dropped)
+    scales = {name: packed.input_scale.numpy().astype(np.float16)
+              for name, packed in (quantized or {}).items()
+              if getattr(packed, "input_scale", None) is not None}
+    return CoremlExport(out, decoder, carried, dropped, scales)
 
 
 def _pipeline(ct):
@@ -105,6 +110,24 @@ def _to_mil(ct, stateful: StatefulDecoder, max_context: int):
 def _digest(array: np.ndarray) -> str:
     """Of the fp16 values: the converted program computes, and stores weights, in fp16."""
     return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float16).tobytes()).hexdigest()
+
+
+def _divide_inputs(weight, scale: np.ndarray, scopes) -> None:
+    """x -> x * (1 / s) in front of every op that multiplies by `weight` (AWQ: W = dequant
+    / s). A multiply, because coremltools turns a division by a constant into one anyway;
+    the reciprocal is taken in float32 and rounded once to fp16."""
+    from coremltools.converters.mil import Builder as mb
+
+    inverse = (1.0 / scale.astype(np.float32)).astype(np.float16)
+    for reader in list(weight.child_ops):
+        if reader.op_type not in ("linear", "matmul"):
+            raise ExportError(f"AWQ scales: the weight is read by {reader.op_type}, "
+                              "expected linear or matmul")
+        source = reader.inputs["x"]
+        with mb.set_before_op(before_op=reader), mb.scope(*scopes):
+            scaled = mb.mul(x=source, y=inverse, name=f"{reader.name}_awq_input")
+        reader.enclosing_block.replace_uses_of_var_after_op(
+            anchor_op=scaled.op, old_var=source, new_var=scaled, end_op=reader)
 
 
 def _carry_weights(program, decoder: ExportDecoder, quantized: dict):
@@ -142,6 +165,9 @@ def _carry_weights(program, decoder: ExportDecoder, quantized: dict):
             op.enclosing_block.replace_uses_of_var_after_op(
                 anchor_op=op, old_var=op.outputs[0], new_var=new)
             op.enclosing_block.remove_ops([op])
+            packed = quantized.get(name)
+            if getattr(packed, "input_scale", None) is not None:
+                _divide_inputs(new, packed.input_scale.numpy().astype(np.float16), scopes)
         carried.append(LayerRecord(name, how))
     missing = sorted(set(quantized) - seen)
     if missing:

@@ -1,7 +1,8 @@
 """What can be checked of a Core ML LLM off macOS (where it cannot run): its inputs,
 output and states, the compressed ops it should hold, and that every compressed weight
 decompresses (with coremltools' reference implementation) to the weight the toolkit
-evaluated, in fp16, bit for bit."""
+evaluated, in fp16, bit for bit (AWQ layers: after undoing their scales, to fp16
+rounding)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,14 @@ def _weights_check(path: Path, result) -> tuple[str, bool, str]:
                            if s == record.name)
         dense = (result.decoder.get_parameter(f"{export_name}.weight_t").detach().t()
                  .numpy().astype(np.float16))
-        if not any(w.shape == dense.shape and np.array_equal(w, dense) for w in stored):
+        scale = result.input_scales.get(record.name)
+        if scale is None:
+            same = [w.shape == dense.shape and np.array_equal(w, dense) for w in stored]
+        else:  # AWQ: the file holds W * s; undoing s rounds once more in fp16
+            same = [w.shape == dense.shape and np.allclose(
+                w.astype(np.float32) / scale.astype(np.float32), dense, rtol=2e-3, atol=1e-6)
+                for w in stored]
+        if not any(same):
             unmatched += 1
     carried = len(result.carried)
     return ("compressed weights", unmatched == 0,

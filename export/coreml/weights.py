@@ -6,6 +6,9 @@ model is loaded on the device, stored compressed in the file).
     affine      W[r, j] = scale[r, k] * (code[r, j] - zero[r, k]),  k = j // group
                 -> constexpr_blockwise_shift_scale(data uint4|uint8 [out, in],
                    scale [out, in/group], offset [out, in/group]); 2- and 3-bit codes in uint4
+    AWQ (arXiv 2306.00978) W = dequant(codes) / s
+                -> the codes as above, and the layer's input multiplied by 1/s (mul),
+                   added by export.coreml.llm where the reading op is known
     pruned float weights (>= 25% zeros)
                 -> constexpr_sparse_to_dense(nonzero_data [nnz], mask uint1 [out, in])
 
@@ -52,6 +55,8 @@ def affine_op(weight: AffineQuantized, name: str):
     how = f"constexpr_blockwise_shift_scale {weight.bits}-bit, block {weight.group_size}"
     if container != weight.bits:
         how += f" (codes stored in {container} bits)"
+    if weight.input_scale is not None:
+        how += " + AWQ input scaling"
     return mb.constexpr_blockwise_shift_scale(data=data, scale=scale, offset=offset,
                                               name=name), how
 
@@ -72,8 +77,6 @@ def carried_op(weight, dense: np.ndarray, name: str):
     if isinstance(weight, PaletteQuantized):
         return palette_op(weight, name)
     if isinstance(weight, AffineQuantized):
-        if weight.input_scale is not None:
-            return None, "float: AWQ's per-input scales are not carried into Core ML"
         return affine_op(weight, name)
     if weight is None and (dense == 0).mean() >= SPARSE_MIN_ZEROS:
         return sparse_op(dense, name)

@@ -54,13 +54,14 @@ def exported(tmp_path_factory):
 
 
 def test_each_layer_is_carried_by_its_op_or_reported(exported) -> None:
-    how = Counter(record.carried_as.split(" (")[0].split(",")[0] for record in exported.carried)
-    assert how == {"constexpr_lut_to_dense 4-bit": 6,
-                   "constexpr_blockwise_shift_scale 3-bit": 2,
-                   "constexpr_blockwise_shift_scale 4-bit": 2,
+    how = Counter(record.carried_as.split(" (")[0] for record in exported.carried)
+    assert how == {"constexpr_lut_to_dense 4-bit, 8 tables": 4,
+                   "constexpr_lut_to_dense 4-bit, 4 tables": 2,
+                   "constexpr_blockwise_shift_scale 3-bit, block 32": 2,
+                   "constexpr_blockwise_shift_scale 4-bit, block 32": 2,
+                   "constexpr_blockwise_shift_scale 4-bit, block 32 + AWQ input scaling": 2,
                    "constexpr_sparse_to_dense": 2}
-    assert [r.carried_as for r in exported.dropped] == [
-        "float: AWQ's per-input scales are not carried into Core ML"] * 2
+    assert exported.dropped == []
 
 
 def test_stateful_io_and_compressed_ops(exported) -> None:
@@ -72,9 +73,27 @@ def test_stateful_io_and_compressed_ops(exported) -> None:
     assert list(described["outputs"]) == ["logits"]
     assert described["states"] == {"keys": cache, "values": cache}
     ops = described["ops"]
-    assert ops["constexpr_lut_to_dense"] == 6 and ops["constexpr_blockwise_shift_scale"] == 4
+    assert ops["constexpr_lut_to_dense"] == 6 and ops["constexpr_blockwise_shift_scale"] == 6
     assert ops["constexpr_sparse_to_dense"] == 2
     assert ops["read_state"] == 2 and ops["write_state"] == 2
+
+
+def test_awq_layers_scale_their_input_by_the_inverse_scales(exported) -> None:
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
+
+    model = ct.models.MLModel(str(exported.path), skip_model_load=True)
+    spec = model.get_spec()
+    program = load_milproto(spec, spec.specificationVersion, file_weights_dir=str(
+        exported.path / "Data" / "com.apple.CoreML" / "weights"))
+    scalings = [op for op in program.functions["main"].operations
+                if op.op_type == "mul" and op.name.endswith("_awq_input")]
+    assert len(scalings) == 2
+    scale = torch.linspace(0.5, 2.0, scalings[0].y.val.shape[0]).half().float()
+    expected = (1 / scale).half().numpy()
+    for op in scalings:
+        np.testing.assert_array_equal(op.y.val, expected)
+        assert op.outputs[0].child_ops[0].op_type in ("linear", "matmul")
 
 
 def test_weights_decompress_to_the_evaluated_weights(exported) -> None:
@@ -82,12 +101,15 @@ def test_weights_decompress_to_the_evaluated_weights(exported) -> None:
     from export.coreml.verify_llm import verify_coreml_llm
 
     stored = [np.asarray(w, np.float16) for w in decompressed_weights(exported.path).values()]
-    assert len(stored) == 12
+    assert len(stored) == 14
     decoder = exported.decoder
     for export_name, source in decoder.source_names.items():
-        if source not in {r.name for r in exported.carried}:
-            continue
         dense = decoder.get_parameter(f"{export_name}.weight_t").detach().t().numpy()
+        if "v_proj" in source:  # AWQ: the file holds dequant(codes) = W * s
+            scale = torch.linspace(0.5, 2.0, dense.shape[1]).half().float().numpy()
+            assert sum(np.allclose(w, dense * scale, rtol=2e-3, atol=1e-4) for w in stored
+                       if w.shape == dense.shape) == 1, source
+            continue
         assert sum(np.array_equal(w, dense.astype(np.float16)) for w in stored
                    if w.shape == dense.shape) >= 1, source
     report = verify_coreml_llm(exported.path, exported)
