@@ -6,6 +6,9 @@ x' = (x / 255 - mean) / std are folded into the graph, and the file's metadata s
 where the format has metadata (ONNX metadata_props, Core ML user-defined metadata).
 Verification runs the file on its runtime (LiteRT in a child process) on the same input
 as PyTorch; Core ML, which runs only on macOS, is opened and its I/O checked instead.
+
+LiteRT can instead be written fully int8 (static quantization, calibrated on images the
+caller gives: export.litert.static_int8); the float file's size is kept for the report.
 """
 
 from __future__ import annotations
@@ -64,13 +67,21 @@ class VisionExport:
     layout: str
     example: torch.Tensor  # the pixel input in the file's layout
     wrapped: nn.Module
+    float_bytes: int  # the float file's size (the same as the file's unless int8)
+    int8: bool = False
 
 
 def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], target: str,
                   out: Path, *, layout: str | None = None,
-                  preprocess: Preprocess = Preprocess()) -> VisionExport:
-    """`input_shape` is NCHW as the module takes it; the file's input follows `layout`."""
+                  preprocess: Preprocess = Preprocess(),
+                  int8_calibration: torch.Tensor | None = None) -> VisionExport:
+    """`input_shape` is NCHW as the module takes it; the file's input follows `layout`.
+    `int8_calibration`: raw-pixel images [N, C, H, W] (0..255); given, the LiteRT file is
+    statically quantized to int8 with ranges measured on them."""
     layout = layout or DEFAULT_LAYOUT[target]
+    if int8_calibration is not None and target != "tflite":
+        raise ExportError(f"static int8 is offered for LiteRT (tflite) only, not {target}: "
+                          "drop the calibration images or export to tflite")
     n, c, h, w = input_shape
     shape = (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
     wrapped = PixelInput(module.eval(), layout, preprocess).eval()
@@ -92,7 +103,35 @@ def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], tar
                     " layer module ", " layer (root) ")
             raise ExportError(f"{target} export failed: {first}"
                               + (f" [unsupported: {where}]" if where else "")) from exc
-    return VisionExport(out, target, layout, example, wrapped)
+    float_bytes = _size(out)
+    if int8_calibration is not None:
+        _to_static_int8(out, int8_calibration, layout, shape)
+    return VisionExport(out, target, layout, example, wrapped, float_bytes,
+                        int8_calibration is not None)
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def _to_static_int8(out: Path, images: torch.Tensor, layout: str, shape: tuple) -> None:
+    from export.litert.static_int8 import quantize_static_int8
+
+    if images.ndim != 4 or images.shape[1:] != torch.Size((shape[3], *shape[1:3])
+                                                          if layout == "NHWC" else shape[1:]):
+        raise ExportError(f"calibration images have shape {tuple(images.shape)}, expected "
+                          f"[N, C, H, W] matching the model input")
+    if layout == "NHWC":
+        images = images.permute(0, 2, 3, 1)
+    samples = [image.unsqueeze(0).float().numpy() for image in images]
+    float_file = out.with_name(out.stem + ".float" + out.suffix)
+    out.replace(float_file)
+    try:
+        quantize_static_int8(float_file, out, samples)
+    finally:
+        float_file.unlink(missing_ok=True)
 
 
 def _onnx(wrapped, example, out: Path, meta: dict) -> None:
