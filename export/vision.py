@@ -74,10 +74,12 @@ class VisionExport:
 def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], target: str,
                   out: Path, *, layout: str | None = None,
                   preprocess: Preprocess = Preprocess(),
-                  int8_calibration: torch.Tensor | None = None) -> VisionExport:
+                  int8_calibration: torch.Tensor | None = None,
+                  example: torch.Tensor | None = None) -> VisionExport:
     """`input_shape` is NCHW as the module takes it; the file's input follows `layout`.
     `int8_calibration`: raw-pixel images [N, C, H, W] (0..255); given, the LiteRT file is
-    statically quantized to int8 with ranges measured on them."""
+    statically quantized to int8 with ranges measured on them. `example`: the raw-pixel
+    image [1, C, H, W] to trace and verify with (default: uniform noise)."""
     layout = layout or DEFAULT_LAYOUT[target]
     if int8_calibration is not None and target != "tflite":
         raise ExportError(f"static int8 is offered for LiteRT (tflite) only, not {target}: "
@@ -85,7 +87,13 @@ def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], tar
     n, c, h, w = input_shape
     shape = (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
     wrapped = PixelInput(module.eval(), layout, preprocess).eval()
-    example = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255
+    if example is None:
+        example = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255
+    else:
+        example = example.permute(0, 2, 3, 1).contiguous() if layout == "NHWC" else example
+        if tuple(example.shape) != shape:
+            raise ExportError(f"the example image has shape {tuple(example.shape)} in "
+                              f"{layout}, expected {shape}")
     meta = {"edge_toolkit.preprocess": json.dumps(preprocess.describe(layout))}
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = {"onnx": _onnx, "tflite": _tflite, "coreml": _coreml}[target]

@@ -28,12 +28,14 @@ class LoadedModel:
     name: str | None = None
     # Packed form of quantized linears (models.qformat) when loaded from such an artifact.
     quantized: dict[str, Any] | None = None
+    # Vision families: input shape, normalisation and images (models.vision_input).
+    vision: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str  # "llm" for now; "vision" families come with their issues
+    family: str  # "llm" or "vision"
     weights: str  # where the weights come from, shown by `toolkit models`
     description: str
     fake: bool  # tiny random-weight config for tests
