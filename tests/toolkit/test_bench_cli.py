@@ -85,3 +85,29 @@ def test_corrupt_onnx_file_names_the_file(toolkit_cli, tmp_path) -> None:
     result = toolkit_cli("bench", corrupt, *FAST)
     assert result.code == 2 and str(corrupt) in result.err
     assert len(result.err.strip().splitlines()) == 1
+
+
+def test_vision_files_run_on_one_image_and_are_compared_with_pytorch(toolkit_cli,
+                                                                     tmp_path) -> None:
+    """fake-cnn in PyTorch, as float ONNX (NCHW), float LiteRT (NHWC) and static int8
+    LiteRT (int8 input): one pixel image for all, so the errors are the formats' own."""
+    pytest.importorskip("ai_edge_quantizer")
+    files = {"m.onnx": [], "m.tflite": [], "q.tflite": ["--int8"]}
+    for name, extra in files.items():
+        target = "onnx" if name.endswith(".onnx") else "tflite"
+        result = toolkit_cli("export", target, "--model", "fake-cnn", "--out",
+                             tmp_path / name, "--quiet", *extra)
+        assert result.code == 0, result.err
+    report_path = tmp_path / "bench.json"
+    result = toolkit_cli("bench", "fake-cnn", *(tmp_path / n for n in files), "--runs", "3",
+                         "--warmup", "1", "--min-seconds", "0", "--json", report_path)
+    assert result.code == 0, result.err
+    models = {m["name"].rsplit("/", 1)[-1]: m for m in
+              json.loads(report_path.read_text())["models"]}
+    assert models["fake-cnn"]["accuracy"]["reference"] == "fake-cnn"
+    assert models["fake-cnn"]["accuracy"]["max_abs_error"] == 0
+    assert models["m.onnx"]["accuracy"]["max_abs_error"] < 1e-4
+    assert models["m.tflite"]["accuracy"]["max_abs_error"] < 1e-4
+    int8 = models["q.tflite"]["accuracy"]
+    assert 1e-4 < int8["relative_error"] < 0.05 and int8["cosine"] > 0.999
+    assert all(m["llm"] is None and m["latency"]["count"] >= 3 for m in models.values())

@@ -3,8 +3,13 @@
 For an LLM (an ONNX or .tflite file written by `toolkit export`, or a PyTorch model re-authored the
 same way) the steady-state step is one decode token at position P after a P-token prefill,
 the unit of a phone's generation loop; prefill is timed on its own. Every decode run
-starts from the same prefilled cache, so all runs do identical work. Other ONNX files run
-on fixed random inputs of their declared shapes (symbolic dimensions set to 1).
+starts from the same prefilled cache, so all runs do identical work.
+
+Any other file (a vision export, say) runs on fixed inputs of its declared shapes
+(symbolic dimensions set to 1): an image-shaped input, [1, C, H, W] or [1, H, W, C] with C
+at most 4, gets the same smooth raw-pixel image (0..255, seed 0) in every runtime and layout, so
+the outputs of an ONNX, a LiteRT and a PyTorch version of one model can be compared.
+Integer inputs of a fully quantized .tflite are quantized with the file's own scale.
 """
 
 from __future__ import annotations
@@ -45,21 +50,25 @@ def load_onnx(path: Path, threads: int, prompt: Sequence[int]) -> Runnable:
             return session.run(None, dict(zip(names, (ids, position, keys, values),
                                               strict=True)))
         return _llm_runnable(call, meta["cache_shape"], meta["max_context"], prompt)
-    feeds = _random_feeds(session)
+    feeds = {arg.name: fixed_input(arg.shape, arg.type) for arg in session.get_inputs()}
     return Runnable(step=lambda: session.run(None, feeds),
                     outputs=lambda: np.asarray(session.run(None, feeds)[0]))
 
 
-def load_torch_llm(spec: str, threads: int, prompt: Sequence[int],
-                   max_context: int) -> Runnable:
-    """The model in PyTorch eager, re-authored exactly as the exporters see it."""
+def load_torch(spec: str, threads: int, prompt: Sequence[int], max_context: int) -> Runnable:
+    """A registered model or artifact in PyTorch eager: an LLM re-authored exactly as the
+    exporters see it, a vision model behind the same pixel input its exports take."""
     import torch
 
-    from export.llm.export_decoder import ExportDecoder
     from models import load_model
 
     torch.set_num_threads(threads)
-    decoder = ExportDecoder.from_hf(load_model(spec).module, max_context)
+    loaded = load_model(spec)
+    if loaded.vision is not None:
+        return _torch_vision(loaded)
+    from export.llm.export_decoder import ExportDecoder
+
+    decoder = ExportDecoder.from_hf(loaded.module, max_context)
 
     def call(ids, position, keys, values):
         with torch.no_grad():
@@ -69,12 +78,51 @@ def load_torch_llm(spec: str, threads: int, prompt: Sequence[int],
     return _llm_runnable(call, list(decoder.shape.cache_shape()), max_context, prompt)
 
 
+def _torch_vision(loaded) -> Runnable:
+    import torch
+
+    from export.vision import PixelInput, Preprocess
+
+    spec = loaded.vision
+    wrapped = PixelInput(loaded.module.eval(), "NCHW", Preprocess(spec.mean, spec.std)).eval()
+    pixels = torch.from_numpy(fixed_input(list(spec.shape), "float"))
+
+    def run():
+        with torch.no_grad():
+            out = wrapped(pixels)
+        return (out[0] if isinstance(out, tuple | list) else out).numpy()
+    return Runnable(step=run, outputs=run)
+
+
 def load_litert(path: Path, threads: int, prompt: Sequence[int]) -> Runnable:
-    """A .tflite LLM from `toolkit export tflite` (prefill and decode signatures)."""
+    """A .tflite LLM from `toolkit export tflite` (prefill and decode signatures), or any
+    other .tflite on fixed inputs (its default signature)."""
+    from ai_edge_litert.interpreter import Interpreter
+
     from export.litert.run_llm import signature_steps
 
+    if not {"prefill", "decode"} <= set(Interpreter(model_path=os.fspath(path))
+                                        .get_signature_list()):
+        return _litert_default_signature(path, threads)
     prefill, decode, chunk, cache_shape = signature_steps(os.fspath(path), threads)
     return _llm_runnable(decode, cache_shape, cache_shape[2], prompt, prefill, chunk)
+
+
+def _litert_default_signature(path: Path, threads: int) -> Runnable:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export.litert.run_model import dequantize, quantize
+
+    interpreter = Interpreter(model_path=os.fspath(path), num_threads=threads)
+    runner = interpreter.get_signature_runner()
+    details, out_details = runner.get_input_details(), runner.get_output_details()
+    # A quantized input (it has a scale) takes the float input quantized as an app would.
+    feeds = {name: quantize(fixed_input(list(d["shape"]), "float" if d["quantization"][0]
+                                        else np.dtype(d["dtype"]).name), d)
+             for name, d in details.items()}
+    first = sorted(out_details)[0]
+    return Runnable(step=lambda: runner(**feeds),
+                    outputs=lambda: dequantize(runner(**feeds)[first], out_details[first]))
 
 
 def _llm_runnable(call, cache_shape: Sequence[int], max_context: int,
@@ -99,15 +147,29 @@ def _llm_runnable(call, cache_shape: Sequence[int], max_context: int,
                     llm={"prompt_tokens": len(prompt), "max_context": max_context})
 
 
-def _random_feeds(session) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for arg in session.get_inputs():
-        shape = [d if isinstance(d, int) else 1 for d in arg.shape]
-        if "float" in arg.type:
-            dtype = np.float16 if "float16" in arg.type else np.float32
-            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[arg.name] = np.zeros(shape, dtype=np.int64 if "int64" in arg.type
-                                       else np.int32)
-    return feeds
+def fixed_input(shape: Sequence, type_name: str) -> np.ndarray:
+    """The bench's input for one declared shape and element type (an ONNX type string or a
+    numpy dtype name): the seed-0 pixel image for image shapes, else seed-0 normals for
+    floats and zeros for integers."""
+    shape = [d if isinstance(d, int | np.integer) and d > 0 else 1 for d in shape]
+    if "float" not in type_name:
+        return np.zeros(shape, dtype=np.int64 if "int64" in type_name else np.int32)
+    dtype = np.float16 if "float16" in type_name else np.float32
+    channels_first = len(shape) == 4 and shape[1] <= 4 < min(shape[2:])
+    channels_last = len(shape) == 4 and shape[3] <= 4 < min(shape[1:3])
+    if not (channels_first or channels_last):
+        return np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    n, c, h, w = shape if channels_first else (shape[0], shape[3], shape[1], shape[2])
+    image = smooth_image(n, c, h, w)
+    return (image if channels_first else image.transpose(0, 2, 3, 1)).astype(dtype)
+
+
+def smooth_image(n: int, c: int, h: int, w: int) -> np.ndarray:
+    """Raw pixels 0..255 [n, c, h, w]: a seed-0 random 4x4 colour pattern, bilinearly
+    upsampled. Closer to a photo than per-pixel noise, which lies outside the activation
+    ranges a static int8 file was calibrated for and would overstate its error."""
+    coarse = np.random.default_rng(0).uniform(0, 255, (n, c, 4, 4))
+    grid = np.arange(4)
+    rows = np.apply_along_axis(lambda v: np.interp(np.linspace(0, 3, h), grid, v), 2, coarse)
+    image = np.apply_along_axis(lambda v: np.interp(np.linspace(0, 3, w), grid, v), 3, rows)
+    return image.astype(np.float32)

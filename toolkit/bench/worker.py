@@ -12,13 +12,13 @@ from typing import Any
 
 
 def _build(spec: dict):
-    from toolkit.bench.runtimes import load_litert, load_onnx, load_torch_llm
+    from toolkit.bench.runtimes import load_litert, load_onnx, load_torch
 
     if spec["runtime"] == "onnxruntime":
         return load_onnx(Path(spec["path"]), spec["threads"], spec["prompt"])
     if spec["runtime"] == "litert":
         return load_litert(Path(spec["path"]), spec["threads"], spec["prompt"])
-    return load_torch_llm(spec["path"], spec["threads"], spec["prompt"], spec["max_context"])
+    return load_torch(spec["path"], spec["threads"], spec["prompt"], spec["max_context"])
 
 
 def _timed(fn) -> float:
