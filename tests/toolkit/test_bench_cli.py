@@ -79,6 +79,12 @@ def test_bad_paths_exit_2_in_one_line(toolkit_cli, tmp_path, make, message) -> N
     assert len(result.err.strip().splitlines()) == 1
 
 
+def test_coreml_runtime_is_refused_off_apple_devices(toolkit_cli) -> None:
+    result = toolkit_cli("bench", "fake-llama", "--runtime", "coreml", *FAST)
+    assert result.code == 2 and "Core ML runs only on Apple devices" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
 def test_corrupt_onnx_file_names_the_file(toolkit_cli, tmp_path) -> None:
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x07this is not a protobuf model" * 10)

@@ -29,8 +29,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help=".onnx or .tflite file, or an artifact directory / registered name "
                         "(PyTorch)")
-    p.add_argument("--runtime", choices=("auto", "onnxruntime", "litert", "torch"), default="auto",
-                   help="auto: by file type (default: %(default)s)")
+    p.add_argument("--runtime", choices=("auto", "onnxruntime", "litert", "coreml", "torch"),
+                   default="auto", help="auto: by file type; coreml is refused off Apple "
+                   "devices (default: %(default)s)")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="intra-op threads per model, as on a phone's big core "
                         "(default: %(default)s)")
@@ -99,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--min-seconds {args.min_seconds} must be >= 0")
     if args.html and args.html.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--html {args.html} must end in .html")
+    if args.runtime == "coreml":
+        raise UserError("--runtime coreml: Core ML runs only on Apple devices and is not "
+                        "benchmarked here: bench the model's ONNX or tflite export instead")
     targets = resolve_targets(args.paths, args.runtime)
     options = BenchOptions(threads=args.threads, warmup=args.warmup, runs=args.runs,
                            min_seconds=args.min_seconds, prompt_tokens=args.prompt_tokens,
