@@ -29,10 +29,13 @@ DEFAULT_PROMPT = "The capital of France is"
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "export", help="export a model or artifact to an on-device format and verify it",
-        description="Re-author the decoder with a fixed maximum context and an explicit "
-                    "key/value cache, write it with the artifact's packed weights carried "
-                    "into the file (4-bit as MatMulNBits, palettes as lookup tables), then "
-                    "run the file and compare logits and greedy tokens with PyTorch.")
+        description="LLMs: re-author the decoder with a fixed maximum context and an "
+                    "explicit key/value cache and write it with the artifact's packed "
+                    "weights carried into the file (ONNX MatMulNBits and palette lookups, "
+                    "LiteRT weight-only DEQUANTIZE, Core ML constexpr ops), then compare "
+                    "logits and greedy tokens with PyTorch. Vision models: fold the pixel "
+                    "normalisation in, optionally write static int8 LiteRT (--int8), and "
+                    "compare outputs on one of the family's images.")
     p.add_argument("target", choices=sorted(TARGETS), help="output format")
     p.add_argument("--model", required=True,
                    help="registered name, artifact / Hugging Face directory, or .gguf file")
