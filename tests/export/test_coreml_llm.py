@@ -114,3 +114,16 @@ def test_weights_decompress_to_the_evaluated_weights(exported) -> None:
                    if w.shape == dense.shape) >= 1, source
     report = verify_coreml_llm(exported.path, exported)
     assert report["passed"] and report["numerics"].startswith("numerics not checked")
+
+
+def test_compressed_package_is_smaller_than_the_float_one(exported, tmp_path) -> None:
+    """The same architecture with plain fp16 weights (the fake's own, uncompressed)."""
+    from export.coreml.llm import export_llm_coreml
+
+    def size(path):
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+    plain = export_llm_coreml(create_model("fake-llama").module, tmp_path / "f.mlpackage",
+                              max_context=CONTEXT)
+    assert plain.carried == []
+    assert size(exported.path) < 0.75 * size(plain.path)
