@@ -44,13 +44,17 @@ def test_quantized_artifact_exports_with_its_codes_and_verifies(toolkit_cli, art
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx"]
 
 
-def test_tflite_export_carries_integer_codes_as_weight_only(toolkit_cli, artifacts, tmp_path):
+def _export_tflite(toolkit_cli, artifact, tmp_path):
     pytest.importorskip("litert_torch")
     out, report = tmp_path / "m.tflite", tmp_path / "m.json"
-    result = toolkit_cli("export", "tflite", "--model", artifacts["gptq4"], "--out", out,
+    result = toolkit_cli("export", "tflite", "--model", artifact, "--out", out,
                          "--prefill-tokens", "4", "--json", report, *EXPORT)
     assert result.code == 0, result.err
-    data = json.loads(report.read_text())
+    return result, json.loads(report.read_text())
+
+
+def test_tflite_export_carries_integer_codes_as_weight_only(toolkit_cli, artifacts, tmp_path):
+    result, data = _export_tflite(toolkit_cli, artifacts["gptq4"], tmp_path)
     assert data["carried"] == {"DEQUANTIZE int4 block 32": 14} and data["dropped"] == []
     assert data["verification"]["passed"] and data["verification"]["runtime"] == "ai-edge-litert"
     assert data["file_bytes"] < data["float32_bytes"]
@@ -58,12 +62,7 @@ def test_tflite_export_carries_integer_codes_as_weight_only(toolkit_cli, artifac
 
 
 def test_tflite_export_lists_the_palettes_it_cannot_carry(toolkit_cli, artifacts, tmp_path):
-    pytest.importorskip("litert_torch")
-    out, report = tmp_path / "m.tflite", tmp_path / "m.json"
-    result = toolkit_cli("export", "tflite", "--model", artifacts["palettize4"], "--out", out,
-                         "--prefill-tokens", "4", "--json", report, *EXPORT)
-    assert result.code == 0, result.err
-    data = json.loads(report.read_text())
+    result, data = _export_tflite(toolkit_cli, artifacts["palettize4"], tmp_path)
     assert data["carried"] == {} and len(data["dropped"]) == 14
     assert data["dropped"][0]["why"] == "float32: LiteRT has no op for palette weights"
     assert "14 layers: float32: LiteRT has no op for palette weights" in result.out
