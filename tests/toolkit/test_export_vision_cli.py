@@ -1,4 +1,5 @@
-"""`toolkit export` on a registered vision family (fake-cnn): normalisation folded in,
+"""`toolkit export` on the registered vision fakes (fake-cnn, and fake-vmoe with its
+per-image expert routing): normalisation folded in,
 float files verified against PyTorch on one of the family's images, static int8 LiteRT
 calibrated on the family's images, bad combinations refused in one line."""
 
@@ -9,20 +10,22 @@ import json
 import pytest
 
 
-def _export(toolkit_cli, tmp_path, target: str, suffix: str, *extra: str):
+def _export(toolkit_cli, tmp_path, target: str, suffix: str, *extra: str,
+            model: str = "fake-cnn"):
     out, report = tmp_path / f"m{suffix}", tmp_path / "m.json"
-    result = toolkit_cli("export", target, "--model", "fake-cnn", "--out", out, "--json",
+    result = toolkit_cli("export", target, "--model", model, "--out", out, "--json",
                          report, "--quiet", *extra)
     return result, out, (json.loads(report.read_text()) if report.exists() else None)
 
 
+@pytest.mark.parametrize("model", ["fake-cnn", "fake-vmoe"])
 @pytest.mark.parametrize(("target", "suffix", "module", "layout"),
                          [("onnx", ".onnx", "onnxruntime", "NCHW"),
                           ("tflite", ".tflite", "ai_edge_litert", "NHWC")])
 def test_float_export_matches_pytorch(toolkit_cli, tmp_path, target, suffix, module,
-                                      layout) -> None:
+                                      layout, model) -> None:
     pytest.importorskip(module)
-    result, out, data = _export(toolkit_cli, tmp_path, target, suffix)
+    result, out, data = _export(toolkit_cli, tmp_path, target, suffix, model=model)
     assert result.code == 0, result.err
     assert data["layout"] == layout and data["carried"] == {}
     (output,) = data["verification"]["outputs"]
@@ -45,9 +48,11 @@ def test_int8_tflite_is_calibrated_smaller_and_verified(toolkit_cli, tmp_path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.tflite"]
 
 
-def test_coreml_vision_package_is_checked_without_running(toolkit_cli, tmp_path) -> None:
+@pytest.mark.parametrize("model", ["fake-cnn", "fake-vmoe"])
+def test_coreml_vision_package_is_checked_without_running(toolkit_cli, tmp_path,
+                                                          model) -> None:
     pytest.importorskip("coremltools")
-    result, _, data = _export(toolkit_cli, tmp_path, "coreml", ".mlpackage")
+    result, _, data = _export(toolkit_cli, tmp_path, "coreml", ".mlpackage", model=model)
     assert result.code == 0, result.err
     check = data["verification"]
     assert check["passed"] and check["numerics"].startswith("numerics not checked")
