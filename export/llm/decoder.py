@@ -122,11 +122,12 @@ class CachedAttention(nn.Module):
         # 256 on this machine: most of a decode step.) Head h = kv * groups + j, as in
         # Llama's repeat_kv.
         groups = s.heads // s.kv_heads
-        stacked = q.reshape(s.kv_heads, groups * tokens, s.head_dim)
-        scores = (stacked @ keys.transpose(1, 2)).view(s.heads, tokens, s.max_context)
-        scores = scores * self.scaling + mask  # [H, T, C]
-        probs = torch.softmax(scores, dim=-1).view(s.kv_heads, groups * tokens, s.max_context)
-        attended = (probs @ values).view(s.heads, tokens, s.head_dim)
+        # (unflatten/flatten keep the token count symbolic for a dynamic-length export)
+        stacked = q.contiguous().unflatten(0, (s.kv_heads, groups)).flatten(1, 2)
+        scores = (stacked @ keys.transpose(1, 2)).unflatten(1, (groups, tokens))
+        scores = scores.flatten(0, 1) * self.scaling + mask  # [H, T, C]
+        probs = torch.softmax(scores, dim=-1).unflatten(0, (s.kv_heads, groups)).flatten(1, 2)
+        attended = (probs @ values).unflatten(1, (groups, tokens)).flatten(0, 1)
         out = self.o_proj(attended.transpose(0, 1).reshape(tokens, s.heads * s.head_dim))
         return out, keys, values
 
