@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from models.errors import ModelError
 from models.fake_cnn import smooth_images
+from models.moe_groups import MoeGroup, RoutingRecord, restricted_logits
 from models.registry import LoadedModel, register_model
 from models.vision_input import VisionInput
 
@@ -137,6 +138,8 @@ class ExpertMlps(nn.Module):
         self.fc2_weight = nn.Parameter(torch.empty(num_experts, dim, hidden))
         self.fc2_bias = nn.Parameter(torch.zeros(num_experts, dim))
         self.drop = nn.Dropout(dropout)
+        # While a list: each forward appends ||f_e(x)||_F^2 per image [B] for slot 0..k-1.
+        self.output_sq_norms: list[torch.Tensor] | None = None
 
     @property
     def num_experts(self) -> int:
@@ -159,7 +162,10 @@ class ExpertMlps(nn.Module):
             w2 = self.fc2_weight.index_select(0, index)  # [B, D, hidden]
             b2 = self.fc2_bias.index_select(0, index).unsqueeze(1)
             h = F.gelu(torch.baddbmm(b1, x, w1.transpose(1, 2)))
-            y = torch.baddbmm(b2, h, w2.transpose(1, 2)) * gates[:, slot, None, None]
+            y = torch.baddbmm(b2, h, w2.transpose(1, 2))
+            if self.output_sq_norms is not None:  # expert dropping's calibration
+                self.output_sq_norms.append(y.detach().square().sum(dim=(1, 2)))
+            y = y * gates[:, slot, None, None]
             out = y if out is None else out + y
         return self.drop(out)
 
@@ -210,6 +216,10 @@ class VisionMoE(nn.Module):
         self.norm = nn.LayerNorm(config.dim)
         self.head = nn.Linear(config.dim, config.num_classes)
         self.last_router_logits: torch.Tensor | None = None
+        # Expert dropping (models.moe_groups): the experts the router may choose (None =
+        # all) and, while a list, one RoutingRecord per forward.
+        self.allowed_experts: list[int] | None = None
+        self.routing_recording: list[RoutingRecord] | None = None
         self.apply(_init_vit)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
@@ -227,7 +237,8 @@ class VisionMoE(nn.Module):
     def route(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router logits [B, E], chosen experts [B, k] and gates [B, k] for each image."""
         logits = self.router(self.router_norm(tokens.mean(dim=1)))
-        top_p, experts = logits.softmax(dim=-1).topk(self.config.top_k, dim=-1)
+        probs = restricted_logits(logits, self.allowed_experts).softmax(dim=-1)
+        top_p, experts = probs.topk(self.config.top_k, dim=-1)
         gates = top_p / top_p.sum(dim=-1, keepdim=True) if self.config.renormalize else top_p
         return logits, experts, gates
 
@@ -236,24 +247,50 @@ class VisionMoE(nn.Module):
         logits = experts = gates = None
         if self.router is not None:
             logits, experts, gates = self.route(tokens)
-            for block in self.blocks[self.first_moe:]:
+            recording = self.routing_recording is not None
+            moe_blocks = self.blocks[self.first_moe:]
+            for block in moe_blocks:
+                block.mlp.output_sq_norms = [] if recording else None
                 tokens = block(tokens, (experts, gates))
+            if recording:
+                self.routing_recording.append(_routing_record(
+                    logits, self.allowed_experts, experts, gates, moe_blocks))
         out = self.head(self.norm(tokens).mean(dim=1))
         return VMoEOutput(out, logits, experts, gates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits [B, num_classes]; the router's logits stay in `last_router_logits`
-        (training: + 0.3 * CE(them, superclass); dropping: usage statistics)."""
+        """Class logits [B, num_classes]; the router's logits stay, detached, in
+        `last_router_logits` for inspection. Training reads them with their gradient from
+        `forward_with_routing` (+ 0.3 * CE(router_logits, superclass)): a module holding a
+        graph tensor could not be deep-copied (a distillation teacher is a deep copy)."""
         output = self.forward_with_routing(x)
         if not torch.compiler.is_compiling():  # an attribute write is a side effect in export
-            self.last_router_logits = output.router_logits
+            logits = output.router_logits
+            self.last_router_logits = None if logits is None else logits.detach()
         return output.logits
+
+    def moe_groups(self) -> list[MoeGroup]:
+        """One group: the single per-image router and its experts in every MoE block."""
+        return [] if self.router is None else [ImageRoutingGroup(self)]
 
     def expert_choice(self, x: torch.Tensor) -> torch.Tensor:
         """The experts [B, k] each image is routed to; runs only the dense blocks."""
         if self.router is None:
             raise ModelError("this is a dense model (moe_layers=0): it has no experts")
         return self.route(self.dense_features(x))[1]
+
+
+def _routing_record(logits: torch.Tensor, allowed: list[int] | None, experts: torch.Tensor,
+                    gates: torch.Tensor, moe_blocks: nn.ModuleList) -> RoutingRecord:
+    """One image = one routed unit; its expert output norm spans every MoE block:
+    ||f_e(x)|| = sqrt(sum over blocks of ||f_e^l(h^l)||_F^2)."""
+    squares = torch.stack([torch.stack(block.mlp.output_sq_norms) for block in moe_blocks])
+    for block in moe_blocks:
+        block.mlp.output_sq_norms = None
+    norms = squares.sum(dim=0).sqrt().T  # [L, k, B] -> [B, k]
+    probs = restricted_logits(logits, allowed).softmax(dim=-1)
+    return RoutingRecord(probs.detach().cpu(), experts.detach().cpu(), gates.detach().cpu(),
+                         norms.cpu())
 
 
 def _init_vit(module: nn.Module) -> None:
@@ -322,6 +359,50 @@ def drop_experts(model: VisionMoE, keep: list[int]) -> VisionMoE:
         model.router.bias.copy_(old.bias[index])
     model.config = dataclasses.replace(model.config, num_experts=len(keep))
     return model
+
+
+class ImageRoutingGroup:
+    """The V-MoE's one routing group (models.moe_groups.MoeGroup): the per-image router and
+    expert e of every MoE block, which it always picks together."""
+
+    def __init__(self, model: VisionMoE):
+        self.model = model
+        self.name = "router"
+
+    @property
+    def recording(self) -> list[RoutingRecord] | None:
+        return self.model.routing_recording
+
+    @recording.setter
+    def recording(self, value: list[RoutingRecord] | None) -> None:
+        self.model.routing_recording = value
+
+    @property
+    def allowed(self) -> list[int] | None:
+        return self.model.allowed_experts
+
+    @allowed.setter
+    def allowed(self, value: list[int] | None) -> None:
+        self.model.allowed_experts = value
+
+    @property
+    def num_experts(self) -> int:
+        return self.model.config.num_experts
+
+    @property
+    def top_k(self) -> int:
+        return self.model.config.top_k
+
+    def router_weight(self) -> torch.Tensor:
+        return self.model.router.weight
+
+    def expert_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.model.modules() if isinstance(m, ExpertMlps)
+                for p in m.parameters()]
+
+    def keep_only(self, keep: list[int]) -> None:
+        self.model.allowed_experts = None
+        drop_experts(self.model, keep)
 
 
 FAKE_SEED = 0

@@ -2,7 +2,8 @@
 
 The criteria are pure functions over `ExpertStats` (MC-Suite, arXiv 2504.05586; REAP;
 NAEE, arXiv 2402.14800); the model surgery is the model family's own
-(`models.vmoe.drop_experts`).
+(`models.vmoe.drop_experts`), reached through `models.moe_groups`; `drop-experts`
+(compress/experts/drop.py) is the registered method.
 """
 
 from compress.experts.criteria import (
@@ -20,9 +21,13 @@ from compress.experts.criteria import (
     routing_weight_scores,
     weight_norm_scores,
 )
+from compress.experts.drop import CRITERION_CHOICES, DropExpertsConfig, DropExpertsReport
 
 __all__ = [
     "CRITERIA",
+    "CRITERION_CHOICES",
+    "DropExpertsConfig",
+    "DropExpertsReport",
     "EXHAUSTIVE_LIMIT",
     "ExpertStats",
     "activation_norm_scores",
