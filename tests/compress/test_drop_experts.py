@@ -139,3 +139,19 @@ def test_too_many_rounds_or_too_few_left_are_refused(fake) -> None:
         _drop(module, calib, drop=0.5, rounds=3)
     with pytest.raises(CompressError, match="has no mixture-of-experts"):
         compress.apply(create_model("fake-cnn").module, DropExpertsConfig(), calib)
+
+
+@pytest.mark.parametrize(("target", "runtime"), [("onnx", "onnxruntime"),
+                                                 ("tflite", "ai_edge_litert")])
+def test_dropped_vmoe_exports_with_its_routing_and_matches_pytorch(fake, tmp_path, target,
+                                                                    runtime) -> None:
+    pytest.importorskip(runtime)
+    from export.vision import Preprocess, export_vision, verify_vision
+
+    module, calib, _ = fake
+    model, _ = _drop(module, calib, criterion="frequency", drop=0.5)
+    loaded = create_model("fake-vmoe")
+    result = export_vision(model.eval(), loaded.vision.shape, target, tmp_path / f"m.{target}",
+                           preprocess=Preprocess(loaded.vision.mean, loaded.vision.std))
+    for check in verify_vision(result):
+        assert check.relative_error < 1e-4 and check.cosine > 0.99999, check
