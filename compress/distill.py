@@ -10,8 +10,10 @@ compression, student = the compressed copy; `keep_zeros` keeps the pruned weight
 exactly zero), and distillation as a method of its own (any student whose outputs have the
 teacher's shape). The losses are pure functions over tensors; `distill` is the thin loop.
 
-Not registered with `compress.apply`: a handler there sees `(model, config, calib)` and has
-no teacher, so recipes call `distill(student, teacher, batches, config)` directly.
+As a recipe stage (`{method: distill, steps: 100}` after a compression stage, or
+`toolkit compress ... --recover kd`) the pipeline keeps a copy of the model from before
+the first stage and passes it as `teacher=` to `compress.apply`; the handler refuses to
+run without one. `distill(student, teacher, batches, config)` is the direct call.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.config import MethodConfig
+from compress.config import MethodConfig, register_handler
 from compress.errors import CompressError
 from compress.sweep import Progress
 
@@ -179,6 +181,40 @@ class DistillReport:
         return {"kind": "distill", "steps": len(self.losses),
                 "final_loss": self.losses[-1] if self.losses else None,
                 "initial_kl": self.initial_kl, "final_kl": self.final_kl}
+
+
+@dataclasses.dataclass
+class DistillStageReport:
+    """A distillation stage in a recipe, in the shape the pipeline records stages."""
+
+    distilled: DistillReport
+    forward_dtype: str = "float32"
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return {"method": self.distilled.seconds}
+
+    def manifest_section(self) -> dict:
+        return self.distilled.manifest_section()
+
+
+@register_handler(DistillConfig)
+def distill_stage(model: nn.Module, config: DistillConfig, calib: torch.Tensor | None, *,
+                  teacher: nn.Module | None = None, device: str | torch.device = "cpu",
+                  progress: Progress | None = None, **_options: Any) -> DistillStageReport:
+    """Recovery stage: distil `model` towards `teacher` on the calibration rows (token ids
+    [N, L] for a causal LM, images [N, C, H, W] for a classifier)."""
+    if teacher is None:
+        raise CompressError("distill needs a teacher: put it in a recipe after a compression "
+                            "stage (the model before compression is the teacher)")
+    if calib is None or calib.shape[0] == 0:
+        raise CompressError("distill needs calibration data to train on")
+    forward = classifier_forward if calib.dtype.is_floating_point else lm_forward
+    model.to(device)
+    teacher.to(device)
+    report = distill(model, teacher, calib, config, forward=forward,
+                     eval_batch=calib[:config.batch_size], progress=progress)
+    return DistillStageReport(report)
 
 
 def distill(student: nn.Module, teacher: nn.Module, batches: torch.Tensor | Iterable[Any],

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from models.errors import ModelError
 from models.gguf_loader import load_gguf
 from models.hf_loader import load_hf_directory
-from models.registry import LoadedModel, create_model, is_registered
+from models.registry import LoadedModel, create_model, is_registered, registered_family
 
 
 def load_model(spec: str) -> LoadedModel:
@@ -28,3 +29,23 @@ def load_model(spec: str) -> LoadedModel:
         raise ModelError(f"{path} is a pickle file, which Edge Toolkit never loads: convert it "
                          "to a safetensors Hugging Face directory")
     raise ModelError(f"{path} is a file but not a .gguf: pass a .gguf file or a directory")
+
+
+# toolkit.json "family" values of artifact directories that hold image models.
+VISION_ARTIFACT_FAMILIES = ("vmoe",)
+
+
+def model_family(spec: str) -> str:
+    """"vision" or "llm" without loading weights: the registry's family for a name, the
+    manifest's for an artifact directory, "llm" for anything else (HF directory, GGUF)."""
+    if is_registered(spec):
+        return registered_family(spec)
+    manifest = Path(spec).expanduser() / "toolkit.json"
+    if manifest.is_file():
+        try:
+            family = json.loads(manifest.read_text(encoding="utf-8")).get("family")
+        except (ValueError, AttributeError):
+            family = None  # load_model names the broken manifest properly
+        if family in VISION_ARTIFACT_FAMILIES:
+            return "vision"
+    return "llm"

@@ -73,6 +73,11 @@ def is_registered(name: str) -> bool:
     return name in _REGISTRY
 
 
+def registered_family(name: str) -> str:
+    """"llm" or "vision" for a registered name (no weights are built)."""
+    return _REGISTRY[name].family
+
+
 def list_models(*, include_fake: bool = True) -> list[ModelSpec]:
     return [s for s in sorted(_REGISTRY.values(), key=lambda s: s.name)
             if include_fake or not s.fake]

@@ -18,3 +18,13 @@ class VisionInput:
     # (count, seed) -> raw-pixel images [count, C, H, W] in 0..255 from the family's data;
     # different seeds give different images (calibration and verification must differ).
     images: Callable[[int, int], torch.Tensor]
+    # () -> (raw-pixel images [N, C, H, W], int64 labels [N]) of a labelled held-out set
+    # the model was not trained on (e.g. Fashion-MNIST's test split), for accuracy before
+    # and after compression; None when the family has none (fakes, a user's folder).
+    labelled_test: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(x / 255 - mean) / std per channel: raw pixels to what the module takes."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        return (pixels.float() / 255 - mean) / std

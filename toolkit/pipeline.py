@@ -3,6 +3,7 @@ load -> calibration data -> evaluate -> run the recipe's stages -> evaluate -> s
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 import compress
+from compress.distill import DistillConfig
 from models import LoadedModel
 from toolkit.data import (
     TokenStreams,
@@ -78,10 +80,15 @@ def run_compression(loaded: LoadedModel, run: CompressionRun) -> CompressionResu
         metrics["before"] = metrics_dict(_evaluate(loaded, streams, run))
     stages, quantization, quantized = [], None, {}
     start = time.perf_counter()
+    # A distillation stage learns from the model as it was before the first stage.
+    teacher = (copy.deepcopy(loaded.module).eval()
+               if any(isinstance(c, DistillConfig) for c in run.recipe.stages) else None)
     for config in run.recipe.stages:
         stage_start = time.perf_counter()
+        extra = {"teacher": teacher} if isinstance(config, DistillConfig) else {}
         report = compress.apply(loaded.module, config, calib.tokens, device=run.device,
-                                forward_dtype=run.forward_dtype, progress=run.progress)
+                                forward_dtype=run.forward_dtype, progress=run.progress,
+                                **extra)
         section = report.manifest_section()
         stages.append({"method": config.method, "kind": section["kind"],
                        "seconds": {"total": time.perf_counter() - stage_start,

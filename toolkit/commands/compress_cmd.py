@@ -9,15 +9,22 @@ from pathlib import Path
 import yaml
 
 from compress.config import MethodConfig, registered_methods
+from compress.distill import DistillConfig
+from compress.experts import CRITERION_CHOICES
+from compress.experts.drop import RECOVER_CHOICES
 from compress.prune.base import LAYERWISE_CHOICES
 from compress.quant.base import BACKENDS
+from models.load import load_model, model_family
 from toolkit.commands.common import add_eval_options, add_runtime_options, positive_int
+from toolkit.commands.compress_vision_job import run_vision_compression
 from toolkit.commands.job import add_job_options, run_recipe
 from toolkit.errors import UserError
 from toolkit.eval import EvalProtocol
 from toolkit.recipe import CalibrationSpec, Recipe
 
 DEFAULT_MODEL = "smollm2-135m"
+# `distill` is a recovery stage (--recover kd), not a method on its own: it needs a teacher.
+COMPRESSION_METHODS = sorted(set(registered_methods()) - {DistillConfig.method})
 S = argparse.SUPPRESS  # method knobs appear in the namespace only when given
 
 
@@ -63,6 +70,18 @@ METHOD_FLAGS: list[tuple[str, dict]] = [
                            "stored bits per weight, e.g. 3.7")),
     ("--bits-choices", dict(type=_int_list, metavar="B,B", help="palettize: bit-widths the "
                             "mixed allocation picks from (default: 2,4)")),
+    ("--criterion", dict(choices=CRITERION_CHOICES, help="drop-experts: how experts are "
+                         "ranked (MC-Suite, REAP, NAEE reconstruction; random is the "
+                         "control) (default: frequency)")),
+    ("--drop", dict(type=float, metavar="R", help="drop-experts: fraction of each routing "
+                    "group's experts to remove, e.g. 0.25 (default: 0.25)")),
+    ("--rounds", dict(type=positive_int, metavar="K", help="drop-experts: 1 = one-shot; K "
+                      "rounds re-score between drops (default: 1)")),
+    ("--recover", dict(choices=RECOVER_CHOICES, help="`kd`: recover by distilling from the "
+                       "model before compression (drop-experts: after each round) "
+                       "(default: none)")),
+    ("--recover-steps", dict(type=positive_int, metavar="N", help="distillation steps with "
+                             "--recover kd, per round for drop-experts (default: 100)")),
     ("--weighted", dict(action=argparse.BooleanOptionalAction, help="palettize: weight "
                         "k-means by each input's activation energy (sensitive k-means); "
                         "--no-weighted clusters the weights alone, data-free (default: on)")),
@@ -80,7 +99,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="registered name (see `toolkit models`), Hugging Face directory "
                         "with safetensors, or .gguf file (default: %(default)s)")
-    p.add_argument("--method", default="wanda", choices=sorted(registered_methods()),
+    p.add_argument("--method", default="wanda", choices=COMPRESSION_METHODS,
                    help="method (default: %(default)s)")
     for flag, kwargs in METHOD_FLAGS:
         p.add_argument(flag, default=S, **kwargs)
@@ -90,8 +109,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other knob of the method, e.g. block_size=128 or "
                         "dampening=0.01 (repeatable; unknown keys are errors)")
-    p.add_argument("--calib-samples", type=positive_int, default=32, metavar="N",
-                   help="calibration sequences (default: %(default)s)")
+    p.add_argument("--calib-samples", type=positive_int, metavar="N",
+                   help="calibration sequences (default: 32), or images for an image "
+                        "model (default: 512)")
     p.add_argument("--seq-len", type=positive_int, default=512, metavar="L",
                    help="tokens per calibration sequence (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed (default: 0)")
@@ -104,8 +124,10 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def build_config(args: argparse.Namespace) -> MethodConfig:
-    """The method's config from the flags given; a flag the method lacks is an error."""
+def build_stages(args: argparse.Namespace) -> list[MethodConfig]:
+    """The method's config from the flags given (a flag the method lacks is an error),
+    followed by a distillation stage when `--recover kd` asks for one. Expert dropping
+    recovers inside its own rounds instead, so there it stays a knob of the method."""
     given = vars(args)
     knobs = {flag[2:].replace("-", "_"): given[flag[2:].replace("-", "_")]
              for flag, _ in METHOD_FLAGS if flag[2:].replace("-", "_") in given}
@@ -113,6 +135,9 @@ def build_config(args: argparse.Namespace) -> MethodConfig:
         knobs["ignore"] = list(given["ignore"])
     config_type = registered_methods()[args.method]
     fields = {f.name for f in dataclasses.fields(config_type)}
+    recovery = None
+    if "recover" not in fields:
+        recovery = _recovery_stage(knobs.pop("recover", "none"), knobs.pop("recover_steps", None))
     for key in knobs:
         if key not in fields:
             flags = sorted("--" + f.replace("_", "-") for f in fields)
@@ -123,13 +148,28 @@ def build_config(args: argparse.Namespace) -> MethodConfig:
         if not sep or not key:
             raise UserError(f"--option {item!r} is not KEY=VALUE: write e.g. block_size=128")
         knobs[key.strip()] = yaml.safe_load(value)
-    return MethodConfig.from_dict({"method": args.method, **knobs})
+    config = MethodConfig.from_dict({"method": args.method, **knobs})
+    return [config] if recovery is None else [config, recovery]
+
+
+def _recovery_stage(recover: str, steps: int | None) -> DistillConfig | None:
+    if recover == "none":
+        if steps is not None:
+            raise UserError("--recover-steps needs --recover kd")
+        return None
+    return DistillConfig() if steps is None else DistillConfig(steps=steps)
 
 
 def run(args: argparse.Namespace) -> int:
+    stages = build_stages(args)  # validate every knob before loading anything
+    if model_family(args.model) == "vision":
+        if len(stages) > 1:
+            raise UserError("--recover kd after a method other than drop-experts needs a "
+                            "language model")
+        return run_vision_compression(load_model(args.model), stages[0], args)
     recipe = Recipe(
-        stages=[build_config(args)],  # validate every knob before loading anything
-        calibration=CalibrationSpec(args.calib_samples, args.seq_len, args.seed,
+        stages=stages,
+        calibration=CalibrationSpec(args.calib_samples or 32, args.seq_len, args.seed,
                                     args.calib_data.expanduser() if args.calib_data else None),
         protocol=EvalProtocol(args.eval_seq_len, args.eval_windows),
         model=args.model)
