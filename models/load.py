@@ -22,6 +22,10 @@ def load_model(spec: str) -> LoadedModel:
             "path, or pick a name from `toolkit models`"
         )
     if path.is_dir():
+        if model_family(str(path)) == "vision":
+            from models.vmoe_artifact import load_vmoe_directory
+
+            return load_vmoe_directory(path)
         return load_hf_directory(path)
     if path.suffix.lower() == ".gguf":
         return load_gguf(path)

@@ -16,11 +16,12 @@ from toolkit.commands import (
     export_cmd,
     models_cmd,
     run_cmd,
+    train_cmd,
 )
 from toolkit.errors import USER_ERRORS
 from toolkit.quiet import quiet_libraries
 
-COMMANDS = (compress_cmd, run_cmd, eval_cmd, export_cmd, bench_cmd, models_cmd)
+COMMANDS = (compress_cmd, run_cmd, eval_cmd, export_cmd, bench_cmd, models_cmd, train_cmd)
 EXIT_USER_ERROR = 2
 
 

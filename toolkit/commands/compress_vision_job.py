@@ -21,12 +21,15 @@ import torch.nn.functional as F
 import compress
 from compress.config import MethodConfig
 from models import LoadedModel
+from models.vmoe import VisionMoE
+from models.vmoe_artifact import read_manifest
 from toolkit.artifacts import check_output_dir
 from toolkit.commands.common import write_json
 from toolkit.errors import UserError
 from toolkit.manifest import library_versions, timestamp
 from toolkit.progress import make_progress
 from toolkit.report import format_table
+from toolkit.vision_artifact import save_vmoe_artifact
 
 # Methods that run on an image model; the LLM-only ones need token calibration.
 VISION_METHODS = ("drop-experts",)
@@ -74,9 +77,15 @@ def run_vision_compression(loaded: LoadedModel, config: MethodConfig,
 
 def save_vision_result(out: Path, loaded: LoadedModel, manifest: dict, *,
                        overwrite: bool) -> Path:
-    from toolkit.vision_artifact import save_vmoe_artifact
-
-    return save_vmoe_artifact(out, loaded.module, manifest, overwrite=overwrite)
+    if not isinstance(loaded.module, VisionMoE):
+        raise UserError(f"{loaded.source} is not a V-MoE: only V-MoE artifacts are written "
+                        "by `toolkit compress` for image models today")
+    source = Path(loaded.source)
+    dataset = (read_manifest(source).get("input", {}).get("dataset")
+               if (source / "toolkit.json").is_file() else None)
+    info = {"mean": list(loaded.vision.mean), "std": list(loaded.vision.std),
+            "dataset": dataset}
+    return save_vmoe_artifact(out, loaded.module, manifest, info, overwrite=overwrite)
 
 
 @torch.no_grad()
