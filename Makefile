@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
 .PHONY: install demo test test-slow lint bench clean
 
@@ -20,6 +21,11 @@ $(STAMP): pyproject.toml Makefile
 	# `toolkit eval --suite kick` reads MMLU dev questions from the prompts lm_eval ships;
 	# nothing of lm_eval is imported, so none of its (heavy) dependencies are needed.
 	$(PIP) install --quiet --no-deps lm_eval==0.4.13
+	# Fashion-MNIST (V-MoE training, tests) comes from Debian, not from the web.
+	@test -f $(FASHION_MNIST) || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null \
+	    && { apt-get install -y -q dataset-fashion-mnist >/dev/null \
+	         || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; } ; } \
+	    || { echo "error: Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'" >&2; exit 2; }
 	touch $(STAMP)
 
 install: $(STAMP)

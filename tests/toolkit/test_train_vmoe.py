@@ -1,0 +1,126 @@
+"""`toolkit train vmoe` end to end on small runs: the artifact, its manifest, seeding,
+loading it back, expert dropping on it, and the data-set errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import models
+from models import fashion_mnist
+
+QUICK = ["--config", "fashion-mnist-small", "--epochs", "1", "--batch-size", "64", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(toolkit_cli, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vmoe")
+    out, report = tmp / "moe", tmp / "moe.json"
+    result = toolkit_cli("train", "vmoe", "--train-limit", "640", "--out", out,
+                         "--json", report, *QUICK)
+    assert result.code == 0, result.err
+    return out, json.loads(report.read_text(encoding="utf-8"))
+
+
+def test_manifest_has_every_field(trained):
+    out, manifest = trained
+    saved = json.loads((out / "toolkit.json").read_text(encoding="utf-8"))
+    for key in ("family", "config", "input", "router", "training", "data", "superclasses",
+                "superclass_source", "metrics", "history", "versions", "timing_seconds"):
+        assert key in saved, key
+    assert saved["family"] == "vmoe" and saved["input"]["dataset"] == "fashion-mnist"
+    images, labels = fashion_mnist.load_split("train")
+    assert len(saved["data"]["sha256"]) == 64
+    test = saved["metrics"]["test"]
+    assert test["images"] == 10_000 and 0.0 <= test["accuracy"] <= 1.0
+    assert test["params_active"] < test["params_total"]
+    groups = saved["superclasses"]
+    assert len(groups) == 4 and sorted(c for g in groups for c in g) == sorted(
+        fashion_mnist.CLASSES)
+    confusion = torch.tensor(saved["superclass_source"]["confusion_on_held_out_training_images"])
+    assert int(confusion.sum()) == 6000  # the 10% held out of the 60,000 training images
+
+
+def test_load_back_same_logits_and_same_seed_same_weights(trained, toolkit_cli,
+                                                                    tmp_path):
+    out, _ = trained
+    loaded = models.load_model(str(out))
+    state = load_file(str(out / "model.safetensors"))
+    for name, tensor in loaded.module.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    pixels = loaded.vision.images(4, 0)
+    assert pixels.shape == (4, 1, 28, 28) and float(pixels.max()) > 1.0
+    with torch.no_grad():
+        images = loaded.vision.normalise(pixels)
+        reloaded = models.load_model(str(out)).module
+        assert torch.equal(loaded.module(images), reloaded(images))
+    # Same seed, same thread count: identical weights (the fixture ran with other threads).
+    runs = []
+    for name in ("first", "second"):
+        result = toolkit_cli("train", "vmoe", "--router", "end-to-end", "--train-limit", "320",
+                             "--out", tmp_path / name, *QUICK)
+        assert result.code == 0, result.err
+        runs.append(load_file(str(tmp_path / name / "model.safetensors")))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_drop_experts_on_the_trained_model_writes_a_smaller_loadable_one(trained, toolkit_cli,
+                                                                       tmp_path):
+    out, _ = trained
+    dropped, report = tmp_path / "dropped", tmp_path / "dropped.json"
+    result = toolkit_cli("compress", "--model", out, "--method", "drop-experts",
+                         "--criterion", "frequency", "--drop", "0.5", "--calib-samples", "128",
+                         "--out", dropped, "--json", report, "--quiet")
+    assert result.code == 0, result.err
+    manifest = json.loads(report.read_text(encoding="utf-8"))
+    assert "test_accuracy" in manifest["metrics"]["after"]
+    loaded = models.load_model(str(dropped))
+    assert loaded.module.config.num_experts == 2
+    assert loaded.module.router.weight.shape[0] == 2
+
+
+def _folder(root, classes: int, per_class: int = 6):
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (20, 20), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
+
+
+def test_image_folder_dataset_trains(toolkit_cli, tmp_path):
+    _folder(tmp_path / "data", 3)
+    out = tmp_path / "out"
+    result = toolkit_cli("train", "vmoe", "--dataset", tmp_path / "data", "--experts", "2",
+                         "--out", out, *QUICK)
+    assert result.code == 0, result.err
+    saved = json.loads((out / "toolkit.json").read_text(encoding="utf-8"))
+    assert saved["data"]["classes"] == ["class0", "class1", "class2"]
+    assert saved["config"]["num_classes"] == 3
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda root: root.mkdir(), "has 0 class subfolder"),
+    (lambda root: _folder(root, 1), "has 1 class subfolder"),
+    (lambda root: (_folder(root, 2), (root / "class1" / "bad.png").write_text("not an image")),
+     "bad.png is not a readable image"),
+])
+def test_bad_image_folders_are_named(toolkit_cli, tmp_path, make, words):
+    make(tmp_path / "data")
+    result = toolkit_cli("train", "vmoe", "--dataset", tmp_path / "data",
+                         "--out", tmp_path / "out", *QUICK)
+    assert result.code == 2 and words in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_fashion_mnist_names_the_package(toolkit_cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "ROOT", tmp_path)
+    monkeypatch.setattr(fashion_mnist, "_CACHE", {})
+    result = toolkit_cli("train", "vmoe", "--out", tmp_path / "out", *QUICK)
+    assert result.code == 2 and "apt-get install dataset-fashion-mnist" in result.err
