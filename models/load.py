@@ -26,6 +26,10 @@ def load_model(spec: str) -> LoadedModel:
             from models.vmoe_artifact import load_vmoe_directory
 
             return load_vmoe_directory(path)
+        if _manifest_family(path) == MOE_LM_FAMILY:
+            from models.moe_lm_artifact import load_moe_lm_directory
+
+            return load_moe_lm_directory(path)
         return load_hf_directory(path)
     if path.suffix.lower() == ".gguf":
         return load_gguf(path)
@@ -37,6 +41,7 @@ def load_model(spec: str) -> LoadedModel:
 
 # toolkit.json "family" values of artifact directories that hold image models.
 VISION_ARTIFACT_FAMILIES = ("vmoe",)
+MOE_LM_FAMILY = "moe-llm"
 
 
 def model_family(spec: str) -> str:
@@ -44,12 +49,16 @@ def model_family(spec: str) -> str:
     manifest's for an artifact directory, "llm" for anything else (HF directory, GGUF)."""
     if is_registered(spec):
         return registered_family(spec)
-    manifest = Path(spec).expanduser() / "toolkit.json"
-    if manifest.is_file():
-        try:
-            family = json.loads(manifest.read_text(encoding="utf-8")).get("family")
-        except (ValueError, AttributeError):
-            family = None  # load_model names the broken manifest properly
-        if family in VISION_ARTIFACT_FAMILIES:
-            return "vision"
-    return "llm"
+    return "vision" if _manifest_family(Path(spec).expanduser()) in VISION_ARTIFACT_FAMILIES \
+        else "llm"
+
+
+def _manifest_family(directory: Path) -> str | None:
+    """The "family" an artifact directory's toolkit.json names, if any."""
+    manifest = directory / "toolkit.json"
+    if not manifest.is_file():
+        return None
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("family")
+    except (ValueError, AttributeError, OSError):
+        return None  # the family's loader names a broken manifest properly

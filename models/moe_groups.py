@@ -77,9 +77,14 @@ class MoeGroup(Protocol):
 
 
 def moe_groups(model: nn.Module) -> list[MoeGroup]:
-    """The model's routing groups, or a ModelError that says the model has no experts."""
+    """The model's routing groups, or a ModelError that says the model has no experts.
+
+    A model either has a `moe_groups()` method (V-MoE: one group over several blocks) or
+    contains modules that are groups themselves, marked `routing_group = True` (a
+    token-routed MoE layer), found in module order."""
     finder = getattr(model, "moe_groups", None)
-    groups = finder() if callable(finder) else []
+    groups = finder() if callable(finder) else [
+        m for m in model.modules() if getattr(type(m), "routing_group", False)]
     if not groups:
         raise ModelError(f"{type(model).__name__} has no mixture-of-experts layers: "
                          "expert dropping needs a MoE model (e.g. a trained V-MoE or an "

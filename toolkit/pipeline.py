@@ -15,6 +15,7 @@ import torch
 import compress
 from compress.distill import DistillConfig
 from models import LoadedModel
+from models.load import MOE_LM_FAMILY
 from toolkit.data import (
     TokenStreams,
     cached_streams,
@@ -103,6 +104,7 @@ def run_compression(loaded: LoadedModel, run: CompressionRun) -> CompressionResu
     last = run.recipe.stages[-1].to_dict()
     manifest = {
         "format": "edge-toolkit-artifact/1",
+        **_moe_fields(loaded),
         "created": timestamp(),
         "source_model": loaded.source,
         "model_name": loaded.name,
@@ -122,6 +124,16 @@ def run_compression(loaded: LoadedModel, run: CompressionRun) -> CompressionResu
         "metrics": metrics,
     }
     return CompressionResult(manifest, quantized)
+
+
+def _moe_fields(loaded: LoadedModel) -> dict[str, Any]:
+    """A mixture-of-experts LM's family and per-layer expert counts (how it loads back)."""
+    layers = [m for m in loaded.module.modules() if getattr(type(m), "routing_group", False)]
+    if not layers:
+        return {}
+    return {"family": MOE_LM_FAMILY,
+            "moe": {"num_experts": max(m.num_experts for m in layers),
+                    "top_k": layers[0].top_k, "layers": [m.num_experts for m in layers]}}
 
 
 def _sparsity_section(loaded: LoadedModel, stages: list[dict]) -> dict[str, Any]:
