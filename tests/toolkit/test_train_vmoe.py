@@ -82,6 +82,13 @@ def test_drop_experts_on_the_trained_model_writes_a_smaller_loadable_one(trained
     loaded = models.load_model(str(dropped))
     assert loaded.module.config.num_experts == 2
     assert loaded.module.router.weight.shape[0] == 2
+    # The dropped model exports with its per-image routing and is verified on onnxruntime.
+    exported = tmp_path / "dropped.onnx"
+    result = toolkit_cli("export", "onnx", "--model", dropped, "--out", exported,
+                         "--json", tmp_path / "export.json")
+    assert result.code == 0, result.err
+    check = json.loads((tmp_path / "export.json").read_text(encoding="utf-8"))
+    assert exported.is_file() and check["verification"]["passed"]
 
 
 def _folder(root, classes: int, per_class: int = 6):
