@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/llm_pruning.py
 	$(PY) benchmarks/llm_quant.py
 	$(PY) benchmarks/export_bench.py
+	$(PY) benchmarks/vmoe.py
 
 clean:
 	rm -rf $(VENV) runs
