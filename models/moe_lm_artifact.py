@@ -1,0 +1,78 @@
+"""Loading a mixture-of-experts language model artifact (sparsely upcycled, possibly with
+experts dropped): a Hugging Face directory (config.json, tokenizer, *.safetensors) whose
+toolkit.json says "family": "moe-llm" and records the MoE shape,
+{"moe": {"num_experts": E, "top_k": k, "layers": [experts in each layer]}}.
+
+The dense config builds the decoder, `models.upcycle.install_moe_layers` gives it one MoE
+layer per decoder layer with the recorded expert count, and the safetensors weights are
+loaded strictly (only the LM head may be missing, when it is tied to the embeddings).
+Never unpickles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from models.errors import ModelError
+from models.hf_loader import load_tokenizer
+from models.registry import LoadedModel
+from models.safetensors_check import check_safetensors_file
+from models.upcycle import install_moe_layers
+from models.weights_check import check_finite_weights
+
+FAMILY = "moe-llm"
+
+
+def read_moe_section(path: Path) -> tuple[list[int], int]:
+    """(experts per layer, top_k) from the artifact's toolkit.json."""
+    try:
+        manifest = json.loads((path / "toolkit.json").read_text(encoding="utf-8"))
+        moe = manifest["moe"]
+        layers, top_k = [int(n) for n in moe["layers"]], int(moe["top_k"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path / 'toolkit.json'} has no valid `moe` section ({exc}): "
+                         "re-create the artifact with `toolkit train upcycle`") from None
+    if not layers or top_k < 1 or min(layers) < top_k:
+        raise ModelError(f"{path / 'toolkit.json'} records {layers} experts per layer with "
+                         f"top_k {top_k}: every layer needs at least top_k experts")
+    return layers, top_k
+
+
+def load_moe_lm_directory(path: Path, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    layers, top_k = read_moe_section(path)
+    files = sorted(path.glob("*.safetensors"))
+    if not (path / "config.json").is_file() or not files:
+        raise ModelError(f"{path} lacks config.json or *.safetensors weights: the artifact "
+                         "is incomplete, re-create it")
+    try:
+        config = AutoConfig.from_pretrained(path)
+        module = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{path / 'config.json'} does not describe a decoder model "
+                         f"({type(exc).__name__}): re-create the artifact") from None
+    install_moe_layers(module, layers, top_k)
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        check_safetensors_file(file)
+        state.update(load_file(str(file)))
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        first = str(exc).strip().splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise ModelError(f"{path} does not match its recorded MoE shape ({first}): "
+                         "re-create the artifact") from None
+    tied = getattr(config, "tie_word_embeddings", False)
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ModelError(f"{path} does not match its recorded MoE shape (missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]}): re-create the artifact")
+    if tied:
+        module.tie_weights()
+    module.eval()
+    check_finite_weights(module, str(path))
+    return LoadedModel(module=module, tokenizer=load_tokenizer(path), source=str(path))
