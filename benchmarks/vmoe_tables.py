@@ -61,15 +61,16 @@ def family_table(report: dict) -> list[str]:
 
 
 def dropping_table(rows: list[dict], metric: str, undropped: float, fmt) -> list[str]:
+    schedules = [s for s in SCHEDULES if s in rows[0]["schedules"]]
     lines = [f"Expert dropping ({metric}; before dropping: {fmt(undropped)}). Iterative = "
              "one expert per round, re-scored in between; +KD = distillation from the "
              "undropped model after every round. With one expert dropped, iterative is "
              "one-shot (marked =).", "",
-             "| drop | criterion | " + " | ".join(SCHEDULES) + " | kept (one-shot) |",
-             "|---|---|" + "---|" * len(SCHEDULES) + "---|"]
+             "| drop | criterion | " + " | ".join(schedules) + " | kept (one-shot) |",
+             "|---|---|" + "---|" * len(schedules) + "---|"]
     for row in rows:
         cells = []
-        for schedule in SCHEDULES:
+        for schedule in schedules:
             cell = row["schedules"][schedule]
             mark = "=" if cell.get("same_as_one_shot") else ""
             cells.append(f"{mark}{fmt(cell['metric'])}")
@@ -81,10 +82,12 @@ def dropping_table(rows: list[dict], metric: str, undropped: float, fmt) -> list
 
 
 def lm_section(lm: dict) -> list[str]:
-    lines = [f"SmolLM2-135M sparsely upcycled to {lm['experts']} experts (top-{lm['top_k']}) "
+    lines = [f"{lm['model']} sparsely upcycled to {lm['experts']} experts (top-{lm['top_k']}) "
              f"in every layer and trained {lm['train_steps']} steps on Wikipedia calibration "
              f"text ({lm['train_seconds']:.0f} s). Wikipedia perplexity: dense "
              f"{lm['ppl']['dense']:.2f}, upcycled before training {lm['ppl']['upcycled']:.2f}, "
-             f"after training {lm['ppl']['trained']:.2f}.", ""]
+             f"after training {lm['ppl']['trained']:.2f} ({lm['eval']['windows']} held-out "
+             f"windows of {lm['eval']['seq_len']} tokens). Only the one-shot schedules ran "
+             "on the language model (2 CPU cores).", ""]
     return lines + dropping_table(lm["dropping"], "Wikipedia perplexity",
                                   lm["ppl"]["trained"], lambda v: f"{v:.2f}")
