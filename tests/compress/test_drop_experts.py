@@ -155,3 +155,23 @@ def test_dropped_vmoe_exports_with_its_routing_and_matches_pytorch(fake, tmp_pat
                            preprocess=Preprocess(loaded.vision.mean, loaded.vision.std))
     for check in verify_vision(result):
         assert check.relative_error < 1e-4 and check.cosine > 0.99999, check
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--model", "fake-vmoe", "--drop", "1.5"], "must be a fraction"),
+    (["--model", "fake-cnn"], "has no mixture-of-experts layers"),
+    (["--model", "fake-vmoe", "--rounds", "3", "--drop", "0.5"], "--rounds 3 exceeds"),
+])
+def test_cli_refusals_are_one_line_and_write_nothing(toolkit_cli, tmp_path, argv, words):
+    out = tmp_path / "out"
+    result = toolkit_cli("compress", "--method", "drop-experts", *argv, "--out", out,
+                         "--quiet")
+    assert result.code == 2 and words in result.err, result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_refuses_llm_methods_on_an_image_model(toolkit_cli, tmp_path):
+    result = toolkit_cli("compress", "--model", "fake-vmoe", "--method", "wanda",
+                         "--out", tmp_path / "out")
+    assert result.code == 2 and "use --method drop-experts" in result.err
