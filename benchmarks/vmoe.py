@@ -154,6 +154,10 @@ def main() -> int:
     args = parser.parse_args()
     os.chdir(ROOT)  # relative paths keep machine paths out of the results
     args.work.mkdir(parents=True, exist_ok=True)
+    # One thread: this model's ops are too small to split, and on a shared 2-core machine
+    # two threads made a training step many times slower (and seeded runs repeat bit for
+    # bit only at one thread count).
+    torch.set_num_threads(1)
     if args.render_only:
         report = json.loads(args.results.read_text())
         lm = json.loads(args.lm_results.read_text()) if args.lm_results.is_file() else None
