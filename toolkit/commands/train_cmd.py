@@ -66,15 +66,31 @@ def add_parser(subparsers) -> None:
     v.add_argument("--out", type=Path, required=True, metavar="DIR")
     v.add_argument("--overwrite", action="store_true")
     v.add_argument("--json", type=Path, metavar="PATH")
+    v.add_argument("--threads", type=positive_int, default=1,
+                   help="intra-op threads (default: %(default)s: this model's ops are too "
+                        "small to split, and on a busy 2-core machine 2 threads made a step "
+                        "13x slower; a seeded run repeats bit for bit at the same count)")
     v.add_argument("--quiet", action="store_true", help="no progress bars")
     v.set_defaults(run=run_vmoe)
 
 
 def run_vmoe(args: argparse.Namespace) -> int:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return train_and_save(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_and_save(args: argparse.Namespace) -> int:
     out = args.out.expanduser()
     check_output_dir(out, args.overwrite)
     if args.lr <= 0:
         raise UserError(f"--lr {args.lr} must be > 0, e.g. 2e-3")
+    if args.dense is not None and args.router != "superclass":
+        raise UserError(f"--dense is read only by --router superclass, not --router "
+                        f"{args.router}: drop --dense or use --router superclass")
     config = CONFIGS[args.config]
     config = dataclasses.replace(config, num_experts=args.experts or config.num_experts,
                                  top_k=args.top_k or config.top_k)
@@ -87,6 +103,7 @@ def run_vmoe(args: argparse.Namespace) -> int:
                       "training": {**dataclasses.asdict(settings),
                                    "train_images": int(data.train[1].numel())},
                       "data": {"source": data.source, "sha256": data.sha256,
+                               "splits_sha256": data.splits_sha256,
                                "classes": list(data.classes)},
                       "versions": library_versions(), "threads": torch.get_num_threads()}
     superclasses = None
@@ -125,9 +142,14 @@ def super_classes(args, config, data: ImageData, settings: TrainSettings
         from models.vmoe_artifact import load_vmoe_directory
 
         dense = load_vmoe_directory(args.dense.expanduser()).module
-        if dense.config.num_classes != len(data.classes):
-            raise UserError(f"--dense {args.dense} has {dense.config.num_classes} classes, the "
-                            f"data {len(data.classes)}: train it on the same data")
+        theirs, ours = dense.config, config
+        if (theirs.num_classes, theirs.image_size, theirs.channels) != (
+                len(data.classes), ours.image_size, ours.channels):
+            raise UserError(f"--dense {args.dense} takes {theirs.image_size}x"
+                            f"{theirs.image_size}x{theirs.channels} images of "
+                            f"{theirs.num_classes} classes, the data here {ours.image_size}x"
+                            f"{ours.image_size}x{ours.channels} of {len(data.classes)}: "
+                            "train it (--router dense) on the same data and --config")
         source = {"dense_artifact": str(args.dense)}
     else:
         dense, history = train_vmoe(config, data, "dense", settings,

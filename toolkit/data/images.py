@@ -32,7 +32,11 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str  # for reports: where the images came from
-    sha256: str  # of every image and label, all splits
+    # sha256 of the source training images (uint8 bytes) then labels (int64 bytes), all of
+    # them, before the held-out split and --train-limit: names the data set.
+    sha256: str
+    # sha256 of the exact train, val and test splits used (they vary with seed and limit).
+    splits_sha256: str
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
@@ -61,7 +65,7 @@ def fashion_mnist_data(seed: int = 0, train_limit: int | None = None,
         train = (train[0][:train_limit], train[1][:train_limit])
     return ImageData(train, val, test, fashion_mnist.CLASSES, fashion_mnist.MEAN,
                      fashion_mnist.STD, "Fashion-MNIST (Debian dataset-fashion-mnist)",
-                     _digest(train, val, test))
+                     _digest((images, labels)), _digest(train, val, test))
 
 
 def folder_data(root: Path, size: int, channels: int, seed: int = 0,
@@ -93,7 +97,7 @@ def folder_data(root: Path, size: int, channels: int, seed: int = 0,
     std = tuple(max(float(s), 1e-3) for s in (train[0].float() / 255).std(dim=(0, 2, 3)))
     return ImageData(train, val, test, tuple(d.name for d in class_dirs), mean, std,
                      f"image folder {root.name} ({len(labels)} images)",
-                     _digest(train, val, test))
+                     _digest((images, targets)), _digest(train, val, test))
 
 
 def _read_image(path: Path, size: int, channels: int) -> np.ndarray:
