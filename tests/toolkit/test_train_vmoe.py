@@ -3,6 +3,9 @@ loading it back, expert dropping on it, and the data-set errors."""
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
+import hashlib
 import json
 
 import numpy as np
@@ -13,6 +16,11 @@ from safetensors.torch import load_file
 
 import models
 from models import fashion_mnist
+from models.vmoe import flops_per_image
+from toolkit.commands.train_cmd import CONFIGS
+from toolkit.data.images import ImageData
+from toolkit.train.vmoe_trainer import TrainSettings, train_vmoe
+from toolkit.vision_artifact import save_vmoe_artifact
 
 QUICK = ["--config", "fashion-mnist-small", "--epochs", "1", "--batch-size", "64", "--quiet"]
 
@@ -34,14 +42,25 @@ def test_manifest_has_every_field(trained):
                 "superclass_source", "metrics", "history", "versions", "timing_seconds"):
         assert key in saved, key
     assert saved["family"] == "vmoe" and saved["input"]["dataset"] == "fashion-mnist"
-    images, labels = fashion_mnist.load_split("train")
-    assert len(saved["data"]["sha256"]) == 64
+    # The data hash, from the package's files: image bytes, then labels as int64.
+    with gzip.open(fashion_mnist.ROOT / "train-images-idx3-ubyte.gz") as f:
+        digest = hashlib.sha256(f.read()[16:])
+    with gzip.open(fashion_mnist.ROOT / "train-labels-idx1-ubyte.gz") as f:
+        digest.update(np.frombuffer(f.read(), np.uint8, offset=8).astype("<i8").tobytes())
+    assert saved["data"]["sha256"] == digest.hexdigest()
+    assert saved["training"]["train_images"] == 640 and saved["training"]["seed"] == 0
+    assert saved["training"]["epochs"] == 1 and saved["threads"] == 1
     test = saved["metrics"]["test"]
     assert test["images"] == 10_000 and 0.0 <= test["accuracy"] <= 1.0
     assert test["params_active"] < test["params_total"]
     groups = saved["superclasses"]
     assert len(groups) == 4 and sorted(c for g in groups for c in g) == sorted(
         fashion_mnist.CLASSES)
+    per_class = test["per_class_accuracy"]
+    assert list(per_class) == list(fashion_mnist.CLASSES)
+    assert sum(per_class.values()) / 10 == pytest.approx(test["accuracy"], abs=0.01)
+    config = models.load_model(str(out)).module.config
+    assert test["flops_per_image"] == flops_per_image(config)
     confusion = torch.tensor(saved["superclass_source"]["confusion_on_held_out_training_images"])
     assert int(confusion.sum()) == 6000  # the 10% held out of the 60,000 training images
 
@@ -89,6 +108,43 @@ def test_drop_experts_on_the_trained_model_writes_a_smaller_loadable_one(trained
     assert result.code == 0, result.err
     check = json.loads((tmp_path / "export.json").read_text(encoding="utf-8"))
     assert exported.is_file() and check["verification"]["passed"]
+
+
+def test_superclasses_from_a_given_dense_artifact(toolkit_cli, tmp_path):
+    dense, moe = tmp_path / "dense", tmp_path / "moe"
+    result = toolkit_cli("train", "vmoe", "--router", "dense", "--train-limit", "320",
+                         "--out", dense, *QUICK)
+    assert result.code == 0, result.err
+    saved = json.loads((dense / "toolkit.json").read_text(encoding="utf-8"))
+    assert saved["config"]["moe_layers"] == 0 and "superclasses" not in saved
+    test = saved["metrics"]["test"]
+    assert test["params_active"] == test["params_total"]
+    result = toolkit_cli("train", "vmoe", "--dense", dense, "--train-limit", "320",
+                         "--out", moe, *QUICK)
+    assert result.code == 0, result.err
+    source = json.loads((moe / "toolkit.json").read_text(encoding="utf-8"))["superclass_source"]
+    assert source["dense_artifact"] == str(dense) and "dense_trained_here" not in source
+    result = toolkit_cli("train", "vmoe", "--router", "end-to-end", "--dense", dense,
+                         "--out", tmp_path / "e2e", *QUICK)
+    assert result.code == 2 and "--dense is read only by --router superclass" in result.err
+
+
+def test_trained_module_saved_and_loaded_gives_the_same_logits(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (96, 1, 28, 28), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(96) % 3
+    split = (pixels, labels)
+    data = ImageData(split, split, split, ("a", "b", "c"), (0.5,), (0.3,), "test", "", "")
+    config = dataclasses.replace(CONFIGS["fashion-mnist-small"], num_classes=3)
+    module, _ = train_vmoe(config, data, "end-to-end", TrainSettings(epochs=1, batch_size=32),
+                           show_progress=False)
+    save_vmoe_artifact(tmp_path / "art", module, {"router": "end-to-end"},
+                       {"mean": [0.5], "std": [0.3], "dataset": None})
+    loaded = models.load_model(str(tmp_path / "art"))
+    assert loaded.module.config == module.config and not loaded.module.config.renormalize
+    x = data.normalise(pixels[:16])
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), module(x))
 
 
 def _folder(root, classes: int, per_class: int = 6):
