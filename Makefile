@@ -21,11 +21,12 @@ $(STAMP): pyproject.toml Makefile
 	# `toolkit eval --suite kick` reads MMLU dev questions from the prompts lm_eval ships;
 	# nothing of lm_eval is imported, so none of its (heavy) dependencies are needed.
 	$(PIP) install --quiet --no-deps lm_eval==0.4.13
-	# Fashion-MNIST (V-MoE training, tests) comes from Debian, not from the web.
+	# Fashion-MNIST (V-MoE training, tests) comes from Debian, not from the web: installed
+	# when missing, apt-get exists and we are root; otherwise a warning (its tests skip).
 	@test -f $(FASHION_MNIST) || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null \
 	    && { apt-get install -y -q dataset-fashion-mnist >/dev/null \
 	         || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; } ; } \
-	    || { echo "error: Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'" >&2; exit 2; }
+	    || echo "warning: Fashion-MNIST is missing: 'sudo apt-get install dataset-fashion-mnist' for toolkit train vmoe" >&2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -22,6 +22,8 @@ from toolkit.data.images import ImageData
 from toolkit.train.vmoe_trainer import TrainSettings, train_vmoe
 from toolkit.vision_artifact import save_vmoe_artifact
 
+needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.available(),
+                                         reason="apt-get install dataset-fashion-mnist")
 QUICK = ["--config", "fashion-mnist-small", "--epochs", "1", "--batch-size", "64", "--quiet"]
 
 
@@ -35,6 +37,7 @@ def trained(toolkit_cli, tmp_path_factory):
     return out, json.loads(report.read_text(encoding="utf-8"))
 
 
+@needs_fashion_mnist
 def test_manifest_has_every_field(trained):
     out, manifest = trained
     saved = json.loads((out / "toolkit.json").read_text(encoding="utf-8"))
@@ -65,6 +68,7 @@ def test_manifest_has_every_field(trained):
     assert int(confusion.sum()) == 6000  # the 10% held out of the 60,000 training images
 
 
+@needs_fashion_mnist
 def test_load_back_same_logits_and_same_seed_same_weights(trained, toolkit_cli,
                                                                     tmp_path):
     out, _ = trained
@@ -88,6 +92,7 @@ def test_load_back_same_logits_and_same_seed_same_weights(trained, toolkit_cli,
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
+@needs_fashion_mnist
 def test_drop_experts_on_the_trained_model_writes_a_smaller_loadable_one(trained, toolkit_cli,
                                                                        tmp_path):
     out, _ = trained
@@ -110,6 +115,7 @@ def test_drop_experts_on_the_trained_model_writes_a_smaller_loadable_one(trained
     assert exported.is_file() and check["verification"]["passed"]
 
 
+@needs_fashion_mnist
 def test_superclasses_from_a_given_dense_artifact(toolkit_cli, tmp_path):
     dense, moe = tmp_path / "dense", tmp_path / "moe"
     result = toolkit_cli("train", "vmoe", "--router", "dense", "--train-limit", "320",
