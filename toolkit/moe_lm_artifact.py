@@ -1,0 +1,41 @@
+"""A mixture-of-experts LM artifact on disk (an upcycled model, later perhaps with experts
+dropped): the Hugging Face directory (config.json, tokenizer, model.safetensors with the
+stacked experts and routers) plus `toolkit.json`, whose "family": "moe-llm" and "moe"
+section ({"num_experts", "top_k", "layers": experts per layer}) let
+`models.load_model(DIR)` rebuild the shape before it loads the weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from models import LoadedModel
+from models.moe_lm_artifact import FAMILY
+from models.upcycle import moe_section
+from toolkit.artifacts import save_artifact
+from toolkit.errors import UserError
+
+ARTIFACT_FORMAT = "edge-toolkit-artifact/1"
+
+
+def save_moe_lm_artifact(out: Path, loaded: LoadedModel, manifest: dict[str, Any], *,
+                         overwrite: bool = False) -> Path:
+    """Write the artifact atomically (staged, then renamed); the manifest gets the MoE
+    shape and the files' sizes."""
+    section = moe_section(loaded.module)
+    if section is None:
+        raise UserError("the model has no mixture-of-experts layers: save it as a plain "
+                        "LLM artifact instead")
+    manifest = {"format": ARTIFACT_FORMAT, **manifest, "family": FAMILY, "moe": section}
+
+    def write(staging: Path) -> None:
+        loaded.module.save_pretrained(staging, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(staging)
+        weights = sorted(staging.glob("*.safetensors"))
+        manifest["files"] = {
+            "weights_bytes": sum(p.stat().st_size for p in weights),
+            "total_bytes": sum(p.stat().st_size for p in staging.rglob("*") if p.is_file()),
+            "weights": [p.name for p in weights],
+        }
+
+    return save_artifact(out, write, manifest, overwrite=overwrite)
