@@ -133,6 +133,11 @@ def test_superclasses_from_a_given_dense_artifact(toolkit_cli, tmp_path):
     result = toolkit_cli("train", "vmoe", "--router", "end-to-end", "--dense", dense,
                          "--out", tmp_path / "e2e", *QUICK)
     assert result.code == 2 and "--dense is read only by --router superclass" in result.err
+    for given, words in ((tmp_path / "nothing", "is not an artifact directory"),
+                         (moe, "is a V-MoE with experts")):
+        result = toolkit_cli("train", "vmoe", "--dense", given, "--train-limit", "64",
+                             "--out", tmp_path / "again", *QUICK)
+        assert result.code == 2 and words in result.err, result.err
 
 
 def test_trained_module_saved_and_loaded_gives_the_same_logits(tmp_path):

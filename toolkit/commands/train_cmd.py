@@ -141,7 +141,14 @@ def super_classes(args, config, data: ImageData, settings: TrainSettings
     if args.dense is not None:
         from models.vmoe_artifact import load_vmoe_directory
 
+        if not (args.dense.expanduser() / "toolkit.json").is_file():
+            raise UserError(f"--dense {args.dense} is not an artifact directory (no "
+                            "toolkit.json): pass one written by `toolkit train vmoe --router "
+                            "dense`")
         dense = load_vmoe_directory(args.dense.expanduser()).module
+        if dense.config.moe_layers:
+            raise UserError(f"--dense {args.dense} is a V-MoE with experts: pass a dense "
+                            "one, written by `toolkit train vmoe --router dense`")
         theirs, ours = dense.config, config
         if (theirs.num_classes, theirs.image_size, theirs.channels) != (
                 len(data.classes), ours.image_size, ours.channels):

@@ -43,6 +43,8 @@ class TrainSettings:
     router_weight: float = 0.3
     # Coefficient of the balance loss of the end-to-end router (Switch uses 0.01).
     balance_weight: float = 0.01
+    # Random horizontal flips of the training images.
+    flip: bool = True
     seed: int = 0
 
 
@@ -103,7 +105,8 @@ def train_vmoe(config: VMoEConfig, data: ImageData, mode: str, settings: TrainSe
         loss_sum = 0.0
         for first in range(0, images.shape[0], settings.batch_size):
             rows = order[first:first + settings.batch_size]
-            x = augment(data.normalise(images[rows]), generator)
+            x = data.normalise(images[rows])
+            x = augment(x, generator) if settings.flip else x
             loss, logits = batch_loss(model, x, labels[rows], mode, settings, superclass_of)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
