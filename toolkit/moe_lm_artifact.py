@@ -20,13 +20,14 @@ ARTIFACT_FORMAT = "edge-toolkit-artifact/1"
 
 def save_moe_lm_artifact(out: Path, loaded: LoadedModel, manifest: dict[str, Any], *,
                          overwrite: bool = False) -> Path:
-    """Write the artifact atomically (staged, then renamed); the manifest gets the MoE
-    shape and the files' sizes."""
+    """Write the artifact atomically (staged, then renamed); `manifest` gains, in place
+    (as with toolkit.lm_artifact), the format, family, MoE shape and the files' sizes."""
     section = moe_section(loaded.module)
     if section is None:
         raise UserError("the model has no mixture-of-experts layers: save it as a plain "
                         "LLM artifact instead")
-    manifest = {"format": ARTIFACT_FORMAT, **manifest, "family": FAMILY, "moe": section}
+    manifest.setdefault("format", ARTIFACT_FORMAT)
+    manifest.update({"family": FAMILY, "moe": section})
 
     def write(staging: Path) -> None:
         loaded.module.save_pretrained(staging, safe_serialization=True)

@@ -168,7 +168,9 @@ def test_upcycle_job_writes_a_loadable_artifact_with_its_numbers(small_streams, 
     assert len(manifest["training"]["lm_loss"]) == 4
     shares = manifest["routing"]["share_per_layer"]
     assert len(shares) == 2 and all(len(s) == 3 for s in shares)
-    assert json.loads(report.read_text())["output"] == str(out)
+    written = json.loads(report.read_text())
+    assert written["output"] == str(out) and written["moe"] == manifest["moe"]
+    assert written["files"]["weights"] == ["model.safetensors"]
     assert "saved" in capsys.readouterr().out
     assert [g.num_experts for g in moe_groups(load_model(str(out)).module)] == [3, 3]
 
