@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from models.vmoe import FASHION_MNIST, VIT_TINY_IMAGENET, VisionMoE
+from models.vmoe_artifact import load_vmoe_directory
 from toolkit.artifacts import check_output_dir
 from toolkit.commands.common import positive_int, write_json
 from toolkit.data.images import ImageData, fashion_mnist_data, folder_data
@@ -57,7 +58,11 @@ def add_parser(subparsers) -> None:
     v.add_argument("--dense", type=Path, metavar="DIR",
                    help="superclass: take the super-classes from this trained dense "
                         "artifact instead of training one")
-    v.add_argument("--epochs", type=positive_int, default=2, help="(default: %(default)s)")
+    v.add_argument("--epochs", type=positive_int, default=3, help="(default: %(default)s)")
+    v.add_argument("--dense-epochs", type=positive_int, default=1, metavar="N",
+                   help="superclass: epochs of the dense ViT whose confusions give the "
+                        "super-classes; its groups are those of longer runs, so one is "
+                        "enough (default: %(default)s)")
     v.add_argument("--batch-size", type=positive_int, default=128)
     v.add_argument("--lr", type=float, default=2e-3)
     v.add_argument("--seed", type=int, default=0)
@@ -139,35 +144,38 @@ def super_classes(args, config, data: ImageData, settings: TrainSettings
                   ) -> tuple[list[int], dict]:
     """Train (or load) the dense ViT, cluster its confusion matrix on the held-out split."""
     if args.dense is not None:
-        from models.vmoe_artifact import load_vmoe_directory
-
-        if not (args.dense.expanduser() / "toolkit.json").is_file():
-            raise UserError(f"--dense {args.dense} is not an artifact directory (no "
-                            "toolkit.json): pass one written by `toolkit train vmoe --router "
-                            "dense`")
-        dense = load_vmoe_directory(args.dense.expanduser()).module
-        if dense.config.moe_layers:
-            raise UserError(f"--dense {args.dense} is a V-MoE with experts: pass a dense "
-                            "one, written by `toolkit train vmoe --router dense`")
-        theirs, ours = dense.config, config
-        if (theirs.num_classes, theirs.image_size, theirs.channels) != (
-                len(data.classes), ours.image_size, ours.channels):
-            raise UserError(f"--dense {args.dense} takes {theirs.image_size}x"
-                            f"{theirs.image_size}x{theirs.channels} images of "
-                            f"{theirs.num_classes} classes, the data here {ours.image_size}x"
-                            f"{ours.image_size}x{ours.channels} of {len(data.classes)}: "
-                            "train it (--router dense) on the same data and --config")
-        source = {"dense_artifact": str(args.dense)}
+        dense = given_dense(args.dense, config, data)
+        source: dict = {"dense_artifact": str(args.dense)}
     else:
-        dense, history = train_vmoe(config, data, "dense", settings,
+        dense_settings = dataclasses.replace(settings, epochs=args.dense_epochs)
+        dense, history = train_vmoe(config, data, "dense", dense_settings,
                                     show_progress=not args.quiet)
-        source = {"dense_trained_here": history,
+        source = {"dense_epochs": args.dense_epochs, "dense_trained_here": history,
                   "dense_test": {"accuracy": evaluate(dense, data, data.test)["accuracy"]}}
     predictions, _ = predict(dense, data, data.val[0])
     confusion = confusion_matrix(predictions, data.val[1], len(data.classes))
     source["val_accuracy"] = float((predictions == data.val[1]).float().mean())
     source["confusion_on_held_out_training_images"] = confusion.tolist()
     return superclasses_from_confusion(confusion, config.num_experts), source
+
+
+def given_dense(path: Path, config, data: ImageData) -> VisionMoE:
+    """The dense ViT of a `--router dense` artifact, checked against the data."""
+    if not (path.expanduser() / "toolkit.json").is_file():
+        raise UserError(f"--dense {path} is not an artifact directory (no toolkit.json): "
+                        "pass one written by `toolkit train vmoe --router dense`")
+    dense = load_vmoe_directory(path.expanduser()).module
+    if dense.config.moe_layers:
+        raise UserError(f"--dense {path} is a V-MoE with experts: pass a dense one, "
+                        "written by `toolkit train vmoe --router dense`")
+    theirs = dense.config
+    if (theirs.num_classes, theirs.image_size, theirs.channels) != (
+            len(data.classes), config.image_size, config.channels):
+        raise UserError(f"--dense {path} takes {theirs.image_size}x{theirs.image_size}x"
+                        f"{theirs.channels} images of {theirs.num_classes} classes, the data "
+                        f"here {config.image_size}x{config.image_size}x{config.channels} of "
+                        f"{len(data.classes)}: train it (--router dense) on the same data")
+    return dense
 
 
 def describe_groups(assignment: list[int], classes: tuple[str, ...]) -> list[list[str]]:
