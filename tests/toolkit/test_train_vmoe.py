@@ -41,7 +41,7 @@ def trained(toolkit_cli, tmp_path_factory):
 def test_manifest_has_every_field(trained):
     out, manifest = trained
     saved = json.loads((out / "toolkit.json").read_text(encoding="utf-8"))
-    for key in ("family", "config", "input", "router", "training", "data", "superclasses",
+    for key in ("format", "family", "config", "input", "router", "training", "data", "superclasses",
                 "superclass_source", "metrics", "history", "versions", "timing_seconds"):
         assert key in saved, key
     assert saved["family"] == "vmoe" and saved["input"]["dataset"] == "fashion-mnist"
