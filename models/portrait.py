@@ -246,8 +246,8 @@ def _init_weights(model: nn.Module) -> None:
 
 def count_flops(model: PortraitSegmenter, training: bool = False) -> int:
     """FLOPs of one image (2 per multiply-add) of every conv and linear that runs, from
-    the layer shapes seen in one forward: conv 2*H_out*W_out*C_out*(C_in/groups)*k*k
-    (+ the bias), linear 2*in*out. Norms (folded at export), activations, resizes and the
+    the layer shapes seen in one forward: conv 2*H_out*W_out*C_out*(C_in/groups)*k*k,
+    linear 2*in*out. Biases, norms (folded at export), activations, resizes and the
     softmax are left out. `training` adds the attribute head (not in the deployed graph)."""
     total = 0
 
@@ -256,9 +256,9 @@ def count_flops(model: PortraitSegmenter, training: bool = False) -> int:
         if isinstance(module, nn.Conv2d):
             kh, kw = module.kernel_size
             per_output = module.in_channels // module.groups * kh * kw
-            total += output[0].numel() * (2 * per_output + (module.bias is not None))
+            total += output[0].numel() * 2 * per_output
         elif isinstance(module, nn.Linear):
-            total += module.out_features * (2 * module.in_features + (module.bias is not None))
+            total += module.out_features * 2 * module.in_features
 
     hooks = [m.register_forward_hook(count) for m in model.modules()
              if isinstance(m, (nn.Conv2d, nn.Linear))]
