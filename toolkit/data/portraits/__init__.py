@@ -4,8 +4,9 @@ image/mask pairs. Both give a `PortraitSet` whose `source` says where the number
 from."""
 
 from toolkit.data.portraits.dataset import UNKNOWN_ATTRIBUTE, PortraitSet
+from toolkit.data.portraits.folder import load_portrait_folder
 from toolkit.data.portraits.generator import draw_portrait, generate_portraits
 from toolkit.data.portraits.shapes import HAIR_STYLES
 
 __all__ = ["HAIR_STYLES", "UNKNOWN_ATTRIBUTE", "PortraitSet", "draw_portrait",
-           "generate_portraits"]
+           "generate_portraits", "load_portrait_folder"]

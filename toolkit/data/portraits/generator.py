@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ import torch
 from toolkit.data.portraits import paints, render, shapes
 from toolkit.data.portraits.backgrounds import Backgrounds
 from toolkit.data.portraits.dataset import PortraitSet
+from toolkit.errors import UserError
 
 
 @dataclasses.dataclass
@@ -162,31 +163,43 @@ def bundled_backgrounds() -> Backgrounds:
     return Backgrounds()
 
 
+def _draw_range(args: tuple[int, int, int, int, int, Backgrounds | None]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Portraits first..stop-1 of `seed`: (images [n, H, W, 3], masks [n, H, W], styles)."""
+    seed, first, stop, height, width, backgrounds = args
+    backgrounds = bundled_backgrounds() if backgrounds is None else backgrounds
+    samples = [draw_portrait(np.random.default_rng([seed, i]), height, width, backgrounds)
+               for i in range(first, stop)]
+    return (np.stack([s.image for s in samples]), np.stack([s.mask for s in samples]),
+            np.array([s.hair_style for s in samples], dtype=np.int64))
+
+
 def generate_portraits(count: int, seed: int = 0, height: int = 256, width: int = 256,
                        backgrounds: Backgrounds | None = None, workers: int | None = None
                        ) -> PortraitSet:
     """`count` synthetic portraits: images uint8 [N, 3, H, W], masks uint8 [N, 1, H, W]
-    in {0, 1}, hair-style labels int64 [N]. Identical for the same arguments, whatever
-    `workers` (threads; default one per core, at most 4): PIL and numpy release the GIL
-    while they draw, resize and blend."""
-    backgrounds = bundled_backgrounds() if backgrounds is None else backgrounds
-    images = np.empty((count, height, width, 3), dtype=np.uint8)
-    masks = np.empty((count, 1, height, width), dtype=np.uint8)
-    styles = np.empty(count, dtype=np.int64)
-
-    def draw(i: int) -> None:
-        sample = draw_portrait(np.random.default_rng([seed, i]), height, width, backgrounds)
-        images[i], masks[i, 0], styles[i] = sample.image, sample.mask, sample.hair_style
-
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    if workers > 1 and count > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(draw, range(count)))
+    in {0, 1}, hair-style labels int64 [N]. Identical for the same arguments whatever
+    `workers` (forked processes, each drawing a contiguous range; default one per core,
+    at most 4, for 64 portraits or more)."""
+    if count < 1:
+        raise UserError(f"the number of synthetic portraits must be at least 1, got {count}")
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1) if count >= 64 else 1
+    workers = max(1, min(workers, count))
+    cuts = np.linspace(0, count, workers + 1).astype(int)
+    jobs = [(seed, int(a), int(b), height, width, backgrounds)
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    if workers > 1:
+        bundled_backgrounds() if backgrounds is None else None  # decode once, then fork
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_draw_range, jobs)
     else:
-        for i in range(count):
-            draw(i)
+        parts = [_draw_range(jobs[0])]
+    images, masks, styles = (np.concatenate(p) for p in zip(*parts, strict=True))
+    names = len((backgrounds or bundled_backgrounds()).paths)
     source = (f"synthetic portraits (generated, seed {seed}: {count} images {height}x{width}, "
-              f"backgrounds cropped from {len(backgrounds.paths)} bundled photos)")
+              f"backgrounds cropped from {names} bundled photos)")
     return PortraitSet(images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                       masks=torch.from_numpy(masks), attributes=torch.from_numpy(styles),
+                       masks=torch.from_numpy(masks[:, None].astype(np.uint8)),
+                       attributes=torch.from_numpy(styles),
                        attribute_names=shapes.HAIR_STYLES, source=source)
