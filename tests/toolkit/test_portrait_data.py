@@ -75,9 +75,9 @@ def test_mask_is_the_drawn_person(index):
     union = np.zeros((96, 128), dtype=bool)
     for polygon in sample.polygons:
         union |= point_in_polygon(xs, ys, polygon)
-    # PIL rounds where an edge crosses a scanline: a few edge pixels may differ.
-    assert (sample.mask != union).mean() < 0.01
-    assert abs(int(sample.mask.sum()) - int(union.sum())) <= 0.01 * union.size
+    # Same rule, different arithmetic: only a centre lying on an edge could differ.
+    assert int((sample.mask != union).sum()) <= 2
+    assert 0.05 < union.mean() < 0.95
     cx, cy = sample.head_centre
     assert sample.mask[int(cy), int(cx)], "the head centre is person"
     (x0, y0), (x1, y1) = np.concatenate(sample.polygons).min(0), np.concatenate(

@@ -8,8 +8,9 @@ Pixel (row i, column j) covers [j, j+1) x [i, i+1); its centre is (j + 0.5, i + 
 edges crossing it (a_y <= y < b_y, half-open so a vertex counts once) cross at
 x_c = a_x + (y - a_y) (b_x - a_x) / (b_y - a_y); sorted, consecutive pairs
 [x_1, x_2), [x_3, x_4), ... are inside. (PIL's polygon fill also takes every pixel its
-edges touch, about half a pixel too wide, so it is not used.) Each layer is sampled only
-inside its bounding box, which keeps the supersampled grids small.
+edges touch, about half a pixel too wide, so it is not used.) Coverage is counted from
+the spans of the supersampled rows without building the supersampled grid, and only
+inside each layer's bounding box.
 """
 
 from __future__ import annotations
