@@ -186,3 +186,12 @@ def test_upcycle_job_refuses_bad_requests(small_streams, tmp_path, argv, message
     with pytest.raises(UserError, match=message):
         args.run(args)
     assert not (tmp_path / "x").exists()
+
+
+def test_toolkit_train_upcycle_is_the_upcycle_job():
+    from toolkit.cli import build_parser
+
+    args = build_parser().parse_args(["train", "upcycle", "--model", "fake-llama",
+                                      "--experts", "3", "--out", "x"])
+    assert args.run is upcycle_job.run_upcycle
+    assert (args.experts, args.top_k, args.steps) == (3, 2, 100)

@@ -14,6 +14,7 @@ from models.vmoe import FASHION_MNIST, VIT_TINY_IMAGENET, VisionMoE
 from models.vmoe_artifact import load_vmoe_directory
 from toolkit.artifacts import check_output_dir
 from toolkit.commands.common import positive_int, write_json
+from toolkit.commands.upcycle_job import add_upcycle_arguments
 from toolkit.data.images import ImageData, fashion_mnist_data, folder_data
 from toolkit.errors import UserError
 from toolkit.manifest import library_versions, timestamp
@@ -77,6 +78,12 @@ def add_parser(subparsers) -> None:
                         "13x slower; a seeded run repeats bit for bit at the same count)")
     v.add_argument("--quiet", action="store_true", help="no progress bars")
     v.set_defaults(run=run_vmoe)
+    u = families.add_parser(
+        "upcycle", help="sparse upcycling: a dense LM -> token-routed MoE (arXiv 2212.05055)",
+        description="Copy each MLP of a dense decoder into E experts behind a new top-k "
+                    "router, train briefly on the Wikipedia calibration pool and save a "
+                    "moe-llm artifact (for `toolkit compress --method drop-experts`).")
+    add_upcycle_arguments(u)
 
 
 def run_vmoe(args: argparse.Namespace) -> int:
