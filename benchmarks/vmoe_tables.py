@@ -88,6 +88,17 @@ def lm_section(lm: dict) -> list[str]:
              f"{lm['ppl']['dense']:.2f}, upcycled before training {lm['ppl']['upcycled']:.2f}, "
              f"after training {lm['ppl']['trained']:.2f} ({lm['eval']['windows']} held-out "
              f"windows of {lm['eval']['seq_len']} tokens). Only the one-shot schedules ran "
-             "on the language model (2 CPU cores).", ""]
+             "on the language model (2 CPU cores)." + _lm_training_details(lm), ""]
     return lines + dropping_table(lm["dropping"], "Wikipedia perplexity",
                                   lm["ppl"]["trained"], lambda v: f"{v:.2f}")
+
+
+def _lm_training_details(lm: dict) -> str:
+    if "train_lr" not in lm:  # results written before these fields were recorded
+        return ""
+    shares = [s for layer in lm["routing_after_training"] for s in layer]
+    return (f" Training: batches of {lm['batch_size']} x {lm['train_seq_len']} tokens, "
+            f"peak lr {lm['train_lr']:g}, routers and experts only; +KD = "
+            f"{lm['recover_steps']} distillation steps. After training each expert's share "
+            f"of the routing ranged {min(shares):.3f}..{max(shares):.3f} over the layers "
+            f"(uniform {1 / lm['experts']:.3f}).")
