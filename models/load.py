@@ -22,11 +22,16 @@ def load_model(spec: str) -> LoadedModel:
             "path, or pick a name from `toolkit models`"
         )
     if path.is_dir():
-        if model_family(str(path)) == "vision":
+        family = _manifest_family(path)
+        if family == PORTRAIT_FAMILY:
+            from models.portrait_artifact import load_portrait_directory
+
+            return load_portrait_directory(path)
+        if family in VISION_ARTIFACT_FAMILIES:
             from models.vmoe_artifact import load_vmoe_directory
 
             return load_vmoe_directory(path)
-        if _manifest_family(path) == MOE_LM_FAMILY:
+        if family == MOE_LM_FAMILY:
             from models.moe_lm_artifact import load_moe_lm_directory
 
             return load_moe_lm_directory(path)
@@ -40,7 +45,8 @@ def load_model(spec: str) -> LoadedModel:
 
 
 # toolkit.json "family" values of artifact directories that hold image models.
-VISION_ARTIFACT_FAMILIES = ("vmoe",)
+VISION_ARTIFACT_FAMILIES = ("vmoe", "portrait")
+PORTRAIT_FAMILY = "portrait"
 MOE_LM_FAMILY = "moe-llm"
 
 
