@@ -2,7 +2,7 @@
 teacher's temperature-softened output distribution, optionally its hidden states too.
 
     loss = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))     (soft targets)
-         + (1 - alpha) * CE(z_s, labels)                     (only when labels are given)
+         + (1 - alpha) * CE(z_s, labels)   (only when labels are given; hard or soft)
          + beta * mean_l ||h_s^l - h_t^l||^2 / ||h_t^l||^2    (hidden-state matching)
 
 Two uses: recovery after pruning or expert dropping (teacher = the model before
@@ -299,12 +299,22 @@ def _step_loss(student: nn.Module, teacher: nn.Module, batch: Any, label: Any,
     s_logits, s_hidden = forward(student, batch)
     loss = kd_loss(s_logits, t_logits.to(s_logits.device), config.temperature)
     if label is not None and config.alpha < 1.0:
-        ce = F.cross_entropy(s_logits.float().reshape(-1, s_logits.shape[-1]),
-                             label.reshape(-1).long(), ignore_index=-100)
-        loss = config.alpha * loss + (1.0 - config.alpha) * ce
+        loss = config.alpha * loss + (1.0 - config.alpha) * label_loss(s_logits, label)
     if config.feature_weight > 0:
         loss = loss + config.feature_weight * _hidden_loss(s_hidden, t_hidden, config)
     return loss
+
+
+def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the last dim, averaged over positions: against class indices
+    (-100 = ignored), or against soft targets when `labels` are floats of the logits'
+    shape (-sum_c y_c log softmax(z)_c, e.g. a segmenter's soft boundary labels)."""
+    classes = logits.shape[-1]
+    if labels.is_floating_point() and labels.shape == logits.shape:
+        log_p = F.log_softmax(logits.float().reshape(-1, classes), dim=-1)
+        return -(labels.float().reshape(-1, classes) * log_p).sum(dim=-1).mean()
+    return F.cross_entropy(logits.float().reshape(-1, classes), labels.reshape(-1).long(),
+                           ignore_index=-100)
 
 
 def _hidden_loss(s_hidden: tuple[torch.Tensor, ...] | None,
