@@ -14,6 +14,7 @@ from models.vmoe import FASHION_MNIST, VIT_TINY_IMAGENET, VisionMoE
 from models.vmoe_artifact import load_vmoe_directory
 from toolkit.artifacts import check_output_dir
 from toolkit.commands.common import positive_int, write_json
+from toolkit.commands.train_portrait_job import add_portrait_arguments
 from toolkit.commands.upcycle_job import add_upcycle_arguments
 from toolkit.data.images import ImageData, fashion_mnist_data, folder_data
 from toolkit.errors import UserError
@@ -84,6 +85,12 @@ def add_parser(subparsers) -> None:
                     "router, train briefly on the Wikipedia calibration pool and save a "
                     "moe-llm artifact (for `toolkit compress --method drop-experts`).")
     add_upcycle_arguments(u)
+    add_portrait_arguments(families.add_parser(
+        "portrait", help="boundary-sensitive portrait segmenter (arXiv 1712.08675)",
+        description="Train the portrait segmenter with boundary-sensitive soft labels, "
+                    "a mean-mask prior weight map and a hair-style head, on generated "
+                    "synthetic portraits (default) or a folder of image/mask pairs; "
+                    "evaluate on held-out portraits and save a portrait artifact."))
 
 
 def run_vmoe(args: argparse.Namespace) -> int:
