@@ -212,3 +212,17 @@ def test_taylor_and_kd_need_images():
         compress.apply(model, ChannelPruneConfig(criterion="taylor"), None)
     with pytest.raises(CompressError, match="calibration images"):
         compress.apply(model, ChannelPruneConfig(criterion="bn-scale", recover="kd"), None)
+
+
+def test_recovery_that_makes_the_student_worse_is_undone(images):
+    """Removing exactly-silent channels leaves KL 0; any training can only raise it, so
+    the pruned weights are put back as they were."""
+    model = create_model("fake-portrait").module
+    kill_half(model)
+    before = outputs(model, images)
+    config = ChannelPruneConfig(criterion="bn-scale", recover="kd", recover_steps=3,
+                                recover_lr=1e-2)
+    report = compress.apply(model, config, images)
+    assert report.recovery["reverted"] and report.recovery["final_kl"] > 0
+    for new, old in zip(outputs(model, images), before, strict=True):
+        torch.testing.assert_close(new, old, rtol=0, atol=1e-6)

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+import torch
 import yaml
 
 from compress.config import MethodConfig, registered_methods
@@ -14,9 +15,10 @@ from compress.experts import CRITERION_CHOICES
 from compress.experts.drop import RECOVER_CHOICES
 from compress.prune.base import LAYERWISE_CHOICES
 from compress.quant.base import BACKENDS
+from compress.structured import ALLOCATIONS, CHANNEL_CRITERIA
 from models.load import load_model, model_family
 from toolkit.commands.common import add_eval_options, add_runtime_options, positive_int
-from toolkit.commands.compress_vision_job import run_vision_compression
+from toolkit.commands.compress_vision_job import PORTRAIT_METHODS, run_vision_compression
 from toolkit.commands.job import add_job_options, run_recipe
 from toolkit.errors import UserError
 from toolkit.eval import EvalProtocol
@@ -45,7 +47,8 @@ def _int_list(text: str) -> list[int]:
 # (flag, argparse keywords): the dest is the config field the flag sets.
 METHOD_FLAGS: list[tuple[str, dict]] = [
     ("--sparsity", dict(type=float, help="pruning: fraction of zeros per output row, in "
-                        "(0, 1) (default: 0.5, or N/M with --pattern)")),
+                        "(0, 1) (default: 0.5, or N/M with --pattern); channel-prune: "
+                        "fraction of expansion channels removed (default: 0.5)")),
     ("--pattern", dict(metavar="N:M", help="pruning: exactly N zeros in every M consecutive "
                        "input weights of each row, e.g. 2:4 or 4:8")),
     ("--layerwise", dict(choices=LAYERWISE_CHOICES, help="pruning: uniform, or owl "
@@ -70,16 +73,22 @@ METHOD_FLAGS: list[tuple[str, dict]] = [
                            "stored bits per weight, e.g. 3.7")),
     ("--bits-choices", dict(type=_int_list, metavar="B,B", help="palettize: bit-widths the "
                             "mixed allocation picks from (default: 2,4)")),
-    ("--criterion", dict(choices=CRITERION_CHOICES, help="drop-experts: how experts are "
-                         "ranked (MC-Suite, REAP, NAEE reconstruction; random is the "
-                         "control) (default: frequency)")),
+    ("--criterion", dict(choices=sorted({*CRITERION_CHOICES, *CHANNEL_CRITERIA}),
+                         help="drop-experts: how experts are ranked (MC-Suite, REAP, NAEE "
+                         "reconstruction; random is the control) (default: frequency); "
+                         "channel-prune: how expansion channels are ranked (taylor, "
+                         "bn-scale, l1-filter, random) (default: taylor)")),
     ("--drop", dict(type=float, metavar="R", help="drop-experts: fraction of each routing "
                     "group's experts to remove, e.g. 0.25 (default: 0.25)")),
     ("--rounds", dict(type=positive_int, metavar="K", help="drop-experts: 1 = one-shot; K "
                       "rounds re-score between drops (default: 1)")),
     ("--recover", dict(choices=RECOVER_CHOICES, help="`kd`: recover by distilling from the "
-                       "model before compression (drop-experts: after each round) "
-                       "(default: none)")),
+                       "model before compression (drop-experts: after each round; "
+                       "channel-prune: per-pixel KL of the 3-class maps) (default: none)")),
+    ("--allocation", dict(choices=ALLOCATIONS, help="channel-prune: the same share "
+                          "of every block, or one global ranking (default: uniform)")),
+    ("--round-to", dict(type=positive_int, metavar="K", help="channel-prune: kept widths are "
+                        "multiples of K, as phone kernels load 8 or 16 lanes (default: 8)")),
     ("--recover-steps", dict(type=positive_int, metavar="N", help="distillation steps with "
                              "--recover kd, per round for drop-experts (default: 100)")),
     ("--weighted", dict(action=argparse.BooleanOptionalAction, help="palettize: weight "
@@ -111,13 +120,17 @@ def add_parser(subparsers) -> None:
                         "dampening=0.01 (repeatable; unknown keys are errors)")
     p.add_argument("--calib-samples", type=positive_int, metavar="N",
                    help="calibration sequences (default: 32), or images for an image "
-                        "model (default: 512)")
+                        "model (default: 512; portraits: 64)")
     p.add_argument("--seq-len", type=positive_int, default=512, metavar="L",
                    help="tokens per calibration sequence (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed (default: 0)")
     p.add_argument("--calib-data", type=Path, metavar="FILE",
                    help="calibrate on FILE (plain text, or JSONL with a `text` field) instead "
-                        "of the built-in Wikipedia text")
+                        "of the built-in Wikipedia text; for a portrait model a folder with "
+                        "images/ and masks/ instead of synthetic portraits")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="torch intra-op CPU threads (default: torch's choice; on a busy or "
+                        "shared machine 1 avoids threads waiting on each other)")
     add_job_options(p)
     add_eval_options(p, defaults_from_artifact=False)
     add_runtime_options(p)
@@ -162,7 +175,14 @@ def _recovery_stage(recover: str, steps: int | None) -> DistillConfig | None:
 
 def run(args: argparse.Namespace) -> int:
     stages = build_stages(args)  # validate every knob before loading anything
-    if model_family(args.model) == "vision":
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    family = model_family(args.model)
+    if args.method in PORTRAIT_METHODS and family != "vision":
+        raise UserError(f"--method {args.method} prunes a portrait segmenter; {args.model} is "
+                        "a language model: use --model fake-portrait, portrait-256 or a "
+                        "`toolkit train portrait` artifact")
+    if family == "vision":
         if len(stages) > 1:
             raise UserError("--recover kd after a method other than drop-experts needs a "
                             "language model")

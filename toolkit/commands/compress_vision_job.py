@@ -1,6 +1,7 @@
-"""The vision half of `toolkit compress`: a method on an image model (today: expert
-dropping on a V-MoE), calibrated on the family's own images, evaluated before and after,
-saved as a vision artifact that `toolkit export` reads.
+"""The vision half of `toolkit compress`: a method on an image model (expert dropping on
+a V-MoE; channel pruning on a portrait segmenter, handed to compress_portrait_job.py),
+calibrated on the family's own images, evaluated before and after, saved as a vision
+artifact that `toolkit export` reads.
 
 Evaluation, the same protocol before and after: top-1 accuracy on the family's labelled
 test set when it has one (Fashion-MNIST's test split for a V-MoE trained on it), and on
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 import compress
 from compress.config import MethodConfig
 from models import LoadedModel
+from models.portrait import PortraitSegmenter
 from models.vmoe import VisionMoE
 from models.vmoe_artifact import read_manifest
 from toolkit.artifacts import check_output_dir
@@ -32,7 +34,9 @@ from toolkit.report import format_table
 from toolkit.vision_artifact import save_vmoe_artifact
 
 # Methods that run on an image model; the LLM-only ones need token calibration.
-VISION_METHODS = ("drop-experts",)
+MOE_METHODS = ("drop-experts",)
+PORTRAIT_METHODS = ("channel-prune",)
+VISION_METHODS = (*MOE_METHODS, *PORTRAIT_METHODS)
 DEFAULT_CALIB_IMAGES = 512
 HELD_OUT_IMAGES = 1000
 EVAL_BATCH = 256
@@ -43,6 +47,20 @@ def run_vision_compression(loaded: LoadedModel, config: MethodConfig,
     if config.method not in VISION_METHODS:
         raise UserError(f"--method {config.method} needs a language model; {loaded.source} is "
                         f"an image model: use --method {' or '.join(VISION_METHODS)}")
+    if isinstance(loaded.module, PortraitSegmenter):
+        if config.method not in PORTRAIT_METHODS:
+            raise UserError(f"--method {config.method} does not apply to the portrait "
+                            f"segmenter {loaded.source}: use --method "
+                            f"{' or '.join(PORTRAIT_METHODS)}")
+        # Imported here: the portrait data, losses and metrics load only when used.
+        from toolkit.commands.compress_portrait_job import run_portrait_compression
+
+        return run_portrait_compression(loaded, config, args)
+    if config.method in PORTRAIT_METHODS:
+        raise UserError(f"--method {config.method} prunes a portrait segmenter; "
+                        f"{loaded.source} is a {type(loaded.module).__name__}: use a portrait "
+                        "model (fake-portrait, portrait-256 or a `toolkit train portrait` "
+                        f"artifact), or --method {' or '.join(MOE_METHODS)}")
     out: Path = args.out.expanduser()
     check_output_dir(out, args.overwrite)
     spec = loaded.vision
