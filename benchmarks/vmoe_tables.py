@@ -61,7 +61,7 @@ def family_table(report: dict) -> list[str]:
 
 
 def dropping_table(rows: list[dict], metric: str, undropped: float, fmt) -> list[str]:
-    schedules = [s for s in SCHEDULES if s in rows[0]["schedules"]]
+    schedules = [s for s in SCHEDULES if any(s in row["schedules"] for row in rows)]
     lines = [f"Expert dropping ({metric}; before dropping: {fmt(undropped)}). Iterative = "
              "one expert per round, re-scored in between; +KD = distillation from the "
              "undropped model after every round. With one expert dropped, iterative is "
@@ -71,7 +71,10 @@ def dropping_table(rows: list[dict], metric: str, undropped: float, fmt) -> list
     for row in rows:
         cells = []
         for schedule in schedules:
-            cell = row["schedules"][schedule]
+            cell = row["schedules"].get(schedule)
+            if cell is None:
+                cells.append("not run")
+                continue
             mark = "=" if cell.get("same_as_one_shot") else ""
             cells.append(f"{mark}{fmt(cell['metric'])}")
         kept = row["schedules"]["one-shot"]["kept"]
@@ -88,7 +91,8 @@ def lm_section(lm: dict) -> list[str]:
              f"{lm['ppl']['dense']:.2f}, upcycled before training {lm['ppl']['upcycled']:.2f}, "
              f"after training {lm['ppl']['trained']:.2f} ({lm['eval']['windows']} held-out "
              f"windows of {lm['eval']['seq_len']} tokens). Only the one-shot schedules ran "
-             "on the language model (2 CPU cores)." + _lm_training_details(lm), ""]
+             "on the language model, with KD only where a cell says so (2 CPU cores)."
+             + _lm_training_details(lm), ""]
     return lines + dropping_table(lm["dropping"], "Wikipedia perplexity",
                                   lm["ppl"]["trained"], lambda v: f"{v:.2f}")
 
@@ -99,6 +103,6 @@ def _lm_training_details(lm: dict) -> str:
     shares = [s for layer in lm["routing_after_training"] for s in layer]
     return (f" Training: batches of {lm['batch_size']} x {lm['train_seq_len']} tokens, "
             f"peak lr {lm['train_lr']:g}, routers and experts only; +KD = "
-            f"{lm['recover_steps']} distillation steps. After training each expert's share "
+            f"{lm['recover_steps']} distillation steps at lr {lm['recover_lr']:g}. After training each expert's share "
             f"of the routing ranged {min(shares):.3f}..{max(shares):.3f} over the layers "
             f"(uniform {1 / lm['experts']:.3f}).")
