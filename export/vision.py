@@ -7,8 +7,11 @@ where the format has metadata (ONNX metadata_props, Core ML user-defined metadat
 Verification runs the file on its runtime (LiteRT in a child process) on the same input
 as PyTorch; Core ML, which runs only on macOS, is opened and its I/O checked instead.
 
-LiteRT can instead be written fully int8 (static quantization, calibrated on images the
-caller gives: export.litert.static_int8); the float file's size is kept for the report.
+LiteRT and ONNX can instead be written int8 (static quantization, calibrated on images
+the caller gives): LiteRT fully int8 (export.litert.static_int8), ONNX as QuantizeLinear /
+DequantizeLinear pairs with float input and output (export.onnx.static_int8). Core ML
+takes float16 compute and palettized weights instead (export.coreml.vision). The float
+file's size is kept for the report.
 """
 
 from __future__ import annotations
@@ -16,9 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -26,12 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from export.coreml.vision import CoremlVisionOptions, write_coreml_vision
 from export.errors import ExportError, require
 from export.op_locator import locate_op
 from export.quiet import captured_console
 from export.verify import OutputAgreement, agreement
 
 DEFAULT_LAYOUT = {"onnx": "NCHW", "tflite": "NHWC", "coreml": "NCHW"}
+INT8_TARGETS = ("tflite", "onnx")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,21 +71,27 @@ class VisionExport:
     wrapped: nn.Module
     float_bytes: int  # the float file's size (the same as the file's unless int8)
     int8: bool = False
+    coreml: CoremlVisionOptions | None = None  # what the Core ML file carries
 
 
 def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], target: str,
                   out: Path, *, layout: str | None = None,
                   preprocess: Preprocess = Preprocess(),
                   int8_calibration: torch.Tensor | None = None,
-                  example: torch.Tensor | None = None) -> VisionExport:
+                  example: torch.Tensor | None = None,
+                  coreml: CoremlVisionOptions | None = None) -> VisionExport:
     """`input_shape` is NCHW as the module takes it; the file's input follows `layout`.
-    `int8_calibration`: raw-pixel images [N, C, H, W] (0..255); given, the LiteRT file is
-    statically quantized to int8 with ranges measured on them. `example`: the raw-pixel
-    image [1, C, H, W] to trace and verify with (default: uniform noise)."""
+    `int8_calibration`: raw-pixel images [N, C, H, W] (0..255); given, the LiteRT or ONNX
+    file is statically quantized to int8 with ranges measured on them. `example`: the
+    raw-pixel image [1, C, H, W] to trace and verify with (default: uniform noise).
+    `coreml`: Core ML precision and palettization (default: float32, no palette)."""
     layout = layout or DEFAULT_LAYOUT[target]
-    if int8_calibration is not None and target != "tflite":
-        raise ExportError(f"static int8 is offered for LiteRT (tflite) only, not {target}: "
-                          "drop the calibration images or export to tflite")
+    if int8_calibration is not None and target not in INT8_TARGETS:
+        raise ExportError(f"static int8 is offered for LiteRT (tflite) and ONNX, not "
+                          f"{target}: drop the calibration images, or for Core ML use "
+                          "float16 or palettized weights")
+    if coreml is not None and target != "coreml":
+        raise ExportError(f"Core ML options (float16, palettization) do not apply to {target}")
     n, c, h, w = input_shape
     shape = (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
     wrapped = PixelInput(module.eval(), layout, preprocess).eval()
@@ -96,7 +104,9 @@ def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], tar
                               f"{layout}, expected {shape}")
     meta = {"edge_toolkit.preprocess": json.dumps(preprocess.describe(layout))}
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = {"onnx": _onnx, "tflite": _tflite, "coreml": _coreml}[target]
+    writer = {"onnx": _onnx, "tflite": _tflite,
+              "coreml": lambda *a: write_coreml_vision(*a, coreml or CoremlVisionOptions())
+              }[target]
     with torch.no_grad(), warnings.catch_warnings(), captured_console():
         warnings.simplefilter("ignore")
         try:
@@ -113,9 +123,10 @@ def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], tar
                               + (f" [unsupported: {where}]" if where else "")) from exc
     float_bytes = _size(out)
     if int8_calibration is not None:
-        _to_static_int8(out, int8_calibration, layout, shape)
+        _to_static_int8(out, int8_calibration, layout, shape, target)
     return VisionExport(out, target, layout, example, wrapped, float_bytes,
-                        int8_calibration is not None)
+                        int8_calibration is not None,
+                        (coreml or CoremlVisionOptions()) if target == "coreml" else None)
 
 
 def _size(path: Path) -> int:
@@ -124,8 +135,10 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-def _to_static_int8(out: Path, images: torch.Tensor, layout: str, shape: tuple) -> None:
+def _to_static_int8(out: Path, images: torch.Tensor, layout: str, shape: tuple,
+                    target: str) -> None:
     from export.litert.static_int8 import quantize_static_int8
+    from export.onnx.static_int8 import quantize_qdq_int8
 
     if images.ndim != 4 or images.shape[1:] != torch.Size((shape[3], *shape[1:3])
                                                           if layout == "NHWC" else shape[1:]):
@@ -137,7 +150,8 @@ def _to_static_int8(out: Path, images: torch.Tensor, layout: str, shape: tuple) 
     float_file = out.with_name(out.stem + ".float" + out.suffix)
     out.replace(float_file)
     try:
-        quantize_static_int8(float_file, out, samples)
+        quantize = quantize_static_int8 if target == "tflite" else quantize_qdq_int8
+        quantize(float_file, out, samples)
     finally:
         float_file.unlink(missing_ok=True)
 
@@ -147,6 +161,10 @@ def _onnx(wrapped, example, out: Path, meta: dict) -> None:
     program = torch.onnx.export(wrapped, (example,), dynamo=True, external_data=False,
                                 input_names=["pixels"], opset_version=21, optimize=True)
     model = program.model_proto
+    for node in model.graph.node:
+        # Per-node debug records (FX node, stack trace with this machine's source paths,
+        # rewrite rule names): nothing a runtime reads, and about half of a small CNN's file.
+        del node.metadata_props[:]
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -156,15 +174,6 @@ def _onnx(wrapped, example, out: Path, meta: dict) -> None:
 def _tflite(wrapped, example, out: Path, meta: dict) -> None:
     litert_torch = require("litert_torch", "litert", "LiteRT export")
     litert_torch.convert(wrapped, (example,)).export(os.fspath(out))
-
-
-def _coreml(wrapped, example, out: Path, meta: dict) -> None:
-    ct = require("coremltools", "coreml", "Core ML export")
-    program = torch.export.export(wrapped, (example,)).run_decompositions({})
-    model = ct.convert(program, minimum_deployment_target=ct.target.iOS18,
-                       inputs=[ct.TensorType(name="pixels", shape=tuple(example.shape))])
-    model.user_defined_metadata.update(meta)
-    model.save(os.fspath(out))
 
 
 def verify_vision(result: VisionExport) -> list[OutputAgreement] | dict:
@@ -193,16 +202,6 @@ def _run_onnx(result: VisionExport) -> list[np.ndarray]:
 
 
 def _run_tflite(result: VisionExport) -> list[np.ndarray]:
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs, outputs = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
-        np.savez(inputs, arg0=result.example.numpy())
-        child = subprocess.run(
-            [sys.executable, "-m", "export.litert.run_model", os.fspath(result.path),
-             "--inputs", os.fspath(inputs), "--out", os.fspath(outputs)],
-            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-        if child.returncode != 0:
-            last = (child.stderr.strip().splitlines() or ["no message"])[-1][:300]
-            raise ExportError(f"the LiteRT interpreter failed on {result.path.name} (exit "
-                              f"code {child.returncode}): {last}")
-        data = np.load(outputs)
-        return [data[f"out{i}"] for i in range(len(data.files))]
+    from export.litert.run_model import run_in_child
+
+    return run_in_child(result.path, [result.example.numpy()])

@@ -113,10 +113,11 @@ def test_static_int8_litert_is_integer_smaller_and_close(tmp_path) -> None:
     assert check.cosine > 0.9999 and check.relative_error < 0.02, check
 
 
-def test_static_int8_is_refused_for_other_formats(tmp_path) -> None:
+def test_static_int8_is_refused_for_core_ml(tmp_path) -> None:
     from export.errors import ExportError
 
-    with pytest.raises(ExportError, match="static int8 is offered for LiteRT"):
-        export_vision(FakeCnn(), SHAPE, "onnx", tmp_path / "m.onnx",
+    with pytest.raises(ExportError, match="static int8 is offered for LiteRT .tflite. and "
+                                          "ONNX, not coreml"):
+        export_vision(FakeCnn(), SHAPE, "coreml", tmp_path / "m.mlpackage",
                       int8_calibration=smooth_images(2, seed=1))
     assert list(tmp_path.iterdir()) == []

@@ -34,8 +34,9 @@ def add_parser(subparsers) -> None:
                     "weights carried into the file (ONNX MatMulNBits and palette lookups, "
                     "LiteRT weight-only DEQUANTIZE, Core ML constexpr ops), then compare "
                     "logits and greedy tokens with PyTorch. Vision models: fold the pixel "
-                    "normalisation in, optionally write static int8 LiteRT (--int8), and "
-                    "compare outputs on one of the family's images.")
+                    "normalisation in, optionally write static int8 LiteRT or QDQ ONNX "
+                    "(--int8) or float16 / palettized Core ML (--fp16, --palettize-bits), "
+                    "and compare outputs on one of the family's images.")
     p.add_argument("target", choices=sorted(TARGETS), help="output format")
     p.add_argument("--model", required=True,
                    help="registered name, artifact / Hugging Face directory, or .gguf file")
@@ -54,10 +55,17 @@ def add_parser(subparsers) -> None:
                         "(default: %(default)s)")
     p.add_argument("--rtol", type=float, default=None,
                    help="largest allowed |output error| / max |PyTorch output| "
-                        "(default: 1e-3; 0.05 with --int8)")
+                        "(default: 1e-3; with --int8 0.05, on the mean |output error|)")
     p.add_argument("--int8", action="store_true",
-                   help="vision models, tflite: static int8 (weights and activations), "
-                        "calibrated on the model family's own images")
+                   help="vision models, tflite or onnx: static int8 (weights per channel, "
+                        "activations per tensor) calibrated on the model family's own "
+                        "images; tflite fully int8, onnx as QuantizeLinear/DequantizeLinear")
+    p.add_argument("--fp16", action="store_true",
+                   help="vision models, coreml: float16 weights and compute (default "
+                        "float32, like the other formats' float files)")
+    p.add_argument("--palettize-bits", type=int, choices=(2, 3, 4, 6, 8), metavar="B",
+                   help="vision models, coreml: k-means palettize each weight tensor to "
+                        "2^B values (6 is usually near lossless on a CNN, 4 less so)")
     p.add_argument("--calibration-images", type=positive_int, default=64, metavar="N",
                    help="images for --int8 calibration (default: %(default)s)")
     p.add_argument("--no-verify", action="store_true", help="write the file, do not run it")
@@ -78,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
     if args.int8 and loaded.vision is None:
         raise UserError("--int8 is static int8 for vision models; an LLM's int8 weights "
                         "come from `toolkit compress --method rtn --bits 8`")
+    if (args.fp16 or args.palettize_bits) and loaded.vision is None:
+        raise UserError("--fp16 and --palettize-bits are for vision models; an LLM's Core ML "
+                        "file is float16 already and carries the artifact's own palettes "
+                        "(`toolkit compress --method palettize`)")
     if not args.quiet:
         shape = (f"input {list(loaded.vision.shape)}" if loaded.vision
                  else f"max context {args.max_context}")
