@@ -55,6 +55,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/llm_quant.py
 	$(PY) benchmarks/export_bench.py
 	$(PY) benchmarks/vmoe.py
+	# Downloads the mediapipe wheel from PyPI once (cached in ~/.cache/edge-toolkit),
+	# extracts selfie_segmentation.tflite from it; mediapipe is not installed.
+	$(PY) benchmarks/portrait.py
 
 clean:
 	rm -rf $(VENV) runs
