@@ -5,6 +5,11 @@ scores to kept widths and kept channel indices.
     global    remove the round(s * sum_b h_b) lowest scores over all blocks, never
               touching the top ceil(f * h_b) of a block (the floor f), then
               k_b = R(h_b - removed_b)
+    global-flops  the same pool, removed in increasing order of score / c_b, where c_b
+              is the FLOPs one hidden channel of block b costs, until the removed FLOPs
+              reach s * sum_b h_b c_b (greedy knapsack: least importance per FLOP saved
+              first). A loss-based global ranking alone keeps the high-resolution blocks,
+              where a channel costs most, and saves little time.
 
 R rounds to the nearest multiple of `round_to` in [round_to, h_b] (or keeps h_b): phone
 CPUs and NPUs load 8 or 16 lanes at a time (NEON: 4 fp32 / 8 fp16 per 128-bit register,
@@ -54,6 +59,27 @@ def global_widths(scores: Mapping[str, torch.Tensor], sparsity: float, round_to:
     # channel index, so the choice is reproducible.
     for _, name, _ in sorted(pool, key=lambda item: item[0])[:count]:
         removed[name] += 1
+    return {name: round_width(s.numel() - removed[name], s.numel(), round_to)
+            for name, s in scores.items()}
+
+
+def flop_weighted_widths(scores: Mapping[str, torch.Tensor], costs: Mapping[str, float],
+                         sparsity: float, round_to: int, floor: float) -> dict[str, int]:
+    """Remove channels with the least score per FLOP first, each block keeping its top
+    ceil(floor * h_b), until `sparsity` of the expansion FLOPs are gone; round with R."""
+    pool = []
+    for name, block_scores in scores.items():
+        h = block_scores.numel()
+        protected = min(h, max(1, math.ceil(floor * h)))
+        order = _descending(block_scores)
+        pool += [(float(block_scores[c]) / costs[name], name) for c in order[protected:]]
+    budget = sparsity * sum(costs[name] * s.numel() for name, s in scores.items())
+    removed, spent = dict.fromkeys(scores, 0), 0.0
+    for _, name in sorted(pool, key=lambda item: item[0]):
+        if spent >= budget:
+            break
+        removed[name] += 1
+        spent += costs[name]
     return {name: round_width(s.numel() - removed[name], s.numel(), round_to)
             for name, s in scores.items()}
 

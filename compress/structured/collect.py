@@ -81,3 +81,28 @@ def _gate_hook(gate: torch.Tensor):
     def multiply(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]):
         return (inputs[0] * gate.view(1, -1, 1, 1),)
     return multiply
+
+
+@torch.no_grad()
+def hidden_channel_flops(model: torch.nn.Module, blocks: dict[str, InvertedResidual],
+                         shape: tuple[int, int, int, int]) -> dict[str, float]:
+    """FLOPs one hidden channel of each block costs for one image of `shape`: its expand
+    row, depthwise filter and project column, 2 per multiply-add (as count_flops)."""
+    totals = dict.fromkeys(blocks, 0.0)
+    hooks = []
+    for name, block in blocks.items():
+        for conv in (block.expand_conv, block.depthwise_conv, block.project_conv):
+            def count(module, _inputs, output, name=name):
+                per_output = module.in_channels // module.groups * module.kernel_size[0] * \
+                    module.kernel_size[1]
+                totals[name] += output[0].numel() * 2 * per_output
+            hooks.append(conv.register_forward_hook(count))
+    was_training = model.training
+    try:
+        model.eval()
+        model(torch.zeros(shape, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return {name: totals[name] / block.hidden for name, block in blocks.items()}

@@ -171,3 +171,27 @@ def test_keep_indices_breaks_ties_towards_the_lower_index():
     assert allocation.keep_indices(torch.tensor([1.0, 1, 1, 2]), 2) == [0, 3]
     with pytest.raises(CompressError):
         allocation.keep_indices(torch.ones(4), 0)
+
+
+def test_flop_weighted_widths_remove_least_score_per_flop_until_the_budget():
+    scores = {"a": torch.tensor([4.0, 3, 2, 1]), "b": torch.tensor([4.0, 3, 2, 1])}
+    costs = {"a": 1.0, "b": 4.0}  # b's channels cost 4x: score per FLOP 1, .75, .5, .25
+    # Total 4 * 1 + 4 * 4 = 20 FLOPs; half is 10: b's .25, .5, .75 go (12 >= 10).
+    assert allocation.flop_weighted_widths(scores, costs, 0.5, 1, 0.25) == {"a": 4, "b": 1}
+    assert allocation.flop_weighted_widths(scores, costs, 0.2, 1, 0.25) == {"a": 4, "b": 3}
+    # Without the cost, a's 1 would go before b's 2.
+    assert allocation.global_widths(scores, 0.5, 1, 0.25) == {"a": 2, "b": 2}
+
+
+def test_flops_per_hidden_channel_is_what_removing_one_saves(fake):
+    from compress.structured.collect import hidden_channel_flops
+    from models.portrait import count_flops
+    from models.portrait_surgery import prune_expansion_channels
+
+    model = fake.module
+    blocks = prunable_blocks(model)
+    costs = hidden_channel_flops(model, blocks, (1, 3, 32, 48))
+    for name in ("encoder.1", "encoder.11", "decoder.3.refine"):
+        keep = {name: range(blocks[name].hidden - 8)}
+        saved = count_flops(model) - count_flops(prune_expansion_channels(model, keep))
+        assert saved == 8 * costs[name]

@@ -226,3 +226,19 @@ def test_recovery_that_makes_the_student_worse_is_undone(images):
     assert report.recovery["reverted"] and report.recovery["final_kl"] > 0
     for new, old in zip(outputs(model, images), before, strict=True):
         torch.testing.assert_close(new, old, rtol=0, atol=1e-6)
+
+
+def test_global_flops_removes_the_requested_share_of_expansion_flops(images):
+    from compress.structured.collect import hidden_channel_flops
+
+    model = create_model("fake-portrait").module
+    blocks = prunable_blocks(model)
+    costs = hidden_channel_flops(model, blocks, (1, 3, 32, 48))
+    prunable = sum(costs[n] * b.hidden for n, b in blocks.items())
+    config = ChannelPruneConfig(criterion="taylor", allocation="global-flops", sparsity=0.5)
+    report = compress.apply(model, config, images)
+    removed = report.flops_before - report.flops_after
+    assert removed == sum(costs[b["name"]] * (b["hidden_before"] - b["hidden_after"])
+                          for b in report.blocks)
+    assert 0.4 < removed / prunable < 0.6  # the greedy stops past 0.5, rounding moves it
+    assert all(w % 8 == 0 for w in expansion_widths(model).values())

@@ -86,7 +86,9 @@ METHOD_FLAGS: list[tuple[str, dict]] = [
                        "model before compression (drop-experts: after each round; "
                        "channel-prune: per-pixel KL of the 3-class maps) (default: none)")),
     ("--allocation", dict(choices=ALLOCATIONS, help="channel-prune: the same share "
-                          "of every block, or one global ranking (default: uniform)")),
+                          "of every block, one global ranking, or global-flops (least "
+                          "importance per FLOP first; --sparsity is then the share of "
+                          "expansion FLOPs removed) (default: uniform)")),
     ("--round-to", dict(type=positive_int, metavar="K", help="channel-prune: kept widths are "
                         "multiples of K, as phone kernels load 8 or 16 lanes (default: 8)")),
     ("--recover-steps", dict(type=positive_int, metavar="N", help="distillation steps with "
