@@ -117,3 +117,25 @@ def test_a_model_trained_on_a_folder_needs_that_folder(toolkit_cli, tmp_path):
                          "--out", tmp_path / "out", *FAST)
     assert result.code == 2 and "--calib-data" in result.err
     assert "portrait folder /photos" in result.err and not (tmp_path / "out").exists()
+
+
+def test_calibration_folder_is_split_into_calibration_and_held_out(toolkit_cli, tmp_path):
+    from PIL import Image
+
+    data = generate_portraits(6, 3, 32, 48)
+    folder = tmp_path / "photos"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for i in range(len(data)):
+        Image.fromarray(data.images[i].permute(1, 2, 0).numpy()).save(
+            folder / "images" / f"{i:03d}.png")
+        Image.fromarray(data.masks[i, 0].numpy() * 255).save(folder / "masks" / f"{i:03d}.png")
+    report = tmp_path / "r.json"
+    result = toolkit_cli("compress", "--model", "fake-portrait", "--method", "channel-prune",
+                         "--criterion", "l1-filter", "--calib-data", folder, "--out",
+                         tmp_path / "out", "--json", report, "--threads", "1", "--quiet")
+    assert result.code == 0, result.err
+    manifest = json.loads(report.read_text())
+    calib, held_out = manifest["calibration"], manifest["metrics"]["held_out"]
+    assert "portrait folder" in calib["source"] and "portrait folder" in held_out["source"]
+    assert (calib["count"], held_out["count"]) == (4, 2)
