@@ -33,10 +33,12 @@ Progress = Callable[[str, int, int], None]
 
 @dataclasses.dataclass
 class PortraitTrainSettings:
-    epochs: int = 6
-    batch_size: int = 16
-    # AdamW peak rate; BN + a small network take a large one with a short warm-up.
-    lr: float = 3e-3
+    epochs: int = 8
+    # Small batches: at a fixed compute budget more updates trained better (batch 8 vs 16).
+    batch_size: int = 8
+    # AdamW peak rate; BN + a small network take a large one with a short warm-up
+    # (6e-3 beat 3e-3 on held-out mIoU in the measured default run).
+    lr: float = 6e-3
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     # Soft-label band w, pixels each side of the contour (the boundary class's depth).
