@@ -294,3 +294,19 @@ def test_gguf_file_as_model(toolkit_cli, fake_gguf_file, fake_model_dir, tmp_pat
     original = load_file(fake_model_dir / "model.safetensors")
     torch.testing.assert_close(module.get_input_embeddings().weight.detach(),
                                original["model.embed_tokens.weight"], rtol=0, atol=0)
+
+
+def _all_parsers(parser):
+    """Every parser reachable from `parser` (nested subcommands like `train portrait`)."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action.choices, dict):
+            for child in action.choices.values():
+                if hasattr(child, "format_help"):
+                    yield from _all_parsers(child)
+
+
+def test_every_help_text_renders():
+    """argparse formats help lazily: a stray % in a help string only fails on --help."""
+    for parser in _all_parsers(build_parser()):
+        assert parser.format_help()

@@ -56,7 +56,7 @@ def add_portrait_arguments(p: argparse.ArgumentParser) -> None:
                         "folder: all that are not held out)")
     p.add_argument("--test-size", type=positive_int, metavar="N",
                    help=f"held-out portraits (default: {DEFAULT_TEST_SIZE} generated from "
-                        f"another seed; a folder: {FOLDER_TEST_FRACTION:.0%} of it)")
+                        f"another seed; a folder: {FOLDER_TEST_FRACTION:.0%}% of it)")
     p.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS,
                    help="(default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH,
