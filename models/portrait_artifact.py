@@ -21,6 +21,7 @@ from models.fake_cnn import smooth_images
 from models.portrait import PortraitConfig, PortraitSegmenter
 from models.registry import LoadedModel
 from models.vision_input import VisionInput
+from models.weights_check import check_state_matches
 
 FAMILY = "portrait"
 WEIGHTS = "model.safetensors"
@@ -59,7 +60,7 @@ def load_portrait_directory(path: Path) -> LoadedModel:
         raise ModelError(f"{toolkit_json}: input mean/std must be 3 values (std > 0)")
     module = PortraitSegmenter(config)
     state = _read_safetensors(path / WEIGHTS)
-    _check_weights(path / WEIGHTS, module, state)
+    check_state_matches(path / WEIGHTS, module, state)
     module.load_state_dict(state, strict=True)
     shape = (1, 3, config.height, config.width)
     images = _calibration_images(path, config)
@@ -75,20 +76,6 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # safetensors raises its own error types on bad headers
         raise ModelError(f"{path} is not a readable safetensors file ({exc}): re-create "
                          "the artifact") from None
-
-
-def _check_weights(path: Path, module: PortraitSegmenter, state: dict[str, torch.Tensor]
-                   ) -> None:
-    """Every tensor the config's module has, with its shape, and nothing else."""
-    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{name} {tuple(state[name].shape)} != {shape}" for name, shape in
-             expected.items() if name in state and tuple(state[name].shape) != shape]
-    if missing or unexpected or wrong:
-        raise ModelError(f"{path} does not match its config (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}, wrong shapes {wrong[:2]}): re-create "
-                         "the artifact")
 
 
 def _calibration_images(path: Path, config: PortraitConfig):

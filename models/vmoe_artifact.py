@@ -17,6 +17,7 @@ from models.fake_cnn import smooth_images
 from models.registry import LoadedModel
 from models.vision_input import VisionInput
 from models.vmoe import VisionMoE, VMoEConfig
+from models.weights_check import check_state_matches
 
 FAMILY = "vmoe"
 WEIGHTS = "model.safetensors"
@@ -45,24 +46,11 @@ def load_vmoe_directory(path: Path) -> LoadedModel:
         raise ModelError(f"{path / WEIGHTS} is missing: the artifact is incomplete")
     module = VisionMoE(config)
     state = load_file(str(path / WEIGHTS))
-    check_weights(path / WEIGHTS, module, state)
+    check_state_matches(path / WEIGHTS, module, state)
     module.load_state_dict(state)
     shape = (1, config.channels, config.image_size, config.image_size)
     return LoadedModel(module=module.eval(), tokenizer=None, source=str(path),
                        vision=vision_input(shape, mean, std, info.get("dataset")))
-
-
-def check_weights(path: Path, module: VisionMoE, state: dict[str, torch.Tensor]) -> None:
-    """Every tensor the config's module has, with its shape, and nothing else."""
-    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{name} {tuple(state[name].shape)} != {shape}" for name, shape in
-             expected.items() if name in state and tuple(state[name].shape) != shape]
-    if missing or unexpected or wrong:
-        raise ModelError(f"{path} does not match its config (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}, wrong shapes {wrong[:2]}): re-create "
-                         "the artifact")
 
 
 def vision_input(shape: tuple[int, int, int, int], mean: tuple[float, ...],
