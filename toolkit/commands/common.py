@@ -71,3 +71,16 @@ def write_json(path: Path | None, data: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def run_with_threads(threads: int, job, args: argparse.Namespace) -> int:
+    """job(args) with torch's intra-op thread count set to `threads`, restored after
+    (tests call jobs in-process, so the setting must not leak)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return job(args)
+    finally:
+        torch.set_num_threads(before)

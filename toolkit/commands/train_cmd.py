@@ -13,7 +13,7 @@ import torch
 from models.vmoe import FASHION_MNIST, VIT_TINY_IMAGENET, VisionMoE
 from models.vmoe_artifact import load_vmoe_directory
 from toolkit.artifacts import check_output_dir
-from toolkit.commands.common import positive_int, write_json
+from toolkit.commands.common import positive_int, run_with_threads, write_json
 from toolkit.commands.train_portrait_job import add_portrait_arguments
 from toolkit.commands.upcycle_job import add_upcycle_arguments
 from toolkit.data.images import ImageData, fashion_mnist_data, folder_data
@@ -94,12 +94,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_vmoe(args: argparse.Namespace) -> int:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        return train_and_save(args)
-    finally:
-        torch.set_num_threads(threads)
+    return run_with_threads(args.threads, train_and_save, args)
 
 
 def train_and_save(args: argparse.Namespace) -> int:

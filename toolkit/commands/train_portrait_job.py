@@ -20,7 +20,7 @@ import torch
 
 from models.portrait import FAKE_CONFIG, PortraitConfig, count_flops
 from toolkit.artifacts import check_output_dir
-from toolkit.commands.common import positive_int, write_json
+from toolkit.commands.common import positive_int, run_with_threads, write_json
 from toolkit.data.portraits import PortraitSet, generate_portraits, load_portrait_folder
 from toolkit.errors import UserError
 from toolkit.eval.portrait_eval import DEFAULT_BAND_WIDTH, evaluate_portraits, prior_baseline
@@ -120,12 +120,8 @@ def load_data(args: argparse.Namespace, config: PortraitConfig
 
 
 def run_portrait(args: argparse.Namespace) -> int:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)  # data, training and evaluation alike
-    try:
-        return train_and_save(args)
-    finally:
-        torch.set_num_threads(threads)
+    # --threads covers data generation, training and evaluation alike.
+    return run_with_threads(args.threads, train_and_save, args)
 
 
 def train_and_save(args: argparse.Namespace) -> int:
