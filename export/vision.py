@@ -174,6 +174,9 @@ def _onnx(wrapped, example, out: Path, meta: dict) -> None:
 def _tflite(wrapped, example, out: Path, meta: dict) -> None:
     litert_torch = require("litert_torch", "litert", "LiteRT export")
     litert_torch.convert(wrapped, (example,)).export(os.fspath(out))
+    from export.litert.compact import shorten_tensor_names
+
+    shorten_tensor_names(out)  # module-path names: a third of a small CNN's file
 
 
 def verify_vision(result: VisionExport) -> list[OutputAgreement] | dict:

@@ -45,3 +45,20 @@ def test_file_without_signatures_runs_every_image(tmp_path) -> None:
     assert from_bare.shape == from_signed.shape == expected.shape and expected.shape[0] == 3
     np.testing.assert_allclose(from_bare, expected, rtol=0, atol=1e-6)
     np.testing.assert_allclose(from_signed, expected, rtol=0, atol=1e-6)
+
+
+def test_exported_tensors_have_short_names_but_io_keeps_its_own(tmp_path) -> None:
+    """export.litert.compact: litert-torch's module-path names (~300 bytes a tensor) are
+    replaced by t<index>; the graph's input and output keep theirs."""
+    pytest.importorskip("litert_torch")
+    from ai_edge_litert import schema_py_generated as schema
+
+    result = export_vision(FakeCnn(), SHAPE, "tflite", tmp_path / "m.tflite")
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(result.path.read_bytes(), 0))
+    graph = model.subgraphs[0]
+    io = {int(i) for i in graph.inputs} | {int(i) for i in graph.outputs}
+    for index, tensor in enumerate(graph.tensors):
+        if index in io:
+            assert tensor.name.startswith(b"serving_default"), tensor.name
+        else:
+            assert tensor.name == f"t{index}".encode()
