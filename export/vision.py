@@ -94,7 +94,9 @@ def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], tar
         raise ExportError(f"Core ML options (float16, palettization) do not apply to {target}")
     n, c, h, w = input_shape
     shape = (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
-    wrapped = PixelInput(module.eval(), layout, preprocess).eval()
+    from export.portrait import for_target
+
+    wrapped = PixelInput(for_target(module.eval(), target), layout, preprocess).eval()
     if example is None:
         example = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255
     else:

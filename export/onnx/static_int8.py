@@ -65,9 +65,12 @@ def quantize_qdq_int8(float_path: Path, out: Path, samples: list[np.ndarray]) ->
 
     with tempfile.TemporaryDirectory() as tmp, captured_console():
         # Shape inference and graph optimisation first (onnxruntime's advice): the
-        # quantizer needs every tensor's shape to pick per-channel axes.
+        # quantizer needs every tensor's shape to pick per-channel axes. ONNX's own shape
+        # inference only: the exported shapes are static, and onnxruntime's symbolic
+        # pass crashed (TypeError) on the portrait map's element-wise softmax.
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(os.fspath(float_path), os.fspath(prepared))
+        quant_pre_process(os.fspath(float_path), os.fspath(prepared),
+                          skip_symbolic_shape=True)
         quantize_static(os.fspath(prepared), os.fspath(out), Images(),
                         quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

@@ -203,3 +203,18 @@ def test_export_cli_writes_qdq_onnx_and_refuses_misplaced_flags(toolkit_cli,
         assert refused.code == 2 and "Core ML options" in refused.err
         assert len(refused.err.strip().splitlines()) == 1
     assert not (tmp_path / "m.tflite").exists()
+
+
+def test_litert_file_ends_in_one_softmax_op(fitted, tmp_path) -> None:
+    """export.portrait: the .tflite takes the channel softmax as LiteRT's SOFTMAX op
+    (int8 kernel), not the element-wise form the ONNX file uses (EXP, REDUCE_MAX)."""
+    pytest.importorskip("ai_edge_quantizer")
+    from ai_edge_litert import schema_py_generated as schema
+
+    result = _export(fitted, "tflite", tmp_path / "q.tflite", int8=True)
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(result.path.read_bytes(), 0))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    ops = collections.Counter(names[model.operatorCodes[op.opcodeIndex].builtinCode]
+                              for op in model.subgraphs[0].operators)
+    assert ops["SOFTMAX"] == 1 and ops["EXP"] == 0 and ops["REDUCE_MAX"] == 0
+    assert ops["QUANTIZE"] == ops["DEQUANTIZE"] == 0  # integer from end to end
