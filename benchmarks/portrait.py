@@ -1,15 +1,16 @@
 """Benchmark: our portrait segmenters against MediaPipe's selfie segmenter, all as LiteRT
 files on the same CPU and the same images.
 
-    python benchmarks/portrait.py [--smoke] [--sparsity 0.5] [--work runs/portrait-bench]
+    python benchmarks/portrait.py [--smoke] [--sparsity 0.25 0.5] [--work runs/portrait-bench]
 
 1. MediaPipe: `selfie_segmentation.tflite` extracted from the pinned mediapipe wheel
    (benchmarks/mediapipe_selfie.py: `pip download --no-deps`, nothing installed).
 2. Ours, each step the toolkit's own CLI in a child process (skipped when its output is
    already there, so a re-run only re-measures): `toolkit train portrait` (dense,
    generated portraits), `toolkit compress --method channel-prune --recover kd`
-   (pruned + distilled from the dense model), `toolkit export tflite` of both, float and
-   static int8 (`--int8`, calibrated on the artifact's stored training images).
+   (pruned + distilled from the dense model, one per --sparsity), `toolkit export
+   tflite` of each, float and static int8 (`--int8`, calibrated on the artifact's
+   stored training images).
 3. Every file through LiteRT (ai-edge-litert): latency at 1 and 2 threads, all files
    interleaved in one `toolkit.bench` run per thread count; mIoU, boundary-band mIoU and
    boundary F on the held-out generated portraits (the training job's test seed); and on
@@ -39,11 +40,13 @@ from benchmarks.markdown_section import replace_section  # noqa: E402
 from benchmarks.mediapipe_selfie import MEDIAPIPE_VERSION, selfie_model, sha256  # noqa: E402
 from benchmarks.portrait_table import goal, render  # noqa: E402
 
-# (train images, test images, epochs, KD steps, calibration images, timed runs, seconds)
-SIZES = {"full": dict(train_size=512, test_size=64, epochs=6, recover_steps=100,
-                      calibration=64, runs=30, min_seconds=4.0),
-         "smoke": dict(train_size=16, test_size=8, epochs=1, recover_steps=2,
-                       calibration=8, runs=5, min_seconds=0.2)}
+# Training images, test images, epochs, batch, peak lr (pinned: the settings the
+# committed results were trained with), KD steps, int8 calibration images, timed runs
+# and seconds per latency run.
+SIZES = {"full": dict(train_size=512, test_size=64, epochs=6, batch_size=8, lr=3e-3,
+                      recover_steps=300, calibration=64, runs=30, min_seconds=4.0),
+         "smoke": dict(train_size=16, test_size=8, epochs=1, batch_size=8, lr=3e-3,
+                       recover_steps=2, calibration=8, runs=5, min_seconds=0.2)}
 
 
 def toolkit(*argv: str) -> None:
@@ -55,29 +58,34 @@ def toolkit(*argv: str) -> None:
 
 def build(args: argparse.Namespace, size: dict, work: Path) -> dict[str, dict]:
     """Our artifacts and LiteRT files: {name: {"artifact", "file", "export"}}."""
-    dense, pruned = work / "dense", work / "pruned"
+    dense = work / "dense"
     if not (dense / "toolkit.json").is_file():
         toolkit("train", "portrait", "--out", str(dense), "--overwrite", "--quiet",
                 "--train-size", str(size["train_size"]), "--test-size",
                 str(size["test_size"]), "--epochs", str(size["epochs"]),
+                "--batch-size", str(size["batch_size"]), "--lr", str(size["lr"]),
                 "--seed", str(args.seed), "--threads", "1")
-    if not (pruned / "toolkit.json").is_file():
-        toolkit("compress", "--model", str(dense), "--method", "channel-prune",
-                "--sparsity", str(args.sparsity), "--recover", "kd", "--recover-steps",
-                str(size["recover_steps"]), "--out", str(pruned), "--overwrite", "--quiet",
-                "--threads", "1", "--json", str(work / "pruned.compress.json"))
+    variants = [("dense", dense)]
+    for sparsity in args.sparsity:
+        pruned = work / f"pruned{round(100 * sparsity)}"
+        if not (pruned / "toolkit.json").is_file():
+            toolkit("compress", "--model", str(dense), "--method", "channel-prune",
+                    "--sparsity", str(sparsity), "--recover", "kd", "--recover-steps",
+                    str(size["recover_steps"]), "--out", str(pruned), "--overwrite",
+                    "--quiet", "--threads", "1", "--json", str(work / f"{pruned.name}.json"))
+        variants.append((f"pruned {round(100 * sparsity)}%", pruned))
     models = {}
-    for name, artifact, int8 in (("dense", dense, False), ("dense+int8", dense, True),
-                                 ("pruned", pruned, False), ("pruned+int8", pruned, True)):
-        stem = name.replace("+", "-")
-        out, report = work / f"{stem}.tflite", work / f"{stem}.export.json"
-        if not report.is_file():
-            toolkit("export", "tflite", "--model", str(artifact), "--out", str(out),
-                    "--overwrite", "--quiet", "--json", str(report),
-                    *(["--int8", "--calibration-images", str(size["calibration"])]
-                      if int8 else []))
-        models[name] = {"artifact": artifact, "file": out,
-                        "export": json.loads(report.read_text())}
+    for name, artifact in variants:
+        for int8 in (False, True):
+            stem = artifact.name + ("-int8" if int8 else "")
+            out, report = work / f"{stem}.tflite", work / f"{stem}.export.json"
+            if not report.is_file():
+                toolkit("export", "tflite", "--model", str(artifact), "--out", str(out),
+                        "--overwrite", "--quiet", "--json", str(report),
+                        *(["--int8", "--calibration-images", str(size["calibration"])]
+                          if int8 else []))
+            models[name + ("+int8" if int8 else "")] = {
+                "artifact": artifact, "file": out, "export": json.loads(report.read_text())}
     return models
 
 
@@ -140,8 +148,18 @@ def measure(args: argparse.Namespace, size: dict, work: Path, mediapipe: Path,
         for name, timing in latency(files, size, threads).items():
             rows[name].setdefault("latency", {})[str(threads)] = timing
     return {"models": rows, "test_data": test.source, "test_sha256": test.sha256,
+            "training": training_settings(ours["dense"]["artifact"]),
             "mediapipe": {"version": MEDIAPIPE_VERSION, "sha256": sha256(mediapipe),
                           "bytes": mediapipe.stat().st_size}}
+
+
+def training_settings(dense: Path) -> dict:
+    """How the dense model was trained, as its artifact records it."""
+    source = manifest(dense)
+    training = source["training"]
+    return {"width_mult": source["config"]["width_mult"]} | {
+        key: training.get(key) for key in ("train_images", "epochs", "batch_size", "lr",
+                                           "seed", "threads")}
 
 
 def deployed_params(artifact: Path) -> int:
@@ -157,8 +175,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes (16 training portraits, 1 epoch, 2 KD steps)")
-    parser.add_argument("--sparsity", type=float, default=0.5,
-                        help="share of expansion channels channel-prune removes")
+    parser.add_argument("--sparsity", type=float, nargs="+", default=[0.25, 0.5],
+                        help="shares of expansion channels channel-prune removes, one "
+                             "pruned model each")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--work", type=Path, default=None,
@@ -166,10 +185,14 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/edge-toolkit/mediapipe"),
                         help="where the mediapipe wheel and the extracted model are kept")
     parser.add_argument("--no-markdown", action="store_true")
+    parser.add_argument("--render-only", action="store_true",
+                        help="re-render BENCHMARKS.md from benchmarks/results/portrait.json")
     args = parser.parse_args()
     kind = "smoke" if args.smoke else "full"
     size = SIZES[kind]
     work = ROOT / (args.work or Path("runs") / f"portrait-bench{'-smoke' * args.smoke}")
+    if args.render_only:
+        return render_only(work)
     work.mkdir(parents=True, exist_ok=True)
     mediapipe = selfie_model(args.cache)
     ours = build(args, size, work)
@@ -184,6 +207,16 @@ def main() -> int:
     print(table)
     if not args.smoke and not args.no_markdown:
         replace_section(ROOT / "BENCHMARKS.md", "portrait", table)
+    return 0
+
+
+def render_only(work: Path) -> int:
+    path = ROOT / "benchmarks" / "results" / "portrait.json"
+    results = json.loads(path.read_text())
+    if "training" not in results:  # results written before the script recorded it
+        results["training"] = training_settings(work / "dense")
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    replace_section(ROOT / "BENCHMARKS.md", "portrait", render(results))
     return 0
 
 
