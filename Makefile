@@ -54,6 +54,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/llm_pruning.py
 	$(PY) benchmarks/llm_quant.py
 	$(PY) benchmarks/export_bench.py
+	# The upcycled-LM grid first: vmoe.py puts its results under the V-MoE tables.
+	$(PY) benchmarks/vmoe_upcycled_lm.py
 	$(PY) benchmarks/vmoe.py
 	# Downloads the mediapipe wheel from PyPI once (cached in ~/.cache/edge-toolkit),
 	# extracts selfie_segmentation.tflite from it; mediapipe is not installed.
