@@ -105,4 +105,5 @@ def _lm_training_details(lm: dict) -> str:
             f"peak lr {lm['train_lr']:g}, routers and experts only; +KD = "
             f"{lm['recover_steps']} distillation steps at lr {lm['recover_lr']:g}. After "
             f"training each expert's share of the routing ranged "
-            f"{min(shares):.3f}..{max(shares):.3f} over the layers (uniform {1 / lm['experts']:.3f}).")
+            f"{min(shares):.3f}..{max(shares):.3f} over the layers "
+            f"(uniform {1 / lm['experts']:.3f}).")
