@@ -9,8 +9,8 @@ of benchmarks/expert_dropping_grid.py, scored by Wikipedia perplexity on held-ou
 To fit 2 CPU cores (one thread, beside the V-MoE run on the other core) the LM grid runs
 the one-shot schedule at every ratio and a short KD recovery after it at the ratios of
 --kd-ratios only (a KD step of the 135M model took ~80 s on a busy core); the iterative
-schedules are run on the V-MoE only, and the perplexity is taken on a few held-out
-windows. Results: benchmarks/results/vmoe_lm.json.
+schedules (`--iterative`) are left to the V-MoE by default, and the perplexity is taken
+on a few held-out windows. Results: benchmarks/results/vmoe_lm.json.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def main() -> int:
     parser.add_argument("--eval-windows", type=int, default=6)
     parser.add_argument("--recover-steps", type=int, default=3)
     parser.add_argument("--recover-lr", type=float, default=5e-5)
+    parser.add_argument("--iterative", action="store_true",
+                        help="also the iterative schedules (one expert per round)")
     parser.add_argument("--kd-ratios", default="0.5",
                         help="drop ratios that also get the one-shot+kd cell")
     parser.add_argument("--results", type=Path,
@@ -82,11 +84,13 @@ def main() -> int:
                             batch_size=args.batch_size,
                             seed=0, reconstruction_samples=8)
     grid = run_grid(model, args.experts, calib, wiki_ppl, settings, criteria=CRITERIA,
-                    schedules=("one-shot",))
+                    schedules=("one-shot", "iterative") if args.iterative else ("one-shot",))
     kd_ratios = tuple(float(r) for r in args.kd_ratios.split(",") if r)
     if kd_ratios:
         recovered = run_grid(model, args.experts, calib, wiki_ppl, settings,
-                             criteria=CRITERIA, ratios=kd_ratios, schedules=("one-shot+kd",))
+                             criteria=CRITERIA, ratios=kd_ratios,
+                             schedules=("one-shot+kd", "iterative+kd") if args.iterative
+                             else ("one-shot+kd",))
         by_cell = {(row["ratio"], row["criterion"]): row for row in grid}
         for row in recovered:
             by_cell[(row["ratio"], row["criterion"])]["schedules"].update(row["schedules"])
