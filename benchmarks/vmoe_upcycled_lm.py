@@ -37,7 +37,7 @@ from toolkit.eval.perplexity import perplexity  # noqa: E402
 from toolkit.train.upcycle_lm import routing_frequencies, train_upcycled  # noqa: E402
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--experts", type=int, default=4)
@@ -57,18 +57,11 @@ def main() -> int:
                         help="drop ratios that also get the one-shot+kd cell")
     parser.add_argument("--results", type=Path,
                         default=ROOT / "benchmarks" / "results" / "vmoe_lm.json")
-    args = parser.parse_args()
-    os.chdir(ROOT)
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    loaded = load_model(args.model)
-    streams = cached_streams(loaded.tokenizer)
-    windows = eval_windows(streams.wiki_eval, 512, args.eval_windows)
+    return parser.parse_args()
 
-    def wiki_ppl(model) -> float:
-        return perplexity(model, windows).ppl
 
-    model = loaded.module.eval()
+def upcycle_and_train(model, streams, wiki_ppl, args) -> tuple[dict, dict]:
+    """Upcycle in place and train; (perplexities dense/upcycled/trained, training record)."""
     ppl = {"dense": wiki_ppl(model)}
     upcycle_llama(model, args.experts, args.top_k, seed=0)
     ppl["upcycled"] = wiki_ppl(model)
@@ -78,11 +71,14 @@ def main() -> int:
                               batch_size=args.batch_size, seed=0)
     ppl["trained"] = wiki_ppl(model)
     print(f"ppl {ppl}; training {training['seconds']:.0f} s", flush=True)
-    calib = sample_calibration(streams.calib_pool, args.calib_samples, args.train_seq_len,
-                               seed=0)
+    return ppl, training
+
+
+def dropping_grid(model, calib, wiki_ppl, args) -> list[dict]:
+    """One-shot (and --iterative) cells at every ratio; +KD cells at --kd-ratios only,
+    merged into the same rows."""
     settings = GridSettings(recover_steps=args.recover_steps, recover_lr=args.recover_lr,
-                            batch_size=args.batch_size,
-                            seed=0, reconstruction_samples=8)
+                            batch_size=args.batch_size, seed=0, reconstruction_samples=8)
     grid = run_grid(model, args.experts, calib, wiki_ppl, settings, criteria=CRITERIA,
                     schedules=("one-shot", "iterative") if args.iterative else ("one-shot",))
     kd_ratios = tuple(float(r) for r in args.kd_ratios.split(",") if r)
@@ -94,6 +90,26 @@ def main() -> int:
         by_cell = {(row["ratio"], row["criterion"]): row for row in grid}
         for row in recovered:
             by_cell[(row["ratio"], row["criterion"])]["schedules"].update(row["schedules"])
+    return grid
+
+
+def main() -> int:
+    args = parse_args()
+    os.chdir(ROOT)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    loaded = load_model(args.model)
+    streams = cached_streams(loaded.tokenizer)
+    windows = eval_windows(streams.wiki_eval, 512, args.eval_windows)
+
+    def wiki_ppl(model) -> float:
+        return perplexity(model, windows).ppl
+
+    model = loaded.module.eval()
+    ppl, training = upcycle_and_train(model, streams, wiki_ppl, args)
+    calib = sample_calibration(streams.calib_pool, args.calib_samples, args.train_seq_len,
+                               seed=0)
+    grid = dropping_grid(model, calib, wiki_ppl, args)
     report = {"environment": environment(), "threads": torch.get_num_threads(),
               "model": args.model, "experts": args.experts, "top_k": args.top_k,
               "train_steps": args.train_steps, "train_lr": args.train_lr,
