@@ -84,3 +84,21 @@ def run_with_threads(threads: int, job, args: argparse.Namespace) -> int:
         return job(args)
     finally:
         torch.set_num_threads(before)
+
+
+def apply_with_progress(module, config, calib, *, quiet: bool, **kwargs):
+    """compress.apply(module, config, calib, **kwargs) under the CLI's progress bars (closed
+    even on an error, so the message starts on its own line); (report, seconds)."""
+    import time
+
+    import compress
+    from toolkit.progress import make_progress
+
+    progress = make_progress(quiet)
+    start = time.perf_counter()
+    try:
+        report = compress.apply(module, config, calib, progress=progress, **kwargs)
+    finally:
+        if progress is not None:
+            progress.close()
+    return report, time.perf_counter() - start

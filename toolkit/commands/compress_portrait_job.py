@@ -20,25 +20,22 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import compress
 from compress.config import MethodConfig
 from models import LoadedModel
 from models.portrait import foreground_probability
 from toolkit.artifacts import check_output_dir, load_manifest
-from toolkit.commands.common import write_json
+from toolkit.commands.common import apply_with_progress, write_json
 from toolkit.commands.train_portrait_job import TEST_SEED_OFFSET
 from toolkit.data.portraits import PortraitSet, generate_portraits, load_portrait_folder
 from toolkit.errors import UserError
 from toolkit.eval.portrait_eval import THRESHOLD, evaluate_portraits
 from toolkit.manifest import library_versions, timestamp
 from toolkit.portrait_artifact import input_section, save_portrait_artifact
-from toolkit.progress import make_progress
 from toolkit.report import format_table
 from toolkit.train.portrait_losses import soft_boundary_labels
 
@@ -61,14 +58,8 @@ def run_portrait_compression(loaded: LoadedModel, config: MethodConfig,
     labels = soft_boundary_labels(calib_set.masks, BAND_WIDTH)
     original = copy.deepcopy(loaded.module).eval()
     before = None if args.no_eval else evaluate(original, None, held_out, spec)
-    progress = make_progress(args.quiet)
-    start = time.perf_counter()
-    try:
-        report = compress.apply(loaded.module, config, calib, labels=labels, progress=progress)
-    finally:
-        if progress is not None:
-            progress.close()
-    seconds = time.perf_counter() - start
+    report, seconds = apply_with_progress(loaded.module, config, calib, quiet=args.quiet,
+                                          labels=labels)
     module = loaded.module.eval()
     after = None if args.no_eval else evaluate(module, original, held_out, spec)
     manifest = {

@@ -13,23 +13,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import compress
 from compress.config import MethodConfig
 from models import LoadedModel
 from models.portrait import PortraitSegmenter
 from models.vmoe import VisionMoE
 from models.vmoe_artifact import read_manifest
 from toolkit.artifacts import check_output_dir
-from toolkit.commands.common import write_json
+from toolkit.commands.common import apply_with_progress, write_json
 from toolkit.errors import UserError
 from toolkit.manifest import library_versions, timestamp
-from toolkit.progress import make_progress
 from toolkit.report import format_table
 from toolkit.vision_artifact import save_vmoe_artifact
 
@@ -69,14 +66,7 @@ def run_vision_compression(loaded: LoadedModel, config: MethodConfig,
     held_out = spec.normalise(spec.images(HELD_OUT_IMAGES, args.seed + 1))
     original = copy.deepcopy(loaded.module).eval()
     before = None if args.no_eval else evaluate(original, None, held_out, spec)
-    progress = make_progress(args.quiet)
-    start = time.perf_counter()
-    try:
-        report = compress.apply(loaded.module, config, calib, progress=progress)
-    finally:
-        if progress is not None:
-            progress.close()
-    seconds = time.perf_counter() - start
+    report, seconds = apply_with_progress(loaded.module, config, calib, quiet=args.quiet)
     module = loaded.module.eval()
     after = None if args.no_eval else evaluate(module, original, held_out, spec)
     manifest = {
