@@ -151,6 +151,38 @@ def classifier_forward(model: nn.Module, batch: Any) -> tuple[torch.Tensor, None
     return model(batch), None
 
 
+def task_forward(model: nn.Module, batch: Any) -> tuple[torch.Tensor, None]:
+    """A network with `task_logits(x)` (classes on dim 1, models/channel_groups.py), e.g. a
+    segmenter's [N, 3, H, W]: logits with the classes moved last ([N, H, W, 3]), so the KD
+    loss (over the last dim, averaged over the leading ones) is the per-pixel KL averaged
+    over pixels."""
+    return model.task_logits(batch).movedim(1, -1), None
+
+
+class FrozenNormStats(nn.Module):
+    """The student seen through a wrapper whose train() leaves every batch norm in eval
+    mode: a short recovery on batches of a few images would replace the running mean and
+    variance the kept weights were fitted with by noisy batch estimates (and the teacher
+    keeps its own); the norms' scale and shift still train."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> FrozenNormStats:
+        super().train(mode)
+        for norm in self.module.modules():
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+                norm.eval()
+        return self
+
+    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module.task_logits(x)
+
+    def forward(self, x: Any) -> Any:
+        return self.module(x)
+
+
 def keep_zeros_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """{name: bool mask of the nonzero entries} for every trainable >= 2-D parameter that
     has exact zeros (pruned weights). Built once, before training changes anything.
@@ -201,18 +233,28 @@ class DistillStageReport:
 @register_handler(DistillConfig)
 def distill_stage(model: nn.Module, config: DistillConfig, calib: torch.Tensor | None, *,
                   teacher: nn.Module | None = None, device: str | torch.device = "cpu",
-                  progress: Progress | None = None, **_options: Any) -> DistillStageReport:
+                  labels: torch.Tensor | None = None, progress: Progress | None = None,
+                  **_options: Any) -> DistillStageReport:
     """Recovery stage: distil `model` towards `teacher` on the calibration rows (token ids
-    [N, L] for a causal LM, images [N, C, H, W] for a classifier)."""
+    [N, L] for a causal LM, images [N, C, H, W] for an image model). The model's outputs
+    are reached through an adapter: `task_logits` when it has one (per-pixel KL for a
+    segmenter, norms' statistics frozen, `labels` [N, C, H, W] soft labels for the task
+    term when alpha < 1), else its plain output for images, else a causal LM's logits."""
     if teacher is None:
         raise CompressError("distill needs a teacher: put it in a recipe after a compression "
                             "stage (the model before compression is the teacher)")
     if calib is None or calib.shape[0] == 0:
         raise CompressError("distill needs calibration data to train on")
-    forward = classifier_forward if calib.dtype.is_floating_point else lm_forward
     model.to(device)
     teacher.to(device)
-    report = distill(model, teacher, calib, config, forward=forward,
+    student, forward = model, lm_forward
+    if callable(getattr(model, "task_logits", None)):
+        student, forward = FrozenNormStats(model), task_forward
+        labels = None if labels is None else labels.movedim(1, -1)
+    elif calib.dtype.is_floating_point:
+        forward = classifier_forward
+    report = distill(student, teacher, calib, config, forward=forward,
+                     labels=labels if config.alpha < 1.0 else None,
                      eval_batch=calib[:config.batch_size], progress=progress)
     return DistillStageReport(report)
 

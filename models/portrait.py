@@ -193,6 +193,28 @@ class PortraitSegmenter(nn.Module):
         deepest, skips = self.features(x)
         return foreground_probability(self.decode(deepest, skips, x.shape[-2:]))
 
+    # The channel-group protocol (models/channel_groups.py): structured pruning and
+    # distillation reach the segmenter only through these.
+    def channel_groups(self) -> list:
+        from models.portrait_surgery import expansion_groups
+
+        return expansion_groups(self)
+
+    def keep_channels(self, keep) -> None:
+        from models.portrait_surgery import keep_expansion_channels
+
+        keep_expansion_channels(self, keep)
+
+    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] logits over CLASSES: what the losses and the KD term read."""
+        return self.forward_train(x).logits
+
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(1, 3, self.config.height, self.config.width)
+
+    def flops(self) -> int:
+        return count_flops(self)
+
 
 def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
     """p_fg + 0.5 * p_boundary from 3-class logits [N, 3, H, W] -> [N, 1, H, W].

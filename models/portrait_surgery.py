@@ -13,6 +13,10 @@ depthwise norm's scale and shift both 0) the smaller network computes exactly wh
 original did. Which channels to drop is the pruner's decision (compress/); this module
 only performs it. The result's config records the new widths (`hidden_channels`), so it
 is rebuilt from config + weights like any other portrait model.
+
+The segmenter's side of the channel-group protocol (models/channel_groups.py) lives here:
+`expansion_groups` lists one `ExpansionGroup` per prunable block and
+`keep_expansion_channels` rebuilds the network in place.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 import torch
+from torch import nn
 
 from models.errors import ModelError
 from models.portrait import InvertedResidual, PortraitSegmenter
@@ -41,6 +46,47 @@ def prunable_blocks(model: PortraitSegmenter) -> dict[str, InvertedResidual]:
 def expansion_widths(model: PortraitSegmenter) -> dict[str, int]:
     """Name -> hidden (expansion) width of every prunable block."""
     return {name: block.hidden for name, block in prunable_blocks(model).items()}
+
+
+@dataclasses.dataclass
+class ExpansionGroup:
+    """The hidden channels of one inverted residual, as a `ChannelGroup`."""
+
+    name: str
+    block: InvertedResidual
+
+    @property
+    def width(self) -> int:
+        return self.block.hidden
+
+    def norm_scale(self) -> torch.Tensor:
+        # The depthwise norm is the last thing a hidden channel passes before ReLU6 and
+        # the project conv (compress/structured/channel_importance.py says why).
+        return self.block.depthwise_bn.weight
+
+    def producer_weight(self) -> torch.Tensor:
+        return self.block.expand_conv.weight
+
+    def gate_point(self) -> nn.Module:
+        return self.block.project_conv
+
+    def modules(self) -> list[nn.Module]:
+        return [self.block.expand_conv, self.block.depthwise_conv, self.block.project_conv]
+
+
+def expansion_groups(model: PortraitSegmenter) -> list[ExpansionGroup]:
+    """One channel group per prunable block, in `prunable_blocks` order."""
+    return [ExpansionGroup(name, block) for name, block in prunable_blocks(model).items()]
+
+
+def keep_expansion_channels(model: PortraitSegmenter, keep: Mapping[str, Sequence[int]]
+                            ) -> None:
+    """`prune_expansion_channels`, in place: `model` takes the smaller network's modules
+    and config, so a caller holding `model` (a recipe's later stages) sees the result."""
+    smaller = prune_expansion_channels(model, keep)
+    for name, child in smaller.named_children():
+        setattr(model, name, child)
+    model.config = smaller.config
 
 
 def prune_expansion_channels(model: PortraitSegmenter, keep: Mapping[str, Sequence[int]]

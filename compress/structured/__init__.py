@@ -1,10 +1,11 @@
 """Structured pruning: remove whole channels so the network itself gets smaller.
 
-Today: `channel-prune` (compress/structured/channel_prune.py) on the portrait segmenter's
-inverted-residual expansions, with the criteria of channel_importance.py (pure functions),
-the width decisions of allocation.py, and distillation recovery for segmentation
-(segmentation_distill.py). The surgery is the model family's own
-(models.portrait_surgery).
+`channel-prune` (compress/structured/channel_prune.py) on any network that lists its
+channel groups (models/channel_groups.py; today the portrait segmenter's inverted-residual
+expansions), with the criteria of channel_importance.py (pure functions), the width
+decisions of allocation.py, and distillation recovery for segmentation
+(segmentation_distill.py). The surgery is the network's own (`keep_channels`); nothing
+here imports a model class.
 """
 
 from compress.structured.channel_importance import (

@@ -1,11 +1,12 @@
-"""`channel-prune`: structured pruning of a portrait segmenter's expansion channels.
+"""`channel-prune`: structured pruning of a network's channel groups (models/channel_groups.py;
+today the portrait network's inverted-residual expansions).
 
-Score every hidden channel of every inverted residual (compress/structured/
+Score every channel of every group (compress/structured/
 channel_importance.py: bn-scale arXiv 1708.06519, l1-filter arXiv 1608.08710, taylor arXiv
 1906.10771, random), decide per-block widths for the requested share of channels removed
 (uniform or one global ranking with a per-block floor; widths rounded to multiples of 8),
-keep the top channels of each block and rebuild the smaller network
-(models.portrait_surgery.prune_expansion_channels). Then, optionally, recover by
+keep the top channels of each block and let the network rebuild itself smaller
+(`keep_channels`, the protocol's surgery). Then, optionally, recover by
 distilling from the unpruned model (Hinton et al., arXiv 1503.02531; per-pixel KL over
 the 3-class softmax, compress/structured/segmentation_distill.py).
 
@@ -15,7 +16,8 @@ runtime runs fewer multiply-adds with no sparse kernel needed.
 
 `compress.apply(model, config, images, labels=soft_labels)` prunes `model` in place: the
 smaller network's modules and config replace the old ones, so a recipe's later stages
-and the caller's reference see the pruned network.
+and the caller's reference see the pruned network. Only the protocol is imported here,
+never a model class.
 """
 
 from __future__ import annotations
@@ -39,15 +41,10 @@ from compress.structured.channel_importance import (
     random_scores,
     taylor_scores,
 )
-from compress.structured.collect import (
-    BlockTensors,
-    add_gate_gradients,
-    block_tensors,
-    hidden_channel_flops,
-)
+from compress.structured.collect import BlockTensors, add_gate_gradients, block_tensors
 from compress.structured.segmentation_distill import distill_segmentation
-from models.portrait import PortraitSegmenter, count_flops
-from models.portrait_surgery import prunable_blocks, prune_expansion_channels
+from models.channel_groups import ChannelPrunable, channel_prunable, flops_per_channel
+from models.errors import ModelError
 
 CHANNEL_CRITERIA = ("taylor", "bn-scale", "l1-filter", "random")
 ALLOCATIONS = ("uniform", "global", "global-flops")
@@ -131,7 +128,7 @@ class ChannelPruneReport:
     sparsity: dict[str, float]  # requested, achieved (share of expansion channels removed)
     params_before: int
     params_after: int
-    flops_before: int  # one image, deployed graph (models.portrait.count_flops)
+    flops_before: int  # one image, deployed graph (the network's `flops()`)
     flops_after: int
     recovery: dict[str, Any] | None  # the distillation report, when recovering
     seconds: dict[str, float]
@@ -150,25 +147,28 @@ def channel_prune_handler(model: nn.Module, config: ChannelPruneConfig,
                           progress=None, **_options: Any) -> ChannelPruneReport:
     """Score, choose widths, rebuild in place and (optionally) recover. `calib`:
     normalised images [N, 3, H, W]; `labels`: soft labels [N, 3, H, W] or None."""
-    segmenter = checked_segmenter(model)
+    network = checked_prunable(model)
     if config.recover == "kd" and (calib is None or calib.shape[0] == 0):
         raise CompressError("--recover kd needs calibration images to distil on")
-    teacher = copy.deepcopy(segmenter).eval() if config.recover == "kd" else None
-    before = _size(segmenter)
+    teacher = copy.deepcopy(network).eval() if config.recover == "kd" else None
+    before = _size(network)
     start = time.perf_counter()
-    blocks = prunable_blocks(segmenter)
-    scores = channel_scores(segmenter, config, calib, labels, progress)
-    shape = (1, 3, segmenter.config.height, segmenter.config.width)
-    widths = choose_widths(scores, config, hidden_channel_flops(segmenter, blocks, shape))
+    blocks = [group.name for group in network.channel_groups()]
+    scores = channel_scores(network, config, calib, labels, progress)
+    costs = flops_per_channel(network) if config.allocation == "global-flops" else None
+    widths = choose_widths(scores, config, costs)
     keep = {name: allocation.keep_indices(scores[name], widths[name]) for name in blocks}
-    adopt(segmenter, prune_expansion_channels(segmenter, keep))
+    try:
+        network.keep_channels(keep)
+    except ModelError as exc:
+        raise CompressError(str(exc)) from None
     seconds = {"statistics": time.perf_counter() - start, "recover": 0.0}
     recovery = None
     if teacher is not None:
         start = time.perf_counter()
-        recovery = _recover(segmenter, teacher, calib, labels, config, progress)
+        recovery = _recover(network, teacher, calib, labels, config, progress)
         seconds["recover"] = time.perf_counter() - start
-    after = _size(segmenter.eval())
+    after = _size(network.eval())
     total = sum(s.numel() for s in scores.values())
     log = [{"name": name, "hidden_before": scores[name].numel(),
             "hidden_after": widths[name], "kept": keep[name]} for name in blocks]
@@ -177,22 +177,21 @@ def channel_prune_handler(model: nn.Module, config: ChannelPruneConfig,
                               before[0], after[0], before[1], after[1], recovery, seconds)
 
 
-def checked_segmenter(model: nn.Module) -> PortraitSegmenter:
-    if not isinstance(model, PortraitSegmenter):
-        raise CompressError(f"channel-prune removes expansion channels of a portrait "
-                            f"segmenter; {type(model).__name__} is not one: use a portrait "
-                            "model (portrait-256, fake-portrait or a trained portrait artifact)")
-    return model
+def checked_prunable(model: nn.Module) -> ChannelPrunable:
+    try:
+        return channel_prunable(model)
+    except ModelError as exc:  # the same one-line message, in compress's error type
+        raise CompressError(f"channel-prune: {exc}") from None
 
 
-def channel_scores(model: PortraitSegmenter, config: ChannelPruneConfig,
+def channel_scores(model: ChannelPrunable, config: ChannelPruneConfig,
                    calib: torch.Tensor | None, labels: torch.Tensor | None,
                    progress=None) -> dict[str, torch.Tensor]:
-    """Block name -> score per hidden channel under `config.criterion`."""
-    blocks = prunable_blocks(model)
-    tensors = block_tensors(blocks)
+    """Group name -> score per channel under `config.criterion`."""
+    groups = checked_prunable(model).channel_groups()
+    tensors = block_tensors(groups)
     if config.criterion == "taylor":
-        add_gate_gradients(model, blocks, tensors, calib, labels, config.batch_size,
+        add_gate_gradients(model, groups, tensors, calib, labels, config.batch_size,
                            progress)
     return {name: _score(t, config, index) for index, (name, t) in enumerate(tensors.items())}
 
@@ -224,14 +223,6 @@ def choose_widths(scores: dict[str, torch.Tensor], config: ChannelPruneConfig,
     return allocation.global_widths(ranked, config.sparsity, config.round_to, config.min_keep)
 
 
-def adopt(model: PortraitSegmenter, smaller: PortraitSegmenter) -> None:
-    """Give `model` the modules and config of `smaller` (same class and plan, narrower
-    hidden widths): compress.apply's contract is in place, and the caller holds `model`."""
-    for name, child in smaller.named_children():
-        setattr(model, name, child)
-    model.config = smaller.config
-
-
 def _recover(model, teacher, calib, labels, config: ChannelPruneConfig, progress) -> dict:
     """Distil, and keep the pruned weights as they were if the held-out KL got worse:
     recovery must not leave the student further from the teacher than pruning did."""
@@ -248,5 +239,5 @@ def _recover(model, teacher, calib, labels, config: ChannelPruneConfig, progress
             "alpha": config.recover_alpha, "lr": config.recover_lr, "reverted": reverted}
 
 
-def _size(model: PortraitSegmenter) -> tuple[int, int]:
-    return sum(p.numel() for p in model.parameters()), count_flops(model)
+def _size(model: ChannelPrunable) -> tuple[int, int]:
+    return sum(p.numel() for p in model.parameters()), model.flops()

@@ -1,15 +1,15 @@
-"""What the channel criteria read from a portrait segmenter: per prunable block, the
-depthwise norm's gamma, the expand conv's weight and (for taylor) the gradient of the
-calibration loss w.r.t. a gate m_j = 1 on each hidden channel's project-conv input, one
-row per batch.
+"""What the channel criteria read from a channel-prunable network (models/channel_groups.py):
+per channel group, the scale of its last norm, the weight that produces it and (for taylor)
+the gradient of the calibration loss w.r.t. a gate m_j = 1 on each channel where the
+group's gate point reads it, one row per batch.
 
-The gate is a forward pre-hook on the project conv that returns a * m; autograd then
+The gate is a forward pre-hook on the gate point that returns a * m; autograd then
 gives dL/dm_j = sum_p a_j(p) dL/da_j(p) without touching the model's parameters.
 
-The taylor loss is the task loss (compress/structured/segmentation_distill.task_loss):
-cross-entropy against soft labels when the caller has them, else against the model's own
-per-pixel prediction. Not the KL to the unpruned model: before pruning the model IS that
-model, the KL sits at its minimum and its gradient is exactly zero.
+The taylor loss is the task loss (compress/structured/segmentation_distill.task_loss) on
+the network's `task_logits`: cross-entropy against soft labels when the caller has them,
+else against the model's own prediction. Not the KL to the unpruned model: before pruning
+the model IS that model, the KL sits at its minimum and its gradient is exactly zero.
 """
 
 from __future__ import annotations
@@ -19,25 +19,24 @@ import dataclasses
 import torch
 
 from compress.errors import CompressError
-from compress.structured.segmentation_distill import segmentation_logits, task_loss
+from compress.structured.segmentation_distill import task_loss
 from compress.sweep import Progress
-from models.portrait import InvertedResidual
+from models.channel_groups import ChannelGroup, ChannelPrunable
 
 
 @dataclasses.dataclass
 class BlockTensors:
-    gamma: torch.Tensor  # [C] depthwise norm scale
-    expand_weight: torch.Tensor  # [C, in, 1, 1]
+    gamma: torch.Tensor  # [C] scale of the group's last norm
+    expand_weight: torch.Tensor  # [C, ...] the producing weight
     gate_gradients: torch.Tensor | None = None  # [batches, C]
 
 
-def block_tensors(blocks: dict[str, InvertedResidual]) -> dict[str, BlockTensors]:
-    return {name: BlockTensors(b.depthwise_bn.weight.detach().clone(),
-                               b.expand_conv.weight.detach().clone())
-            for name, b in blocks.items()}
+def block_tensors(groups: list[ChannelGroup]) -> dict[str, BlockTensors]:
+    return {g.name: BlockTensors(g.norm_scale().detach().clone(),
+                                 g.producer_weight().detach().clone()) for g in groups}
 
 
-def add_gate_gradients(model: torch.nn.Module, blocks: dict[str, InvertedResidual],
+def add_gate_gradients(model: ChannelPrunable, groups: list[ChannelGroup],
                        tensors: dict[str, BlockTensors], images: torch.Tensor | None,
                        soft_labels: torch.Tensor | None, batch_size: int,
                        progress: Progress | None = None) -> None:
@@ -50,10 +49,9 @@ def add_gate_gradients(model: torch.nn.Module, blocks: dict[str, InvertedResidua
     if soft_labels is not None and soft_labels.shape[0] != images.shape[0]:
         raise CompressError(f"{soft_labels.shape[0]} label maps for {images.shape[0]} images")
     device = next(model.parameters()).device
-    gates = {name: torch.ones(b.hidden, device=device, requires_grad=True)
-             for name, b in blocks.items()}
-    hooks = [b.project_conv.register_forward_pre_hook(_gate_hook(gates[name]))
-             for name, b in blocks.items()]
+    gates = {g.name: torch.ones(g.width, device=device, requires_grad=True) for g in groups}
+    hooks = [g.gate_point().register_forward_pre_hook(_gate_hook(gates[g.name]))
+             for g in groups]
     rows: list[tuple[torch.Tensor, ...]] = []
     was_training = model.training
     model.eval()
@@ -63,7 +61,7 @@ def add_gate_gradients(model: torch.nn.Module, blocks: dict[str, InvertedResidua
             x = images[first:first + batch_size].to(device)
             y = None if soft_labels is None else soft_labels[first:first + batch_size]
             with torch.enable_grad():
-                loss = task_loss(segmentation_logits(model, x), y)
+                loss = task_loss(model.task_logits(x), y)
                 # autograd.grad: no .grad of the model's parameters is written
                 rows.append(tuple(g.detach().cpu() for g in
                                   torch.autograd.grad(loss, list(gates.values()))))
@@ -73,36 +71,12 @@ def add_gate_gradients(model: torch.nn.Module, blocks: dict[str, InvertedResidua
         for hook in hooks:
             hook.remove()
         model.train(was_training)
-    for i, name in enumerate(blocks):
+    for i, name in enumerate(gates):
         tensors[name].gate_gradients = torch.stack([row[i] for row in rows])
 
 
 def _gate_hook(gate: torch.Tensor):
     def multiply(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]):
-        return (inputs[0] * gate.view(1, -1, 1, 1),)
+        shape = (1, -1) + (1,) * (inputs[0].ndim - 2)  # channels on dim 1
+        return (inputs[0] * gate.view(shape),)
     return multiply
-
-
-@torch.no_grad()
-def hidden_channel_flops(model: torch.nn.Module, blocks: dict[str, InvertedResidual],
-                         shape: tuple[int, int, int, int]) -> dict[str, float]:
-    """FLOPs one hidden channel of each block costs for one image of `shape`: its expand
-    row, depthwise filter and project column, 2 per multiply-add (as count_flops)."""
-    totals = dict.fromkeys(blocks, 0.0)
-    hooks = []
-    for name, block in blocks.items():
-        for conv in (block.expand_conv, block.depthwise_conv, block.project_conv):
-            def count(module, _inputs, output, name=name):
-                per_output = module.in_channels // module.groups * module.kernel_size[0] * \
-                    module.kernel_size[1]
-                totals[name] += output[0].numel() * 2 * per_output
-            hooks.append(conv.register_forward_hook(count))
-    was_training = model.training
-    try:
-        model.eval()
-        model(torch.zeros(shape, device=next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return {name: totals[name] / block.hidden for name, block in blocks.items()}

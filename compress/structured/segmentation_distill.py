@@ -7,31 +7,30 @@ logits:
 
 p runs over every pixel of every image; y are soft labels [N, 3, H, W] (the
 boundary-sensitive ones of toolkit/train/portrait_losses.py, built by the caller: compress
-does not import toolkit). The loop is `compress.distill.distill`; this module adapts the
-segmenter to it (class dim last) and keeps the norms' running statistics fixed.
+does not import toolkit). The loop is `compress.distill.distill`; the segmenter reaches it
+through its `task_logits` (`compress.distill.task_forward`, class dim last) with the norms'
+running statistics fixed (`compress.distill.FrozenNormStats`).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from compress.distill import DistillConfig, DistillReport, distill
+from compress.distill import (
+    DistillConfig,
+    DistillReport,
+    FrozenNormStats,
+    distill,
+    task_forward,
+)
 from compress.sweep import Progress
 
 
 def segmentation_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """[N, 3, H, W] training logits of a portrait segmenter (`forward_train`)."""
-    return model.forward_train(images).logits
-
-
-def channels_last_forward(model: nn.Module, images: Any) -> tuple[torch.Tensor, None]:
-    """A `compress.distill` forward: logits [N, H, W, 3], so the KD loss (over the last
-    dim, averaged over all leading ones) is the per-pixel KL averaged over pixels."""
-    return segmentation_logits(model, images).permute(0, 2, 3, 1), None
+    """[N, 3, H, W] logits of a segmenter (its `task_logits`, models/channel_groups.py)."""
+    return model.task_logits(images)
 
 
 def task_loss(logits: torch.Tensor, soft_labels: torch.Tensor | None) -> torch.Tensor:
@@ -43,27 +42,6 @@ def task_loss(logits: torch.Tensor, soft_labels: torch.Tensor | None) -> torch.T
     return -(soft_labels.to(logits) * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
-class FrozenNormStats(nn.Module):
-    """The student seen through a wrapper whose train() leaves every batch norm in eval
-    mode: a short recovery on batches of a few images would replace the running mean and
-    variance the kept weights were fitted with by noisy batch estimates (and the teacher
-    keeps its own); the norms' scale and shift still train."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
-
-    def train(self, mode: bool = True) -> FrozenNormStats:
-        super().train(mode)
-        for norm in self.module.modules():
-            if isinstance(norm, nn.modules.batchnorm._BatchNorm):
-                norm.eval()
-        return self
-
-    def forward_train(self, images: torch.Tensor):
-        return self.module.forward_train(images)
-
-
 def distill_segmentation(student: nn.Module, teacher: nn.Module, images: torch.Tensor,
                          config: DistillConfig, *, soft_labels: torch.Tensor | None = None,
                          eval_images: torch.Tensor | None = None,
@@ -73,4 +51,4 @@ def distill_segmentation(student: nn.Module, teacher: nn.Module, images: torch.T
     The report's KLs are the per-pixel KL at T = 1 on `eval_images`."""
     labels = None if soft_labels is None else soft_labels.permute(0, 2, 3, 1)
     return distill(FrozenNormStats(student), teacher, images, config, labels=labels,
-                   forward=channels_last_forward, eval_batch=eval_images, progress=progress)
+                   forward=task_forward, eval_batch=eval_images, progress=progress)

@@ -184,13 +184,13 @@ def test_flop_weighted_widths_remove_least_score_per_flop_until_the_budget():
 
 
 def test_flops_per_hidden_channel_is_what_removing_one_saves(fake):
-    from compress.structured.collect import hidden_channel_flops
+    from models.channel_groups import flops_per_channel
     from models.portrait import count_flops
     from models.portrait_surgery import prune_expansion_channels
 
     model = fake.module
     blocks = prunable_blocks(model)
-    costs = hidden_channel_flops(model, blocks, (1, 3, 32, 48))
+    costs = flops_per_channel(model)
     for name in ("encoder.1", "encoder.11", "decoder.3.refine"):
         keep = {name: range(blocks[name].hidden - 8)}
         saved = count_flops(model) - count_flops(prune_expansion_channels(model, keep))

@@ -229,11 +229,11 @@ def test_recovery_that_makes_the_student_worse_is_undone(images):
 
 
 def test_global_flops_removes_the_requested_share_of_expansion_flops(images):
-    from compress.structured.collect import hidden_channel_flops
+    from models.channel_groups import flops_per_channel
 
     model = create_model("fake-portrait").module
     blocks = prunable_blocks(model)
-    costs = hidden_channel_flops(model, blocks, (1, 3, 32, 48))
+    costs = flops_per_channel(model)
     prunable = sum(costs[n] * b.hidden for n, b in blocks.items())
     config = ChannelPruneConfig(criterion="taylor", allocation="global-flops", sparsity=0.5)
     report = compress.apply(model, config, images)
