@@ -22,6 +22,11 @@ class MethodConfig:
     """Base for all method configs. Subclasses set `method` (the recipe name) as a ClassVar."""
 
     method: ClassVar[str] = ""
+    # The adapter the method reaches a model through (compress/requirements.py), so a
+    # caller can tell which methods apply to a model before any work: "decoder_layout"
+    # (a decoder LM's blocks and linears), "moe_groups", "channel_groups", or None for a
+    # method that works on any model (distillation).
+    adapter: ClassVar[str | None] = "decoder_layout"
 
     def to_dict(self) -> dict[str, Any]:
         """The saved form: `{"method": name, **knobs}` (tuples become lists for JSON/YAML)."""

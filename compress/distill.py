@@ -41,6 +41,7 @@ class DistillConfig(MethodConfig):
     """Every knob of a distillation run; `__post_init__` rejects values that cannot train."""
 
     method: ClassVar[str] = "distill"
+    adapter: ClassVar[str | None] = None
 
     # Optimizer steps (one batch each). Recovery needs few: MC-Suite's "lottery" fine-tune
     # after expert dropping used about 1M tokens (arXiv 2504.05586).

@@ -43,6 +43,7 @@ _NEEDS_GRADS = {"gradient-entropy"}
 @dataclasses.dataclass
 class DropExpertsConfig(MethodConfig):
     method: ClassVar[str] = "drop-experts"
+    adapter: ClassVar[str | None] = "moe_groups"
 
     # How experts are ranked (compress.experts.criteria); `reconstruction` searches the
     # kept subset that best reproduces the layer's output (NAEE); `random` is the control.

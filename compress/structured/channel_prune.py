@@ -54,6 +54,7 @@ RECOVER_CHOICES = ("none", "kd")
 @dataclasses.dataclass
 class ChannelPruneConfig(MethodConfig):
     method: ClassVar[str] = "channel-prune"
+    adapter: ClassVar[str | None] = "channel_groups"
 
     # How hidden channels are ranked (compress.structured.channel_importance). taylor
     # reads gradients of the task loss on calibration images (soft labels when given,
