@@ -1,8 +1,13 @@
-"""Where Edge Toolkit keeps what it derives once (dequantized models, cleaned text)."""
+"""Where Edge Toolkit keeps what it derives once (dequantized models, cleaned text), and
+what happens to a damaged entry: it is removed, rebuilt, and the rebuild is said in one
+line on stderr (a truncated file, wrong JSON, wrong tensor shapes, an unreadable
+safetensors header or a directory where a file belongs are all the same to a user)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 
@@ -10,3 +15,16 @@ def toolkit_cache_dir() -> Path:
     """`$EDGE_TOOLKIT_CACHE` if set, else `~/.cache/edge-toolkit`."""
     env = os.environ.get("EDGE_TOOLKIT_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "edge-toolkit"
+
+
+def discard_damaged(path: Path, reason: str) -> None:
+    """Remove the damaged cache entry `path` (file or folder) and say it will be rebuilt."""
+    print(f"toolkit: cache entry {path} was damaged ({reason}); rebuilt it",
+          file=sys.stderr)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # an unremovable entry: the rebuild's own write reports the problem

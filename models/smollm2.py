@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from models.cache import toolkit_cache_dir
+from models.cache import discard_damaged, toolkit_cache_dir
 from models.errors import ModelError
 from models.gguf_loader import cache_as_safetensors, load_gguf
 from models.hf_loader import load_hf_directory
@@ -46,9 +46,24 @@ def smollm2_cache_dir() -> Path:
     description="SmolLM2-135M-Instruct (Llama, 30 blocks, hidden 576, GQA 9/3, vocab 49152)",
 )
 def smollm2_135m() -> LoadedModel:
-    cached = smollm2_cache_dir()
-    if not (cached / "model.safetensors").is_file():
-        cache_as_safetensors(load_gguf(smollm2_gguf_path()), cached)
-    loaded = load_hf_directory(cached)
+    loaded = _load_cached(smollm2_cache_dir())
     loaded.source = f"smollm2-135m ({SMOLLM2_GGUF})"
     return loaded
+
+
+def _load_cached(cached: Path) -> LoadedModel:
+    """The dequantized model from the cache, built first when absent; a damaged cache
+    (truncated or unreadable weights, missing files, a file where the folder belongs) is
+    removed, said in one line and rebuilt once."""
+    if cached.exists() and not (cached / "model.safetensors").is_file():
+        discard_damaged(cached, "model.safetensors missing")
+    if not cached.exists():
+        cache_as_safetensors(load_gguf(smollm2_gguf_path()), cached)
+        return load_hf_directory(cached)
+    try:
+        return load_hf_directory(cached)
+    except (ModelError, OSError, ValueError, RuntimeError) as exc:
+        discard_damaged(cached, str(exc).splitlines()[0][:120] if str(exc)
+                        else type(exc).__name__)
+    cache_as_safetensors(load_gguf(smollm2_gguf_path()), cached)
+    return load_hf_directory(cached)

@@ -1,8 +1,9 @@
 """Artifact directories: staged in a temporary sibling, renamed into place.
 
 A reader never sees a half-written artifact: everything is written into
-`.NAME.staging-XXXX` next to the target and renamed only once complete; any failure,
-Ctrl-C included, removes the staging directory. `toolkit.json` is the manifest.
+`.NAME.staging-PID-XXXX` next to the target and renamed only once complete; any failure,
+Ctrl-C included, removes the staging directory, and a later save sweeps the ones a killed
+run left (toolkit.staging). `toolkit.json` is the manifest.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from toolkit.errors import UserError
+from toolkit.staging import make_staging_dir, sweep_stale_staging
 
 MANIFEST = "toolkit.json"
 
@@ -36,7 +37,8 @@ def save_artifact(out: Path, write_files: Callable[[Path], None], manifest: dict
     """Call `write_files(staging)`, add the manifest, then move staging to `out`."""
     check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    sweep_stale_staging(out.parent)
+    staging = make_staging_dir(out)
     try:
         write_files(staging)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -52,7 +54,7 @@ def _move_into_place(staging: Path, out: Path) -> None:
         os.replace(staging, out)
         return
     # --overwrite: keep the old directory until the new one is in place.
-    retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    retired = make_staging_dir(out, "old")
     os.replace(out, retired / "old")
     try:
         os.replace(staging, out)

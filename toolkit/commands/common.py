@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from toolkit.data.cache import atomic_text_file
 from toolkit.errors import UserError
 from toolkit.eval.protocol import DEFAULT_EVAL_SEQ_LEN, DEFAULT_EVAL_WINDOWS
+from toolkit.limits import seed_arg  # noqa: F401  (the type of every --seed flag)
 
 
 def positive_int(text: str) -> int:
@@ -55,22 +55,15 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
 
 
 def write_json(path: Path | None, data: dict) -> None:
-    """Write `data` to `path` atomically (temp file + rename)."""
+    """Write `data` to `path` atomically (temp file + rename), with the user's umask."""
     if path is None:
         return
     path = path.expanduser()
     if path.is_dir():
         raise UserError(f"--json {path} is a directory: pass a file path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_text_file(path) as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
 
 
 def run_with_threads(threads: int, job, args: argparse.Namespace) -> int:

@@ -8,13 +8,18 @@ leaves a half-written cache file that a later run would trust.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
-from models.cache import toolkit_cache_dir  # one definition for models and data
+# one definition for models and data
+from models.cache import discard_damaged, toolkit_cache_dir
 
-__all__ = ["data_cache_dir", "toolkit_cache_dir", "write_text_atomic"]
+__all__ = ["atomic_text_file", "data_cache_dir", "discard_damaged", "toolkit_cache_dir",
+           "write_text_atomic"]
 
 
 def data_cache_dir() -> Path:
@@ -22,20 +27,29 @@ def data_cache_dir() -> Path:
     return toolkit_cache_dir() / "data"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` as UTF-8 to `path` via a temporary sibling and `os.replace`.
+@contextlib.contextmanager
+def atomic_text_file(path: Path) -> Iterator[TextIO]:
+    """A UTF-8 text handle whose content replaces `path` only when the block completes.
 
-    `os.replace` is atomic on one file system, so readers see either the old file,
-    no file, or the complete new one.
+    It writes a temporary sibling and `os.replace`s it: atomic on one file system, so
+    readers see either the old file, no file, or the complete new one; an error or Ctrl-C
+    inside the block removes the temporary file and leaves `path` as it was.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique name per writer, opened with "x" (fails rather than clobbers) and created
     # with the umask's permissions, unlike tempfile.mkstemp's owner-only 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    # The name is cut so that a target name near the file system's limit still fits.
+    tmp = path.with_name(f".{path.name[:100]}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "x", encoding="utf-8", newline="") as handle:
-            handle.write(text)
+            yield handle
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` as UTF-8 to `path` via a temporary sibling (see atomic_text_file)."""
+    with atomic_text_file(path) as handle:
+        handle.write(text)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from toolkit.data.cache import discard_damaged
 from toolkit.data.news import news_text
 from toolkit.data.wikipedia import wikipedia_text
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 # Share of the Wikipedia tokens used for calibration; the rest is held out for eval.
 CALIB_FRACTION = 0.9
+STREAM_NAMES = ("calib_pool", "wiki_eval", "news_eval")
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def cached_streams(tokenizer: PreTrainedTokenizerBase) -> TokenStreams:
     """`build_streams`, cached on disk per tokenizer: tokenizing 3.1M characters costs
     3-5 s on every command otherwise. The key hashes the tokenizer's full serialization
     and both texts, so a different tokenizer or text never reuses a stale cache."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from toolkit.data.cache import data_cache_dir
 
@@ -82,23 +85,40 @@ def cached_streams(tokenizer: PreTrainedTokenizerBase) -> TokenStreams:
     if key is None:
         return build_streams(tokenizer)
     path = data_cache_dir() / f"streams-{key}.safetensors"
-    if path.is_file():
-        try:
-            saved = load_file(path)
-            return TokenStreams(**{k: v.to(torch.int64) for k, v in saved.items()})
-        except (OSError, ValueError, RuntimeError, TypeError):
-            pass  # a damaged cache is rebuilt below
+    cached = _read_streams(path)
+    if cached is not None:
+        return cached
     streams = build_streams(tokenizer)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file({name: getattr(streams, name).to(torch.int32).contiguous()
-                   for name in ("calib_pool", "wiki_eval", "news_eval")}, str(tmp))
+                   for name in STREAM_NAMES}, str(tmp))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return streams
+
+
+def _read_streams(path: Path) -> TokenStreams | None:
+    """The cached streams, or None when absent; a damaged entry (truncated, an unreadable
+    header, other tensors or shapes, a folder) is removed, said, and rebuilt by the caller."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        saved = load_file(path)
+    except (OSError, ValueError, RuntimeError, TypeError, SafetensorError) as exc:
+        discard_damaged(path, type(exc).__name__)
+        return None
+    if set(saved) != set(STREAM_NAMES) or any(
+            t.dim() != 1 or t.numel() == 0 or t.is_floating_point() for t in saved.values()):
+        discard_damaged(path, "not three 1-D integer token streams")
+        return None
+    return TokenStreams(**{k: v.to(torch.int64) for k, v in saved.items()})
 
 
 def _streams_key(tokenizer: PreTrainedTokenizerBase) -> str | None:

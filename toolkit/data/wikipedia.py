@@ -28,7 +28,7 @@ import logging
 import re
 from pathlib import Path
 
-from toolkit.data.cache import data_cache_dir, write_text_atomic
+from toolkit.data.cache import data_cache_dir, discard_damaged, write_text_atomic
 from toolkit.data.gensim_files import gensim_test_file, gensim_version
 
 WIKI_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -75,19 +75,23 @@ def wikipedia_cache_path(dump: Path) -> Path:
 
 
 def _read_cache(path: Path) -> list[tuple[str, str]] | None:
-    """The cached articles, or None if absent or unreadable (then it is rebuilt)."""
+    """The cached articles, or None if absent; a damaged entry (truncated, not JSON, not a
+    list of [title, text] pairs, a folder) is removed, said, and then rebuilt."""
+    if not path.exists() and not path.is_symlink():
+        return None
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError) as exc:
-        _log.warning("ignoring unreadable Wikipedia cache %s: %s", path, exc)
+        discard_damaged(path, type(exc).__name__)
         return None
-    valid = isinstance(raw, list) and all(
+    valid = isinstance(raw, list) and bool(raw) and all(
         isinstance(item, list) and len(item) == 2 and all(isinstance(s, str) for s in item)
         for item in raw
     )
-    return [(title, text) for title, text in raw] if valid else None
+    if not valid:
+        discard_damaged(path, "not a list of [title, text] pairs")
+        return None
+    return [(title, text) for title, text in raw]
 
 
 def wikipedia_articles() -> list[tuple[str, str]]:

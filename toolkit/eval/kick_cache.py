@@ -8,8 +8,8 @@ The fingerprint of a directory hashes every file in it (weights, config, tokeniz
 except `toolkit.json`, whose timestamps do not change the model; of a `.gguf` file, the
 file; of a registered name, the built module's tensors and its tokenizer. A directory's
 or file's key is known before the model is loaded, so a cached result costs one pass of
-hashing and no model load. Writes are atomic (temp file + rename); an unreadable cache
-file is recomputed.
+hashing and no model load. Writes are atomic (temp file + rename); a damaged cache file
+is removed, recomputed and said in one line.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from models import LoadedModel, load_model
 from toolkit.artifacts import MANIFEST
-from toolkit.data.cache import toolkit_cache_dir, write_text_atomic
+from toolkit.data.cache import discard_damaged, toolkit_cache_dir, write_text_atomic
 from toolkit.eval.kick import SUITE_VERSION, KickProtocol, KickResult, Progress, run_kick_suite
 
 _CHUNK = 1 << 22
@@ -75,12 +75,15 @@ def cache_path(fingerprint: str, protocol: KickProtocol, device: str) -> Path:
 
 
 def read_cached(path: Path) -> KickResult | None:
-    if not path.is_file():
+    """The cached result, or None when absent; a damaged entry (truncated, not JSON, other
+    fields, a folder) is removed, said in one line, and recomputed by the caller."""
+    if not path.exists() and not path.is_symlink():
         return None
     try:
         return KickResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        return None  # a damaged or older cache file: recompute
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        discard_damaged(path, type(exc).__name__)
+        return None
 
 
 def write_cached(path: Path, result: KickResult) -> None:
