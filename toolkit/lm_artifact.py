@@ -11,15 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from models import LoadedModel, decoder_layout
-from models.qformat import QUANT_METADATA_KEY, QuantizedWeight, encode_layout, packed_state_dict
+from models.families.llm_weights import WEIGHTS_FILE, write_quantized_weights
+from models.qformat import QuantizedWeight
 from toolkit.artifacts import save_artifact
 
-WEIGHTS_FILE = "model.safetensors"
 RECIPE_FILE = "recipe.yaml"
 
 
@@ -55,31 +53,3 @@ def save_lm_artifact(out: Path, loaded: LoadedModel, manifest: dict[str, Any],
         }
 
     return save_artifact(out, write, manifest, overwrite=overwrite)
-
-
-def write_quantized_weights(directory: Path, module: nn.Module,
-                            quantized: dict[str, QuantizedWeight]) -> Path:
-    """config.json (+ generation_config.json) and one safetensors file whose quantized
-    linears are packed; tied tensors (embeddings = LM head) are stored once."""
-    module.config.save_pretrained(directory)
-    generation = getattr(module, "generation_config", None)
-    if generation is not None:
-        generation.save_pretrained(directory)
-    state = packed_state_dict(_untied_state(module), quantized)
-    path = directory / WEIGHTS_FILE
-    save_file({k: v.contiguous() for k, v in state.items()}, path,
-              metadata={"format": "pt", QUANT_METADATA_KEY: encode_layout(quantized)})
-    return path
-
-
-def _untied_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with each shared tensor kept under its first name only, as
-    transformers writes it (the loader re-ties them from the config)."""
-    seen, state = set(), {}
-    for name, tensor in module.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key in seen:
-            continue
-        seen.add(key)
-        state[name] = tensor.detach().cpu()
-    return state

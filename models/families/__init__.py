@@ -1,0 +1,1 @@
+"""Model families, one module each (registered with models.family.register_family)."""
