@@ -8,6 +8,8 @@ from pathlib import Path
 from models.errors import ModelError
 from models.gguf_loader import load_gguf
 from models.hf_loader import load_hf_directory
+from models.mixtral_io import config_model_type
+from models.mixtral_layout import MIXTRAL_MODEL_TYPE
 from models.registry import LoadedModel, create_model, is_registered, registered_family
 
 
@@ -31,7 +33,8 @@ def load_model(spec: str) -> LoadedModel:
             from models.vmoe_artifact import load_vmoe_directory
 
             return load_vmoe_directory(path)
-        if family == MOE_LM_FAMILY:
+        # A Mixtral checkpoint loads as the toolkit's MoE LM, which drop-experts can edit.
+        if family == MOE_LM_FAMILY or config_model_type(path) == MIXTRAL_MODEL_TYPE:
             from models.moe_lm_artifact import load_moe_lm_directory
 
             return load_moe_lm_directory(path)

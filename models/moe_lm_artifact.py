@@ -3,9 +3,13 @@ experts dropped): a Hugging Face directory (config.json, tokenizer, *.safetensor
 toolkit.json says "family": "moe-llm" and records the MoE shape,
 {"moe": {"num_experts": E, "top_k": k, "layers": [experts in each layer]}}.
 
-The dense config builds the decoder, `models.upcycle.install_moe_layers` gives it one MoE
-layer per decoder layer with the recorded expert count, and the safetensors weights are
-loaded strictly (only the LM head may be missing, when it is tied to the embeddings).
+A directory in transformers' Mixtral layout (what the toolkit writes when the model fits
+it, or a user's Mixtral checkpoint, with or without toolkit.json) is read by
+`models.mixtral_io`; toolkit.json's recorded shape, when present, must agree with it.
+In the toolkit's own layout (a Llama config and stacked experts), the dense config
+builds the decoder, `models.upcycle.install_moe_layers` gives it one MoE layer per layer
+with the recorded expert count, and the safetensors weights are loaded strictly (only the
+LM head may be missing, when it is tied to the embeddings).
 Never unpickles."""
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from safetensors.torch import load_file
 
 from models.errors import ModelError
 from models.hf_loader import load_tokenizer
+from models.mixtral_io import config_model_type, load_mixtral_module
+from models.mixtral_layout import MIXTRAL_MODEL_TYPE
 from models.registry import LoadedModel
 from models.safetensors_check import check_safetensors_file
 from models.upcycle import install_moe_layers
@@ -44,6 +50,8 @@ def read_moe_section(path: Path) -> tuple[list[int], int]:
 def load_moe_lm_directory(path: Path, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if config_model_type(path) == MIXTRAL_MODEL_TYPE:
+        return _load_mixtral_directory(path, dtype)
     layers, top_k = read_moe_section(path)
     files = sorted(path.glob("*.safetensors"))
     if not (path / "config.json").is_file() or not files:
@@ -75,4 +83,17 @@ def load_moe_lm_directory(path: Path, *, dtype: torch.dtype = torch.float32) -> 
         module.tie_weights()
     module.eval()
     check_finite_weights(module, str(path))
+    return LoadedModel(module=module, tokenizer=load_tokenizer(path), source=str(path))
+
+
+def _load_mixtral_directory(path: Path, dtype: torch.dtype) -> LoadedModel:
+    module = load_mixtral_module(path, dtype=dtype)
+    if (path / "toolkit.json").is_file():
+        layers, top_k = read_moe_section(path)
+        found = [layer.mlp.num_experts for layer in module.model.layers]
+        found_k = module.model.layers[0].mlp.top_k
+        if layers != found or top_k != found_k:
+            raise ModelError(f"{path / 'toolkit.json'} records {layers} experts per layer "
+                             f"(top_k {top_k}) but config.json has {found} (top_k "
+                             f"{found_k}): re-create the artifact")
     return LoadedModel(module=module, tokenizer=load_tokenizer(path), source=str(path))

@@ -15,6 +15,7 @@ from torch import nn
 
 from models import LoadedModel, decoder_layout
 from models.families.llm_weights import WEIGHTS_FILE, write_quantized_weights
+from models.mixtral_io import write_moe_lm_weights
 from models.qformat import QuantizedWeight
 from toolkit.artifacts import save_artifact
 
@@ -41,6 +42,8 @@ def save_lm_artifact(out: Path, loaded: LoadedModel, manifest: dict[str, Any],
     def write(staging: Path) -> None:
         if quantized:
             write_quantized_weights(staging, loaded.module, quantized)
+        elif isinstance(manifest.get("moe"), dict):  # a MoE LM: Mixtral layout if it fits
+            manifest["moe"].update(write_moe_lm_weights(loaded.module, staging))
         else:
             loaded.module.save_pretrained(staging, safe_serialization=True)
         loaded.tokenizer.save_pretrained(staging)

@@ -1,8 +1,11 @@
 """A mixture-of-experts LM artifact on disk (an upcycled model, later perhaps with experts
-dropped): the Hugging Face directory (config.json, tokenizer, model.safetensors with the
-stacked experts and routers) plus `toolkit.json`, whose "family": "moe-llm" and "moe"
-section ({"num_experts", "top_k", "layers": experts per layer}) let
-`models.load_model(DIR)` rebuild the shape before it loads the weights."""
+dropped): the Hugging Face directory (config.json, tokenizer, model.safetensors) plus
+`toolkit.json`, whose "family": "moe-llm" and "moe" section ({"num_experts", "top_k",
+"layers": experts per layer, "layout"}) let `models.load_model(DIR)` rebuild the shape.
+
+The weights are in transformers' Mixtral layout when the model fits it, so plain
+`AutoModelForCausalLM.from_pretrained(DIR)` loads them; otherwise in the toolkit's own
+(stacked) layout, with the reason in `moe.layout_reason` (models.mixtral_io)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from models import LoadedModel
+from models.mixtral_io import write_moe_lm_weights
 from models.moe_lm_artifact import FAMILY
 from models.upcycle import moe_section
 from toolkit.artifacts import save_artifact
@@ -30,7 +34,7 @@ def save_moe_lm_artifact(out: Path, loaded: LoadedModel, manifest: dict[str, Any
     manifest.update({"family": FAMILY, "moe": section})
 
     def write(staging: Path) -> None:
-        loaded.module.save_pretrained(staging, safe_serialization=True)
+        section.update(write_moe_lm_weights(loaded.module, staging))
         loaded.tokenizer.save_pretrained(staging)
         weights = sorted(staging.glob("*.safetensors"))
         manifest["files"] = {

@@ -122,7 +122,10 @@ def test_artifact_round_trip_after_dropping_an_expert(tmp_path):
     out = save_moe_lm_artifact(tmp_path / "moe", loaded, {"note": "test"})
     manifest = json.loads((out / "toolkit.json").read_text())
     assert manifest["family"] == "moe-llm" and manifest["note"] == "test"
-    assert manifest["moe"] == {"num_experts": 4, "top_k": 2, "layers": [3, 4]}
+    reason = manifest["moe"].pop("layout_reason")  # Mixtral needs one count everywhere
+    assert manifest["moe"] == {"num_experts": 4, "top_k": 2, "layers": [3, 4],
+                               "layout": "toolkit-stacked"}
+    assert "experts per layer [3, 4]" in reason
     assert manifest["files"]["weights"] == ["model.safetensors"]
     again = load_model(str(out))
     ids = torch.randint(0, 259, (2, 13), generator=torch.Generator().manual_seed(1))
@@ -160,7 +163,8 @@ def test_upcycle_job_writes_a_loadable_artifact_with_its_numbers(small_streams, 
                  "--quiet")
     assert args.run(args) == 0
     manifest = json.loads((out / "toolkit.json").read_text())
-    assert manifest["moe"] == {"num_experts": 3, "top_k": 2, "layers": [3, 3]}
+    assert manifest["moe"] == {"num_experts": 3, "top_k": 2, "layers": [3, 3],
+                               "layout": "mixtral"}
     metrics = manifest["metrics"]
     assert set(metrics) == {"dense", "upcycled", "trained"}
     assert metrics["upcycled"]["wikipedia"]["ppl"] == pytest.approx(
