@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from compress.block_io import capture_block0_inputs, collect_linear_inputs, run_block
+from compress.errors import CompressError
 from compress.stats import LinearStats
 from models.adapter import DecoderLayout, decoder_layout
 
@@ -56,7 +57,10 @@ class BlockSweep:
             process: ProcessBlock) -> None:
         """One pass: `process` sees each block's kept linears with `needs` statistics.
 
-        Without `needs` no forward pass runs at all (data-free methods)."""
+        Without `needs` no forward pass runs at all (data-free methods). A `keep` (the
+        method's --ignore patterns) that leaves no linear in any block is refused before
+        any forward pass: the run would only copy the model."""
+        self._check_something_kept(keep)
         inputs = self._capture() if needs else None
         for index, block in enumerate(self.layout.blocks):
             linears = {n: m for n, m in self.layout.block_linears(index).items() if keep(n)}
@@ -72,6 +76,13 @@ class BlockSweep:
                 inputs = self._forward(block, inputs, keep_outputs=True)
             if self.progress:
                 self.progress(stage, index + 1, self.n_blocks)
+
+    def _check_something_kept(self, keep: Callable[[str], bool]) -> None:
+        names = [n for i in range(self.n_blocks) for n in self.layout.block_linears(i)]
+        if names and not any(keep(n) for n in names):
+            raise CompressError(f"--ignore leaves no linear to compress: it matches all "
+                                f"{len(names)} linears of the decoder blocks (e.g. "
+                                f"{names[0]}): narrow the patterns")
 
     def _capture(self):
         if self.calib is None or self.calib.ndim != 2 or self.calib.shape[0] == 0:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+# The unit shown per stage; perplexity stages count windows.
+STAGE_UNITS = {"prune": "block", "owl": "block", "load": "model", "timed runs": "round",
+               "prefill runs": "round"}
+
 
 class StageProgress:
     """A `(stage, done, total)` callback that keeps one tqdm bar per stage."""
@@ -16,9 +20,11 @@ class StageProgress:
 
         bar = self._bars.get(stage)
         if bar is None:
-            unit = "block" if stage in ("prune", "owl") else "window"
+            unit = STAGE_UNITS.get(stage, "window")
             bar = self._bars[stage] = tqdm(total=total, desc=stage, unit=unit, leave=True,
                                            dynamic_ncols=True)
+        if bar.total != total:  # an estimate that grew (bench: runs until --min-seconds)
+            bar.total = total
         bar.update(done - bar.n)
         if done >= total:
             bar.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ import numpy as np
 from toolkit.bench.timing import TimingStats, measure_interleaved
 from toolkit.bench.worker import Worker
 from toolkit.eval.kick_cache import file_fingerprint
+
+Progress = Callable[[str, int, int], None]
 
 
 @dataclasses.dataclass
@@ -45,20 +48,30 @@ def bench_prompt(tokens: int) -> list[int]:
     return [3 + (37 * i) % 256 for i in range(tokens)]
 
 
-def run_bench(targets: list[BenchTarget], options: BenchOptions) -> dict:
+def run_bench(targets: list[BenchTarget], options: BenchOptions,
+              progress: Progress | None = None) -> dict:
+    """The report of one interleaved run; `progress(stage, done, total)` follows the
+    model loads and the timed rounds (the CLI's bars, None with --quiet)."""
     prompt = bench_prompt(options.prompt_tokens)
+    report = progress or (lambda stage, done, total: None)
     workers: dict[str, Worker] = {}
     try:
-        for target in targets:
+        for i, target in enumerate(targets):
             workers[target.name] = Worker(_spec(target, target.name, options, prompt))
+            report("load", i + 1, len(targets))
         models = [_first_facts(target, workers[target.name]) for target in targets]
         steps = measure_interleaved({n: _call(w, "step") for n, w in workers.items()},
                                     warmup=options.warmup, min_runs=options.runs,
-                                    min_seconds=options.min_seconds, self_timed=True)
+                                    min_seconds=options.min_seconds, self_timed=True,
+                                    on_round=lambda done, total: report("timed runs", done,
+                                                                        total))
         llms = {n: w for n, w in workers.items() if w.llm}
         prefills = (measure_interleaved({n: _call(w, "prefill") for n, w in llms.items()},
                                         warmup=1, min_runs=options.prefill_runs,
-                                        min_seconds=0.0, self_timed=True) if llms else {})
+                                        min_seconds=0.0, self_timed=True,
+                                        on_round=lambda done, total: report("prefill runs",
+                                                                            done, total))
+                    if llms else {})
         outputs = {n: w.call("outputs") for n, w in workers.items()}
         for model in models:
             worker = workers[model["name"]]

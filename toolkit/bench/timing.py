@@ -118,6 +118,7 @@ def measure_interleaved(
     seed: int = 0,
     clock: Clock = time.perf_counter,
     self_timed: bool = False,
+    on_round: Callable[[int, int], None] | None = None,
 ) -> dict[str, list[float]]:
     """Per-run seconds of several models, timed in rounds that run each model once.
 
@@ -129,7 +130,8 @@ def measure_interleaved(
     so the ratios between models hold even when the absolute numbers wander. Timing stops
     once every model has `min_runs` runs and the slowest model has `min_seconds` of timed
     time (counting the fastest one instead would multiply the time spent on the slow ones),
-    or after `max_runs` rounds.
+    or after `max_runs` rounds. `on_round(rounds done, rounds expected)` follows progress;
+    the expectation grows while `min_seconds` is not yet met.
     """
     _check_arguments(warmup, min_runs, min_seconds, max_runs)
     if not runners:
@@ -151,7 +153,20 @@ def measure_interleaved(
             samples[name].append(sample)
             totals[name] += sample
         rounds += 1
+        if on_round is not None:
+            on_round(rounds, expected_rounds(rounds, max(totals.values()), min_runs,
+                                             min_seconds, max_runs))
     return samples
+
+
+def expected_rounds(rounds: int, seconds: float, min_runs: int, min_seconds: float,
+                    max_runs: int | None) -> int:
+    """Rounds the timing will take, extrapolated from `seconds` spent in `rounds`."""
+    if _done(rounds, seconds, min_runs, min_seconds, max_runs):
+        return rounds
+    by_time = math.ceil(rounds * min_seconds / seconds) if seconds > 0 else rounds + 1
+    expected = max(min_runs, by_time, rounds + 1)
+    return min(expected, max_runs) if max_runs is not None else expected
 
 
 def _time_one(run_once: Callable[[], object], clock: Clock) -> float:

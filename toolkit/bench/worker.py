@@ -33,7 +33,11 @@ def worker_main(conn, spec: dict) -> None:
     quiet_libraries()
     try:
         start = time.perf_counter()
-        runnable = _build(spec)
+        try:
+            runnable = _build(spec)
+        except Exception as exc:  # the file itself is bad: the parent names the fix
+            conn.send(("load-error", f"{type(exc).__name__}: {exc}"))
+            return
         conn.send(("loaded", time.perf_counter() - start, runnable.llm))
         while True:
             command = conn.recv()
@@ -55,6 +59,24 @@ def worker_main(conn, spec: dict) -> None:
         conn.close()
 
 
+def load_failure(name: str, runtime: str, detail: str) -> str:
+    """One line for a model its runtime cannot load: a corrupt or foreign exported file
+    is re-exported; a PyTorch model's loader already names its own fix."""
+    detail = detail.splitlines()[0][:200] if detail else "no detail"
+    fix = REEXPORT.get(runtime)
+    if fix is None:
+        return f"{name}: {detail}"
+    return f"{name} could not be loaded by {runtime} ({detail}): {fix}"
+
+
+REEXPORT = {
+    "onnxruntime": "it is not a complete ONNX model: re-export it with `toolkit export onnx "
+                   "--model MODEL --out FILE.onnx`",
+    "litert": "it is not a complete LiteRT flatbuffer: re-export it with `toolkit export "
+              "tflite --model MODEL --out FILE.tflite`",
+}
+
+
 class Worker:
     """The parent's handle: `call(command)` returns what the worker sent back."""
 
@@ -64,16 +86,23 @@ class Worker:
         self.process = context.Process(target=worker_main, args=(child, spec), daemon=True)
         self.process.start()
         child.close()
-        self.name = spec["name"]
+        self.name, self.runtime = spec["name"], spec["runtime"]
+        self.loading = True
         reply = self._receive()
+        self.loading = False
         _, self.load_seconds, self.llm = reply
 
     def _receive(self) -> Any:
         try:
             reply = self.conn.recv()
         except EOFError:
-            raise RuntimeError(f"{self.name}: the runtime's process died (exit code "
-                               f"{self.process.exitcode}); run it alone to see why") from None
+            self.process.join(timeout=5)
+            died = f"the runtime's process died (exit code {self.process.exitcode})"
+            if self.loading:
+                raise RuntimeError(load_failure(self.name, self.runtime, died)) from None
+            raise RuntimeError(f"{self.name}: {died}; run it alone to see why") from None
+        if isinstance(reply, tuple) and reply and reply[0] == "load-error":
+            raise RuntimeError(load_failure(self.name, self.runtime, reply[1]))
         if isinstance(reply, tuple) and reply and reply[0] == "error":
             raise RuntimeError(f"{self.name}: {reply[1]}")
         return reply

@@ -11,10 +11,12 @@ from models.registry import is_registered
 from toolkit.commands.common import positive_int, write_json
 from toolkit.data.cache import write_text_atomic
 from toolkit.errors import UserError
+from toolkit.progress import make_progress
 from toolkit.report import format_table
 
 RUNTIME_OF_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
 NOT_YET = {".mlpackage": "Core ML", ".mlmodel": "Core ML"}
+TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier at bytes 4..8 of every .tflite
 
 
 def add_parser(subparsers) -> None:
@@ -52,6 +54,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", type=Path, metavar="PATH", help="write the full report as JSON")
     p.add_argument("--html", type=Path, metavar="PATH",
                    help="write an HTML report with the latency distributions")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (errors and the final table still print)")
     p.set_defaults(run=run)
 
 
@@ -74,8 +78,7 @@ def resolve_targets(paths: list[str], runtime: str):
                             "are not benchmarked here: export to ONNX or tflite to measure "
                             "the model on this machine")
         if suffix in RUNTIME_OF_SUFFIX:
-            if not path.is_file():
-                raise UserError(f"{spec} does not exist: check the path")
+            check_model_file(spec, path)
             kind = RUNTIME_OF_SUFFIX[suffix]
         elif path.is_dir() or is_registered(spec):
             kind = "torch"
@@ -90,6 +93,26 @@ def resolve_targets(paths: list[str], runtime: str):
         targets.append(BenchTarget(spec, os.fspath(path) if kind != "torch" or path.is_dir()
                                    else spec, kind))
     return targets
+
+
+def check_model_file(spec: str, path: Path) -> None:
+    """Refuse, in one line naming the fix, an exported file that cannot be a model: missing,
+    a directory, empty, or a .tflite without the LiteRT flatbuffer identifier. Subtler
+    damage (a truncated ONNX file) is named when its runtime fails to load it."""
+    fix = f"re-export it with `toolkit export {path.suffix.lower().lstrip('.')} --model MODEL " \
+          f"--out {spec}`"
+    if path.is_dir():
+        raise UserError(f"{spec} is a directory, not a {path.suffix} file: pass the exported "
+                        f"file itself, or {fix}")
+    if not path.is_file():
+        raise UserError(f"{spec} does not exist: check the path")
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    if not head:
+        raise UserError(f"{spec} is empty (0 bytes): {fix}")
+    if path.suffix.lower() == ".tflite" and head[4:8] != TFLITE_IDENTIFIER:
+        raise UserError(f"{spec} is not a LiteRT flatbuffer (no {TFLITE_IDENTIFIER.decode()} "
+                        f"identifier): {fix}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,10 +130,14 @@ def run(args: argparse.Namespace) -> int:
     options = BenchOptions(threads=args.threads, warmup=args.warmup, runs=args.runs,
                            min_seconds=args.min_seconds, prompt_tokens=args.prompt_tokens,
                            max_context=args.max_context, reference=args.reference)
+    progress = make_progress(args.quiet)
     try:
-        report = run_bench(targets, options)
+        report = run_bench(targets, options, progress)
     except RuntimeError as exc:  # a worker's failure, named by model
         raise UserError(str(exc).splitlines()[0][:400]) from None
+    finally:
+        if progress is not None:
+            progress.close()  # end the bars' lines before the table or an error
     print(format_table(HEADERS, [table_row(m, report["models"][0]) for m in report["models"]]))
     write_json(args.json, report)
     if args.html:

@@ -23,6 +23,7 @@ from toolkit.eval.compare import CompareEntry, compare_rows, compare_table, kick
 from toolkit.eval.kick import DEFAULT_MMLU_QUESTIONS, KickProtocol, KickResult
 from toolkit.eval.kick_cache import evaluate_kick
 from toolkit.hardware import resolve_device
+from toolkit.limits import check_length
 from toolkit.pipeline import metrics_dict
 from toolkit.progress import make_progress
 from toolkit.report import format_table
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     protocol = resolve_protocol(args, spec)
     loaded = load_model(spec)
+    check_length(loaded, protocol.seq_len, "--eval-seq-len")
     progress = make_progress(args.quiet)
     try:
         results = evaluate_perplexities(loaded.module, cached_streams(loaded.tokenizer),
@@ -110,9 +112,15 @@ def _kick_results(args: argparse.Namespace, specs: list[str], protocol: KickProt
                   ) -> dict[str, tuple[KickResult, bool]]:
     device = resolve_device(args.device)
     progress = make_progress(args.quiet)
+
+    def load(model_spec: str):
+        loaded = load_model(model_spec)
+        check_length(loaded, protocol.perplexity.seq_len, "--eval-seq-len")
+        return loaded
+
     try:
         return {spec: evaluate_kick(spec, protocol, device=device, progress=progress,
-                                    use_cache=not args.no_cache) for spec in specs}
+                                    use_cache=not args.no_cache, load=load) for spec in specs}
     finally:
         if progress is not None:
             progress.close()

@@ -20,6 +20,12 @@ from models.errors import ModelError
 from toolkit.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+# A class needs images in training and, usually, in the 10% validation and test splits.
+MIN_IMAGES_PER_CLASS = 5
+# A photo of 8192 x 8192 is far beyond any model input here; a file claiming more pixels is
+# refused before decoding, as a decompression bomb (a small file that expands to GBs) would
+# otherwise fill memory. PIL's own limit only warns below twice its 89M pixels.
+MAX_IMAGE_PIXELS = 8192 * 8192
 Split = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -84,6 +90,10 @@ def folder_data(root: Path, size: int, channels: int, seed: int = 0,
         if not files:
             raise UserError(f"class folder {folder} holds no images "
                             f"({', '.join(IMAGE_SUFFIXES)}): add some or remove it")
+        if len(files) < MIN_IMAGES_PER_CLASS:
+            raise UserError(f"class folder {folder} holds {len(files)} image(s), fewer than "
+                            f"{MIN_IMAGES_PER_CLASS} (training plus the validation and test "
+                            "splits need them): add images or remove the folder")
         for path in files:
             pixels.append(_read_image(path, size, channels))
             labels.append(label)
@@ -104,7 +114,7 @@ def _read_image(path: Path, size: int, channels: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image = image.convert("L" if channels == 1 else "RGB").resize(
                 (size, size), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
@@ -112,6 +122,25 @@ def _read_image(path: Path, size: int, channels: int) -> np.ndarray:
         raise UserError(f"{path} is not a readable image ({exc.__class__.__name__}): "
                         "remove it or replace it with a PNG/JPEG") from None
     return array[None] if channels == 1 else array.transpose(2, 0, 1).copy()
+
+
+def open_image(path: Path):
+    """`PIL.Image.open(path)`, refused in one line when it claims more than
+    MAX_IMAGE_PIXELS (checked from the header, before any pixel is decoded)."""
+    from PIL import Image
+
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError:
+        raise UserError(f"{path} claims more pixels than PIL allows (a decompression bomb?): "
+                        "downscale it or remove it") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise UserError(f"{path} is {width}x{height} pixels, over the cap of "
+                        f"{MAX_IMAGE_PIXELS} (a decompression bomb?): downscale it below "
+                        "8192x8192 or remove it")
+    return image
 
 
 def _digest(*splits: Split) -> str:

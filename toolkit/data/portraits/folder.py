@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from toolkit.data.images import open_image
 from toolkit.data.portraits.dataset import UNKNOWN_ATTRIBUTE, PortraitSet
 from toolkit.errors import UserError
 
@@ -65,7 +66,7 @@ def _mask_for(image: Path, masks_dir: Path) -> Path:
 
 def _read(path: Path, mode: str | None) -> Image.Image:
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.load()
             return image.convert(mode) if mode else image.copy()
     except (UnidentifiedImageError, OSError) as exc:
