@@ -313,7 +313,7 @@ def test_unknown_architecture(tmp_path, fake_model_dir):
     config = json.loads((model / "config.json").read_text(encoding="utf-8"))
     config["model_type"] = "no-such-architecture"
     (model / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    with pytest.raises(ModelError, match="could not be loaded as a causal LM"):
+    with pytest.raises(ModelError, match="no-such-architecture.*does not support.*Llama"):
         load_model(str(model))
 
 
