@@ -32,8 +32,8 @@ def run_in_child(path: Path, arrays: list[np.ndarray], threads: int | None = Non
         np.savez(inputs, **{f"arg{i}": a for i, a in enumerate(arrays)})
         extra = [] if threads is None else ["--threads", str(threads)]
         child = subprocess.run(
-            [sys.executable, "-m", "export.litert.run_model", os.fspath(path),
-             "--inputs", os.fspath(inputs), "--out", os.fspath(outputs), *extra],
+            [sys.executable, "-m", "export.litert.run_model", child_path(path),
+             "--inputs", child_path(inputs), "--out", child_path(outputs), *extra],
             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
         if child.returncode != 0:
             last = (child.stderr.strip().splitlines() or ["no message"])[-1][:300]
@@ -41,6 +41,12 @@ def run_in_child(path: Path, arrays: list[np.ndarray], threads: int | None = Non
                               f"code {child.returncode}): {last}")
         data = np.load(outputs)
         return [data[f"out{i}"] for i in range(len(data.files))]
+
+
+def child_path(path: Path | str) -> str:
+    """A path the child can open: it runs in the repository root (to import `export`),
+    not the caller's working directory, so a relative path would name another file."""
+    return os.path.abspath(os.fspath(path))
 
 
 def main(argv: list[str] | None = None) -> int:

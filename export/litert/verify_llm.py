@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from export.errors import ExportError
+from export.litert.run_model import child_path
 from export.llm.check import LlmVerification, torch_greedy
 from export.verify import agreement
 
@@ -25,9 +25,9 @@ def litert_greedy(path: Path, prompt: Sequence[int], new_tokens: int,
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.npz"
         child = subprocess.run(
-            [sys.executable, "-m", "export.litert.run_llm", os.fspath(path),
+            [sys.executable, "-m", "export.litert.run_llm", child_path(path),
              "--prompt", ",".join(map(str, prompt)), "--new-tokens", str(new_tokens),
-             "--max-context", str(max_context), "--out", os.fspath(result)],
+             "--max-context", str(max_context), "--out", child_path(result)],
             capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
             cwd=Path(__file__).resolve().parents[2])
         if child.returncode != 0:

@@ -1,0 +1,98 @@
+"""The LLM half of every export target: write the re-authored decoder with the artifact's
+packed weights (the target's write_llm), say what was carried, dropped and lost, then
+verify (the target's verify_llm): logits within rtol of PyTorch's and the same greedy
+tokens, or structural checks where the runtime cannot run here (Core ML off macOS)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from export.carried import lost_quantization, lost_sparsity, pruned_sparsity, read_manifest
+from export.errors import ExportError
+from export.options import ExportOptions
+from export.report import ExportReport
+from export.sizes import written_bytes
+
+
+def export_llm_artifact(exporter, artifact: Any, out: Path,
+                        options: ExportOptions) -> ExportReport:
+    if artifact.tokenizer is None:
+        raise ExportError(f"{artifact.source} is neither a language model nor a registered "
+                          "vision family: see `toolkit models --all`")
+    if options.int8:
+        raise ExportError("--int8 is static int8 for vision models; an LLM's int8 weights "
+                          "come from `toolkit compress --method rtn --bits 8`")
+    if options.fp16 or options.palettize_bits:
+        raise ExportError("--fp16 and --palettize-bits are for vision models; an LLM's Core ML "
+                          "file is float16 already and carries the artifact's own palettes "
+                          "(`toolkit compress --method palettize`)")
+    prompt = _prompt_ids(artifact, options)
+    result = exporter.write_llm(artifact, out, options)
+    report = describe_llm(exporter, artifact, result, out, options)
+    if options.require_carried and report.lost:
+        raise_lost(report)
+    if options.verify:
+        report.verification = verify_llm(exporter, artifact, result, out, prompt, options)
+    return report
+
+
+def raise_lost(report: ExportReport) -> None:
+    raise ExportError(f"the {report.target} file would carry none of: {'; '.join(report.lost)}"
+                      f" (--require-carried), so nothing was written: choose a target that "
+                      "carries it, or drop --require-carried")
+
+
+def _prompt_ids(artifact: Any, options: ExportOptions) -> list[int]:
+    """The verification prompt's tokens, refused before any work when they cannot fit."""
+    if not options.verify:
+        return []
+    prompt = artifact.tokenizer(options.prompt, add_special_tokens=False)["input_ids"]
+    if not prompt:
+        raise ExportError("--prompt encodes to no tokens: give some text")
+    if len(prompt) + options.new_tokens > options.max_context:
+        raise ExportError(f"--prompt ({len(prompt)} tokens) + --new-tokens "
+                          f"{options.new_tokens} exceed --max-context {options.max_context}: "
+                          "shorten them or raise --max-context")
+    return prompt
+
+
+def describe_llm(exporter, artifact: Any, result: Any, out: Path,
+                 options: ExportOptions) -> ExportReport:
+    manifest = options.manifest if options.manifest is not None else read_manifest(
+        artifact.source)
+    params = sum(p.numel() for p in artifact.module.parameters())
+    dropped = [{"layer": r.name, "why": r.carried_as} for r in result.dropped]
+    sparsity = pruned_sparsity(manifest)
+    sparse_lost = lost_sparsity(sparsity, result.carried)
+    if sparse_lost:
+        dropped.append({"layer": "pruned linears", "why": f"{sparsity:.1%} zeros stored "
+                        f"dense: {exporter.sparse_note}"})
+    size = written_bytes(out)
+    quant_lost = lost_quantization(artifact.quantized, result.carried, size, artifact.source)
+    return ExportReport(
+        target=exporter.target, runtime=exporter.runtime, source=artifact.source,
+        file_bytes=size, float32_bytes=4 * params,
+        carried=dict(Counter(r.carried_as for r in result.carried)), dropped=dropped,
+        lost=[what for what in (quant_lost, sparse_lost) if what],
+        details={"max_context": result.decoder.shape.max_context,
+                 "carried_layers": len(result.carried), "pruned_sparsity": sparsity})
+
+
+def verify_llm(exporter, artifact: Any, result: Any, out: Path, prompt: list[int],
+               options: ExportOptions) -> dict:
+    try:
+        check = exporter.verify_llm(result, out, artifact, prompt, options)
+    except ValueError as exc:  # the prompt does not fit the exported shapes
+        if isinstance(exc, ExportError):
+            raise
+        raise ExportError(f"cannot verify with this prompt: {exc}") from None
+    if isinstance(check, dict):  # structural checks only (the runtime cannot run here)
+        return check
+    data = check.to_dict()
+    data["rtol"] = options.rtol
+    data["passed"] = check.tokens_match and check.logits.relative_error <= options.rtol
+    data["pytorch_text"] = artifact.tokenizer.decode(check.pytorch_tokens)
+    data["runtime_text"] = artifact.tokenizer.decode(check.runtime_tokens)
+    return data

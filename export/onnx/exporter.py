@@ -1,0 +1,32 @@
+"""The "onnx" export target: LLMs as one graph with an explicit key/value cache and the
+artifact's packed weights as MatMulNBits / palette lookups (export.onnx.llm), vision
+models with the normalisation folded in (export.vision); run by onnxruntime to verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from export.options import ExportOptions
+from export.registry import Exporter, register_exporter
+
+
+@register_exporter("onnx")
+class OnnxExporter(Exporter):
+    suffix = ".onnx"
+    runtime = "onnxruntime"
+    sparse_note = "ONNX has no sparse weight format onnxruntime runs"
+
+    def write_llm(self, artifact, out: Path, options: ExportOptions):
+        from export.onnx.llm import export_llm_onnx
+
+        return export_llm_onnx(artifact.module, out, max_context=options.max_context,
+                               quantized=artifact.quantized,
+                               metadata={"edge_toolkit.source": artifact.source})
+
+    def verify_llm(self, result, out: Path, artifact, prompt: list[int],
+                   options: ExportOptions):
+        from export.onnx.verify_llm import verify_llm_onnx
+
+        shape = result.decoder.shape
+        return verify_llm_onnx(out, artifact.module, prompt, options.new_tokens,
+                               shape.cache_shape(), shape.max_context)

@@ -1,0 +1,52 @@
+"""What a caller may ask of an export, as one dataclass every registered exporter takes.
+
+LLM knobs (max_context, prefill_tokens, prompt, new_tokens) shape the re-authored decoder
+and its greedy check; vision knobs (int8, fp16, palettize_bits, calibration_images) pick
+the file's precision. `rtol` is the largest allowed error relative to PyTorch's largest
+output; left None it becomes 1e-3 for float files and 0.05 for static int8 ones (judged
+on the mean error there, see export.vision_job).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from export.errors import ExportError
+
+DEFAULT_PROMPT = "The capital of France is"
+FLOAT_RTOL = 1e-3
+INT8_RTOL = 0.05  # static int8 activations: a few percent is the expected cost
+
+
+@dataclasses.dataclass
+class ExportOptions:
+    # LLMs: tokens the key/value cache holds, prompt and output together.
+    max_context: int = 512
+    # LiteRT LLMs: length of the fixed prefill signature; longer prompts run in chunks.
+    prefill_tokens: int = 64
+    prompt: str = DEFAULT_PROMPT  # verification prompt for LLMs
+    new_tokens: int = 16  # greedy tokens both runtimes generate to verify
+    rtol: float | None = None  # None: FLOAT_RTOL, or INT8_RTOL with int8
+    int8: bool = False  # vision, tflite / onnx: static int8 calibrated on the family's images
+    fp16: bool = False  # vision, coreml: float16 weights and compute
+    palettize_bits: int | None = None  # vision, coreml: k-means palette of 2^B values
+    calibration_images: int = 64  # images for int8 calibration
+    verify: bool = True  # run (or, for Core ML off macOS, inspect) the file before moving it
+    overwrite: bool = False  # replace an existing output
+    # Refuse (ExportError, nothing written) an export that carries none of a compression
+    # stage the artifact recorded, instead of passing with the loss named in the verdict.
+    require_carried: bool = False
+    quiet: bool = True
+    # The artifact's manifest (toolkit.json); None: read from the artifact's directory.
+    manifest: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.rtol is None:
+            self.rtol = INT8_RTOL if self.int8 else FLOAT_RTOL
+        if not 0 < self.rtol < 1:
+            raise ExportError(f"--rtol {self.rtol} must lie in (0, 1), e.g. 1e-3")
+        for name in ("max_context", "prefill_tokens", "new_tokens", "calibration_images"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                flag = "--" + name.replace("_", "-")
+                raise ExportError(f"{flag} {value!r} must be a positive integer")
