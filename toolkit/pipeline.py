@@ -1,5 +1,9 @@
-"""The main job, as functions the CLI and the benchmarks share:
-load -> calibration data -> evaluate -> run the recipe's stages -> evaluate -> save."""
+"""The main job, for every model family, as functions the CLI and the benchmarks share:
+load -> calibration data -> evaluate -> run the recipe's stages -> evaluate -> save.
+
+What differs by family (how calibration data is built, how the model is evaluated, the
+manifest's family fields, the summary and the writer) is the family's workflow
+(toolkit/workflows/); this module only orders the steps."""
 
 from __future__ import annotations
 
@@ -14,42 +18,14 @@ import torch
 
 import compress
 from compress.distill import DistillConfig
+from compress.requirements import applicable_methods, unmet_need
 from models import LoadedModel
-from models.load import MOE_LM_FAMILY
-from toolkit.data import (
-    TokenStreams,
-    cached_streams,
-    read_calibration_file,
-    sample_calibration,
-    token_hash,
-    tokenize_text,
-)
-from toolkit.eval import evaluate_perplexities
-from toolkit.lm_artifact import block_sparsity, save_lm_artifact
+from toolkit.errors import UserError
 from toolkit.manifest import library_versions, timestamp
 from toolkit.recipe import CalibrationSpec, Recipe
+from toolkit.workflows import CalibrationData, Workflow, workflow_for
 
 __all__ = ["CalibrationSpec", "CompressionRun", "Recipe", "run_compression", "save_result"]
-
-
-@dataclasses.dataclass
-class Calibration:
-    tokens: torch.Tensor  # [N, L]
-    description: dict[str, Any]
-
-
-def calibration_tokens(spec: CalibrationSpec, streams: TokenStreams, tokenizer) -> Calibration:
-    """N windows of L tokens drawn with `spec.seed` from the Wikipedia pool or `spec.file`."""
-    if spec.file is not None:
-        pool = tokenize_text(tokenizer, read_calibration_file(spec.file))
-        source = str(spec.file)
-    else:
-        pool, source = streams.calib_pool, "wikipedia (gensim test data, first 90% of tokens)"
-    tokens = sample_calibration(pool, spec.samples, spec.seq_len, spec.seed)
-    return Calibration(tokens, {"source": source, "samples": spec.samples,
-                                "seq_len": spec.seq_len, "seed": spec.seed,
-                                "pool_tokens": int(pool.numel()),
-                                "tokens_sha256": token_hash(tokens)})
 
 
 def metrics_dict(results) -> dict[str, dict]:
@@ -69,88 +45,84 @@ class CompressionRun:
 class CompressionResult:
     manifest: dict[str, Any]
     quantized: dict  # linear name -> packed form (models.qformat), empty when not quantized
+    workflow: Workflow | None = None
+    calibration: CalibrationData | None = None
+
+
+def check_applies(loaded: LoadedModel, recipe: Recipe, workflow: Workflow) -> None:
+    """Refuse, before any work, a stage whose method cannot reach this model through the
+    adapter it needs (compress/requirements.py), naming the methods that do apply."""
+    for config in recipe.stages:
+        reason = unmet_need(config, loaded.module)
+        if reason is None:
+            continue
+        usable = applicable_methods(loaded.module)
+        hint = (f"use --method {' or '.join(usable)}" if usable
+                else "no compression method applies to it")
+        raise UserError(f"method {config.method} does not apply to {loaded.source} "
+                        f"({workflow.kind}): {reason}; {hint}")
 
 
 def run_compression(loaded: LoadedModel, run: CompressionRun) -> CompressionResult:
     """Run every stage of the recipe on `loaded.module` in place; return the manifest
     (metrics included) and the packed weights of the quantization stage, if any."""
-    streams = cached_streams(loaded.tokenizer)
-    calib = calibration_tokens(run.recipe.calibration, streams, loaded.tokenizer)
-    metrics: dict[str, Any] = {}
+    workflow = workflow_for(loaded)
+    check_applies(loaded, run.recipe, workflow)
+    data = workflow.calibration(loaded, run.recipe.calibration)
+    wants_teacher = any(isinstance(c, DistillConfig) for c in run.recipe.stages)
+    # The model as it was before the first stage: a distillation stage's teacher, and
+    # what a family's evaluation compares the compressed model with.
+    original = (copy.deepcopy(loaded.module).eval()
+                if wants_teacher or (run.evaluate and workflow.compares_with_original)
+                else None)
+    metrics: dict[str, Any] = {} if data.held_out_description is None \
+        else {"held_out": data.held_out_description}
     if run.evaluate:
-        metrics["before"] = metrics_dict(_evaluate(loaded, streams, run))
-    stages, quantization, quantized = [], None, {}
+        metrics["before"] = workflow.evaluate(loaded, None, data, run)
     start = time.perf_counter()
-    # A distillation stage learns from the model as it was before the first stage.
-    teacher = (copy.deepcopy(loaded.module).eval()
-               if any(isinstance(c, DistillConfig) for c in run.recipe.stages) else None)
-    for config in run.recipe.stages:
-        stage_start = time.perf_counter()
-        extra = {"teacher": teacher} if isinstance(config, DistillConfig) else {}
-        report = compress.apply(loaded.module, config, calib.tokens, device=run.device,
-                                forward_dtype=run.forward_dtype, progress=run.progress,
-                                **extra)
-        section = report.manifest_section()
-        stages.append({"method": config.method, "kind": section["kind"],
-                       "seconds": {"total": time.perf_counter() - stage_start,
-                                   **report.seconds},
-                       "forward_dtype": report.forward_dtype, "report": section})
-        if section["kind"] == "quantize":
-            quantization, quantized = section, report.quantized
+    stages, quantized = _run_stages(loaded, run, data, original)
     compress_seconds = time.perf_counter() - start
-    loaded.module.to("cpu")
+    loaded.module.to("cpu").eval()
     if run.evaluate:
-        metrics["after"] = metrics_dict(_evaluate(loaded, streams, run))
+        metrics["after"] = workflow.evaluate(loaded, original, data, run)
     last = run.recipe.stages[-1].to_dict()
     manifest = {
         "format": "edge-toolkit-artifact/1",
-        **_moe_fields(loaded),
         "created": timestamp(),
         "source_model": loaded.source,
         "model_name": loaded.name,
         "recipe": run.recipe.to_dict(),
         "method": {**last, "method": run.recipe.name} if len(stages) > 1 else last,
         "stages": stages,
-        "calibration": calib.description,
+        "calibration": data.description,
         "engine": {"device": run.device, "forward_dtype": stages[-1]["forward_dtype"],
                    "threads": torch.get_num_threads()},
         "seed": run.recipe.calibration.seed,
         "versions": library_versions(),
-        "sparsity": _sparsity_section(loaded, stages),
-        "quantization": quantization,
-        "timing_seconds": {"compress_total": compress_seconds,
-                           **_summed_seconds(stages)},
-        "eval_protocol": run.recipe.protocol.to_dict(),
+        "timing_seconds": {"compress_total": compress_seconds, **_summed_seconds(stages)},
         "metrics": metrics,
     }
-    return CompressionResult(manifest, quantized)
+    manifest.update(workflow.manifest_fields(loaded, stages, data, run))
+    return CompressionResult(manifest, quantized, workflow, data)
 
 
-def _moe_fields(loaded: LoadedModel) -> dict[str, Any]:
-    """A mixture-of-experts LM's family and per-layer expert counts (how it loads back)."""
-    layers = [m for m in loaded.module.modules() if getattr(type(m), "routing_group", False)]
-    if not layers:
-        return {}
-    return {"family": MOE_LM_FAMILY,
-            "moe": {"num_experts": max(m.num_experts for m in layers),
-                    "top_k": layers[0].top_k, "layers": [m.num_experts for m in layers]}}
-
-
-def _sparsity_section(loaded: LoadedModel, stages: list[dict]) -> dict[str, Any]:
-    """Zeros counted in the final weights (so a later quantization stage is accounted for)
-    over the linears a pruning stage pruned (all block linears when none did), plus the
-    pruning stage's own per-block targets."""
-    _, measured = block_sparsity(loaded.module)
-    prune = [s["report"] for s in stages if s["kind"] == "prune"]
-    names = list(prune[-1]["per_layer"]) if prune else list(measured)
-    numel = {n: m.weight.numel() for n, m in loaded.module.named_modules() if n in names}
-    total = sum(numel.values())
-    overall = sum(measured[n] * numel[n] for n in names) / total if total else 0.0
-    section: dict[str, Any] = {"overall": overall, "per_layer": {n: measured[n] for n in names}}
-    if prune:
-        section.update({k: prune[-1][k] for k in ("block_targets", "outlier_ratios",
-                                                   "ignored")})
-    return section
+def _run_stages(loaded: LoadedModel, run: CompressionRun, data: CalibrationData,
+                original: torch.nn.Module | None) -> tuple[list[dict], dict]:
+    stages, quantized = [], {}
+    for config in run.recipe.stages:
+        stage_start = time.perf_counter()
+        extra = {"teacher": original} if isinstance(config, DistillConfig) else {}
+        report = compress.apply(loaded.module, config, data.inputs, device=run.device,
+                                forward_dtype=run.forward_dtype, progress=run.progress,
+                                **data.options, **extra)
+        section = report.manifest_section()
+        stages.append({"method": config.method, "kind": section["kind"],
+                       "seconds": {"total": time.perf_counter() - stage_start,
+                                   **report.seconds},
+                       "forward_dtype": report.forward_dtype, "report": section})
+        if section["kind"] == "quantize":
+            quantized = report.quantized
+    return stages, quantized
 
 
 def _summed_seconds(stages: list[dict]) -> dict[str, float]:
@@ -164,14 +136,9 @@ def _summed_seconds(stages: list[dict]) -> dict[str, float]:
     return totals
 
 
-def _evaluate(loaded: LoadedModel, streams: TokenStreams, run: CompressionRun):
-    return evaluate_perplexities(loaded.module, streams, run.recipe.protocol,
-                                 device=run.device, progress=run.progress)
-
-
 def save_result(out: Path, loaded: LoadedModel, result: CompressionResult, recipe: Recipe, *,
                 overwrite: bool) -> Path:
-    """The artifact directory: model files (packed when quantized), recipe.yaml and
-    toolkit.json, written atomically."""
-    return save_lm_artifact(out, loaded, result.manifest, result.quantized, recipe.to_yaml(),
-                            overwrite=overwrite)
+    """The artifact directory of the model's family (model files, packed when quantized;
+    recipe.yaml; toolkit.json), written atomically."""
+    workflow = result.workflow or workflow_for(loaded)
+    return workflow.save(out, loaded, result, recipe.to_yaml(), overwrite=overwrite)

@@ -11,8 +11,16 @@ repeats the run.
       - {method: wanda, sparsity: 0.5}
       - {method: gptq, bits: 4, group_size: 128}
 
+The same shape runs every model family: for an image model `samples` counts images
+(default: the family's own, 512 for a V-MoE, 64 portraits), `seq_len` is unused and
+`data` is a portrait folder (images/ and masks/) instead of a text file; `eval:` sets the
+perplexity protocol of language models only. A saved recipe names the model it ran on
+(a registry name or an absolute path), so re-running it repeats the run from any
+directory.
+
 Unknown keys are errors that name the key. Quantization writes packed weights, so it
-must be the last stage: a pruning stage after it would undo the packing.
+must be the last stage: a pruning stage after it would undo the packing. Distillation
+learns from the model before the first stage, so it cannot be the first stage.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 import yaml
 
 from compress.config import MethodConfig
+from compress.distill import DistillConfig
 from compress.errors import CompressError
 from compress.quant import QuantConfig
 from toolkit.errors import UserError
@@ -36,10 +45,11 @@ EVAL_KEYS = ("windows", "seq_len")
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationSpec:
-    samples: int = 32
+    samples: int | None = None  # None: the family's default (32 sequences, 512 images...)
     seq_len: int = 512
     seed: int = 0
-    file: Path | None = None  # a user's text/JSONL instead of the Wikipedia pool
+    # A user's text/JSONL instead of the Wikipedia pool; a portrait folder for portraits.
+    file: Path | None = None
 
 
 @dataclasses.dataclass
@@ -58,8 +68,10 @@ class Recipe:
         return "+".join(stage.method for stage in self.stages)
 
     def to_dict(self) -> dict[str, Any]:
-        calibration = {"samples": self.calibration.samples, "seq_len": self.calibration.seq_len,
-                       "seed": self.calibration.seed}
+        calibration: dict[str, Any] = {} if self.calibration.samples is None \
+            else {"samples": self.calibration.samples}
+        calibration.update({"seq_len": self.calibration.seq_len,
+                            "seed": self.calibration.seed})
         if self.calibration.file is not None:
             calibration["data"] = str(self.calibration.file)
         out: dict[str, Any] = {"model": self.model} if self.model else {}
@@ -74,6 +86,10 @@ class Recipe:
 def check_stage_order(stages: list[MethodConfig]) -> None:
     if not stages:
         raise UserError("the recipe has no stages: list at least one under `stages:`")
+    if isinstance(stages[0], DistillConfig):
+        raise UserError("stage 1 is distill, which learns from the model before the first "
+                        "stage: put a compression stage (e.g. channel-prune, drop-experts, "
+                        "wanda) before it")
     for index, stage in enumerate(stages[:-1]):
         if isinstance(stage, QuantConfig):
             later = stages[index + 1].method
@@ -132,6 +148,8 @@ def _calibration(data: Any, where: str) -> CalibrationSpec:
     samples, seq_len = data.get("samples", spec.samples), data.get("seq_len", spec.seq_len)
     seed = data.get("seed", spec.seed)
     for key, value in (("samples", samples), ("seq_len", seq_len), ("seed", seed)):
+        if key == "samples" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or (key != "seed" and value < 1):
             raise UserError(f"{where}: calibration {key} must be a positive integer, "
                             f"not {value!r}")

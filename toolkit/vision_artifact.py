@@ -1,27 +1,29 @@
-"""Writing a V-MoE artifact (trained, or after expert dropping): `model.safetensors` and
-`toolkit.json` with the family, the model config (so a dropped model's smaller expert
-count loads back), the input normalisation and the data set, staged then renamed."""
+"""Writing a V-MoE artifact (trained, or after expert dropping): a thin wrapper that turns
+the module and its input description into a LoadedModel for
+`toolkit.artifacts.save_model_artifact` (the V-MoE family, models/families/vmoe.py,
+writes the files and its manifest section)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import save_file
-
+from models.fake_cnn import smooth_images
+from models.registry import LoadedModel
+from models.vision_input import VisionInput
 from models.vmoe import VisionMoE
-from models.vmoe_artifact import FAMILY, WEIGHTS, config_dict
-from toolkit.artifacts import save_artifact
+from toolkit.artifacts import save_model_artifact
 
 
 def save_vmoe_artifact(out: Path, module: VisionMoE, manifest: dict, input_info: dict, *,
-                       overwrite: bool = False) -> Path:
-    """`input_info`: {"mean": [...], "std": [...], "dataset": "fashion-mnist" or None}."""
-    state = {name: tensor.detach().contiguous().cpu()
-             for name, tensor in module.state_dict().items()}
-
-    def write(staging: Path) -> None:
-        save_file(state, str(staging / WEIGHTS))
-
-    full = {"format": "edge-toolkit-artifact/1", "family": FAMILY,
-            "config": config_dict(module.config), "input": input_info, **manifest}
-    return save_artifact(out, write, full, overwrite=overwrite)
+                       overwrite: bool = False, recipe_yaml: str | None = None) -> Path:
+    """`input_info`: {"mean": [...], "std": [...], "dataset": "fashion-mnist" or None};
+    `recipe_yaml`: the recipe that made it, written as recipe.yaml (re-runnable).
+    `manifest` is completed in place (schema keys, config, input, files)."""
+    config = module.config
+    shape = (1, config.channels, config.image_size, config.image_size)
+    vision = VisionInput(shape, tuple(input_info["mean"]), tuple(input_info["std"]),
+                         images=smooth_images, dataset=input_info.get("dataset"))
+    loaded = LoadedModel(module=module, tokenizer=None, source="V-MoE", vision=vision)
+    manifest["input"] = dict(input_info)
+    return save_model_artifact(out, loaded, manifest, recipe_yaml=recipe_yaml,
+                               overwrite=overwrite)

@@ -1,4 +1,6 @@
-"""`toolkit compress`: one method from flags (a one-stage recipe), saved as an artifact."""
+"""`toolkit compress`: one method from flags (a one-stage recipe, plus a distillation stage
+for `--recover kd` when the method has no recovery of its own), run by the same job as
+`toolkit run` for every model family, saved as an artifact."""
 
 from __future__ import annotations
 
@@ -16,9 +18,7 @@ from compress.experts.drop import RECOVER_CHOICES
 from compress.prune.base import LAYERWISE_CHOICES
 from compress.quant.base import BACKENDS
 from compress.structured import ALLOCATIONS, CHANNEL_CRITERIA
-from models.load import load_model, model_family
 from toolkit.commands.common import add_eval_options, add_runtime_options, positive_int
-from toolkit.commands.compress_vision_job import PORTRAIT_METHODS, run_vision_compression
 from toolkit.commands.job import add_job_options, run_recipe
 from toolkit.errors import UserError
 from toolkit.eval import EvalProtocol
@@ -179,19 +179,9 @@ def run(args: argparse.Namespace) -> int:
     stages = build_stages(args)  # validate every knob before loading anything
     if args.threads:
         torch.set_num_threads(args.threads)
-    family = model_family(args.model)
-    if args.method in PORTRAIT_METHODS and family != "vision":
-        raise UserError(f"--method {args.method} prunes a portrait segmenter; {args.model} is "
-                        "a language model: use --model fake-portrait, portrait-256 or a "
-                        "`toolkit train portrait` artifact")
-    if family == "vision":
-        if len(stages) > 1:
-            raise UserError("--recover kd after a method other than drop-experts needs a "
-                            "language model")
-        return run_vision_compression(load_model(args.model), stages[0], args)
     recipe = Recipe(
         stages=stages,
-        calibration=CalibrationSpec(args.calib_samples or 32, args.seq_len, args.seed,
+        calibration=CalibrationSpec(args.calib_samples, args.seq_len, args.seed,
                                     args.calib_data.expanduser() if args.calib_data else None),
         protocol=EvalProtocol(args.eval_seq_len, args.eval_windows),
         model=args.model)

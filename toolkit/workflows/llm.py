@@ -1,0 +1,119 @@
+"""The language-model workflow (decoder LMs and MoE LMs): calibration windows of token ids
+from the Wikipedia pool or a user's text file; perplexity on the Wikipedia and news
+streams before and after; the manifest's sparsity, quantization and mixture-of-experts
+fields; a Hugging Face directory as the artifact (packed weights when quantized)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from models import LoadedModel
+from models.load import MOE_LM_FAMILY
+from toolkit.data import (
+    cached_streams,
+    read_calibration_file,
+    sample_calibration,
+    token_hash,
+    tokenize_text,
+)
+from toolkit.eval import evaluate_perplexities
+from toolkit.lm_artifact import block_sparsity, save_lm_artifact
+from toolkit.recipe import CalibrationSpec
+from toolkit.report import format_table
+from toolkit.workflows.base import CalibrationData, Workflow
+
+DEFAULT_SAMPLES = 32
+
+
+def calibration(loaded: LoadedModel, spec: CalibrationSpec) -> CalibrationData:
+    """N windows of L tokens drawn with `spec.seed` from the Wikipedia pool or `spec.file`;
+    the token streams are also what perplexity is measured on."""
+    streams = cached_streams(loaded.tokenizer)
+    samples = spec.samples or DEFAULT_SAMPLES
+    if spec.file is not None:
+        pool = tokenize_text(loaded.tokenizer, read_calibration_file(spec.file))
+        source = str(spec.file)
+    else:
+        pool, source = streams.calib_pool, "wikipedia (gensim test data, first 90% of tokens)"
+    tokens = sample_calibration(pool, samples, spec.seq_len, spec.seed)
+    description = {"source": source, "samples": samples, "seq_len": spec.seq_len,
+                   "seed": spec.seed, "pool_tokens": int(pool.numel()),
+                   "tokens_sha256": token_hash(tokens)}
+    return CalibrationData(tokens, description, held_out=streams, samples=samples)
+
+
+def evaluate(loaded: LoadedModel, _original, data: CalibrationData, run) -> dict:
+    results = evaluate_perplexities(loaded.module, data.held_out, run.recipe.protocol,
+                                    device=run.device, progress=run.progress)
+    return {name: result.to_dict() for name, result in results.items()}
+
+
+def manifest_fields(loaded: LoadedModel, stages: list[dict], _data, run) -> dict[str, Any]:
+    quantization = [s["report"] for s in stages if s["kind"] == "quantize"]
+    return {**_moe_fields(loaded), "sparsity": _sparsity_section(loaded, stages),
+            "quantization": quantization[-1] if quantization else None,
+            "eval_protocol": run.recipe.protocol.to_dict()}
+
+
+def _moe_fields(loaded: LoadedModel) -> dict[str, Any]:
+    """A mixture-of-experts LM's family and per-layer expert counts (how it loads back)."""
+    layers = [m for m in loaded.module.modules() if getattr(type(m), "routing_group", False)]
+    if not layers:
+        return {}
+    return {"family": MOE_LM_FAMILY,
+            "moe": {"num_experts": max(m.num_experts for m in layers),
+                    "top_k": layers[0].top_k, "layers": [m.num_experts for m in layers]}}
+
+
+def _sparsity_section(loaded: LoadedModel, stages: list[dict]) -> dict[str, Any]:
+    """Zeros counted in the final weights (so a later quantization stage is accounted for)
+    over the linears a pruning stage pruned (all block linears when none did), plus the
+    pruning stage's own per-block targets."""
+    _, measured = block_sparsity(loaded.module)
+    prune = [s["report"] for s in stages if s["kind"] == "prune"]
+    names = list(prune[-1]["per_layer"]) if prune else list(measured)
+    numel = {n: m.weight.numel() for n, m in loaded.module.named_modules() if n in names}
+    total = sum(numel.values())
+    overall = sum(measured[n] * numel[n] for n in names) / total if total else 0.0
+    section: dict[str, Any] = {"overall": overall, "per_layer": {n: measured[n] for n in names}}
+    if prune:
+        section.update({k: prune[-1][k] for k in ("block_targets", "outlier_ratios",
+                                                   "ignored")})
+    return section
+
+
+def save(out: Path, loaded: LoadedModel, result, recipe_yaml: str, *, overwrite: bool) -> Path:
+    return save_lm_artifact(out, loaded, result.manifest, result.quantized, recipe_yaml,
+                            overwrite=overwrite)
+
+
+def summary(manifest: dict, out: Path) -> str:
+    metrics, timing = manifest["metrics"], manifest["timing_seconds"]
+    quant = manifest.get("quantization")
+    bits = quant["bits_per_weight"] if quant else None
+    sparsity = manifest["sparsity"]["overall"]
+    rows = []
+    if "before" in metrics:
+        m = metrics["before"]
+        rows.append(["dense", m["wikipedia"]["ppl"], m["news"]["ppl"], 0.0, None])
+    after = metrics.get("after")
+    rows.append([manifest["method"]["method"], after["wikipedia"]["ppl"] if after else None,
+                 after["news"]["ppl"] if after else None, sparsity, bits])
+    protocol = manifest["eval_protocol"]
+    lines = [format_table(["model", "wiki ppl", "news ppl", "sparsity", "bits/weight"], rows),
+             "", f"perplexity: {protocol['windows']} windows x {protocol['seq_len']} tokens "
+             "per stream; sparsity and bits over the decoder-block linears (bits include "
+             "scales, zero points and lookup tables)",
+             f"weights on disk: {manifest['files']['weights_bytes'] / 1e6:.1f} MB",
+             f"compression: {timing['compress_total']:.1f} s (forward {timing['forward']:.1f} s, "
+             f"method {timing['method']:.1f} s); total {timing.get('wall_total', 0):.1f} s",
+             f"output: {out}"]
+    return "\n".join(lines)
+
+
+WORKFLOW = Workflow(
+    name="llm", kind="language model", families=("llm", MOE_LM_FAMILY),
+    compares_with_original=False, accepts=lambda loaded: loaded.tokenizer is not None,
+    calibration=calibration, evaluate=evaluate, manifest_fields=manifest_fields,
+    summary=summary, save=save)
