@@ -35,7 +35,7 @@ def smooth_images(count: int, seed: int, size: int = 32) -> torch.Tensor:
     return nn.functional.interpolate(coarse, size=(size, size), mode="bilinear") * 255
 
 
-@register_model("fake-cnn", family="vision", weights="random, generated (tests)",
+@register_model("fake-cnn", family="cnn", weights="random, generated (tests)",
                 description="4-conv CNN on 32x32 RGB, 10 classes", fake=True)
 def fake_cnn() -> LoadedModel:
     torch.manual_seed(FAKE_SEED)

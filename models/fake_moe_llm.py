@@ -29,7 +29,7 @@ def perturb_experts(model: torch.nn.Module, relative_std: float, seed: int) -> N
                 stacked.add_(scale * torch.randn(stacked.shape, generator=generator))
 
 
-@register_model("fake-moe-llm", family="llm", weights="random, generated (tests)",
+@register_model("fake-moe-llm", family="moe-llm", weights="random, generated (tests)",
                 description="fake-llama upcycled to 4 experts, top-2, experts perturbed",
                 fake=True)
 def fake_moe_llm() -> LoadedModel:

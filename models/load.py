@@ -1,16 +1,28 @@
-"""One entry point for every way a user names a model: registry name, HF directory, GGUF."""
+"""One entry point for every way a user names a model: registry name, artifact directory,
+Hugging Face directory, GGUF file. Which reader runs is the family registry's answer
+(models.family): an artifact's toolkit.json names its family; a directory without one
+or a file is read by the family that claims it (the LLM family unless a more specific
+one, e.g. the MoE LM family for a Mixtral checkpoint, does)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from models.errors import ModelError
-from models.gguf_loader import load_gguf
-from models.hf_loader import load_hf_directory
-from models.mixtral_io import config_model_type
-from models.mixtral_layout import MIXTRAL_MODEL_TYPE
-from models.registry import LoadedModel, create_model, is_registered, registered_family
+from models.families.moe_llm import MoeLlmFamily
+from models.family import ModelFamily, family_for_path, family_named
+from models.manifest import read_manifest
+from models.registry import (
+    LEGACY_KINDS,
+    LoadedModel,
+    create_model,
+    is_registered,
+    registered_family,
+)
+
+# The MoE LM family's name, for callers that fill manifests by hand.
+MOE_LM_FAMILY = MoeLlmFamily.name
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def load_model(spec: str) -> LoadedModel:
@@ -24,50 +36,53 @@ def load_model(spec: str) -> LoadedModel:
             "path, or pick a name from `toolkit models`"
         )
     if path.is_dir():
-        family = _manifest_family(path)
-        if family == PORTRAIT_FAMILY:
-            from models.portrait_artifact import load_portrait_directory
-
-            return load_portrait_directory(path)
-        if family in VISION_ARTIFACT_FAMILIES:
-            from models.vmoe_artifact import load_vmoe_directory
-
-            return load_vmoe_directory(path)
-        # A Mixtral checkpoint loads as the toolkit's MoE LM, which drop-experts can edit.
-        if family == MOE_LM_FAMILY or config_model_type(path) == MIXTRAL_MODEL_TYPE:
-            from models.moe_lm_artifact import load_moe_lm_directory
-
-            return load_moe_lm_directory(path)
-        return load_hf_directory(path)
-    if path.suffix.lower() == ".gguf":
-        return load_gguf(path)
-    if path.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt", ".pkl"):
+        manifest = read_manifest(path)
+        if manifest is not None:
+            family = family_named(manifest["family"], source=str(path / "toolkit.json"))
+            return family.read(path, manifest)
+        return _claiming_family(path).read(path, None)
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
         raise ModelError(f"{path} is a pickle file, which Edge Toolkit never loads: convert it "
                          "to a safetensors Hugging Face directory")
-    raise ModelError(f"{path} is a file but not a .gguf: pass a .gguf file or a directory")
+    return _claiming_family(path).read(path, None)
 
 
-# toolkit.json "family" values of artifact directories that hold image models.
-VISION_ARTIFACT_FAMILIES = ("vmoe", "portrait")
-PORTRAIT_FAMILY = "portrait"
-MOE_LM_FAMILY = "moe-llm"
+load = load_model
+
+
+def _claiming_family(path: Path) -> ModelFamily:
+    family = family_for_path(path)
+    if family is None:
+        raise ModelError(f"{path} is a file but not a .gguf: pass a .gguf file or a directory")
+    return family
+
+
+def family_of(spec: str) -> ModelFamily | None:
+    """The family of a model spec without loading weights: the registration's for a name,
+    the manifest's for an artifact directory, the claiming family for other paths; None
+    for an old-style registration (kind only) or a path no family reads."""
+    if is_registered(spec):
+        name = registered_family(spec)
+        return None if name in LEGACY_KINDS else family_named(name, source=spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        try:
+            manifest = read_manifest(path)
+        except ModelError:
+            return None  # the loader names a broken manifest properly
+        if manifest is not None:
+            try:
+                return family_named(manifest["family"], source=str(path))
+            except ModelError:
+                return None
+    return family_for_path(path) if path.exists() else None
 
 
 def model_family(spec: str) -> str:
-    """"vision" or "llm" without loading weights: the registry's family for a name, the
-    manifest's for an artifact directory, "llm" for anything else (HF directory, GGUF)."""
-    if is_registered(spec):
+    """The kind of model `spec` names, "llm" (token model) or "vision" (image model),
+    without loading weights, as the family registry answers it (see `family_of`); "llm"
+    when nothing more specific is known, as a path the loader will then check."""
+    if is_registered(spec) and registered_family(spec) in LEGACY_KINDS:
         return registered_family(spec)
-    return "vision" if _manifest_family(Path(spec).expanduser()) in VISION_ARTIFACT_FAMILIES \
-        else "llm"
-
-
-def _manifest_family(directory: Path) -> str | None:
-    """The "family" an artifact directory's toolkit.json names, if any."""
-    manifest = directory / "toolkit.json"
-    if not manifest.is_file():
-        return None
-    try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("family")
-    except (ValueError, AttributeError, OSError):
-        return None  # the family's loader names a broken manifest properly
+    family = family_of(spec)
+    return family.kind if family is not None else "llm"

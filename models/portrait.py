@@ -319,7 +319,7 @@ def portrait_model(config: PortraitConfig, source: str) -> LoadedModel:
                                           std=STD, images=images))
 
 
-@register_model("portrait-256", family="vision",
+@register_model("portrait-256", family="portrait",
                 weights="random init (untrained until `toolkit train portrait`)",
                 description="boundary-sensitive portrait segmenter, 256x256, MobileNetV2-style")
 def portrait_256() -> LoadedModel:
@@ -327,7 +327,7 @@ def portrait_256() -> LoadedModel:
     return portrait_model(PortraitConfig(256, 256), "portrait-256")
 
 
-@register_model("portrait-144x256", family="vision",
+@register_model("portrait-144x256", family="portrait",
                 weights="random init (untrained until `toolkit train portrait`)",
                 description="boundary-sensitive portrait segmenter, 144x256 landscape")
 def portrait_144x256() -> LoadedModel:
@@ -335,7 +335,7 @@ def portrait_144x256() -> LoadedModel:
     return portrait_model(PortraitConfig(144, 256), "portrait-144x256")
 
 
-@register_model("fake-portrait", family="vision", weights="random, generated (tests)",
+@register_model("fake-portrait", family="portrait", weights="random, generated (tests)",
                 description="portrait segmenter on 32x48 RGB, width 0.25", fake=True)
 def fake_portrait() -> LoadedModel:
     torch.manual_seed(FAKE_SEED)

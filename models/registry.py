@@ -30,12 +30,24 @@ class LoadedModel:
     quantized: dict[str, Any] | None = None
     # Vision families: input shape, normalisation and images (models.vision_input).
     vision: Any = None
+    # The model family (models.family): from the registration, the artifact's manifest,
+    # or, when not given, the family that owns the module.
+    family: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            from models.family import family_of_module
+
+            try:
+                self.family = family_of_module(self.module).name
+            except ModelError:
+                self.family = None  # a module no family owns: it cannot be saved
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str  # "llm" or "vision"
+    family: str  # a registered family name (models.family), e.g. "llm", "portrait"
     weights: str  # where the weights come from, shown by `toolkit models`
     description: str
     fake: bool  # tiny random-weight config for tests
@@ -43,6 +55,9 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+# What `family=` meant before the family registry: a kind. "llm" is also the LLM family's
+# name; a "vision" registration's family is found from its module when it is built.
+LEGACY_KINDS = ("vision",)
 
 
 def register_model(
@@ -66,6 +81,8 @@ def create_model(name: str) -> LoadedModel:
         raise ModelError(f"unknown model {name!r}: choose one of {known} (see `toolkit models`)")
     loaded = spec.builder()
     loaded.name = name
+    if spec.family not in LEGACY_KINDS:
+        loaded.family = spec.family
     return loaded
 
 
@@ -74,7 +91,8 @@ def is_registered(name: str) -> bool:
 
 
 def registered_family(name: str) -> str:
-    """"llm" or "vision" for a registered name (no weights are built)."""
+    """The family a registered name was registered with (no weights are built): a family
+    name, or for an old-style registration its kind, "llm" or "vision"."""
     return _REGISTRY[name].family
 
 

@@ -22,6 +22,11 @@ class VisionInput:
     # the model was not trained on (e.g. Fashion-MNIST's test split), for accuracy before
     # and after compression; None when the family has none (fakes, a user's folder).
     labelled_test: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+    # The data set the model was trained on, recorded in its artifact (e.g. "fashion-mnist").
+    dataset: str | None = None
+    # Raw uint8 training images [N, C, H, W] an artifact stores beside the weights, so int8
+    # calibration and export checks of a saved model see its own data (portrait family).
+    samples: torch.Tensor | None = None
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """(x / 255 - mean) / std per channel: raw pixels to what the module takes."""

@@ -416,7 +416,7 @@ def fake_images(count: int, seed: int) -> torch.Tensor:
     return smooth_images(count, seed, size=FAKE_CONFIG.image_size)
 
 
-@register_model("fake-vmoe", family="vision", weights="random, generated (tests)",
+@register_model("fake-vmoe", family="vmoe", weights="random, generated (tests)",
                 description="per-image routed ViT MoE on 16x16 RGB, 4 experts, 10 classes",
                 fake=True)
 def fake_vmoe() -> LoadedModel:

@@ -60,10 +60,12 @@ def vision_input(shape: tuple[int, int, int, int], mean: tuple[float, ...],
     if dataset == FASHION_MNIST and fashion_mnist.available():
         return VisionInput(shape, mean, std,
                            images=lambda count, seed: fashion_mnist.sample("train", count, seed),
-                           labelled_test=lambda: _float_images(fashion_mnist.load_split("test")))
+                           labelled_test=lambda: _float_images(fashion_mnist.load_split("test")),
+                           dataset=dataset)
     return VisionInput(shape, mean, std,
                        images=lambda count, seed: smooth_images(count, seed,
-                                                                size=shape[-1])[:, :shape[1]])
+                                                                size=shape[-1])[:, :shape[1]],
+                       dataset=dataset)
 
 
 def _float_images(split: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,10 @@
 """An LLM artifact on disk: a Hugging Face directory (config, tokenizer, safetensors)
-plus `recipe.yaml` and `toolkit.json`.
+plus `recipe.yaml` and `toolkit.json`, written by `toolkit.artifacts.save_model_artifact`
+(the LLM / MoE LM family writes the files: models/families/). This module keeps the
+compression job's entry point and the sparsity measure it records.
 
-Quantized linears are stored packed (models.qformat): the safetensors file holds their
-integer codes or palette indices with scales / lookup tables instead of float weights,
-and its metadata describes the layout, so `models.load_model(DIR)` can rebuild them.
+Quantized linears are stored packed (models/families/llm_weights.py), so
+`models.load_model(DIR)` can rebuild them.
 """
 
 from __future__ import annotations
@@ -14,12 +15,8 @@ from typing import Any
 from torch import nn
 
 from models import LoadedModel, decoder_layout
-from models.families.llm_weights import WEIGHTS_FILE, write_quantized_weights
-from models.mixtral_io import write_moe_lm_weights
 from models.qformat import QuantizedWeight
-from toolkit.artifacts import save_artifact
-
-RECIPE_FILE = "recipe.yaml"
+from toolkit.artifacts import save_model_artifact
 
 
 def block_sparsity(module: nn.Module) -> tuple[float, dict[str, float]]:
@@ -37,22 +34,10 @@ def block_sparsity(module: nn.Module) -> tuple[float, dict[str, float]]:
 def save_lm_artifact(out: Path, loaded: LoadedModel, manifest: dict[str, Any],
                      quantized: dict[str, QuantizedWeight], recipe_yaml: str, *,
                      overwrite: bool) -> Path:
-    """Write the artifact atomically; adds the files' true sizes to the manifest."""
-
-    def write(staging: Path) -> None:
-        if quantized:
-            write_quantized_weights(staging, loaded.module, quantized)
-        elif isinstance(manifest.get("moe"), dict):  # a MoE LM: Mixtral layout if it fits
-            manifest["moe"].update(write_moe_lm_weights(loaded.module, staging))
-        else:
-            loaded.module.save_pretrained(staging, safe_serialization=True)
-        loaded.tokenizer.save_pretrained(staging)
-        (staging / RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
-        weights = sorted(staging.glob("*.safetensors"))
-        manifest["files"] = {
-            "weights_bytes": sum(p.stat().st_size for p in weights),
-            "total_bytes": sum(p.stat().st_size for p in staging.rglob("*") if p.is_file()),
-            "weights": [p.name for p in weights],
-        }
-
-    return save_artifact(out, write, manifest, overwrite=overwrite)
+    """Write the artifact atomically; `manifest` is completed in place (schema keys, the
+    family's section, the files' true sizes). `quantized`: the packed form of the
+    linears a quantization stage produced (empty when none ran); it replaces whatever
+    packed form `loaded` came with, which no longer describes its weights."""
+    loaded.quantized = quantized or None
+    return save_model_artifact(out, loaded, manifest, recipe_yaml=recipe_yaml,
+                               overwrite=overwrite)

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import torch
 
+from models.registry import LoadedModel
 from models.vmoe import FASHION_MNIST, VIT_TINY_IMAGENET, VisionMoE
-from models.vmoe_artifact import load_vmoe_directory
-from toolkit.artifacts import check_output_dir
+from models.vmoe_artifact import FASHION_MNIST as FASHION_MNIST_DATASET
+from models.vmoe_artifact import load_vmoe_directory, vision_input
+from toolkit.artifacts import check_output_dir, save_model_artifact
 from toolkit.commands.common import positive_int, run_with_threads, write_json
 from toolkit.commands.train_portrait_job import add_portrait_arguments
 from toolkit.commands.upcycle_job import add_upcycle_arguments
@@ -28,7 +30,6 @@ from toolkit.train.vmoe_trainer import (
     predict,
     train_vmoe,
 )
-from toolkit.vision_artifact import save_vmoe_artifact
 
 # "fashion-mnist-small": a quarter of the width and half the depth, for smoke runs and
 # tests (seconds, not minutes).
@@ -130,9 +131,11 @@ def train_and_save(args: argparse.Namespace) -> int:
     manifest["history"] = history
     manifest["metrics"] = {"test": evaluate(model, data, data.test)}
     manifest["timing_seconds"] = {"total": time.perf_counter() - start}
-    info = {"mean": list(data.mean), "std": list(data.std),
-            "dataset": "fashion-mnist" if args.dataset == "fashion-mnist" else None}
-    save_vmoe_artifact(out, model, manifest, info, overwrite=args.overwrite)
+    dataset = FASHION_MNIST_DATASET if args.dataset == FASHION_MNIST_DATASET else None
+    shape = (1, config.channels, config.image_size, config.image_size)
+    loaded = LoadedModel(module=model, tokenizer=None, source="toolkit train vmoe",
+                         vision=vision_input(shape, tuple(data.mean), tuple(data.std), dataset))
+    save_model_artifact(out, loaded, manifest, overwrite=args.overwrite)
     print(summary(model, manifest, out))
     write_json(args.json, {**manifest, "output": str(out)})
     return 0

@@ -18,14 +18,17 @@ from pathlib import Path
 
 import torch
 
-from models.portrait import FAKE_CONFIG, PortraitConfig, count_flops
-from toolkit.artifacts import check_output_dir
+from models.fake_cnn import smooth_images
+from models.portrait import FAKE_CONFIG, MEAN, STD, PortraitConfig, count_flops
+from models.registry import LoadedModel
+from models.vision_input import VisionInput
+from toolkit.artifacts import check_output_dir, save_model_artifact
 from toolkit.commands.common import positive_int, run_with_threads, write_json
 from toolkit.data.portraits import PortraitSet, generate_portraits, load_portrait_folder
 from toolkit.errors import UserError
 from toolkit.eval.portrait_eval import DEFAULT_BAND_WIDTH, evaluate_portraits, prior_baseline
 from toolkit.manifest import library_versions, timestamp
-from toolkit.portrait_artifact import data_section, save_portrait_artifact
+from toolkit.portrait_artifact import data_section
 from toolkit.report import format_table
 from toolkit.train.portrait_trainer import PortraitTrainSettings, train_portrait
 
@@ -154,8 +157,12 @@ def train_and_save(args: argparse.Namespace) -> int:
                            "eval": time.perf_counter() - eval_start,
                            "total": time.perf_counter() - start},
     }
-    save_portrait_artifact(out, model, manifest, calibration=train.images,
-                           overwrite=args.overwrite)
+    # The training images the artifact keeps for int8 calibration and export checks.
+    vision = VisionInput((1, 3, config.height, config.width), MEAN, STD,
+                         images=smooth_images, samples=train.images)
+    loaded = LoadedModel(module=model, tokenizer=None, source="toolkit train portrait",
+                         vision=vision)
+    save_model_artifact(out, loaded, manifest, overwrite=args.overwrite)
     print(summary(manifest, config, out))
     write_json(args.json, {**manifest, "output": str(out)})
     return 0

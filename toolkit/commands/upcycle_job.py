@@ -17,7 +17,7 @@ import torch
 
 from models import load_model
 from models.upcycle import moe_layers, upcycle_llama
-from toolkit.artifacts import check_output_dir
+from toolkit.artifacts import check_output_dir, save_model_artifact
 from toolkit.commands.common import (
     add_eval_options,
     add_runtime_options,
@@ -28,7 +28,6 @@ from toolkit.data import cached_streams, eval_windows, sample_calibration, token
 from toolkit.errors import UserError
 from toolkit.eval import EvalProtocol, evaluate_perplexities
 from toolkit.manifest import library_versions, timestamp
-from toolkit.moe_lm_artifact import save_moe_lm_artifact
 from toolkit.pipeline import metrics_dict
 from toolkit.progress import make_progress
 from toolkit.report import format_table
@@ -129,7 +128,7 @@ def run_upcycle(args: argparse.Namespace) -> int:
         "timing_seconds": {"total": time.perf_counter() - start,
                            "train": training["seconds"]},
     }
-    save_moe_lm_artifact(out, loaded, manifest, overwrite=args.overwrite)
+    save_model_artifact(out, loaded, manifest, overwrite=args.overwrite)
     print(summary(manifest, out))
     write_json(args.json, {**manifest, "output": str(out)})
     return 0

@@ -1,0 +1,100 @@
+"""The portrait segmenter family (boundary-sensitive network, arXiv 1712.08675).
+Artifact: `model.safetensors`, optionally `calibration.safetensors` (a few raw training
+images, uint8 [N, 3, H, W], so int8 calibration and export checks see portraits), and the
+manifest section "config" (the full PortraitConfig, hidden_channels included, so a
+pruned network is rebuilt from config + weights) and "input" (normalisation, layout,
+output and training classes). Read by models/portrait_artifact.py."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from models.channel_groups import channel_prunable
+from models.errors import ModelError
+from models.families.vision_files import InputSection, read_safetensors, write_state
+from models.family import Adapters, ModelFamily, register_family
+from models.portrait import CLASSES, MEAN, STD, PortraitConfig, PortraitSegmenter
+from models.portrait_artifact import (
+    CALIBRATION,
+    CALIBRATION_KEY,
+    config_dict,
+    config_from_dict,
+    load_portrait_directory,
+)
+from models.registry import LoadedModel
+
+# Raw training images stored for int8 calibration / export checks: enough for a
+# calibration pass, small next to the weights (16 x 256 x 256 x 3 bytes = 3 MiB).
+CALIBRATION_IMAGES = 16
+
+
+def input_section(mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> dict:
+    """The "input" section: normalisation, layout and what the output means."""
+    return {"mean": list(mean), "std": list(std), "layout": "NCHW RGB",
+            "normalise": "x' = (x / 255 - mean) / std",
+            "output": "foreground probability [N, 1, H, W] = p_fg + p_boundary / 2",
+            "training_classes": list(CLASSES)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PortraitSection:
+    config: PortraitConfig
+    input: InputSection
+
+    @classmethod
+    def of(cls, manifest: dict, source: str) -> PortraitSection:
+        try:
+            config = config_from_dict(manifest["config"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelError(f"{source} lacks a readable portrait `config` section "
+                             f"({type(exc).__name__}: {exc}): re-create the artifact with "
+                             "`toolkit train portrait`") from None
+        return cls(config, InputSection.of(manifest.get("input"), 3, source))
+
+
+@register_family("portrait")
+class PortraitFamily(ModelFamily):
+    kind = "vision"
+    section_keys = ("config", "input")
+    data_files = (CALIBRATION,)
+
+    def owns(self, module: nn.Module) -> bool:
+        return isinstance(module, PortraitSegmenter)
+
+    def read(self, path: Path, manifest: dict | None) -> LoadedModel:
+        if manifest is not None:
+            PortraitSection.of(manifest, str(path / "toolkit.json"))
+        loaded = load_portrait_directory(path)
+        if (path / CALIBRATION).is_file():  # carried forward when the model is re-saved
+            samples = read_safetensors(path / CALIBRATION)[CALIBRATION_KEY]
+            loaded.vision = dataclasses.replace(loaded.vision, samples=samples)
+        loaded.family = self.name
+        return loaded
+
+    def write(self, staging: Path, loaded: LoadedModel, manifest: dict) -> None:
+        write_state(staging, loaded.module)
+        samples = getattr(loaded.vision, "samples", None)
+        if samples is None:
+            return
+        config = loaded.module.config
+        samples = samples[:CALIBRATION_IMAGES].to(torch.uint8).contiguous().cpu()
+        if tuple(samples.shape[1:]) != (3, config.height, config.width):
+            raise ModelError(f"calibration images must be [N, 3, {config.height}, "
+                             f"{config.width}], got {tuple(samples.shape)}")
+        save_file({CALIBRATION_KEY: samples}, str(staging / CALIBRATION))
+
+    def section(self, loaded: LoadedModel) -> dict:
+        vision = loaded.vision
+        mean, std = (vision.mean, vision.std) if vision is not None else (MEAN, STD)
+        return {"config": config_dict(loaded.module.config), "input": input_section(mean, std)}
+
+    def check_section(self, manifest: dict, source: str) -> None:
+        PortraitSection.of(manifest, source)
+
+    def adapters(self, module: nn.Module) -> Adapters:
+        return Adapters(channel_groups=lambda: channel_prunable(module).channel_groups())

@@ -1,0 +1,67 @@
+"""What the image families (vmoe, portrait, cnn) share on disk: the weights as one
+`model.safetensors` of the module's state dict, and the manifest's "input" section, whose
+mean/std give the normalisation x' = (x / 255 - mean) / std the exporters fold in."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.errors import ModelError
+from models.weights_check import check_state_matches
+
+WEIGHTS = "model.safetensors"
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSection:
+    """The "input" section's required part; other keys (dataset, layout ...) describe."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, section: object, channels: int, source: str) -> InputSection:
+        try:
+            parsed = cls(tuple(float(v) for v in section["mean"]),
+                         tuple(float(v) for v in section["std"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{source} lacks a valid `input` section ({type(exc).__name__}: "
+                             f"{exc}): re-create the artifact") from None
+        if len(parsed.mean) != channels or len(parsed.std) != channels or min(parsed.std) <= 0:
+            raise ModelError(f"{source}: input mean/std must be {channels} values each "
+                             "(std > 0): re-create the artifact")
+        return parsed
+
+
+def write_state(staging: Path, module: nn.Module) -> None:
+    state = {name: tensor.detach().contiguous().cpu()
+             for name, tensor in module.state_dict().items()}
+    save_file(state, str(staging / WEIGHTS))
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: the artifact is incomplete, re-create it")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types on bad headers
+        raise ModelError(f"{path} is not a readable safetensors file ({exc}): re-create "
+                         "the artifact") from None
+
+
+def load_state(path: Path, module: nn.Module) -> nn.Module:
+    """`module` with the weights in `path / WEIGHTS`, which must fit it exactly."""
+    state = read_safetensors(path / WEIGHTS)
+    check_state_matches(path / WEIGHTS, module, state)
+    module.load_state_dict(state, strict=True)
+    return module.eval()
+
+
+def input_of(loaded_vision, **extra) -> dict:
+    """The "input" section of a live model's VisionInput."""
+    return {"mean": list(loaded_vision.mean), "std": list(loaded_vision.std), **extra}

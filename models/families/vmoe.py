@@ -1,0 +1,63 @@
+"""The Mobile V-MoE family (arXiv 2309.04354): a per-image routed ViT mixture of experts.
+Artifact: `model.safetensors` plus the manifest section "config" (the VMoEConfig, so an
+expert-dropped model's smaller expert count loads back) and "input" (pixel normalisation
+and the data set it was trained on). Read by models/vmoe_artifact.py."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from torch import nn
+
+from models.errors import ModelError
+from models.families.vision_files import InputSection, input_of, write_state
+from models.family import Adapters, ModelFamily, register_family
+from models.moe_groups import moe_groups
+from models.registry import LoadedModel
+from models.vmoe import VisionMoE, VMoEConfig
+from models.vmoe_artifact import config_dict, load_vmoe_directory
+
+
+@dataclasses.dataclass(frozen=True)
+class VMoESection:
+    config: VMoEConfig
+    input: InputSection
+
+    @classmethod
+    def of(cls, manifest: dict, source: str) -> VMoESection:
+        try:
+            config = VMoEConfig(**manifest["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{source} lacks a valid V-MoE `config` section "
+                             f"({type(exc).__name__}: {exc}): re-create the artifact") from None
+        return cls(config, InputSection.of(manifest.get("input"), config.channels, source))
+
+
+@register_family("vmoe")
+class VMoEFamily(ModelFamily):
+    kind = "vision"
+    section_keys = ("config", "input")
+
+    def owns(self, module: nn.Module) -> bool:
+        return isinstance(module, VisionMoE)
+
+    def read(self, path: Path, manifest: dict | None) -> LoadedModel:
+        source = str(path / "toolkit.json")
+        VMoESection.of(manifest or {}, source)
+        loaded = load_vmoe_directory(path)
+        loaded.family = self.name
+        return loaded
+
+    def write(self, staging: Path, loaded: LoadedModel, manifest: dict) -> None:
+        write_state(staging, loaded.module)
+
+    def section(self, loaded: LoadedModel) -> dict:
+        return {"config": config_dict(loaded.module.config),
+                "input": input_of(loaded.vision, dataset=loaded.vision.dataset)}
+
+    def check_section(self, manifest: dict, source: str) -> None:
+        VMoESection.of(manifest, source)
+
+    def adapters(self, module: nn.Module) -> Adapters:
+        return Adapters(moe_groups=lambda: moe_groups(module))
