@@ -29,7 +29,7 @@ class VMoESection:
         try:
             config = VMoEConfig(**manifest["config"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"{source} lacks a valid V-MoE `config` section "
+            raise ModelError(f"{source} lacks a valid V-MoE config section "
                              f"({type(exc).__name__}: {exc}): re-create the artifact") from None
         return cls(config, InputSection.of(manifest.get("input"), config.channels, source))
 

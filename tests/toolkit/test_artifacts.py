@@ -161,7 +161,15 @@ def test_unwritable_parent_is_refused(tmp_path, monkeypatch):
 def test_load_manifest(tmp_path):
     assert load_manifest(tmp_path) is None  # not an artifact
     (tmp_path / MANIFEST).write_text(json.dumps(MANIFEST_DATA), encoding="utf-8")
-    assert load_manifest(tmp_path) == MANIFEST_DATA
+    # A format /1 manifest comes back in the current schema (models.manifest), upgraded in
+    # memory: an LLM artifact of /1 named no family; the file itself is not rewritten.
+    assert load_manifest(tmp_path) == {**MANIFEST_DATA, "format": "edge-toolkit-artifact/2",
+                                       "family": "llm", "stages": [], "metrics": {},
+                                       "versions": {}}
+    assert json.loads((tmp_path / MANIFEST).read_text(encoding="utf-8")) == MANIFEST_DATA
+    (tmp_path / MANIFEST).write_text('{"format": "edge-toolkit-artifact/7"}', encoding="utf-8")
+    with pytest.raises(UserError, match="unknown artifact format"):
+        load_manifest(tmp_path)
 
 
 @pytest.mark.parametrize("content", [b"{ not json", b"\xff\xfe\x00garbage", b""],
