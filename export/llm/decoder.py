@@ -142,13 +142,16 @@ class GatedMLP(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 class DecoderBlock(nn.Module):
+    """`mlp`: an already re-authored MLP (a mixture of experts, export.llm.moe_mlp);
+    by default the block's gated MLP."""
+
     def __init__(self, block: nn.Module, shape: DecoderShape, eps: float, activation: str,
-                 cache_write: str = "scatter"):
+                 cache_write: str = "scatter", mlp: nn.Module | None = None):
         super().__init__()
         self.input_layernorm = RMSNorm(block.input_layernorm, eps)
         self.self_attn = CachedAttention(block.self_attn, shape, cache_write)
         self.post_attention_layernorm = RMSNorm(block.post_attention_layernorm, eps)
-        self.mlp = GatedMLP(block.mlp, activation)
+        self.mlp = mlp if mlp is not None else GatedMLP(block.mlp, activation)
 
     def forward(self, x, cos, sin, mask, positions, keys, values):
         attended, keys, values = self.self_attn(self.input_layernorm(x), cos, sin, mask,

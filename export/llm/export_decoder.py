@@ -3,8 +3,10 @@ rebuilt from `export.llm.decoder`'s parts, with the same weights and the same fu
 
 Supported: Llama-style blocks (RMSNorm, grouped-query attention with rotary embeddings of
 any static kind, since the rotary module's own inv_freq and attention scaling are read;
-gated SiLU MLP; optional q/k/v biases as in Qwen2), tied or separate LM head. Anything
-else fails with an error that names the part, rather than exporting a different model.
+gated SiLU MLP, or a Mixtral-routed mixture of experts (the toolkit's SparseMoeBlock or
+transformers' Mixtral block, export.llm.moe_mlp); optional q/k/v biases as in Qwen2), tied
+or separate LM head. Anything else fails with an error that names the part, rather than
+exporting a different model.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from export.llm.decoder import (
     ExportLinear,
     RMSNorm,
 )
+from export.llm.moe_mlp import MoeMLP, is_moe_mlp
 from models.adapter import decoder_layout
 
 # A large negative number instead of -inf: a fully masked row then gives a uniform
@@ -38,12 +41,13 @@ class ExportDecoder(nn.Module):
         if activation not in SUPPORTED_ACTIVATIONS:
             raise ExportError(f"activation {activation!r} in the MLP is not supported by the "
                               f"LLM exporter: supported are {', '.join(SUPPORTED_ACTIVATIONS)}")
-        _check_blocks(layout.blocks, config)
         eps = float(getattr(config, "rms_norm_eps", 1e-6))
         self.embed = nn.Parameter(layout.embeddings.weight.detach().clone(),
                                   requires_grad=False)
-        self.layers = nn.ModuleList(DecoderBlock(b, self.shape, eps, activation, cache_write)
-                                    for b in layout.blocks)
+        self.layers = nn.ModuleList(
+            DecoderBlock(b, self.shape, eps, activation, cache_write,
+                         mlp=_moe_mlp(b.mlp, activation, f"{layout.blocks_name}.{i}.mlp"))
+            for i, b in enumerate(layout.blocks))
         self.norm = RMSNorm(layout.norm, eps)
         rotary = _rotary_module(source)
         self.register_buffer("inv_freq", rotary.inv_freq.detach().float().clone())
@@ -129,16 +133,22 @@ def _check_blocks(blocks: nn.ModuleList, config) -> None:
                           "exporter does not implement (Llama, Mistral and Qwen2 are "
                           "supported)")
     names = {name for name, _ in blocks[0].named_modules()}
+    moe = is_moe_mlp(blocks[0].mlp)  # its experts are stacked tensors, not linears
     for part in _BLOCK_PARTS:
-        if part not in names:
+        if part not in names and not (moe and part.startswith("mlp.")):
             raise ExportError(f"block 0 of this {config.model_type} model has no {part}: the "
                               "LLM exporter supports Llama-style decoder blocks only")
     for part in _UNSUPPORTED_PARTS:
-        if part in names:
+        if part in names and not (moe and part.startswith("mlp.")):
             raise ExportError(f"layer {part} of this {config.model_type} model is not "
                               "supported by the LLM exporter (Llama-style blocks only)")
     if getattr(blocks[0].self_attn.o_proj, "bias", None) is not None:
         raise ExportError("an o_proj bias is not supported by the LLM exporter")
+
+
+def _moe_mlp(mlp: nn.Module, activation: str, name: str) -> MoeMLP | None:
+    """The re-authored mixture of experts of a MoE block, None for a dense MLP."""
+    return MoeMLP.from_block(mlp, activation, name) if is_moe_mlp(mlp) else None
 
 
 def _rotary_module(source: nn.Module) -> nn.Module:

@@ -1,0 +1,110 @@
+"""MoE language models through the LLM exporter (export/llm/moe_mlp.py): the re-authored
+decoder computes what the PyTorch MoE model computes step by step through the cache
+(the upcycled fake, an expert-dropped one, transformers' own Mixtral), the gates are the
+renormalised top-k router probabilities and zero elsewhere, and the ONNX file gives
+PyTorch's greedy tokens (the exporter's own verifier)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress import apply
+from compress.experts.drop import DropExpertsConfig
+from export.llm.export_decoder import ExportDecoder
+from export.llm.moe_mlp import MoeMLP
+from models import create_model
+from models.moe_groups import moe_groups
+from models.moe_lm import swiglu_expert
+
+CONTEXT = 48
+PROMPT = [40, 41, 72, 101, 108, 108, 111]
+
+
+def expert_dropped():
+    """fake-moe-llm after `drop-experts` (weight-only criterion: no calibration needed)."""
+    loaded = create_model("fake-moe-llm")
+    apply(loaded.module, DropExpertsConfig(criterion="router-norm", drop=0.25), None)
+    assert [g.num_experts for g in moe_groups(loaded.module)] == [3, 3]
+    return loaded.module
+
+
+def tiny_mixtral():
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(vocab_size=259, hidden_size=32, intermediate_size=48,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           num_local_experts=3, num_experts_per_tok=2,
+                           max_position_embeddings=256)
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        model = MixtralForCausalLM(config).eval()
+        with torch.no_grad():  # a decided routing, not the near-uniform initial one
+            for layer in model.model.layers:
+                layer.mlp.gate.weight.normal_(0, 0.5)
+    return model
+
+
+MODELS = {"fake-moe-llm": lambda: create_model("fake-moe-llm").module,
+          "dropped": expert_dropped, "mixtral": tiny_mixtral}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_export_decoder_equals_the_moe_model_step_by_step(name):
+    model = MODELS[name]()
+    decoder = ExportDecoder.from_hf(model, CONTEXT)
+    ids = torch.tensor([PROMPT + [50, 60, 70]])
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits[0]
+        keys, values = decoder.empty_cache()
+        logits, keys, values = decoder(ids[:, :7], torch.tensor([0]), keys, values)
+        steps = [logits[0]]
+        for t in range(7, 10):  # decode one token at a time through the cache
+            logits, keys, values = decoder(ids[:, t:t + 1], torch.tensor([t]), keys, values)
+            steps.append(logits[0])
+    torch.testing.assert_close(torch.cat(steps), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_experts_with_zero_gates_equal_the_chosen_experts_sum():
+    block = moe_groups(create_model("fake-moe-llm").module)[0]
+    mlp = MoeMLP.from_block(block, "silu", "layer 0")
+    x = torch.randn(9, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        gates, out = mlp.gates(x), mlp(x)
+        probs = torch.softmax(x @ block.router.weight.t(), dim=-1)
+        for t in range(x.shape[0]):  # an independent per-token evaluation
+            top = probs[t].argsort(descending=True)[:2]
+            assert set(gates[t].nonzero().flatten().tolist()) == set(top.tolist())
+            weights = probs[t, top] / probs[t, top].sum()
+            expected = sum(w * swiglu_expert(x[t:t + 1], block.gate_proj[e], block.up_proj[e],
+                                             block.down_proj[e])
+                           for w, e in zip(weights, top, strict=True))
+            torch.testing.assert_close(out[t:t + 1], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_restricted_routing_is_refused():
+    from export.errors import ExportError
+
+    model = create_model("fake-moe-llm").module
+    moe_groups(model)[1].allowed = [0, 1]
+    with pytest.raises(ExportError, match=r"routing restricted to experts \[0, 1\]"):
+        ExportDecoder.from_hf(model, CONTEXT)
+
+
+# One ONNX export takes ~15 s on a quiet machine; the upcycled fake takes the same path as
+# the expert-dropped one, so only the latter runs by default.
+@pytest.mark.parametrize("name", [pytest.param("fake-moe-llm", marks=pytest.mark.slow),
+                                  "dropped"])
+def test_onnx_gives_pytorchs_greedy_tokens(name, tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    from export.onnx.llm import export_llm_onnx
+    from export.onnx.verify_llm import verify_llm_onnx
+
+    model = MODELS[name]()
+    result = export_llm_onnx(model, tmp_path / "moe.onnx", max_context=CONTEXT)
+    check = verify_llm_onnx(result.path, model, PROMPT, 10, result.decoder.shape.cache_shape(),
+                            CONTEXT)
+    assert check.tokens_match, (check.pytorch_tokens, check.runtime_tokens)
+    assert check.logits.max_abs_error < 1e-4
