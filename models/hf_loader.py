@@ -22,7 +22,11 @@ from models.checkpoint_check import (
 )
 from models.errors import ModelError
 from models.hf_config_check import checked_hf_config, read_config_json
-from models.quantized_loader import load_quantized_module, quantization_layout
+from models.quantized_loader import (
+    edge_only_weights,
+    load_quantized_module,
+    quantization_layout,
+)
 from models.registry import LoadedModel
 from models.weights_check import check_finite_weights
 
@@ -34,8 +38,9 @@ def load_hf_directory(path: Path, *, dtype: torch.dtype = torch.float32,
     """Load `AutoModelForCausalLM` + tokenizer from `path` after checking every file."""
     _check_directory(path)
     config = checked_hf_config(path)
-    tensors = read_checkpoint_headers(path)
-    files = sorted({stored.file for stored in tensors.values()})
+    files = edge_only_weights(path)  # packed weights that transformers must not open
+    tensors = {} if files else read_checkpoint_headers(path)
+    files = files or sorted({stored.file for stored in tensors.values()})
     layout = quantization_layout(files)
     if layout is not None:
         module, quantized = load_quantized_module(path, files, layout, dtype)

@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from models.adapter import decoder_layout
-from models.families.llm_weights import write_quantized_weights
+from models.families.llm_weights import interop_section, write_quantized_weights
 from models.family import Adapters, ModelFamily, register_family
 from models.gguf_loader import load_gguf
 from models.hf_loader import load_hf_directory
@@ -48,6 +48,7 @@ class LlmFamily(ModelFamily):
     def write(self, staging: Path, loaded: LoadedModel, manifest: dict) -> None:
         if loaded.quantized:
             write_quantized_weights(staging, loaded.module, loaded.quantized)
+            manifest["interop"] = interop_section(loaded.quantized)  # who else loads it
         else:
             loaded.module.save_pretrained(staging, safe_serialization=True)
         if loaded.tokenizer is not None:

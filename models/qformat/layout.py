@@ -4,6 +4,10 @@ The linear `NAME` loses its `NAME.weight` tensor and gains its packed tensors
 (`NAME.qweight`, `NAME.scales`, ... or `NAME.qindices`, `NAME.lut`); the file's
 safetensors metadata key `edge_toolkit.quantization` holds a JSON layout
 `{"format": "edge-quant/1", "layers": {NAME: meta}}` so the file describes itself.
+
+Format "edge-quant/2" has the same layers, but their tensors are compressed-tensors'
+(`NAME.weight_packed`, `.weight_scale`, ...: models/qformat/compressed_tensors.py), the
+form transformers loads; "/1" files (Edge Toolkit's own packing) still load.
 """
 
 from __future__ import annotations
@@ -18,28 +22,36 @@ from models.qformat.palette import PALETTE, PaletteQuantized
 
 QUANT_METADATA_KEY = "edge_toolkit.quantization"
 LAYOUT_FORMAT = "edge-quant/1"
+CT_LAYOUT_FORMAT = "edge-quant/2"
 QuantizedWeight = AffineQuantized | PaletteQuantized
 _SCHEMES = {AFFINE: AffineQuantized, PALETTE: PaletteQuantized}
 
 
-def encode_layout(quantized: dict[str, QuantizedWeight]) -> str:
-    return json.dumps({"format": LAYOUT_FORMAT,
+def encode_layout(quantized: dict[str, QuantizedWeight], fmt: str = LAYOUT_FORMAT) -> str:
+    return json.dumps({"format": fmt,
                        "layers": {name: q.meta() for name, q in sorted(quantized.items())}})
 
 
 def decode_layout(text: str) -> dict[str, dict[str, Any]]:
     """Layer name -> meta; raises ValueError on anything but this project's layout."""
+    return read_layout(text)[1]
+
+
+def read_layout(text: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    """(format, layer name -> meta); raises ValueError on anything but this project's
+    layouts."""
     try:
         layout = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"quantization layout is not JSON ({exc.msg})") from None
-    if not isinstance(layout, dict) or layout.get("format") != LAYOUT_FORMAT:
-        raise ValueError(f"quantization layout is not {LAYOUT_FORMAT}")
+    formats = (LAYOUT_FORMAT, CT_LAYOUT_FORMAT)
+    if not isinstance(layout, dict) or layout.get("format") not in formats:
+        raise ValueError(f"quantization layout is not {' or '.join(formats)}")
     layers = layout.get("layers", {})
     for name, meta in layers.items():
         if meta.get("scheme") not in _SCHEMES:
             raise ValueError(f"{name}: unknown quantization scheme {meta.get('scheme')!r}")
-    return layers
+    return layout["format"], layers
 
 
 def packed_state_dict(state: dict[str, torch.Tensor],
