@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from models import LoadedModel
+from models.families.llm_weights import interop_summary
 from models.load import MOE_LM_FAMILY
 from toolkit.data import (
     cached_streams,
@@ -109,6 +110,9 @@ def summary(manifest: dict, out: Path) -> str:
              f"compression: {timing['compress_total']:.1f} s (forward {timing['forward']:.1f} s, "
              f"method {timing['method']:.1f} s); total {timing.get('wall_total', 0):.1f} s",
              f"output: {out}"]
+    interop = interop_summary(manifest.get("interop"))  # whether transformers loads it
+    if interop:
+        lines.insert(-1, interop)
     return "\n".join(lines)
 
 
