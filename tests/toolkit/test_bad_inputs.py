@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import toolkit.lm_artifact
+import toolkit.artifacts
 import toolkit.pipeline
 
 SMALL = ["--calib-samples", "4", "--seq-len", "32", "--eval-windows", "2",
@@ -205,7 +205,7 @@ def test_ctrl_c_during_compression(toolkit_cli, fake_model_dir, tmp_path, monkey
 def test_ctrl_c_while_saving(toolkit_cli, fake_model_dir, tmp_path, monkeypatch, existing):
     """Interrupted after the weights were written into the staging directory: the
     staging directory is removed and an existing --out is left as it was."""
-    real_save_artifact = toolkit.lm_artifact.save_artifact
+    real_save_artifact = toolkit.artifacts.save_artifact
     written: list[list[str]] = []
 
     def interrupted_save(out, write_files, manifest, **kwargs):
@@ -216,7 +216,7 @@ def test_ctrl_c_while_saving(toolkit_cli, fake_model_dir, tmp_path, monkeypatch,
 
         return real_save_artifact(out, write_then_interrupt, manifest, **kwargs)
 
-    monkeypatch.setattr(toolkit.lm_artifact, "save_artifact", interrupted_save)
+    monkeypatch.setattr(toolkit.artifacts, "save_artifact", interrupted_save)
     out = tmp_path / "out"
     extra: list[str] = []
     if existing:
