@@ -7,15 +7,18 @@ result once as an ordinary safetensors directory that loads in under a second.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
-import struct
 import tempfile
 from pathlib import Path
 
 import torch
 
+from models.checkpoint_check import check_loading_info
 from models.errors import ModelError
+from models.hf_config_check import check_config_values, check_supported_architecture
 from models.registry import LoadedModel
 from models.weights_check import check_finite_weights
 
@@ -23,25 +26,63 @@ GGUF_MAGIC = b"GGUF"
 
 
 def load_gguf(path: Path) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The GGUF's config is read and checked (a supported decoder, sane sizes) before its
+    tensors are dequantized; what transformers then reports missing or mismatched (a
+    corrupt tensor name) is refused rather than initialised at random."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     _check_gguf_header(path)
-    try:
+    with _one_line_errors(path):
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    check_supported_architecture(config.to_dict(), str(path))
+    check_config_values(config.to_dict(), str(path))
+    with _one_line_errors(path), _honour_disabled_progress_bars():
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        module = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32
-        )
-    except (OSError, ValueError, KeyError, RuntimeError, IndexError, struct.error) as exc:
-        raise ModelError(
-            f"{path} could not be read as a GGUF causal LM ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}): it may be truncated or corrupt "
-            "(re-download it), or of an unsupported architecture: pass a GGUF of llama, "
-            "mistral, qwen2 or gemma, or a safetensors directory"
-        ) from None
+        module, info = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, config=config, dtype=torch.float32,
+            output_loading_info=True)
+    check_loading_info(str(path), info, tied=bool(getattr(config, "tie_word_embeddings", 0)))
     _drop_gguf_quantizer(module)
     module.eval()
     check_finite_weights(module, str(path))
     return LoadedModel(module=module, tokenizer=tokenizer, source=str(path))
+
+
+@contextlib.contextmanager
+def _honour_disabled_progress_bars():
+    """transformers' GGUF reader draws its bar with plain tqdm, ignoring the
+    `transformers.utils.logging.disable_progress_bar()` that the CLI sets (the toolkit
+    reports its own progress); pass the setting on for the length of one load."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None or hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
+@contextlib.contextmanager
+def _one_line_errors(path: Path):
+    """A corrupt GGUF makes the reader fail in many ways (struct.error, UnicodeDecodeError,
+    OverflowError on a huge length, a reshape ValueError, MemoryError): all are one line."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the third-party reader
+        lines = str(exc).strip().splitlines()
+        raise ModelError(
+            f"{path} could not be read as a GGUF causal LM ({type(exc).__name__}: "
+            f"{lines[0][:200] if lines else ''}): it may be truncated or corrupt "
+            "(re-download it), or of an unsupported architecture: pass a GGUF of llama, "
+            "mistral, qwen2 or gemma, or a safetensors directory"
+        ) from None
 
 
 def cache_as_safetensors(loaded: LoadedModel, target: Path) -> None:
