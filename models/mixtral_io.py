@@ -33,6 +33,12 @@ from models.weights_check import check_finite_weights, check_state_matches
 WEIGHTS_FILE = "model.safetensors"
 MIXTRAL_LAYOUT = "mixtral"
 TOOLKIT_LAYOUT = "toolkit-stacked"
+# transformers' Mixtral router is not a linear, so no quantization format it reads can
+# hold a quantized router, and its experts are not linears either.
+PACKED_WHY = ("its quantized linears are stored packed in Edge Toolkit's own format "
+              "(edge_toolkit_quantized.safetensors), which transformers does not read for a "
+              "mixture-of-experts model")
+PACKED_REASON = f"not saved as Mixtral because {PACKED_WHY}"
 
 
 def config_model_type(directory: Path) -> str | None:
@@ -44,9 +50,14 @@ def config_model_type(directory: Path) -> str | None:
         return None
 
 
-def write_moe_lm_weights(module: nn.Module, directory: Path) -> dict[str, str]:
+def write_moe_lm_weights(module: nn.Module, directory: Path,
+                         quantized: dict | None = None) -> dict[str, str]:
     """Write `module`'s config and weights into `directory`; returns the manifest note
-    {"layout": "mixtral"} or {"layout": "toolkit-stacked", "layout_reason": why}."""
+    {"layout": "mixtral"} or {"layout": "toolkit-stacked", "layout_reason": why}.
+    `quantized` (linear name -> packed weight, models.qformat) is stored packed."""
+    if quantized:
+        _write_packed(module, directory, quantized)
+        return {"layout": TOOLKIT_LAYOUT, "layout_reason": PACKED_REASON}
     why = mixtral_misfit(module)
     if why is not None:
         module.save_pretrained(directory, safe_serialization=True)
@@ -63,6 +74,28 @@ def write_moe_lm_weights(module: nn.Module, directory: Path) -> dict[str, str]:
     tensors = {k: v.detach().contiguous() for k, v in to_mixtral_state(state).items()}
     save_file(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt"})
     return {"layout": MIXTRAL_LAYOUT}
+
+
+def _write_packed(module: nn.Module, directory: Path, quantized: dict) -> None:
+    """The toolkit layout with the quantized linears packed, in the file only Edge Toolkit
+    opens (transformers would otherwise load a Llama without its experts), and a README
+    saying so: nothing in the directory looks loadable to other tools."""
+    from models.families.llm_weights import NOTE_FILE, untied_state
+    from models.qformat import QUANT_METADATA_KEY, encode_layout, packed_state_dict
+    from models.quantized_loader import EDGE_ONLY_FILE
+
+    module.config.save_pretrained(directory)
+    generation = getattr(module, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(directory)
+    state = packed_state_dict(untied_state(module), quantized)
+    save_file({k: v.contiguous() for k, v in state.items()}, directory / EDGE_ONLY_FILE,
+              metadata={"format": "pt",
+                        QUANT_METADATA_KEY: encode_layout(quantized)})
+    (directory / NOTE_FILE).write_text(
+        f"# Edge Toolkit quantized mixture-of-experts model\n\nThis artifact loads in Edge "
+        f"Toolkit only: {PACKED_WHY}. Load it with `models.load_model(DIR)`, evaluate it "
+        f"with `toolkit eval DIR` or export it with `toolkit export`.\n", encoding="utf-8")
 
 
 def load_mixtral_module(path: Path, *, dtype: torch.dtype = torch.float32) -> nn.Module:

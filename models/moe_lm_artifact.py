@@ -24,6 +24,8 @@ from models.errors import ModelError
 from models.hf_loader import load_tokenizer
 from models.mixtral_io import config_model_type, load_mixtral_module
 from models.mixtral_layout import MIXTRAL_MODEL_TYPE
+from models.qformat import quantized_from_state
+from models.quantized_loader import quantization_layout
 from models.registry import LoadedModel
 from models.safetensors_check import check_safetensors_file
 from models.upcycle import install_moe_layers
@@ -68,6 +70,7 @@ def load_moe_lm_directory(path: Path, *, dtype: torch.dtype = torch.float32) -> 
     for file in files:
         check_safetensors_file(file)
         state.update(load_file(str(file)))
+    state, quantized = _unpacked(path, files, state, dtype)
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of the wrong shape
@@ -83,7 +86,27 @@ def load_moe_lm_directory(path: Path, *, dtype: torch.dtype = torch.float32) -> 
         module.tie_weights()
     module.eval()
     check_finite_weights(module, str(path))
-    return LoadedModel(module=module, tokenizer=load_tokenizer(path), source=str(path))
+    return LoadedModel(module=module, tokenizer=load_tokenizer(path), source=str(path),
+                       quantized=quantized)
+
+
+def _unpacked(path: Path, files: list[Path], state: dict[str, torch.Tensor],
+              dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The state with every packed linear (models.mixtral_io writes quantized MoE LMs
+    packed) replaced by its dequantized weight, and the packed weights (None if none)."""
+    layout = quantization_layout(files)
+    if layout is None:
+        return state, None
+    try:
+        quantized = quantized_from_state(state, layout[1])
+    except ValueError as exc:
+        raise ModelError(f"{path}: packed weights do not match their layout ({exc}): "
+                         "re-create the artifact") from None
+    packed = {k for k in state if k.rsplit(".", 1)[0] in quantized}
+    state = {k: v for k, v in state.items() if k not in packed}
+    state.update({f"{name}.weight": weight.dequantize().to(dtype)
+                  for name, weight in quantized.items()})
+    return state, quantized
 
 
 def _load_mixtral_directory(path: Path, dtype: torch.dtype) -> LoadedModel:

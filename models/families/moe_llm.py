@@ -69,7 +69,9 @@ class MoeLlmFamily(ModelFamily):
         return loaded
 
     def write(self, staging: Path, loaded: LoadedModel, manifest: dict) -> None:
-        manifest[SECTION].update(write_moe_lm_weights(loaded.module, staging))
+        # Quantized linears are stored packed (the toolkit layout; models.mixtral_io).
+        note = write_moe_lm_weights(loaded.module, staging, loaded.quantized)
+        manifest[SECTION].update(note)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(staging)
 
