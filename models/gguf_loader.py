@@ -18,11 +18,16 @@ import torch
 
 from models.checkpoint_check import check_loading_info
 from models.errors import ModelError
-from models.hf_config_check import check_config_values, check_supported_architecture
+from models.hf_config_check import (
+    check_config_values,
+    check_supported_architecture,
+    supported_families,
+)
 from models.registry import LoadedModel
 from models.weights_check import check_finite_weights
 
 GGUF_MAGIC = b"GGUF"
+_REDOWNLOAD = "re-download the GGUF file or convert it again"
 
 
 def load_gguf(path: Path) -> LoadedModel:
@@ -34,8 +39,8 @@ def load_gguf(path: Path) -> LoadedModel:
     _check_gguf_header(path)
     with _one_line_errors(path):
         config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    check_supported_architecture(config.to_dict(), str(path))
-    check_config_values(config.to_dict(), str(path))
+    for check in (check_supported_architecture, check_config_values):
+        check(config.to_dict(), str(path), named="GGUF metadata", fix=_REDOWNLOAD)
     with _one_line_errors(path), _honour_disabled_progress_bars():
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         module, info = AutoModelForCausalLM.from_pretrained(
@@ -80,8 +85,8 @@ def _one_line_errors(path: Path):
         raise ModelError(
             f"{path} could not be read as a GGUF causal LM ({type(exc).__name__}: "
             f"{lines[0][:200] if lines else ''}): it may be truncated or corrupt "
-            "(re-download it), or of an unsupported architecture: pass a GGUF of llama, "
-            "mistral, qwen2 or gemma, or a safetensors directory"
+            f"({_REDOWNLOAD}), or of an unsupported architecture: pass a GGUF of a "
+            f"supported family ({supported_families()}) or a safetensors directory"
         ) from None
 
 

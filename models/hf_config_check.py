@@ -40,6 +40,10 @@ _SIZE_CEILING = {"num_hidden_layers": 1024, "num_attention_heads": 1024,
 _DEFAULT_CEILING = 1 << 20
 
 
+CONFIG = "config.json"
+RESTORE_CONFIG = "restore the original config.json"
+
+
 def supported_families() -> str:
     """"Llama, Mistral, ..." for messages."""
     return ", ".join(family for family, _ in SUPPORTED_DECODERS.values())
@@ -62,52 +66,55 @@ def read_config_json(path: Path) -> dict:
     return data
 
 
-def check_supported_architecture(config: dict, source: str) -> None:
+def check_supported_architecture(config: dict, source: str, *, named: str = CONFIG,
+                                 fix: str = RESTORE_CONFIG) -> None:
     """Refuse any model_type / architectures outside SUPPORTED_DECODERS."""
+    where = f"{source}: {named}"
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
-    named = f"model_type {json.dumps(model_type)}" + (
+    described = f"model_type {json.dumps(model_type)}" + (
         f" ({', '.join(map(str, architectures))})" if isinstance(architectures, list) else "")
     if model_type not in SUPPORTED_DECODERS:
         raise ModelError(
-            f"{source}: config.json describes {named}, which Edge Toolkit does not support: "
+            f"{where} describes {described}, which Edge Toolkit does not support: "
             f"pass a decoder-only causal LM of a supported family ({supported_families()})"
         )
     family, causal_lm = SUPPORTED_DECODERS[model_type]
     if not isinstance(architectures, list) or any(a != causal_lm for a in architectures):
         raise ModelError(
-            f"{source}: config.json describes {named}, not a {causal_lm}: Edge Toolkit "
+            f"{where} describes {described}, not a {causal_lm}: Edge Toolkit "
             f"loads {family} checkpoints with their own language-model head and never adds "
             f"an untrained one; pass the {causal_lm} checkpoint"
         )
 
 
-def check_config_values(config: dict, source: str) -> None:
+def check_config_values(config: dict, source: str, *, named: str = CONFIG,
+                        fix: str = RESTORE_CONFIG) -> None:
     """Every size is a positive integer, and the head counts divide what they split."""
+    where = f"{source}: {named}"
     for key in _REQUIRED_SIZES + _OPTIONAL_SIZES:
         value = config.get(key)
         if value is None and key in _OPTIONAL_SIZES:
             continue
         if key not in config:
-            raise ModelError(f"{source}: config.json lacks {key!r}: restore the original "
-                             "config.json")
+            raise ModelError(f"{where} lacks {key!r}: {fix}")
         ceiling = _SIZE_CEILING.get(key, _DEFAULT_CEILING)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= ceiling:
-            raise ModelError(f"{source}: config.json has {key} = {json.dumps(value)}, which must "
-                             f"be an integer from 1 to {ceiling}: restore the original config.json")
-    _check_divides(config, source, "num_attention_heads", "hidden_size")
+            raise ModelError(f"{where} has {key} = {json.dumps(value)}, which must "
+                             f"be an integer from 1 to {ceiling}: {fix}")
+    _check_divides(config, where, fix, "num_attention_heads", "hidden_size")
     if config.get("num_key_value_heads") is not None:
-        _check_divides(config, source, "num_key_value_heads", "num_attention_heads")
+        _check_divides(config, where, fix, "num_key_value_heads", "num_attention_heads")
     experts, per_token = config.get("num_local_experts"), config.get("num_experts_per_tok")
     if experts and per_token and per_token > experts:
-        raise ModelError(f"{source}: config.json has num_experts_per_tok = {per_token}, more "
-                         f"than num_local_experts = {experts}: restore the original config.json")
+        raise ModelError(f"{where} has num_experts_per_tok = {per_token}, more "
+                         f"than num_local_experts = {experts}: {fix}")
 
 
-def _check_divides(config: dict, source: str, divisor: str, total: str) -> None:
+def _check_divides(config: dict, where: str, fix: str, divisor: str, total: str) -> None:
     if config[total] % config[divisor]:
-        raise ModelError(f"{source}: config.json has {total} = {config[total]}, not divisible "
-                         f"by {divisor} = {config[divisor]}: restore the original config.json")
+        raise ModelError(f"{where} has {total} = {config[total]}, not divisible "
+                         f"by {divisor} = {config[divisor]}: {fix}")
 
 
 def checked_hf_config(path: Path):
