@@ -151,11 +151,11 @@ def ct_quantization_config(quantized: dict[str, AffineQuantized]) -> dict[str, A
                      for i, (key, names) in enumerate(groups.items())}
     config = {"quant_method": "compressed-tensors", "format": CT_FORMAT,
               "quantization_status": "compressed", "config_groups": config_groups,
-              "ignore": [], "kv_cache_scheme": None}
-    if any(not key[2] for key in groups):
-        # transformers' default route re-creates zero points unpacked ([out, groups]) and
-        # then refuses the packed ones of the file; dequantizing at load time reads them.
-        config["dequantize"] = True
+              "ignore": [], "kv_cache_scheme": None,
+              # transformers then dequantizes at load time: from_pretrained gives plain
+              # float linears. Its default route keeps them packed until the first forward
+              # and re-creates zero points unpacked ([out, groups]), refusing the file's.
+              "dequantize": True}
     return config
 
 
@@ -166,12 +166,11 @@ def set_blocker(quantized: dict[str, AffineQuantized | PaletteQuantized]) -> str
         reason = ct_blocker(q)
         if reason is not None:
             return reason
-    keys = set(_scheme_keys(quantized).values())
-    if len(keys) > 1 and any(not symmetric for _, _, symmetric in keys):
-        # When dequantizing at load time (needed for zero points, above) transformers
-        # applies the first config group's scheme to every layer.
-        return ("asymmetric weights with mixed bit widths or groups are dequantized by "
-                "transformers with a single scheme")
+    if len(set(_scheme_keys(quantized).values())) > 1:
+        # Dequantizing at load time (ct_quantization_config) transformers applies the first
+        # config group's scheme to every layer.
+        return ("linears with mixed bit widths or groups are dequantized by transformers "
+                "with a single scheme")
     return None
 
 
