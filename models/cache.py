@@ -28,3 +28,17 @@ def discard_damaged(path: Path, reason: str) -> None:
             path.unlink(missing_ok=True)
         except OSError:
             pass  # an unremovable entry: the rebuild's own write reports the problem
+
+
+_UNWRITABLE_SAID: set[str] = set()
+
+
+def note_unwritable(path: Path, exc: OSError) -> None:
+    """Say once per process that a cache entry could not be written: the command goes on
+    without it (only slower next time), and the line names the fix."""
+    if str(path) in _UNWRITABLE_SAID:
+        return
+    _UNWRITABLE_SAID.add(str(path))
+    print(f"toolkit: could not write cache entry {path} ({exc.strerror or exc}); going on "
+          "without it: free space or set EDGE_TOOLKIT_CACHE to a writable folder",
+          file=sys.stderr)

@@ -31,7 +31,8 @@ FIXES = {
 }
 CACHE_HINT = "; for the toolkit's cache set EDGE_TOOLKIT_CACHE to a writable folder"
 # safetensors (Rust) reports an OS error inside its own message: "... Os { code: 28, ..."
-_RUST_OS_ERROR = re.compile(r"Os \{ code: (\d+)")
+# or "I/O error: File too large (os error 27)".
+_RUST_OS_ERROR = re.compile(r"Os \{ code: (\d+)|\(os error (\d+)\)")
 
 
 def os_error_from(exc: BaseException) -> OSError | None:
@@ -40,7 +41,7 @@ def os_error_from(exc: BaseException) -> OSError | None:
         return exc
     match = _RUST_OS_ERROR.search(str(exc))
     if match:
-        code = int(match.group(1))
+        code = int(match.group(1) or match.group(2))
         return OSError(code, os.strerror(code))
     return None
 

@@ -30,9 +30,16 @@ def shown(path: Path | str) -> str:
 def nearest_existing(path: Path) -> Path:
     """`path` itself or its closest ancestor that exists (the cwd for a bare name)."""
     candidate = path.absolute()
-    while not candidate.exists() and candidate != candidate.parent:
+    while not _exists(candidate) and candidate != candidate.parent:
         candidate = candidate.parent
     return candidate
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long, say: not there, and the length check names it
+        return False
 
 
 def name_max(folder: Path) -> int:

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TextIO
 
 # one definition for models and data
-from models.cache import discard_damaged, toolkit_cache_dir
+from models.cache import discard_damaged, note_unwritable, toolkit_cache_dir
 
-__all__ = ["atomic_text_file", "data_cache_dir", "discard_damaged", "toolkit_cache_dir",
-           "write_text_atomic"]
+__all__ = ["atomic_text_file", "data_cache_dir", "discard_damaged", "note_unwritable",
+           "toolkit_cache_dir", "write_text_atomic"]
 
 
 def data_cache_dir() -> Path:

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from toolkit.data.cache import discard_damaged
+from toolkit.data.cache import discard_damaged, note_unwritable
 from toolkit.data.news import news_text
 from toolkit.data.wikipedia import wikipedia_text
+from toolkit.os_errors import os_error_from
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -89,15 +90,18 @@ def cached_streams(tokenizer: PreTrainedTokenizerBase) -> TokenStreams:
     if cached is not None:
         return cached
     streams = build_streams(tokenizer)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_file({name: getattr(streams, name).to(torch.int32).contiguous()
                    for name in STREAM_NAMES}, str(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        os_exc = os_error_from(exc)
+        if os_exc is None:
+            raise
+        note_unwritable(path, os_exc)  # a full or read-only cache only costs time
     return streams
 
 

@@ -24,11 +24,15 @@ from __future__ import annotations
 import bz2
 import hashlib
 import json
-import logging
 import re
 from pathlib import Path
 
-from toolkit.data.cache import data_cache_dir, discard_damaged, write_text_atomic
+from toolkit.data.cache import (
+    data_cache_dir,
+    discard_damaged,
+    note_unwritable,
+    write_text_atomic,
+)
 from toolkit.data.gensim_files import gensim_test_file, gensim_version
 
 WIKI_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -37,7 +41,6 @@ ARTICLE_SEPARATOR = "\n\n"
 RECIPE_VERSION = 1
 
 _NEWLINE_RUN = re.compile(r"\n{3,}")
-_log = logging.getLogger(__name__)
 
 
 def is_redirect(wikitext: str) -> bool:
@@ -105,7 +108,7 @@ def wikipedia_articles() -> list[tuple[str, str]]:
     try:
         write_text_atomic(cache, json.dumps(articles, ensure_ascii=False))
     except OSError as exc:  # a read-only home must not stop the toolkit, only slow it
-        _log.warning("could not write Wikipedia cache %s: %s", cache, exc)
+        note_unwritable(cache, exc)
     return articles
 
 
