@@ -35,23 +35,27 @@ def rtn_artifact(toolkit_cli, fake_model_dir, tmp_path_factory):
 
 
 def test_file_holds_packed_codes_not_float_weights(rtn_artifact):
+    """The file is a compressed-tensors checkpoint (int32 words of 4-bit codes, fp32 copies
+    of the fp16 scales, zero points packed along the output dimension)."""
     out, report = rtn_artifact
     with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
         keys = set(handle.keys())
         layout = json.loads(handle.metadata()["edge_toolkit.quantization"])
-        qweight = handle.get_tensor(f"{LINEAR}.qweight")
-        scales = handle.get_tensor(f"{LINEAR}.scales")
-        zeros = handle.get_tensor(f"{LINEAR}.qzeros")
+        qweight = handle.get_tensor(f"{LINEAR}.weight_packed")
+        scales = handle.get_tensor(f"{LINEAR}.weight_scale")
+        zeros = handle.get_tensor(f"{LINEAR}.weight_zero_point")
     meta = layout["layers"][LINEAR]
     out_f, in_f = meta["shape"]
-    assert f"{LINEAR}.weight" not in keys and qweight.dtype == torch.uint8
-    assert qweight.numel() == out_f * in_f // 2 and scales.dtype == torch.float16
+    assert f"{LINEAR}.weight" not in keys and qweight.dtype == torch.int32
+    assert qweight.numel() == out_f * in_f // 8 and scales.dtype == torch.float32
+    assert torch.equal(scales.half().float(), scales)
     recorded = report["quantization"]["layers"][LINEAR]
     assert {k: recorded[k] for k in meta} == meta and meta["bits"] == 4
-    # Independent dequantization from the raw tensors.
-    codes = unpack_nibbles(qweight, out_f * in_f).view(out_f, in_f)
-    zero = unpack_nibbles(zeros, scales.numel()).view_as(scales)
-    expected = scales.float().repeat_interleave(32, 1) * (codes - zero.repeat_interleave(32, 1))
+    # Independent dequantization from the raw tensors (little-endian words: low nibble first).
+    codes = unpack_nibbles(qweight.view(torch.uint8).reshape(-1), out_f * in_f).view(out_f, in_f)
+    zero = unpack_nibbles(zeros.T.contiguous().view(torch.uint8).reshape(-1), scales.numel())
+    zero = zero.view(scales.shape[1], out_f).T
+    expected = scales.repeat_interleave(32, 1) * (codes - zero.repeat_interleave(32, 1))
     loaded = models.load_model(str(out))
     weight = dict(loaded.module.named_modules())[LINEAR].weight.detach()
     assert torch.equal(weight, expected)
@@ -59,12 +63,18 @@ def test_file_holds_packed_codes_not_float_weights(rtn_artifact):
 
 
 def test_reported_bits_and_bytes_are_the_files(rtn_artifact):
+    """Reported bits count codes, fp16 scales and zero points at their bit widths; the file
+    holds the same codes and zero points, and each scale widened to fp32."""
     out, report = rtn_artifact
     quant = report["quantization"]
+    packed = 0
     with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
-        packed = sum(handle.get_tensor(k).numel() * handle.get_tensor(k).element_size()
-                     for k in handle.keys() if k.rsplit(".", 1)[-1]
-                     in ("qweight", "scales", "qzeros"))
+        for key in handle.keys():
+            tensor, kind = handle.get_tensor(key), key.rsplit(".", 1)[-1]
+            if kind in ("weight_packed", "weight_zero_point"):
+                packed += tensor.numel() * tensor.element_size()
+            elif kind == "weight_scale":
+                packed += tensor.numel() * 2
     assert quant["bytes"] == packed
     assert quant["bits_per_weight"] == pytest.approx(8 * packed / quant["weights"])
     assert quant["bits_per_weight"] == pytest.approx(4 + (16 + 4) / 32)
