@@ -134,6 +134,10 @@ def _check_blocks(blocks: nn.ModuleList, config) -> None:
                           "supported)")
     names = {name for name, _ in blocks[0].named_modules()}
     moe = is_moe_mlp(blocks[0].mlp)  # its experts are stacked tensors, not linears
+    if "mlp.experts" in names and not moe:
+        raise ExportError(f"the {type(blocks[0].mlp).__name__} experts of this "
+                          f"{config.model_type} model are not supported by the LLM exporter: "
+                          "it exports Mixtral-routed MoE layers (upcycled, Mixtral) only")
     for part in _BLOCK_PARTS:
         if part not in names and not (moe and part.startswith("mlp.")):
             raise ExportError(f"block 0 of this {config.model_type} model has no {part}: the "

@@ -89,13 +89,22 @@ def test_dense_experts_with_zero_gates_equal_the_chosen_experts_sum():
             torch.testing.assert_close(out[t:t + 1], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_restricted_routing_is_refused():
+def test_restricted_routing_and_other_moe_kinds_are_refused():
+    from transformers import AutoModelForCausalLM, Qwen2MoeConfig
+
     from export.errors import ExportError
 
     model = create_model("fake-moe-llm").module
     moe_groups(model)[1].allowed = [0, 1]
     with pytest.raises(ExportError, match=r"routing restricted to experts \[0, 1\]"):
         ExportDecoder.from_hf(model, CONTEXT)
+    # Qwen2-MoE adds a shared expert and skips the renormalisation: not Mixtral's routing.
+    qwen = AutoModelForCausalLM.from_config(Qwen2MoeConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+        shared_expert_intermediate_size=16, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, num_experts=4, num_experts_per_tok=2))
+    with pytest.raises(ExportError, match="Qwen2MoeSparseMoeBlock experts .* not supported"):
+        ExportDecoder.from_hf(qwen, CONTEXT)
 
 
 # One ONNX export takes 15-30 s on 2 busy cores: by default only the quantized
@@ -139,3 +148,18 @@ def test_quantized_moe_lm_round_trips_packed_and_onnx_carries_it(tmp_path: Path)
     check = verify_llm_onnx(result.path, model, GREEDY_PROMPT, 10,
                             result.decoder.shape.cache_shape(), CONTEXT)
     assert check.tokens_match and check.logits.max_abs_error < 1e-4
+
+
+@pytest.mark.slow  # a LiteRT conversion takes minutes on 2 busy cores
+def test_litert_gives_pytorchs_greedy_tokens(tmp_path: Path):
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_litert")
+    from export.litert.llm import export_llm_litert
+    from export.litert.verify_llm import verify_llm_litert
+
+    model = expert_dropped()
+    result = export_llm_litert(model, tmp_path / "moe.tflite", max_context=CONTEXT,
+                               prefill_tokens=8)
+    check = verify_llm_litert(result.path, model, GREEDY_PROMPT, 10, CONTEXT)
+    assert check.tokens_match, (check.pytorch_tokens, check.runtime_tokens)
+    assert check.logits.max_abs_error < 1e-4
