@@ -85,11 +85,6 @@ def channel_prunable(model: nn.Module) -> ChannelPrunable:
     return model
 
 
-def has_channel_groups(model: nn.Module) -> bool:
-    """Whether channel pruning applies to `model` (the registry tests ask this)."""
-    return isinstance(model, ChannelPrunable) and bool(model.channel_groups())
-
-
 @torch.no_grad()
 def flops_per_channel(model: ChannelPrunable) -> dict[str, float]:
     """Group name -> FLOPs one channel of it costs on `example_input()` (2 per multiply-

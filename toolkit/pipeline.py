@@ -20,6 +20,7 @@ import compress
 from compress.distill import DistillConfig
 from compress.requirements import applicable_methods, unmet_need
 from models import LoadedModel
+from toolkit.artifacts import save_model_artifact
 from toolkit.errors import UserError
 from toolkit.manifest import library_versions, timestamp
 from toolkit.recipe import CalibrationSpec, Recipe
@@ -139,6 +140,12 @@ def _summed_seconds(stages: list[dict]) -> dict[str, float]:
 def save_result(out: Path, loaded: LoadedModel, result: CompressionResult, recipe: Recipe, *,
                 overwrite: bool) -> Path:
     """The artifact directory of the model's family (model files, packed when quantized;
-    recipe.yaml; toolkit.json), written atomically."""
-    workflow = result.workflow or workflow_for(loaded)
-    return workflow.save(out, loaded, result, recipe.to_yaml(), overwrite=overwrite)
+    recipe.yaml; toolkit.json), written atomically by the family registry's writer."""
+    # The packed form of the quantization stage replaces whatever `loaded` came with,
+    # which no longer describes its weights.
+    loaded.quantized = result.quantized or None
+    raw = result.calibration.raw if result.calibration is not None else None
+    if raw is not None and loaded.vision is not None:  # images kept for int8 export
+        loaded.vision = dataclasses.replace(loaded.vision, samples=raw)
+    return save_model_artifact(out, loaded, result.manifest, recipe_yaml=recipe.to_yaml(),
+                               overwrite=overwrite)

@@ -260,3 +260,59 @@ def test_lm_forward_on_fake_llama_with_feature_matching() -> None:
     named = dict(student.named_parameters())
     for name, keep in masks.items():
         assert torch.all(named[name][~keep] == 0), name
+
+
+def _pixel_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
+    """mean over pixels of sum_c p_t log(p_t / p_s), logits [N, C, H, W], written out."""
+    p_t = torch.softmax(teacher_logits.double(), dim=1)
+    log_ratio = torch.log_softmax(teacher_logits.double(), 1) - \
+        torch.log_softmax(student_logits.double(), 1)
+    return float((p_t * log_ratio).sum(dim=1).mean())
+
+
+def test_distill_stage_on_a_pruned_segmenter_is_per_pixel_kl() -> None:
+    """`{method: distill}` after channel-prune: the stage reaches the segmenter through
+    its task_logits, so its KL is the per-pixel 3-class KL, and training lowers it while
+    the norms' running statistics stay as they were."""
+    import compress
+    from compress.structured import ChannelPruneConfig
+    from models import create_model
+
+    loaded = create_model("fake-portrait")
+    student = loaded.module
+    images = loaded.vision.normalise(loaded.vision.images(8, 1))
+    teacher = copy.deepcopy(student).eval()
+    compress.apply(student, ChannelPruneConfig(criterion="random", sparsity=0.5), images)
+    with torch.no_grad():
+        expected = _pixel_kl(student.task_logits(images[:4]), teacher.task_logits(images[:4]))
+    stats = {name: buffer.clone() for name, buffer in student.named_buffers()
+             if "running" in name}
+    config = DistillConfig(steps=15, lr=1e-3, batch_size=4)
+    report = compress.apply(student, config, images, teacher=teacher)
+    assert report.distilled.initial_kl == pytest.approx(expected, rel=1e-4)
+    assert report.distilled.final_kl < report.distilled.initial_kl
+    for name, buffer in student.named_buffers():
+        if name in stats:
+            assert torch.equal(buffer, stats[name]), name
+
+
+def test_distill_stage_on_a_vmoe_is_the_class_kl() -> None:
+    """After expert dropping, the stage distils a V-MoE's class logits (no task_logits:
+    the plain classifier output), its KL the batch mean over images."""
+    import compress
+    from compress.experts import DropExpertsConfig
+    from models import create_model
+
+    loaded = create_model("fake-vmoe")
+    student = loaded.module
+    images = loaded.vision.normalise(loaded.vision.images(16, 1))
+    teacher = copy.deepcopy(student).eval()
+    compress.apply(student, DropExpertsConfig(criterion="random", drop=0.5), images)
+    with torch.no_grad():
+        s, t = student.eval()(images[:8]).double(), teacher(images[:8]).double()
+        expected = float((torch.softmax(t, -1) * (torch.log_softmax(t, -1)
+                                                   - torch.log_softmax(s, -1))).sum(-1).mean())
+    report = compress.apply(student, DistillConfig(steps=20, lr=1e-3), images,
+                            teacher=teacher)
+    assert report.distilled.initial_kl == pytest.approx(expected, rel=1e-4)
+    assert report.distilled.final_kl < report.distilled.initial_kl

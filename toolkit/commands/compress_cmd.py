@@ -102,11 +102,13 @@ METHOD_FLAGS: list[tuple[str, dict]] = [
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "compress", help="prune or quantize a model with one method and save it",
-        description="Compress every linear layer inside the decoder blocks, block by block "
-                    "on calibration text, evaluate before and after, and save an artifact "
-                    "(Hugging Face directory + recipe.yaml + toolkit.json). Embeddings and "
-                    "the LM head stay in floating point. For several stages (e.g. prune then "
-                    "quantize) use `toolkit run RECIPE.yaml`.")
+        description="Compress a model with one method, evaluate before and after, and save "
+                    "an artifact (model files + recipe.yaml + toolkit.json). LLM methods "
+                    "compress every linear layer inside the decoder blocks, block by block "
+                    "on calibration text (embeddings and the LM head stay in floating "
+                    "point); drop-experts removes experts of a MoE; channel-prune removes "
+                    "expansion channels of a portrait segmenter. For several stages (e.g. "
+                    "prune then quantize) use `toolkit run RECIPE.yaml`.")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="registered name (see `toolkit models`), Hugging Face directory "
                         "with safetensors, or .gguf file (default: %(default)s)")

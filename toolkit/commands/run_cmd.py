@@ -15,9 +15,11 @@ from toolkit.recipe import load_recipe
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "run", help="run a recipe (YAML list of stages) and save the artifact",
-        description="Run the stages of a recipe in order on one model, evaluate before and "
-                    "after, and save an artifact. See recipes/ for examples; every artifact "
-                    "holds the recipe.yaml it came from.")
+        description="Run the stages of a recipe in order on one model of any family "
+                    "(language model, V-MoE, portrait segmenter), evaluate before and after "
+                    "with the family's protocol, and save an artifact. See recipes/ for "
+                    "examples; every artifact holds the recipe.yaml it came from, which names "
+                    "the model it was made from.")
     p.add_argument("recipe", type=Path, metavar="RECIPE.yaml")
     p.add_argument("--model", help="registered name, HF directory or .gguf file "
                                    f"(default: the recipe's `model:`, else {DEFAULT_MODEL})")

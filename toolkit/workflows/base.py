@@ -2,9 +2,11 @@
 how calibration data is built from a recipe's `calibration:` section (token windows for a
 language model, images for an image classifier, portraits with soft labels for a
 segmenter), how the model is evaluated before and after (perplexity; accuracy, agreement
-and KL; mask metrics), which family fields go into the manifest, how the summary table
-reads, and how the artifact is written. Workflows register by the model families they
-serve, so the job has no if/else over families: a new family is one workflow module."""
+and KL; mask metrics), which family fields go into the manifest, and how the summary
+table reads. Workflows register by the model families they serve, so the job has no
+if/else over families: a new family is one workflow module. The artifact is written by
+the family registry's writer (toolkit.artifacts.save_model_artifact), the same call for
+every family."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ class CalibrationData:
     # its description for the manifest's metrics (None: nothing to describe).
     held_out: Any = None
     held_out_description: dict[str, Any] | None = None
-    # Raw calibration inputs the artifact keeps (a portrait's images for int8 export).
+    # Raw calibration images the artifact keeps for int8 export (a portrait's), or None.
     raw: Any = None
     # The sample count actually used (the family's default when the recipe gave none),
     # written back into the saved recipe so a re-run repeats it.
@@ -51,9 +53,6 @@ class Workflow:
     evaluate: Callable[..., dict]  # (loaded, original or None, data, run) -> metrics
     manifest_fields: Callable[..., dict]  # (loaded, stages, data, run) -> extra keys
     summary: Callable[[dict, Path], str]  # (manifest, out) -> text
-    # (out, loaded, result, recipe_yaml, *, overwrite) -> out; fills result.manifest's
-    # "files" in place.
-    save: Callable[..., Path]
 
 
 _WORKFLOWS: list[Workflow] = []

@@ -13,12 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from models import LoadedModel
-from models.vmoe import VisionMoE
-from models.vmoe_artifact import read_manifest
 from toolkit.errors import UserError
 from toolkit.recipe import CalibrationSpec
 from toolkit.report import format_table
-from toolkit.vision_artifact import save_vmoe_artifact
 from toolkit.workflows.base import CalibrationData, Workflow, last_report
 
 DEFAULT_SAMPLES = 512
@@ -72,19 +69,6 @@ def manifest_fields(_loaded, stages: list[dict], _data, _run) -> dict:
     return {"report": last_report(stages, "drop-experts")}
 
 
-def save(out: Path, loaded: LoadedModel, result, recipe_yaml: str, *, overwrite: bool) -> Path:
-    if not isinstance(loaded.module, VisionMoE):
-        raise UserError(f"{loaded.source} is not a V-MoE: only V-MoE artifacts are written "
-                        "for image classifiers today")
-    source = Path(loaded.source)
-    dataset = (read_manifest(source).get("input", {}).get("dataset")
-               if (source / "toolkit.json").is_file() else None)
-    info = {"mean": list(loaded.vision.mean), "std": list(loaded.vision.std),
-            "dataset": dataset}
-    return save_vmoe_artifact(out, loaded.module, result.manifest, info, overwrite=overwrite,
-                              recipe_yaml=recipe_yaml)
-
-
 def summary(manifest: dict, out: Path) -> str:
     report, metrics = manifest["report"] or {}, manifest["metrics"]
     before, after = metrics.get("before") or {}, metrics.get("after") or {}
@@ -105,4 +89,4 @@ WORKFLOW = Workflow(
     compares_with_original=True,
     accepts=lambda loaded: loaded.vision is not None and loaded.tokenizer is None,
     calibration=calibration, evaluate=evaluate, manifest_fields=manifest_fields,
-    summary=summary, save=save)
+    summary=summary)

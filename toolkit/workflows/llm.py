@@ -19,7 +19,7 @@ from toolkit.data import (
     tokenize_text,
 )
 from toolkit.eval import evaluate_perplexities
-from toolkit.lm_artifact import block_sparsity, save_lm_artifact
+from toolkit.lm_artifact import block_sparsity
 from toolkit.recipe import CalibrationSpec
 from toolkit.report import format_table
 from toolkit.workflows.base import CalibrationData, Workflow
@@ -84,11 +84,6 @@ def _sparsity_section(loaded: LoadedModel, stages: list[dict]) -> dict[str, Any]
     return section
 
 
-def save(out: Path, loaded: LoadedModel, result, recipe_yaml: str, *, overwrite: bool) -> Path:
-    return save_lm_artifact(out, loaded, result.manifest, result.quantized, recipe_yaml,
-                            overwrite=overwrite)
-
-
 def summary(manifest: dict, out: Path) -> str:
     metrics, timing = manifest["metrics"], manifest["timing_seconds"]
     quant = manifest.get("quantization")
@@ -120,4 +115,4 @@ WORKFLOW = Workflow(
     name="llm", kind="language model", families=("llm", MOE_LM_FAMILY),
     compares_with_original=False, accepts=lambda loaded: loaded.tokenizer is not None,
     calibration=calibration, evaluate=evaluate, manifest_fields=manifest_fields,
-    summary=summary, save=save)
+    summary=summary)

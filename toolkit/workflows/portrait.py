@@ -31,7 +31,6 @@ from toolkit.commands.train_portrait_job import TEST_SEED_OFFSET
 from toolkit.data.portraits import PortraitSet, generate_portraits, load_portrait_folder
 from toolkit.errors import UserError
 from toolkit.eval.portrait_eval import THRESHOLD, evaluate_portraits
-from toolkit.portrait_artifact import input_section, save_portrait_artifact
 from toolkit.recipe import CalibrationSpec
 from toolkit.report import format_table
 from toolkit.train.portrait_losses import soft_boundary_labels
@@ -132,14 +131,6 @@ def manifest_fields(loaded: LoadedModel, stages: list[dict], _data, _run) -> dic
     return {"pruning": last_report(stages, "channel-prune"), "data": source_data(loaded.source)}
 
 
-def save(out: Path, loaded: LoadedModel, result, recipe_yaml: str, *, overwrite: bool) -> Path:
-    spec = loaded.vision
-    return save_portrait_artifact(out, loaded.module, result.manifest,
-                                  calibration=result.calibration.raw,
-                                  input_info=input_section(spec.mean, spec.std),
-                                  overwrite=overwrite, recipe_yaml=recipe_yaml)
-
-
 def summary(manifest: dict, out: Path) -> str:
     pruning, metrics = manifest["pruning"] or {}, manifest["metrics"]
     before, after = metrics.get("before") or {}, metrics.get("after") or {}
@@ -169,4 +160,4 @@ WORKFLOW = Workflow(
     compares_with_original=True,
     accepts=lambda loaded: isinstance(loaded.module, PortraitSegmenter),
     calibration=calibration, evaluate=evaluate, manifest_fields=manifest_fields,
-    summary=summary, save=save)
+    summary=summary)
