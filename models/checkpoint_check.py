@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from models.errors import ModelError
+from models.json_file import read_json_object
 from models.safetensors_check import FLOAT_DTYPES, check_safetensors_file
 
 SINGLE_FILE = "model.safetensors"
@@ -75,11 +76,7 @@ def _checkpoint_files(path: Path) -> tuple[list[Path], dict[str, str] | None]:
 
 def _read_index(index: Path) -> dict[str, str]:
     fix = f"restore the original {INDEX_FILE}"
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelError(f"{index} is not valid JSON: {fix}") from None
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    weight_map = read_json_object(index, fix).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ModelError(f"{index} has no \"weight_map\" of tensor names to shards: {fix}")
     for name, shard in weight_map.items():

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from models.errors import ModelError
+from models.json_file import read_json_object
 
 # model_type -> (family name shown to users, the causal-LM class its checkpoints name).
 # Each family here loads through transformers' own classes and was tested end to end
@@ -57,13 +58,7 @@ def read_config_json(path: Path) -> dict:
             f"{path} has no config.json: pass a Hugging Face model directory, a .gguf file "
             "or a registered name (see `toolkit models`)"
         )
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelError(f"{config} is not valid JSON: restore the original config.json") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{config} is not a JSON object: restore the original config.json")
-    return data
+    return read_json_object(config, RESTORE_CONFIG)
 
 
 def check_supported_architecture(config: dict, source: str, *, named: str = CONFIG,

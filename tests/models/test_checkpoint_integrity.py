@@ -230,6 +230,8 @@ CASES = [
          (SHARDS[0], "lacks", f"restore the shard {SHARDS[0]}")),
     Case("index-not-json", sharded_then(lambda m: (m / INDEX).write_text("{ weight_map")),
          (INDEX, "not valid JSON")),
+    Case("index-not-an-object", sharded_then(lambda m: (m / INDEX).write_text("[1]")),
+         (INDEX, "not a JSON object")),
     Case("index-points-outside-directory", sharded_then(edit_index(
         lambda w: w.update(dict.fromkeys(w, "../model.safetensors")))),
         (INDEX, "../model.safetensors", "same directory")),
