@@ -213,6 +213,8 @@ CASES = [
     Case("missing-tensor", edit_tensors(lambda t: t.pop(UP)), (UP, WEIGHTS, RESTORE)),
     Case("wrong-shape", edit_tensors(lambda t: t.__setitem__(UP, torch.zeros(64, 64))),
          (UP, "[64, 64]", "[128, 64]")),
+    Case("untied-head-absent", edit_config(tie_word_embeddings=False),
+         ("lm_head.weight", WEIGHTS, RESTORE)),
     Case("integer-dtype", edit_tensors(
         lambda t: t.__setitem__("model.norm.weight", t["model.norm.weight"].int())),
         ("model.norm.weight", "I32", RESTORE)),
@@ -323,8 +325,14 @@ def assert_same_weights(loaded, original) -> None:
         torch.testing.assert_close(state[name], tensor, rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("make", [copy_dir, sharded, hand_written()],
-                         ids=["copy", "sharded", "hand-written"])
+def with_saved_rope_table(root: Path, sources: Sources) -> Path:
+    """Old Llama checkpoints saved each block's RoPE table, which transformers recomputes."""
+    return edit_tensors(lambda t: t.__setitem__(
+        "model.layers.0.self_attn.rotary_emb.inv_freq", torch.ones(8)))(root, sources)
+
+
+@pytest.mark.parametrize("make", [copy_dir, sharded, hand_written(), with_saved_rope_table],
+                         ids=["copy", "sharded", "hand-written", "saved-rope-table"])
 def test_undamaged_copies_load_the_original_weights(make, sources: Sources, tmp_path):
     # The tied LM head is absent from every one of these files: the config ties it.
     loaded = load_model(str(make(tmp_path, sources)))
