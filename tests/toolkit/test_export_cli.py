@@ -37,6 +37,7 @@ def test_quantized_artifact_exports_with_its_codes_and_verifies(toolkit_cli, art
     assert result.code == 0, result.err
     data = json.loads(report.read_text())
     assert data["carried"] == {"MatMulNBits 4-bit, block 32": 14} and data["dropped"] == []
+    assert data["verdict"] == "passed" and data["lost"] == []
     check = data["verification"]
     assert check["passed"] and check["tokens_match"] and len(check["runtime_tokens"]) == 8
     assert data["file_bytes"] == out.stat().st_size < data["float32_bytes"]
@@ -67,6 +68,13 @@ def test_tflite_export_lists_the_palettes_it_cannot_carry(toolkit_cli, artifacts
     assert data["dropped"][0]["why"] == "float32: LiteRT has no op for palette weights"
     assert "14 layers: float32: LiteRT has no op for palette weights" in result.out
     assert data["verification"]["passed"]
+    # None of the palettes reached the file: the verdict says so, with the size it cost.
+    weights = sum(p.stat().st_size for p in artifacts["palettize4"].glob("*.safetensors"))
+    ratio = data["file_bytes"] / weights
+    assert ratio > 1.5
+    assert data["verdict"] == ("passed, but carried none of: palettized weights (written as "
+                               f"float32, {ratio:.1f}x the artifact's weights)")
+    assert "verdict            passed, but carried none of: palettized" in result.out
 
 
 def test_coreml_export_is_checked_without_running(toolkit_cli, artifacts, tmp_path):
@@ -90,9 +98,12 @@ def test_pruned_artifact_reports_the_sparsity_onnx_drops(toolkit_cli, artifacts,
     result = toolkit_cli("export", "onnx", "--model", artifacts["wanda"], "--out", out,
                          "--json", report, *EXPORT)
     assert result.code == 0, result.err
-    (dropped,) = json.loads(report.read_text())["dropped"]
+    data = json.loads(report.read_text())
+    (dropped,) = data["dropped"]
     assert dropped["layer"] == "pruned linears"
     assert dropped["why"].startswith("50.0% zeros stored dense")
+    assert data["verdict"] == ("passed, but carried none of: pruned zeros (50.0% of the "
+                               "pruned layers' weights, stored dense)")
 
 
 def test_failed_verification_writes_nothing_and_exits_2(toolkit_cli, artifacts, tmp_path):
@@ -105,7 +116,7 @@ def test_failed_verification_writes_nothing_and_exits_2(toolkit_cli, artifacts, 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--out", "{tmp}/m.tflite"], "must end in .onnx for target onnx"),
-    (["--out", "{tmp}/exists.onnx"], "exists: pass --overwrite"),
+    (["--out", "{tmp}/exists.onnx"], "pass --overwrite"),
     (["--out", "{tmp}/m.onnx", "--rtol", "2"], "--rtol 2.0 must lie in (0, 1)"),
 ])
 def test_bad_output_arguments_exit_2_in_one_line(toolkit_cli, tmp_path, args, message):
