@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import compress
 from compress.distill import (
     DistillConfig,
     classifier_forward,
@@ -270,19 +271,25 @@ def _pixel_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> flo
     return float((p_t * log_ratio).sum(dim=1).mean())
 
 
+def _compressed_pair(name: str, config, count: int):
+    """(student compressed with `config`, teacher = the model before, `count` images)."""
+    from models import create_model
+
+    loaded = create_model(name)
+    images = loaded.vision.normalise(loaded.vision.images(count, 1))
+    teacher = copy.deepcopy(loaded.module).eval()
+    compress.apply(loaded.module, config, images)
+    return loaded.module, teacher, images
+
+
 def test_distill_stage_on_a_pruned_segmenter_is_per_pixel_kl() -> None:
     """`{method: distill}` after channel-prune: the stage reaches the segmenter through
     its task_logits, so its KL is the per-pixel 3-class KL, and training lowers it while
     the norms' running statistics stay as they were."""
-    import compress
     from compress.structured import ChannelPruneConfig
-    from models import create_model
 
-    loaded = create_model("fake-portrait")
-    student = loaded.module
-    images = loaded.vision.normalise(loaded.vision.images(8, 1))
-    teacher = copy.deepcopy(student).eval()
-    compress.apply(student, ChannelPruneConfig(criterion="random", sparsity=0.5), images)
+    student, teacher, images = _compressed_pair(
+        "fake-portrait", ChannelPruneConfig(criterion="random", sparsity=0.5), 8)
     with torch.no_grad():
         expected = _pixel_kl(student.task_logits(images[:4]), teacher.task_logits(images[:4]))
     stats = {name: buffer.clone() for name, buffer in student.named_buffers()
@@ -299,15 +306,10 @@ def test_distill_stage_on_a_pruned_segmenter_is_per_pixel_kl() -> None:
 def test_distill_stage_on_a_vmoe_is_the_class_kl() -> None:
     """After expert dropping, the stage distils a V-MoE's class logits (no task_logits:
     the plain classifier output), its KL the batch mean over images."""
-    import compress
     from compress.experts import DropExpertsConfig
-    from models import create_model
 
-    loaded = create_model("fake-vmoe")
-    student = loaded.module
-    images = loaded.vision.normalise(loaded.vision.images(16, 1))
-    teacher = copy.deepcopy(student).eval()
-    compress.apply(student, DropExpertsConfig(criterion="random", drop=0.5), images)
+    student, teacher, images = _compressed_pair(
+        "fake-vmoe", DropExpertsConfig(criterion="random", drop=0.5), 16)
     with torch.no_grad():
         s, t = student.eval()(images[:8]).double(), teacher(images[:8]).double()
         expected = float((torch.softmax(t, -1) * (torch.log_softmax(t, -1)

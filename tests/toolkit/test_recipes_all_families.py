@@ -126,6 +126,26 @@ def _chdir(monkeypatch, path: Path) -> Path:
     return path
 
 
+def _compress_then_rerun_elsewhere(toolkit_cli, monkeypatch, tmp_path: Path, model: str,
+                                   *flags: str) -> Path:
+    """`toolkit compress --model MODEL` (a path relative to tmp_path/work) into work/out1;
+    the saved recipe names MODEL's absolute path; `toolkit run work/out1/recipe.yaml` from
+    tmp_path/other writes out2 with the same weight bytes. Returns tmp_path/other."""
+    work = tmp_path / "work"
+    first = toolkit_cli("compress", "--model", model, *flags, "--no-eval", "--quiet",
+                        "--out", "out1")
+    assert first.code == 0, first.err
+    saved = yaml.safe_load((work / "out1" / "recipe.yaml").read_text(encoding="utf-8"))
+    assert saved["model"] == str((work / model).resolve())
+    other = _chdir(monkeypatch, tmp_path / "other")
+    again = toolkit_cli("run", work / "out1" / "recipe.yaml", "--out", "out2", "--no-eval",
+                        "--quiet")
+    assert again.code == 0, again.err
+    assert (other / "out2" / "model.safetensors").read_bytes() == \
+        (work / "out1" / "model.safetensors").read_bytes()
+    return other
+
+
 def test_saved_recipe_recompresses_the_llm_dir_it_came_from(toolkit_cli, fake_model_dir,
                                                             tmp_path, monkeypatch):
     """Given by a relative path, the source is recorded absolute: `toolkit run
@@ -135,37 +155,20 @@ def test_saved_recipe_recompresses_the_llm_dir_it_came_from(toolkit_cli, fake_mo
 
     work = _chdir(monkeypatch, tmp_path / "work")
     shutil.copytree(fake_model_dir, work / "llama")
-    first = toolkit_cli("compress", "--model", "llama", "--method", "wanda", "--calib-samples",
-                        "2", "--seq-len", "16", "--no-eval", "--quiet", "--out", "out1")
-    assert first.code == 0, first.err
-    saved = yaml.safe_load((work / "out1" / "recipe.yaml").read_text(encoding="utf-8"))
-    assert saved["model"] == str((work / "llama").resolve())
-    other = _chdir(monkeypatch, tmp_path / "other")
-    again = toolkit_cli("run", work / "out1" / "recipe.yaml", "--out", "out2", "--no-eval",
-                        "--quiet")
-    assert again.code == 0, again.err
-    assert (other / "out2" / "model.safetensors").read_bytes() == \
-        (work / "out1" / "model.safetensors").read_bytes()
+    _compress_then_rerun_elsewhere(toolkit_cli, monkeypatch, tmp_path, "llama", "--method",
+                                   "wanda", "--calib-samples", "2", "--seq-len", "16")
 
 
 def test_saved_recipe_recompresses_the_portrait_artifact_it_came_from(toolkit_cli, tmp_path,
                                                                       monkeypatch):
     work = _chdir(monkeypatch, tmp_path / "work")
-    fast = ["--calib-samples", "4", "--no-eval", "--quiet"]
+    fast = ["--calib-samples", "4"]
     base = toolkit_cli("compress", "--model", "fake-portrait", "--method", "channel-prune",
-                       "--criterion", "bn-scale", "--sparsity", "0.25", "--out", "base", *fast)
+                       "--criterion", "bn-scale", "--sparsity", "0.25", "--out", "base",
+                       "--no-eval", "--quiet", *fast)
     assert base.code == 0, base.err
-    first = toolkit_cli("compress", "--model", "base", "--method", "channel-prune",
-                        "--out", "out1", *fast)
-    assert first.code == 0, first.err
-    saved = yaml.safe_load((work / "out1" / "recipe.yaml").read_text(encoding="utf-8"))
-    assert saved["model"] == str((work / "base").resolve())
-    other = _chdir(monkeypatch, tmp_path / "other")
-    again = toolkit_cli("run", work / "out1" / "recipe.yaml", "--out", "out2", "--no-eval",
-                        "--quiet")
-    assert again.code == 0, again.err
-    assert (other / "out2" / "model.safetensors").read_bytes() == \
-        (work / "out1" / "model.safetensors").read_bytes()
+    other = _compress_then_rerun_elsewhere(toolkit_cli, monkeypatch, tmp_path, "base",
+                                           "--method", "channel-prune", *fast)
     assert load_model(str(other / "out2")).module.config == \
         load_model(str(work / "out1")).module.config
 
