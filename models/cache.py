@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 
@@ -42,3 +43,28 @@ def note_unwritable(path: Path, exc: OSError) -> None:
     print(f"toolkit: could not write cache entry {path} ({exc.strerror or exc}); going on "
           "without it: free space or set EDGE_TOOLKIT_CACHE to a writable folder",
           file=sys.stderr)
+
+
+STALE_AGE_SECONDS = 24 * 3600
+
+
+def sweep_stale_builds(target: Path) -> None:
+    """Remove hidden `.NAME.*` build folders beside the cache entry `target` that are older
+    than a day: a build killed with SIGKILL (the OOM killer) cannot clean up, and a
+    dequantized model left that way is hundreds of MB nobody sees."""
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        if not (entry.name.startswith(f".{target.name}.") and entry.is_dir()):
+            continue
+        try:
+            stale = now - entry.stat().st_mtime > STALE_AGE_SECONDS
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            print(f"toolkit: removed stale staging dir {entry} of a killed run",
+                  file=sys.stderr)

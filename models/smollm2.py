@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from models.cache import discard_damaged, toolkit_cache_dir
+from models.cache import discard_damaged, sweep_stale_builds, toolkit_cache_dir
 from models.errors import ModelError
 from models.gguf_loader import cache_as_safetensors, load_gguf
 from models.hf_loader import load_hf_directory
@@ -58,6 +58,7 @@ def _load_cached(cached: Path) -> LoadedModel:
     if cached.exists() and not (cached / "model.safetensors").is_file():
         discard_damaged(cached, "model.safetensors missing")
     if not cached.exists():
+        sweep_stale_builds(cached)
         cache_as_safetensors(load_gguf(smollm2_gguf_path()), cached)
         return load_hf_directory(cached)
     try:

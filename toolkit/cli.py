@@ -51,7 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.add_parser(subparsers)
+    for leaf in leaf_parsers(parser):
+        if "--quiet" not in leaf._option_string_actions:  # every command accepts it
+            leaf.add_argument("--quiet", action="store_true",
+                              help="accepted by every command; this one draws no progress")
     return parser
+
+
+def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers that run something (`toolkit train vmoe`, not `toolkit train`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return [leaf for sub in action.choices.values() for leaf in leaf_parsers(sub)]
+    return [parser]
 
 
 def check_arguments(args: argparse.Namespace) -> None:

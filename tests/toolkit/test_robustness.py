@@ -528,6 +528,21 @@ def test_a_sigkilled_save_is_swept_by_the_next_run(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["art"]
 
 
+def test_old_default_model_builds_are_swept(tmp_path, capsys):
+    from models.cache import sweep_stale_builds
+
+    target = tmp_path / "smollm2"
+    old, recent, other = (tmp_path / ".smollm2.ab12cd34", tmp_path / ".smollm2.ef56gh78",
+                          tmp_path / ".other.ab12cd34")
+    for folder in (old, recent, other):
+        folder.mkdir()
+        os.utime(folder, (time.time() - 2 * 86400,) * 2 if folder != recent else None)
+    sweep_stale_builds(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([recent.name, other.name])
+    assert capsys.readouterr().err.strip() == \
+        f"toolkit: removed stale staging dir {old} of a killed run"
+
+
 # --- file modes and the run's temporary folder ------------------------------------------
 
 @pytest.mark.parametrize(("umask", "dir_mode", "file_mode"),
@@ -611,6 +626,15 @@ def test_bench_shows_progress_unless_quiet(toolkit_cli, tmp_path):
     assert "load" in loud.err and "timed runs" in loud.err and "3/3" in loud.err
     quiet = toolkit_cli("bench", model, *fast, "--quiet")
     assert quiet.code == 0 and quiet.err == "" and "relu.onnx" in quiet.out
+
+
+def test_every_command_accepts_quiet():
+    from toolkit.cli import build_parser, leaf_parsers
+
+    leaves = leaf_parsers(build_parser())
+    assert len(leaves) >= 9  # compress run eval export bench models, train x3
+    for leaf in leaves:
+        assert "--quiet" in leaf._option_string_actions, leaf.prog
 
 
 def test_expected_rounds_grow_until_min_seconds():
