@@ -84,6 +84,8 @@ def run_compression(loaded: LoadedModel, run: CompressionRun) -> CompressionResu
     stages, quantized = _run_stages(loaded, run, data, original)
     compress_seconds = time.perf_counter() - start
     loaded.module.to("cpu").eval()
+    if original is not None:  # a distillation stage ran the teacher on the device
+        original.to("cpu")
     if run.evaluate:
         metrics["after"] = workflow.evaluate(loaded, original, data, run)
     last = run.recipe.stages[-1].to_dict()
