@@ -16,6 +16,7 @@ from torch import nn
 
 from models.channel_groups import channel_prunable
 from models.errors import ModelError
+from models.fake_cnn import smooth_images
 from models.families.vision_files import InputSection, read_safetensors, write_state
 from models.family import Adapters, ModelFamily, register_family
 from models.portrait import CLASSES, MEAN, STD, PortraitConfig, PortraitSegmenter
@@ -27,6 +28,7 @@ from models.portrait_artifact import (
     load_portrait_directory,
 )
 from models.registry import LoadedModel
+from models.vision_input import VisionInput
 
 # Raw training images stored for int8 calibration / export checks: enough for a
 # calibration pass, small next to the weights (16 x 256 x 256 x 3 bytes = 3 MiB).
@@ -39,6 +41,23 @@ def input_section(mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) 
             "normalise": "x' = (x / 255 - mean) / std",
             "output": "foreground probability [N, 1, H, W] = p_fg + p_boundary / 2",
             "training_classes": list(CLASSES)}
+
+
+def portrait_loaded(module: PortraitSegmenter, *, samples: torch.Tensor | None = None,
+                    mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD,
+                    source: str = "portrait segmenter") -> LoadedModel:
+    """A live (e.g. freshly trained) segmenter as a LoadedModel to save; `samples`: raw
+    uint8 training images [N, 3, H, W] the artifact keeps for calibration."""
+    config = module.config
+
+    def images(count: int, seed: int) -> torch.Tensor:
+        side = max(config.height, config.width)
+        return smooth_images(count, seed, size=side)[..., :config.height, :config.width]
+
+    vision = VisionInput((1, 3, config.height, config.width), tuple(mean), tuple(std),
+                         images=images, samples=samples)
+    return LoadedModel(module=module, tokenizer=None, source=source, vision=vision,
+                       family=PortraitFamily.name)
 
 
 @dataclasses.dataclass(frozen=True)

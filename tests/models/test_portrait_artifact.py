@@ -1,4 +1,5 @@
-"""Portrait artifact directories: written by toolkit.portrait_artifact, loaded through
+"""Portrait artifact directories: written by toolkit.artifacts.save_model_artifact (the
+portrait family), loaded through
 models.load_model, compared with the module they came from (a pruned one with irregular
 expansion widths too); broken ones are one-line ModelErrors; nothing is unpickled."""
 
@@ -12,10 +13,11 @@ from safetensors.torch import load_file, save_file
 
 import models
 from models.errors import ModelError
+from models.families.portrait import portrait_loaded
 from models.load import model_family
 from models.portrait import FAKE_CONFIG, PortraitSegmenter
 from models.portrait_surgery import expansion_widths, prune_expansion_channels
-from toolkit.portrait_artifact import input_section, save_portrait_artifact
+from toolkit.artifacts import save_model_artifact
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.3, 0.25, 0.2)
 
@@ -39,8 +41,8 @@ def pixels(count=3, seed=0):
 
 def test_round_trip_same_outputs_no_pickle(original, tmp_path, monkeypatch):
     manifest = {"metrics": {"test": {"miou": 0.5}}}
-    out = save_portrait_artifact(tmp_path / "p", original, manifest,
-                                 input_info=input_section(MEAN, STD))
+    out = save_model_artifact(tmp_path / "p", portrait_loaded(original, mean=MEAN, std=STD),
+                              manifest)
     written = json.loads((out / "toolkit.json").read_text())
     assert written["family"] == "portrait" and written["metrics"] == {"test": {"miou": 0.5}}
     assert manifest["family"] == "portrait"  # filled in place for the caller's --json
@@ -74,7 +76,8 @@ def test_pruned_hidden_channels_round_trip(original, tmp_path):
     pruned = prune_expansion_channels(original, keep).eval()
     assert pruned.config.hidden_channels[0] == len(range(0, widths[names[0]], 2))
     assert pruned.config.hidden_channels[-1] == 3
-    out = save_portrait_artifact(tmp_path / "pruned", pruned, {"pruning": {"kept": 0.9}})
+    out = save_model_artifact(tmp_path / "pruned", portrait_loaded(pruned),
+                              {"pruning": {"kept": 0.9}})
     written = json.loads((out / "toolkit.json").read_text())
     assert written["config"]["hidden_channels"] == list(pruned.config.hidden_channels)
     loaded = models.load_model(str(out)).module
@@ -88,7 +91,7 @@ def test_pruned_hidden_channels_round_trip(original, tmp_path):
 
 def test_calibration_images_are_the_stored_ones(original, tmp_path):
     stored = pixels(5, seed=3)
-    out = save_portrait_artifact(tmp_path / "c", original, calibration=stored)
+    out = save_model_artifact(tmp_path / "c", portrait_loaded(original, samples=stored), {})
     images = models.load_model(str(out)).vision.images(7, 2)
     assert images.shape == (7, 3, 32, 48) and images.dtype == torch.float32
     # Each drawn image is one of the stored ones; the first five are all of them.
@@ -109,7 +112,7 @@ def expect_one_line_error(path, *words):
 
 
 def test_mismatched_shapes_are_a_model_error(original, tmp_path):
-    out = save_portrait_artifact(tmp_path / "bad", original)
+    out = save_model_artifact(tmp_path / "bad", portrait_loaded(original), {})
     manifest = json.loads((out / "toolkit.json").read_text())
     widths = list(expansion_widths(original).values())
     manifest["config"]["hidden_channels"] = [w - 1 for w in widths]  # weights say w
@@ -118,7 +121,7 @@ def test_mismatched_shapes_are_a_model_error(original, tmp_path):
 
 
 def test_broken_artifacts(original, tmp_path):
-    out = save_portrait_artifact(tmp_path / "broken", original)
+    out = save_model_artifact(tmp_path / "broken", portrait_loaded(original), {})
     state = load_file(str(out / "model.safetensors"))
     state.pop("head.bias")
     save_file(state, str(out / "model.safetensors"))

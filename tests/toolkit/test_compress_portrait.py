@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from models import create_model, load_model
+from models.families.portrait import portrait_loaded
 from models.portrait import PortraitSegmenter
 from models.portrait_surgery import expansion_widths, prune_expansion_channels
+from toolkit.artifacts import save_model_artifact
 from toolkit.data.portraits import generate_portraits
-from toolkit.portrait_artifact import save_portrait_artifact
 
 torch.set_num_threads(1)
 FAST = ["--calib-samples", "16", "--threads", "1", "--quiet"]
@@ -110,9 +111,9 @@ def test_a_model_trained_on_a_folder_needs_that_folder(toolkit_cli, tmp_path):
     module = create_model("fake-portrait").module
     data = generate_portraits(2, 0, 32, 48)
     source = tmp_path / "folder-trained"
-    save_portrait_artifact(source, module, {"data": {
+    save_model_artifact(source, portrait_loaded(module, samples=data.images), {"data": {
         "generated": False, "train": {"source": "portrait folder /photos (2 pairs)",
-                                      "seed": 0}}}, calibration=data.images)
+                                      "seed": 0}}})
     result = toolkit_cli("compress", "--model", source, "--method", "channel-prune",
                          "--out", tmp_path / "out", *FAST)
     assert result.code == 2 and "--calib-data" in result.err

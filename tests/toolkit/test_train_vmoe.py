@@ -16,11 +16,13 @@ from safetensors.torch import load_file
 
 import models
 from models import fashion_mnist
+from models.registry import LoadedModel
 from models.vmoe import flops_per_image
+from models.vmoe_artifact import vision_input
+from toolkit.artifacts import save_model_artifact
 from toolkit.commands.train_cmd import CONFIGS
 from toolkit.data.images import ImageData
 from toolkit.train.vmoe_trainer import TrainSettings, train_vmoe
-from toolkit.vision_artifact import save_vmoe_artifact
 
 needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.available(),
                                          reason="apt-get install dataset-fashion-mnist")
@@ -149,8 +151,9 @@ def test_trained_module_saved_and_loaded_gives_the_same_logits(tmp_path):
     config = dataclasses.replace(CONFIGS["fashion-mnist-small"], num_classes=3)
     module, _ = train_vmoe(config, data, "end-to-end", TrainSettings(epochs=1, batch_size=32),
                            show_progress=False)
-    save_vmoe_artifact(tmp_path / "art", module, {"router": "end-to-end"},
-                       {"mean": [0.5], "std": [0.3], "dataset": None})
+    vision = vision_input((1, 1, 28, 28), (0.5,), (0.3,), None)
+    trained = LoadedModel(module=module, tokenizer=None, source="test", vision=vision)
+    save_model_artifact(tmp_path / "art", trained, {"router": "end-to-end"})
     loaded = models.load_model(str(tmp_path / "art"))
     assert loaded.module.config == module.config and not loaded.module.config.renormalize
     x = data.normalise(pixels[:16])

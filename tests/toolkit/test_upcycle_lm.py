@@ -15,10 +15,10 @@ import torch
 from models import create_model, load_model
 from models.moe_groups import moe_groups
 from models.upcycle import moe_layers, upcycle_llama
+from toolkit.artifacts import save_model_artifact
 from toolkit.commands import upcycle_job
 from toolkit.data import TokenStreams, tokenize_text
 from toolkit.errors import UserError
-from toolkit.moe_lm_artifact import save_moe_lm_artifact
 from toolkit.train.upcycle_lm import learning_rate, routing_frequencies, train_upcycled
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 12
@@ -119,7 +119,7 @@ def test_routing_frequencies_match_an_independent_count():
 def test_artifact_round_trip_after_dropping_an_expert(tmp_path):
     loaded = create_model("fake-moe-llm")
     moe_groups(loaded.module)[0].keep_only([2, 3, 1])
-    out = save_moe_lm_artifact(tmp_path / "moe", loaded, {"note": "test"})
+    out = save_model_artifact(tmp_path / "moe", loaded, {"note": "test"})
     manifest = json.loads((out / "toolkit.json").read_text())
     assert manifest["family"] == "moe-llm" and manifest["note"] == "test"
     reason = manifest["moe"].pop("layout_reason")  # Mixtral needs one count everywhere
@@ -132,9 +132,8 @@ def test_artifact_round_trip_after_dropping_an_expert(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again.module(input_ids=ids).logits,
                                    loaded.module(input_ids=ids).logits, rtol=0, atol=0)
-    dense = create_model("fake-llama")
-    with pytest.raises(UserError, match="no mixture-of-experts"):
-        save_moe_lm_artifact(tmp_path / "dense", dense, {})
+    dense = save_model_artifact(tmp_path / "dense", create_model("fake-llama"), {})
+    assert json.loads((dense / "toolkit.json").read_text())["family"] == "llm"  # not moe-llm
 
 
 @pytest.fixture

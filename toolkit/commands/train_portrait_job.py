@@ -18,10 +18,8 @@ from pathlib import Path
 
 import torch
 
-from models.fake_cnn import smooth_images
-from models.portrait import FAKE_CONFIG, MEAN, STD, PortraitConfig, count_flops
-from models.registry import LoadedModel
-from models.vision_input import VisionInput
+from models.families.portrait import portrait_loaded
+from models.portrait import FAKE_CONFIG, PortraitConfig, count_flops
 from toolkit.artifacts import check_output_dir, save_model_artifact
 from toolkit.commands.common import positive_int, run_with_threads, write_json
 from toolkit.data.portraits import PortraitSet, generate_portraits, load_portrait_folder
@@ -158,10 +156,7 @@ def train_and_save(args: argparse.Namespace) -> int:
                            "total": time.perf_counter() - start},
     }
     # The training images the artifact keeps for int8 calibration and export checks.
-    vision = VisionInput((1, 3, config.height, config.width), MEAN, STD,
-                         images=smooth_images, samples=train.images)
-    loaded = LoadedModel(module=model, tokenizer=None, source="toolkit train portrait",
-                         vision=vision)
+    loaded = portrait_loaded(model, samples=train.images, source="toolkit train portrait")
     save_model_artifact(out, loaded, manifest, overwrite=args.overwrite)
     print(summary(manifest, config, out))
     write_json(args.json, {**manifest, "output": str(out)})
