@@ -10,7 +10,12 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from models.cache import discard_damaged, sweep_stale_builds, toolkit_cache_dir
+from models.cache import (
+    discard_damaged,
+    note_unwritable,
+    sweep_stale_builds,
+    toolkit_cache_dir,
+)
 from models.errors import ModelError
 from models.gguf_loader import cache_as_safetensors, load_gguf
 from models.hf_loader import load_hf_directory
@@ -57,14 +62,24 @@ def _load_cached(cached: Path) -> LoadedModel:
     removed, said in one line and rebuilt once."""
     if cached.exists() and not (cached / "model.safetensors").is_file():
         discard_damaged(cached, "model.safetensors missing")
-    if not cached.exists():
-        sweep_stale_builds(cached)
-        cache_as_safetensors(load_gguf(smollm2_gguf_path()), cached)
-        return load_hf_directory(cached)
+    if cached.exists():
+        try:
+            return load_hf_directory(cached)
+        except (ModelError, OSError, ValueError, RuntimeError) as exc:
+            discard_damaged(cached, str(exc).splitlines()[0][:120] if str(exc)
+                            else type(exc).__name__)
+    return _build_cache(cached)
+
+
+def _build_cache(cached: Path) -> LoadedModel:
+    """Dequantize the GGUF into the cache and load it from there; when the cache cannot be
+    written (full disk, read-only home) use the dequantized model as it is, slower next
+    time, and say so."""
+    sweep_stale_builds(cached)
+    loaded = load_gguf(smollm2_gguf_path())
     try:
-        return load_hf_directory(cached)
-    except (ModelError, OSError, ValueError, RuntimeError) as exc:
-        discard_damaged(cached, str(exc).splitlines()[0][:120] if str(exc)
-                        else type(exc).__name__)
-    cache_as_safetensors(load_gguf(smollm2_gguf_path()), cached)
+        cache_as_safetensors(loaded, cached)
+    except OSError as exc:
+        note_unwritable(cached, exc)
+        return loaded
     return load_hf_directory(cached)

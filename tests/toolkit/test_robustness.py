@@ -438,6 +438,27 @@ def test_damaged_cache_entries_are_rebuilt_with_one_line(tmp_path, monkeypatch, 
     assert read() == expected and capsys.readouterr().err == ""  # and trusted next time
 
 
+@pytest.mark.parametrize("cache", list(CACHES))
+def test_a_read_only_cache_costs_time_not_the_result(tmp_path, monkeypatch, capsys, cache):
+    import safetensors.torch
+
+    monkeypatch.setenv("EDGE_TOOLKIT_CACHE", str(tmp_path))
+    path, read = CACHES[cache][0](tmp_path, monkeypatch)
+    expected = read()
+    path.unlink()
+    capsys.readouterr()
+
+    def read_only(tensors, filename, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(filename))
+
+    _fail_json_write(monkeypatch, errno.EROFS)
+    monkeypatch.setattr(safetensors.torch, "save_file", read_only)
+    assert read() == expected and read() == expected
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and "Read-only file system" in err[0]
+    assert "EDGE_TOOLKIT_CACHE" in err[0] and not path.exists()
+
+
 @pytest.mark.parametrize("damage", ["truncated weights", "missing weights", "file"])
 def test_damaged_default_model_cache_is_rebuilt(tmp_path, monkeypatch, capsys, damage):
     import torch
@@ -471,6 +492,28 @@ def test_damaged_default_model_cache_is_rebuilt(tmp_path, monkeypatch, capsys, d
            if line.startswith("toolkit:")]
     assert len(err) == 1 and "rebuilt" in err[0] and str(cached) in err[0]
     assert all(torch.equal(rebuilt[k], reference[k]) for k in reference)
+
+
+def test_default_model_works_from_a_read_only_cache(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import models
+    from models import smollm2
+
+    reference = models.create_model("fake-llama").module.state_dict()
+    monkeypatch.setattr(smollm2, "load_gguf", lambda path: models.create_model("fake-llama"))
+    monkeypatch.setattr(smollm2, "smollm2_gguf_path", lambda: tmp_path / "x.gguf")
+
+    def read_only(loaded, target):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(target))
+
+    monkeypatch.setattr(smollm2, "cache_as_safetensors", read_only)
+    cached = tmp_path / "models" / "smollm2"
+    loaded = smollm2._load_cached(cached)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(cached) in err[0] and "Read-only" in err[0]
+    state = loaded.module.state_dict()
+    assert all(torch.equal(state[k], reference[k]) for k in reference)
 
 
 # --- staging folders of killed runs -------------------------------------------------------

@@ -23,7 +23,12 @@ import torch
 
 from models import LoadedModel, load_model
 from toolkit.artifacts import MANIFEST
-from toolkit.data.cache import discard_damaged, toolkit_cache_dir, write_text_atomic
+from toolkit.data.cache import (
+    discard_damaged,
+    note_unwritable,
+    toolkit_cache_dir,
+    write_text_atomic,
+)
 from toolkit.eval.kick import SUITE_VERSION, KickProtocol, KickResult, Progress, run_kick_suite
 
 _CHUNK = 1 << 22
@@ -87,7 +92,12 @@ def read_cached(path: Path) -> KickResult | None:
 
 
 def write_cached(path: Path, result: KickResult) -> None:
-    write_text_atomic(path, json.dumps(result.to_dict(), indent=1) + "\n")
+    """Cache `result`; a cache that cannot be written costs a recomputation next time, not
+    this run's result (one line says so)."""
+    try:
+        write_text_atomic(path, json.dumps(result.to_dict(), indent=1) + "\n")
+    except OSError as exc:
+        note_unwritable(path, exc)
 
 
 def evaluate_kick(spec: str, protocol: KickProtocol, *, device: str = "cpu",
