@@ -24,17 +24,18 @@ the files on disk are never rewritten.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from models.errors import ModelError
+from models.json_file import read_json_object
 
 MANIFEST_FILE = "toolkit.json"
 FORMAT = "edge-toolkit-artifact/2"
 FORMAT_V1 = "edge-toolkit-artifact/1"
 # Format /1 LLM artifacts did not name their family.
 V1_DEFAULT_FAMILY = "llm"
+REWRITE_FIX = "re-run the command that wrote it"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,14 +74,7 @@ def read_manifest(directory: Path) -> dict | None:
     path = directory / MANIFEST_FILE
     if not path.is_file():
         return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(f"{path} is not valid JSON ({type(exc).__name__}): re-run the "
-                         "command that wrote it") from None
-    if not isinstance(raw, dict):
-        raise ModelError(f"{path} is not a JSON object: re-run the command that wrote it")
-    return upgrade_manifest(raw, str(path))
+    return upgrade_manifest(read_json_object(path, REWRITE_FIX), str(path))
 
 
 def upgrade_manifest(raw: dict, source: str = MANIFEST_FILE) -> dict:

@@ -14,12 +14,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from models.errors import ModelError
 from models.fake_cnn import smooth_images
 from models.portrait import PortraitConfig, PortraitSegmenter
 from models.registry import LoadedModel
+from models.vision_files import read_safetensors
 from models.vision_input import VisionInput
 from models.weights_check import check_state_matches
 
@@ -59,7 +59,7 @@ def load_portrait_directory(path: Path) -> LoadedModel:
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ModelError(f"{toolkit_json}: input mean/std must be 3 values (std > 0)")
     module = PortraitSegmenter(config)
-    state = _read_safetensors(path / WEIGHTS)
+    state = read_safetensors(path / WEIGHTS)
     check_state_matches(path / WEIGHTS, module, state)
     module.load_state_dict(state, strict=True)
     shape = (1, 3, config.height, config.width)
@@ -68,22 +68,12 @@ def load_portrait_directory(path: Path) -> LoadedModel:
                        vision=VisionInput(shape, mean, std, images=images))
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelError(f"{path} is missing: the artifact is incomplete, re-create it")
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types on bad headers
-        raise ModelError(f"{path} is not a readable safetensors file ({exc}): re-create "
-                         "the artifact") from None
-
-
 def _calibration_images(path: Path, config: PortraitConfig):
     """(count, seed) -> raw-pixel float images: seeded draws from the stored training
     images when the artifact has them, else smooth placeholder patterns."""
     stored = None
     if (path / CALIBRATION).is_file():
-        stored = _read_safetensors(path / CALIBRATION).get(CALIBRATION_KEY)
+        stored = read_safetensors(path / CALIBRATION).get(CALIBRATION_KEY)
         if stored is None or tuple(stored.shape[1:]) != (3, config.height, config.width):
             raise ModelError(f"{path / CALIBRATION} must hold '{CALIBRATION_KEY}' uint8 "
                              f"[N, 3, {config.height}, {config.width}]: re-create the artifact")

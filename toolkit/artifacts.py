@@ -17,7 +17,14 @@ from typing import Any
 
 from models.errors import ModelError
 from models.family import family_of_module
-from models.manifest import MANIFEST_FILE, check_manifest, new_manifest_fields, upgrade_manifest
+from models.json_file import read_json_object
+from models.manifest import (
+    MANIFEST_FILE,
+    REWRITE_FIX,
+    check_manifest,
+    new_manifest_fields,
+    upgrade_manifest,
+)
 from models.registry import LoadedModel
 from toolkit.errors import UserError
 from toolkit.staging import make_staging_dir, sweep_stale_staging
@@ -120,12 +127,7 @@ def load_manifest(directory: Path) -> dict[str, Any] | None:
     path = directory / MANIFEST
     if not path.is_file():
         return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise UserError(f"{path} is not valid JSON: re-run the command that wrote it") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path} is not a JSON object: re-run the command that wrote it")
+    raw = read_json_object(path, REWRITE_FIX, UserError)
     try:
         return upgrade_manifest(raw, str(path))
     except ModelError as exc:

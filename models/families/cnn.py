@@ -6,22 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import nn
-
 from models.fake_cnn import SHAPE, FakeCnn, smooth_images
-from models.families.vision_files import InputSection, input_of, load_state, write_state
-from models.family import ModelFamily, register_family
+from models.family import register_family
 from models.registry import LoadedModel
+from models.vision_files import InputSection, StateDictFamily, input_of, load_state
 from models.vision_input import VisionInput
 
 
 @register_family("cnn")
-class CnnFamily(ModelFamily):
-    kind = "vision"
-    section_keys = ("config", "input")
-
-    def owns(self, module: nn.Module) -> bool:
-        return isinstance(module, FakeCnn)
+class CnnFamily(StateDictFamily):
+    module_class = FakeCnn
 
     def read(self, path: Path, manifest: dict | None) -> LoadedModel:
         section = InputSection.of((manifest or {}).get("input"), SHAPE[1],
@@ -30,9 +24,6 @@ class CnnFamily(ModelFamily):
         vision = VisionInput(SHAPE, section.mean, section.std, images=smooth_images)
         return LoadedModel(module=module, tokenizer=None, source=str(path), vision=vision,
                            family=self.name)
-
-    def write(self, staging: Path, loaded: LoadedModel, manifest: dict) -> None:
-        write_state(staging, loaded.module)
 
     def section(self, loaded: LoadedModel) -> dict:
         return {"config": {}, "input": input_of(loaded.vision)}

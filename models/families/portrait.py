@@ -17,8 +17,7 @@ from torch import nn
 from models.channel_groups import channel_prunable
 from models.errors import ModelError
 from models.fake_cnn import smooth_images
-from models.families.vision_files import InputSection, read_safetensors, write_state
-from models.family import Adapters, ModelFamily, register_family
+from models.family import Adapters, register_family
 from models.portrait import CLASSES, MEAN, STD, PortraitConfig, PortraitSegmenter
 from models.portrait_artifact import (
     CALIBRATION,
@@ -28,6 +27,7 @@ from models.portrait_artifact import (
     load_portrait_directory,
 )
 from models.registry import LoadedModel
+from models.vision_files import InputSection, StateDictFamily, read_safetensors, write_state
 from models.vision_input import VisionInput
 
 # Raw training images stored for int8 calibration / export checks: enough for a
@@ -77,13 +77,9 @@ class PortraitSection:
 
 
 @register_family("portrait")
-class PortraitFamily(ModelFamily):
-    kind = "vision"
-    section_keys = ("config", "input")
+class PortraitFamily(StateDictFamily):
+    module_class = PortraitSegmenter
     data_files = (CALIBRATION,)
-
-    def owns(self, module: nn.Module) -> bool:
-        return isinstance(module, PortraitSegmenter)
 
     def read(self, path: Path, manifest: dict | None) -> LoadedModel:
         if manifest is not None:

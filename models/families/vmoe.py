@@ -11,10 +11,10 @@ from pathlib import Path
 from torch import nn
 
 from models.errors import ModelError
-from models.families.vision_files import InputSection, input_of, write_state
-from models.family import Adapters, ModelFamily, register_family
+from models.family import Adapters, register_family
 from models.moe_groups import moe_groups
 from models.registry import LoadedModel
+from models.vision_files import InputSection, StateDictFamily, input_of
 from models.vmoe import VisionMoE, VMoEConfig
 from models.vmoe_artifact import config_dict, load_vmoe_directory
 
@@ -35,12 +35,8 @@ class VMoESection:
 
 
 @register_family("vmoe")
-class VMoEFamily(ModelFamily):
-    kind = "vision"
-    section_keys = ("config", "input")
-
-    def owns(self, module: nn.Module) -> bool:
-        return isinstance(module, VisionMoE)
+class VMoEFamily(StateDictFamily):
+    module_class = VisionMoE
 
     def read(self, path: Path, manifest: dict | None) -> LoadedModel:
         source = str(path / "toolkit.json")
@@ -48,9 +44,6 @@ class VMoEFamily(ModelFamily):
         loaded = load_vmoe_directory(path)
         loaded.family = self.name
         return loaded
-
-    def write(self, staging: Path, loaded: LoadedModel, manifest: dict) -> None:
-        write_state(staging, loaded.module)
 
     def section(self, loaded: LoadedModel) -> dict:
         return {"config": config_dict(loaded.module.config),

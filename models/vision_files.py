@@ -1,17 +1,20 @@
-"""What the image families (vmoe, portrait, cnn) share on disk: the weights as one
-`model.safetensors` of the module's state dict, and the manifest's "input" section, whose
-mean/std give the normalisation x' = (x / 255 - mean) / std the exporters fold in."""
+"""What the image families (vmoe, portrait, cnn) share: the weights as one
+`model.safetensors` of the module's state dict, the manifest's "input" section, whose
+mean/std give the normalisation x' = (x / 255 - mean) / std the exporters fold in, and a
+base class for a family whose artifact is that file plus a "config" and "input"."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.errors import ModelError
+from models.family import ModelFamily
 from models.weights_check import check_state_matches
 
 WEIGHTS = "model.safetensors"
@@ -65,3 +68,17 @@ def load_state(path: Path, module: nn.Module) -> nn.Module:
 def input_of(loaded_vision, **extra) -> dict:
     """The "input" section of a live model's VisionInput."""
     return {"mean": list(loaded_vision.mean), "std": list(loaded_vision.std), **extra}
+
+
+class StateDictFamily(ModelFamily):
+    """An image family whose module is one class and whose weights are its state dict."""
+
+    kind = "vision"
+    section_keys = ("config", "input")
+    module_class: ClassVar[type[nn.Module]] = nn.Module
+
+    def owns(self, module: nn.Module) -> bool:
+        return isinstance(module, self.module_class)
+
+    def write(self, staging: Path, loaded, manifest: dict) -> None:
+        write_state(staging, loaded.module)
