@@ -28,7 +28,12 @@ from toolkit.commands import (
 )
 from toolkit.errors import USER_ERRORS
 from toolkit.limits import check_seed
-from toolkit.os_errors import describe_os_error, describe_unicode_error, os_error_from
+from toolkit.os_errors import (
+    describe_os_error,
+    describe_unicode_error,
+    non_utf8_name_from,
+    os_error_from,
+)
 from toolkit.output_paths import check_output_paths, output_paths, shown
 from toolkit.quiet import quiet_libraries
 
@@ -128,7 +133,10 @@ def run_command(args: argparse.Namespace) -> int:
     except Exception as exc:
         os_exc = os_error_from(exc)
         if os_exc is None:
-            raise
+            non_utf8 = non_utf8_name_from(exc)
+            if non_utf8 is None:
+                raise
+            return _fail(args, non_utf8)
         from models.cache import toolkit_cache_dir
 
         outputs = [f"{flag} {shown(path)}" for flag, path, _ in output_paths(args)]

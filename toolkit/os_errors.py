@@ -75,3 +75,13 @@ def describe_unicode_error(exc: UnicodeError) -> str:
             "utf-8", "backslashreplace").decode("utf-8")
     return (f"a name or text is not valid UTF-8 (near {fragment!r}: {exc.reason}): rename "
             "the file or folder, or save the text, in UTF-8")
+
+
+def non_utf8_name_from(exc: BaseException) -> str | None:
+    """One line when a Rust library (safetensors, tokenizers) refused a path because its
+    name is not UTF-8; None for any other error."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if "not valid UTF-8" not in text and "surrogates not allowed" not in text:
+        return None
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return f"{text}: rename the file or folder with UTF-8 characters only"

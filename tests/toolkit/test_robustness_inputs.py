@@ -126,3 +126,20 @@ def test_decompression_bomb_images_are_refused(tmp_path, reader):
     assert bomb.stat().st_size < 1_000_000
     with pytest.raises(UserError, match=r"9000x9000 pixels, over the cap.*downscale"):
         call()
+
+
+# --- input names that are not UTF-8 ------------------------------------------------------
+
+@pytest.mark.parametrize("command", [["eval", "{MODEL}", "--quiet"],
+                                     ["compress", "--model", "{MODEL}", "--out", "{OUT}",
+                                      "--quiet"]])
+def test_model_folder_whose_name_is_not_utf8(toolkit_cli, fake_model_dir, tmp_path, command):
+    """Rust readers (safetensors, tokenizers) refuse such paths; the line says to rename."""
+    import shutil
+
+    model = os.fsdecode(os.fsencode(tmp_path) + b"/model-\xff")  # as argv decodes it
+    shutil.copytree(fake_model_dir, model)
+    argv = [arg.replace("{MODEL}", model).replace("{OUT}", str(tmp_path / "out"))
+            for arg in command]
+    one_line(toolkit_cli(*argv), "not valid UTF-8", "rename")
+    assert not (tmp_path / "out").exists()
