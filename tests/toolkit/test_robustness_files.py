@@ -7,6 +7,7 @@ files stay in its own folder. Tables loop over caches x damage classes.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import stat
@@ -325,3 +326,21 @@ def test_a_run_keeps_its_temporary_files_in_its_own_folder(toolkit_cli, monkeypa
     assert seen["file"].parent == run_dir and run_dir.parent == Path(system_tmp)
     assert not run_dir.exists()  # removed with everything in it
     assert os.environ.get("TMPDIR") == tmpdir_before and tempfile.gettempdir() == system_tmp
+
+
+def test_json_into_a_fifo_or_device_writes_into_it_not_over_it(tmp_path):
+    """`--json /dev/stdout` (or a FIFO) is written into; an atomic rename would replace the
+    device node itself."""
+    import threading
+
+    from toolkit.commands.common import write_json
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    write_json(fifo, {"a": 1})
+    reader.join(timeout=30)
+    assert json.loads(received[0]) == {"a": 1}
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and sorted(os.listdir(tmp_path)) == ["fifo"]

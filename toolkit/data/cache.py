@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,10 @@ def atomic_text_file(path: Path) -> Iterator[TextIO]:
     readers see either the old file, no file, or the complete new one; an error or Ctrl-C
     inside the block removes the temporary file and leaves `path` as it was.
     """
+    if _is_special(path):  # /dev/stdout, a FIFO: write into it; renaming would replace it
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique name per writer, opened with "x" (fails rather than clobbers) and created
     # with the umask's permissions, unlike tempfile.mkstemp's owner-only 0600.
@@ -47,6 +52,16 @@ def atomic_text_file(path: Path) -> Iterator[TextIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _is_special(path: Path) -> bool:
+    """True for an existing target that is neither a regular file nor a folder (a device,
+    a FIFO, a socket), following symlinks."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
