@@ -11,6 +11,7 @@ codes, scales and zero points whichever the format) for exporters that write low
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -19,7 +20,11 @@ from safetensors.torch import load_file
 
 from models.errors import ModelError
 from models.qformat import QUANT_METADATA_KEY, quantized_from_state
-from models.qformat.compressed_tensors import CT_SUFFIXES, quantized_from_ct_state
+from models.qformat.compressed_tensors import (
+    CT_METHOD,
+    CT_SUFFIXES,
+    quantized_from_ct_state,
+)
 from models.qformat.layout import CT_LAYOUT_FORMAT, read_layout
 from models.safetensors_check import check_safetensors_file
 
@@ -51,7 +56,25 @@ def quantization_layout(files: list[Path]) -> tuple[str, dict] | None:
                 return read_layout(text)
             except ValueError as exc:
                 raise ModelError(f"{file}: {exc}: {_RECREATE}") from None
+    if files:
+        _refuse_foreign_compressed_tensors(files[0].parent)
     return None
+
+
+def _refuse_foreign_compressed_tensors(path: Path) -> None:
+    """A compressed-tensors checkpoint Edge Toolkit did not write (no layout in its
+    metadata) has no float weights for the plain loader: say so, not "tensors missing"."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # the config checks name what is wrong with it
+    quantization = config.get("quantization_config") if isinstance(config, dict) else None
+    if isinstance(quantization, dict) and quantization.get("quant_method") == CT_METHOD:
+        raise ModelError(
+            f"{path} is a compressed-tensors checkpoint that Edge Toolkit did not write, "
+            "which it does not read: load it with transformers (from_pretrained(DIR, "
+            "quantization_config=CompressedTensorsConfig(dequantize=True))), save_pretrained "
+            "a float copy and pass that")
 
 
 def load_quantized_module(path: Path, files: list[Path], layout: tuple[str, dict],

@@ -34,6 +34,7 @@ from models.qformat.packing import pack_bits, unpack_bits
 from models.qformat.palette import PaletteQuantized
 
 CT_FORMAT = "pack-quantized"
+CT_METHOD = "compressed-tensors"  # config.json quantization_config.quant_method
 CT_BITS = (2, 4, 8)
 CT_SUFFIXES = (".weight_packed", ".weight_scale", ".weight_zero_point", ".weight_shape")
 _WORD_BITS = 32
@@ -149,7 +150,7 @@ def ct_quantization_config(quantized: dict[str, AffineQuantized]) -> dict[str, A
                                     "input_activations": None, "output_activations": None,
                                     "format": CT_FORMAT}
                      for i, (key, names) in enumerate(groups.items())}
-    config = {"quant_method": "compressed-tensors", "format": CT_FORMAT,
+    config = {"quant_method": CT_METHOD, "format": CT_FORMAT,
               "quantization_status": "compressed", "config_groups": config_groups,
               "ignore": [], "kv_cache_scheme": None,
               # transformers then dequantizes at load time: from_pretrained gives plain

@@ -70,6 +70,24 @@ def test_transformers_loads_the_weights_toolkit_eval_runs(loadable):
     manifest = json.loads((out / "toolkit.json").read_text(encoding="utf-8"))
     assert manifest["interop"]["transformers"] is True
     assert "loads in transformers too" in result.out
+    # The float module Edge Toolkit hands on must not claim to be quantized when saved.
+    assert getattr(ours.module.config, "quantization_config", None) is None
+
+
+def test_compressed_tensors_checkpoint_we_did_not_write_is_refused_clearly(loadable, tmp_path):
+    """Without the layout in the file's metadata the packed tensors are not ours to
+    guess: one ModelError that says how to get a float copy."""
+    from safetensors.torch import load_file, save_file
+
+    out, _ = loadable
+    foreign = tmp_path / "foreign"
+    shutil.copytree(out, foreign)
+    (foreign / "toolkit.json").unlink()
+    save_file(load_file(str(foreign / WEIGHTS_FILE)), str(foreign / WEIGHTS_FILE),
+              metadata={"format": "pt"})
+    with pytest.raises(models.ModelError, match="compressed-tensors checkpoint that Edge "
+                                                "Toolkit did not write.*dequantize=True"):
+        models.load_model(str(foreign))
 
 
 def test_palettized_artifact_refuses_transformers_but_loads_in_toolkit(
