@@ -92,6 +92,29 @@ def loaded_kind(family: str) -> str:
     return family_named(family).kind
 
 
+def test_old_style_vision_registration_gets_its_family_from_the_module(monkeypatch):
+    """`register_model(..., family="vision")` (the kind, as before the family registry)
+    still works: the family is the one that owns the built module."""
+    from models import registry
+
+    spec = registry.ModelSpec("legacy-cnn", "vision", "random", "old-style", False,
+                              lambda: create_model("fake-cnn"))
+    monkeypatch.setitem(registry._REGISTRY, "legacy-cnn", spec)
+    assert create_model("legacy-cnn").family == "cnn"
+    assert model_family("legacy-cnn") == "vision" and family_of("legacy-cnn") is None
+
+
+def test_paths_without_a_manifest_go_to_the_family_that_claims_them(tmp_path):
+    from models.family import family_for_path
+
+    assert family_for_path(tmp_path / "model.gguf").name == "llm"
+    assert family_for_path(tmp_path).name == "llm"  # a plain Hugging Face directory
+    assert family_for_path(tmp_path / "notes.txt") is None
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
+    with pytest.raises(ModelError, match="not a .gguf"):
+        models.load(str(tmp_path / "notes.txt"))
+
+
 def rtn_quantize(module: torch.nn.Module, bits: int = 4, group: int = 32) -> dict:
     """Asymmetric round-to-nearest of every decoder-block linear, written out here (not
     the toolkit's method) so the round trip is checked against an independent grid."""
