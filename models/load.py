@@ -11,7 +11,7 @@ from pathlib import Path
 from models.errors import ModelError
 from models.families.moe_llm import MoeLlmFamily
 from models.family import ModelFamily, family_for_path, family_named
-from models.manifest import read_manifest
+from models.manifest import MANIFEST_FILE, check_manifest, read_manifest
 from models.registry import (
     LEGACY_KINDS,
     LoadedModel,
@@ -38,8 +38,8 @@ def load_model(spec: str) -> LoadedModel:
     if path.is_dir():
         manifest = read_manifest(path)
         if manifest is not None:
-            family = family_named(manifest["family"], source=str(path / "toolkit.json"))
-            return family.read(path, manifest)
+            head = check_manifest(manifest, str(path / MANIFEST_FILE))
+            return family_named(head.family).read(path, manifest)
         return _claiming_family(path).read(path, None)
     if path.suffix.lower() in _PICKLE_SUFFIXES:
         raise ModelError(f"{path} is a pickle file, which Edge Toolkit never loads: convert it "

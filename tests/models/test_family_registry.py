@@ -169,6 +169,10 @@ def test_unknown_family_or_format_is_one_clear_error(tmp_path):
                                 encoding="utf-8")
     with pytest.raises(ModelError, match="input"):
         models.load(str(out))
+    (out / MANIFEST).write_text(json.dumps({**manifest, "stages": "all of them"}),
+                                encoding="utf-8")
+    with pytest.raises(ModelError, match="'stages' is missing or not a list"):
+        models.load(str(out))
 
 
 # ---- format /1 artifacts ----
