@@ -84,3 +84,32 @@ def sweep_stale_staging(folder: Path) -> list[Path]:
                       file=sys.stderr)
                 removed.append(entry)
     return removed
+
+
+_TEMP_FILE = re.compile(r"^\..*\.(\d+)\.[0-9a-f]{32}\.tmp$")
+
+
+def sweep_stale_temp_files(folder: Path, name: str) -> None:
+    """Remove `.NAME.PID.HEX.tmp` files (toolkit.data.cache.atomic_text_file) of `name`
+    in `folder` whose writer is dead or that are older than a day, with one line each."""
+    try:
+        entries = [e for e in folder.iterdir() if e.name.startswith(f".{name[:100]}.")]
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        match = _TEMP_FILE.match(entry.name)
+        if match is None or not entry.is_file():
+            continue
+        pid = int(match.group(1))
+        try:
+            old = now - entry.lstat().st_mtime > STALE_AGE_SECONDS
+        except OSError:
+            continue
+        if old or (pid != os.getpid() and not pid_alive(pid)):
+            try:
+                entry.unlink()
+            except OSError:
+                continue
+            print(f"toolkit: removed stale temporary file {entry} of a killed run",
+                  file=sys.stderr)

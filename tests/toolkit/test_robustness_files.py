@@ -247,6 +247,22 @@ def test_stale_staging_of_dead_or_old_runs_is_swept(tmp_path, capsys):
         [live.name, new_legacy.name, unrelated.name, "new"])
 
 
+def test_stale_temporary_report_files_are_swept(tmp_path, capsys):
+    from toolkit.commands.common import write_json
+
+    hex32 = "0123456789abcdef" * 2
+    dead = tmp_path / f".r.json.{_dead_pid()}.{hex32}.tmp"
+    live = tmp_path / f".r.json.{os.getppid()}.{hex32}.tmp"
+    other = tmp_path / f".q.json.{_dead_pid()}.{hex32}.tmp"
+    for path in (dead, live, other):
+        path.write_text("{partial")
+    write_json(tmp_path / "r.json", {"a": 1})
+    assert capsys.readouterr().err.strip() == \
+        f"toolkit: removed stale temporary file {dead} of a killed run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name,
+                                                                  "r.json"])
+
+
 def test_a_sigkilled_save_is_swept_by_the_next_run(tmp_path):
     script = (
         "import sys, time\n"

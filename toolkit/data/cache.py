@@ -18,6 +18,7 @@ from typing import TextIO
 
 # one definition for models and data
 from models.cache import discard_damaged, note_unwritable, toolkit_cache_dir
+from toolkit.staging import sweep_stale_temp_files
 
 __all__ = ["atomic_text_file", "data_cache_dir", "discard_damaged", "note_unwritable",
            "toolkit_cache_dir", "write_text_atomic"]
@@ -41,6 +42,7 @@ def atomic_text_file(path: Path) -> Iterator[TextIO]:
             yield handle
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temp_files(path.parent, path.name)
     # A unique name per writer, opened with "x" (fails rather than clobbers) and created
     # with the umask's permissions, unlike tempfile.mkstemp's owner-only 0600.
     # The name is cut so that a target name near the file system's limit still fits.
