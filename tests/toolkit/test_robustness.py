@@ -85,23 +85,14 @@ def bad_outputs(tmp: Path) -> dict[str, tuple[dict[str, Path], str]]:
 @pytest.mark.parametrize("command", list(command_lines(Path("/x"))))
 def test_bad_output_paths_are_refused_before_any_work(toolkit_cli, tmp_path, command,
                                                       failure, monkeypatch):
-    from toolkit.commands import (
-        bench_cmd,
-        compress_cmd,
-        eval_cmd,
-        export_cmd,
-        models_cmd,
-        run_cmd,
-        train_cmd,
-        train_portrait_job,
-    )
+    from toolkit.cli import COMMANDS
+    from toolkit.commands import train_cmd, train_portrait_job
 
     def no_work(args):
         raise AssertionError("the output paths must be checked before any work")
 
-    for module, name in ((bench_cmd, "run"), (compress_cmd, "run"), (eval_cmd, "run"),
-                         (export_cmd, "run"), (models_cmd, "run"), (run_cmd, "run"),
-                         (train_cmd, "run_vmoe"), (train_portrait_job, "run_portrait")):
+    runs = [(module, "run") for module in COMMANDS if hasattr(module, "run")]
+    for module, name in [*runs, (train_cmd, "run_vmoe"), (train_portrait_job, "run_portrait")]:
         monkeypatch.setattr(module, name, no_work)
     argv = command_lines(tmp_path)[command]
     overrides, words = bad_outputs(tmp_path)[failure]
