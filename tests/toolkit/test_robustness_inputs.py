@@ -46,6 +46,14 @@ def test_corrupt_files_given_to_bench_name_the_fix(toolkit_cli, tmp_path, case):
                          "--quiet"), str(path), words)
 
 
+def test_a_bench_option_the_model_cannot_take_is_not_called_a_corrupt_file(toolkit_cli):
+    line = one_line(toolkit_cli("bench", "fake-llama", "--prompt-tokens", "40",
+                                "--max-context", "32", "--runs", "1", "--warmup", "0",
+                                "--min-seconds", "0", "--quiet"),
+                    "fake-llama", "does not fit", "lower --prompt-tokens")
+    assert "re-export" not in line
+
+
 def test_bench_shows_progress_unless_quiet(toolkit_cli, tmp_path):
     pytest.importorskip("onnxruntime")
     model = tmp_path / "relu.onnx"

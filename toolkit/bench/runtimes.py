@@ -26,6 +26,11 @@ import numpy as np
 LLM_METADATA_KEY = "edge_toolkit.llm"
 
 
+class BenchSettingError(ValueError):
+    """A bench option the model cannot honour (the file itself is fine): named as is,
+    without the re-export advice a load failure gets."""
+
+
 @dataclasses.dataclass
 class Runnable:
     step: Callable[[], Any]  # the timed unit
@@ -133,8 +138,8 @@ def _llm_runnable(call, cache_shape: Sequence[int], max_context: int,
     from export.llm.greedy import prefill
 
     if len(prompt) + 1 > max_context:
-        raise ValueError(f"a {len(prompt)}-token prompt does not fit the exported context "
-                         f"of {max_context}: lower --prompt-tokens")
+        raise BenchSettingError(f"a {len(prompt)}-token prompt does not fit the exported "
+                                f"context of {max_context}: lower --prompt-tokens")
 
     def run_prefill():
         return prefill(prefill_call or call, prompt, cache_shape, max_context, chunk)

@@ -28,6 +28,7 @@ def _timed(fn) -> float:
 
 
 def worker_main(conn, spec: dict) -> None:
+    from toolkit.bench.runtimes import BenchSettingError
     from toolkit.quiet import quiet_libraries
 
     quiet_libraries()
@@ -35,6 +36,9 @@ def worker_main(conn, spec: dict) -> None:
         start = time.perf_counter()
         try:
             runnable = _build(spec)
+        except BenchSettingError as exc:  # an option, not the file: its own message
+            conn.send(("error", str(exc)))
+            return
         except Exception as exc:  # the file itself is bad: the parent names the fix
             conn.send(("load-error", f"{type(exc).__name__}: {exc}"))
             return
