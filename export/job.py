@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from export.errors import ExportError
-from export.llm_job import raise_lost
 from export.options import ExportOptions
 from export.registry import get_exporter
 from export.report import ExportReport
@@ -50,7 +49,7 @@ def export_model(target: str, artifact: Any, out: Path,
     try:
         report = exporter.export(artifact, folder / out.name, options)
         if options.require_carried and report.lost:
-            raise_lost(report)
+            raise report.lost_error()
         if report.passed:
             _move_into_place(folder, out)
             report.path = os.fspath(out)

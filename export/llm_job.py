@@ -31,17 +31,11 @@ def export_llm_artifact(exporter, artifact: Any, out: Path,
     prompt = _prompt_ids(artifact, options)
     result = exporter.write_llm(artifact, out, options)
     report = describe_llm(exporter, artifact, result, out, options)
-    if options.require_carried and report.lost:
-        raise_lost(report)
+    if options.require_carried and report.lost:  # refused before the verification run
+        raise report.lost_error()
     if options.verify:
         report.verification = verify_llm(exporter, artifact, result, out, prompt, options)
     return report
-
-
-def raise_lost(report: ExportReport) -> None:
-    raise ExportError(f"the {report.target} file would carry none of: {'; '.join(report.lost)}"
-                      f" (--require-carried), so nothing was written: choose a target that "
-                      "carries it, or drop --require-carried")
 
 
 def _prompt_ids(artifact: Any, options: ExportOptions) -> list[int]:

@@ -35,9 +35,9 @@ class LiteRTPortrait(nn.Module):
         return probs[:, 1:2] + 0.5 * probs[:, 2:3]
 
 
-def for_target(module: nn.Module, target: str) -> nn.Module:
-    """The module to convert for `target`: a portrait segmenter bound for LiteRT gets
-    the softmax op; anything else is exported as it is."""
-    if target == "tflite" and isinstance(module, PortraitSegmenter):
+def for_litert(module: nn.Module) -> nn.Module:
+    """The module to convert for LiteRT: a portrait segmenter gets the softmax op;
+    anything else is exported as it is (the LiteRT exporter's prepare_vision)."""
+    if isinstance(module, PortraitSegmenter):
         return LiteRTPortrait(module).eval()
     return module

@@ -55,6 +55,30 @@ class Exporter:
 
         return export_llm_artifact(self, artifact, out, options)
 
+    # Vision targets (export.vision): the input layout the runtime prefers, whether the
+    # target writes static int8 files, and the hooks below.
+    vision_layout: str = "NCHW"
+    vision_int8: bool = False
+
+    def prepare_vision(self, module: Any) -> Any:
+        """The module to convert (a target may swap in a variant its runtime runs better)."""
+        return module
+
+    def write_vision(self, wrapped: Any, example: Any, out: Path, meta: dict,
+                     coreml: Any = None) -> None:
+        """Write `wrapped` (pixels in, normalisation folded) traced on `example` to `out`
+        with `meta` as file metadata; `coreml`: export.coreml.vision.CoremlVisionOptions."""
+        raise ExportError(f"{self.target} does not export vision models")
+
+    def quantize_vision(self, float_file: Path, out: Path, samples: list) -> None:
+        """Static int8 of the float file at `float_file`, calibrated on `samples`."""
+        raise ExportError(f"{self.target} does not write static int8 files")
+
+    def run_vision(self, path: Path, example: Any) -> list | dict:
+        """The file's outputs on `example`, or a dict of what could be checked (with
+        "inputs", "outputs", "numerics") where the runtime cannot run here."""
+        raise ExportError(f"{self.target} cannot run vision models")
+
     # LLM targets implement these two (called by export.llm_job).
     def write_llm(self, artifact: Any, out: Path, options: ExportOptions) -> Any:
         """Write the decoder to `out`; returns an object with .decoder, .carried, .dropped."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from export.errors import ExportError
+
 PASSED, FAILED, NOT_VERIFIED = "passed", "failed", "not verified"
 
 
@@ -58,6 +60,13 @@ class ExportReport:
         data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
                 if field.name != "details"}
         return {**data, **self.details, "verdict": self.verdict}
+
+    def lost_error(self) -> ExportError:
+        """The error require_carried raises for this report's lost compression."""
+        return ExportError(f"the {self.target} file would carry none of: "
+                           f"{'; '.join(self.lost)} (--require-carried), so nothing was "
+                           "written: choose a target that carries it, or drop "
+                           "--require-carried")
 
     def rows(self) -> list[list[str]]:
         """The report as two-column table rows (label, value) for a terminal."""

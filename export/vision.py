@@ -18,22 +18,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from export.coreml.vision import CoremlVisionOptions, write_coreml_vision
-from export.errors import ExportError, require
+from export.coreml.vision import CoremlVisionOptions
+from export.errors import ExportError
 from export.op_locator import locate_op
 from export.quiet import captured_console
+from export.registry import exporter_names, get_exporter
 from export.verify import OutputAgreement, agreement
 
-DEFAULT_LAYOUT = {"onnx": "NCHW", "tflite": "NHWC", "coreml": "NCHW"}
-INT8_TARGETS = ("tflite", "onnx")
+
+def int8_targets() -> list[str]:
+    """Targets whose exporter writes static int8 vision files."""
+    return [t for t in exporter_names() if get_exporter(t).vision_int8]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,18 +86,17 @@ def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], tar
     file is statically quantized to int8 with ranges measured on them. `example`: the
     raw-pixel image [1, C, H, W] to trace and verify with (default: uniform noise).
     `coreml`: Core ML precision and palettization (default: float32, no palette)."""
-    layout = layout or DEFAULT_LAYOUT[target]
-    if int8_calibration is not None and target not in INT8_TARGETS:
-        raise ExportError(f"static int8 is offered for LiteRT (tflite) and ONNX, not "
+    exporter = get_exporter(target)
+    layout = layout or exporter.vision_layout
+    if int8_calibration is not None and not exporter.vision_int8:
+        raise ExportError(f"static int8 is offered for {' and '.join(int8_targets())}, not "
                           f"{target}: drop the calibration images, or for Core ML use "
                           "float16 or palettized weights")
     if coreml is not None and target != "coreml":
         raise ExportError(f"Core ML options (float16, palettization) do not apply to {target}")
     n, c, h, w = input_shape
     shape = (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
-    from export.portrait import for_target
-
-    wrapped = PixelInput(for_target(module.eval(), target), layout, preprocess).eval()
+    wrapped = PixelInput(exporter.prepare_vision(module.eval()), layout, preprocess).eval()
     if example is None:
         example = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255
     else:
@@ -106,13 +106,10 @@ def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], tar
                               f"{layout}, expected {shape}")
     meta = {"edge_toolkit.preprocess": json.dumps(preprocess.describe(layout))}
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = {"onnx": _onnx, "tflite": _tflite,
-              "coreml": lambda *a: write_coreml_vision(*a, coreml or CoremlVisionOptions())
-              }[target]
     with torch.no_grad(), warnings.catch_warnings(), captured_console():
         warnings.simplefilter("ignore")
         try:
-            writer(wrapped, example, out, meta)
+            exporter.write_vision(wrapped, example, out, meta, coreml)
         except ExportError:
             raise
         except Exception as exc:
@@ -125,7 +122,7 @@ def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], tar
                               + (f" [unsupported: {where}]" if where else "")) from exc
     float_bytes = _size(out)
     if int8_calibration is not None:
-        _to_static_int8(out, int8_calibration, layout, shape, target)
+        _to_static_int8(out, int8_calibration, layout, shape, exporter)
     return VisionExport(out, target, layout, example, wrapped, float_bytes,
                         int8_calibration is not None,
                         (coreml or CoremlVisionOptions()) if target == "coreml" else None)
@@ -138,10 +135,7 @@ def _size(path: Path) -> int:
 
 
 def _to_static_int8(out: Path, images: torch.Tensor, layout: str, shape: tuple,
-                    target: str) -> None:
-    from export.litert.static_int8 import quantize_static_int8
-    from export.onnx.static_int8 import quantize_qdq_int8
-
+                    exporter) -> None:
     if images.ndim != 4 or images.shape[1:] != torch.Size((shape[3], *shape[1:3])
                                                           if layout == "NHWC" else shape[1:]):
         raise ExportError(f"calibration images have shape {tuple(images.shape)}, expected "
@@ -152,61 +146,20 @@ def _to_static_int8(out: Path, images: torch.Tensor, layout: str, shape: tuple,
     float_file = out.with_name(out.stem + ".float" + out.suffix)
     out.replace(float_file)
     try:
-        quantize = quantize_static_int8 if target == "tflite" else quantize_qdq_int8
-        quantize(float_file, out, samples)
+        exporter.quantize_vision(float_file, out, samples)
     finally:
         float_file.unlink(missing_ok=True)
 
 
-def _onnx(wrapped, example, out: Path, meta: dict) -> None:
-    onnx = require("onnx", "onnx", "ONNX export")
-    program = torch.onnx.export(wrapped, (example,), dynamo=True, external_data=False,
-                                input_names=["pixels"], opset_version=21, optimize=True)
-    model = program.model_proto
-    for node in model.graph.node:
-        # Per-node debug records (FX node, stack trace with this machine's source paths,
-        # rewrite rule names): nothing a runtime reads, and about half of a small CNN's file.
-        del node.metadata_props[:]
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save_model(model, os.fspath(out))
-
-
-def _tflite(wrapped, example, out: Path, meta: dict) -> None:
-    litert_torch = require("litert_torch", "litert", "LiteRT export")
-    litert_torch.convert(wrapped, (example,)).export(os.fspath(out))
-    from export.litert.compact import shorten_tensor_names
-
-    shorten_tensor_names(out)  # module-path names: a third of a small CNN's file
-
-
 def verify_vision(result: VisionExport) -> list[OutputAgreement] | dict:
     """Per-output agreement with PyTorch; for Core ML the I/O description instead."""
+    outputs = get_exporter(result.target).run_vision(result.path, result.example)
+    if isinstance(outputs, dict):  # a runtime that cannot run here: what could be checked
+        return outputs
     with torch.no_grad():
         reference = result.wrapped(result.example)
     references = reference if isinstance(reference, tuple | list) else (reference,)
-    if result.target == "coreml":
-        import coremltools as ct
-
-        spec = ct.models.MLModel(os.fspath(result.path), skip_model_load=True).get_spec()
-        return {"inputs": [i.name for i in spec.description.input],
-                "outputs": [o.name for o in spec.description.output],
-                "numerics": "numerics not checked: Core ML runs only on macOS"}
-    outputs = (_run_onnx if result.target == "onnx" else _run_tflite)(result)
     if len(outputs) != len(references):
         raise ExportError(f"the file has {len(outputs)} outputs, PyTorch {len(references)}")
     return [agreement(f"output{i}", got, want.numpy())
             for i, (got, want) in enumerate(zip(outputs, references, strict=True))]
-
-
-def _run_onnx(result: VisionExport) -> list[np.ndarray]:
-    ort = require("onnxruntime", "onnx", "running ONNX files")
-    session = ort.InferenceSession(os.fspath(result.path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: result.example.numpy()})
-
-
-def _run_tflite(result: VisionExport) -> list[np.ndarray]:
-    from export.litert.run_model import run_in_child
-
-    return run_in_child(result.path, [result.example.numpy()])

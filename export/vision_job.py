@@ -25,7 +25,7 @@ from export.errors import ExportError
 from export.options import ExportOptions
 from export.report import ExportReport
 from export.sizes import written_bytes
-from export.vision import INT8_TARGETS, Preprocess, VisionExport, export_vision, verify_vision
+from export.vision import Preprocess, VisionExport, export_vision, int8_targets, verify_vision
 
 INT8_CARRIED = {
     "tflite": "static int8: weights per channel, activations per tensor, int8 input and "
@@ -50,9 +50,10 @@ def write(artifact: Any, out: Path, target: str, options: ExportOptions) -> Visi
     spec = artifact.vision
     calibration = None
     if options.int8:
-        if target not in INT8_TARGETS:
-            raise ExportError(f"--int8 (static int8) is offered for tflite and onnx, not "
-                              f"{target}: for Core ML use --fp16 or --palettize-bits")
+        if target not in int8_targets():
+            raise ExportError(f"--int8 (static int8) is offered for "
+                              f"{' and '.join(int8_targets())}, not {target}: for Core ML "
+                              "use --fp16 or --palettize-bits")
         calibration = spec.images(options.calibration_images, CALIBRATION_SEED)
     return export_vision(artifact.module, spec.shape, target, out,
                          preprocess=Preprocess(spec.mean, spec.std),

@@ -28,3 +28,13 @@ class CoremlExporter(Exporter):
         from export.coreml.verify_llm import verify_coreml_llm
 
         return verify_coreml_llm(out, result)
+
+    def write_vision(self, wrapped, example, out: Path, meta: dict, coreml=None) -> None:
+        from export.coreml.vision import CoremlVisionOptions, write_coreml_vision
+
+        write_coreml_vision(wrapped, example, out, meta, coreml or CoremlVisionOptions())
+
+    def run_vision(self, path: Path, example):
+        from export.coreml.vision import describe_coreml_vision
+
+        return describe_coreml_vision(path)

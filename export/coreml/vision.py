@@ -78,3 +78,12 @@ def _palettize(model, bits: int):
         mode="kmeans", nbits=bits, granularity="per_tensor",
         weight_threshold=PALETTE_MIN_WEIGHT))
     return palettize_weights(model, config)
+
+
+def describe_coreml_vision(path: Path) -> dict:
+    """The saved package's inputs and outputs (opened, not run: Core ML needs macOS)."""
+    ct = require("coremltools", "coreml", "Core ML export")
+    spec = ct.models.MLModel(os.fspath(path), skip_model_load=True).get_spec()
+    return {"inputs": [i.name for i in spec.description.input],
+            "outputs": [o.name for o in spec.description.output],
+            "numerics": "numerics not checked: Core ML runs only on macOS"}

@@ -16,6 +16,8 @@ class LitertExporter(Exporter):
     suffix = ".tflite"
     runtime = "ai-edge-litert"
     sparse_note = "litert-torch writes dense weights"
+    vision_layout = "NHWC"  # LiteRT's native layout: no transposes around its convolutions
+    vision_int8 = True  # fully int8, input and output included
 
     def write_llm(self, artifact, out: Path, options: ExportOptions):
         from export.litert.llm import export_llm_litert
@@ -31,3 +33,23 @@ class LitertExporter(Exporter):
 
         return verify_llm_litert(out, artifact.module, prompt, options.new_tokens,
                                  result.decoder.shape.max_context)
+
+    def prepare_vision(self, module):
+        from export.portrait import for_litert
+
+        return for_litert(module)
+
+    def write_vision(self, wrapped, example, out: Path, meta: dict, coreml=None) -> None:
+        from export.litert.vision import write_litert_vision
+
+        write_litert_vision(wrapped, example, out, meta)
+
+    def quantize_vision(self, float_file: Path, out: Path, samples: list) -> None:
+        from export.litert.static_int8 import quantize_static_int8
+
+        quantize_static_int8(float_file, out, samples)
+
+    def run_vision(self, path: Path, example):
+        from export.litert.vision import run_litert_vision
+
+        return run_litert_vision(path, example)

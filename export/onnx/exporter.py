@@ -15,6 +15,7 @@ class OnnxExporter(Exporter):
     suffix = ".onnx"
     runtime = "onnxruntime"
     sparse_note = "ONNX has no sparse weight format onnxruntime runs"
+    vision_int8 = True  # QDQ: QuantizeLinear / DequantizeLinear pairs, float input and output
 
     def write_llm(self, artifact, out: Path, options: ExportOptions):
         from export.onnx.llm import export_llm_onnx
@@ -30,3 +31,18 @@ class OnnxExporter(Exporter):
         shape = result.decoder.shape
         return verify_llm_onnx(out, artifact.module, prompt, options.new_tokens,
                                shape.cache_shape(), shape.max_context)
+
+    def write_vision(self, wrapped, example, out: Path, meta: dict, coreml=None) -> None:
+        from export.onnx.vision import write_onnx_vision
+
+        write_onnx_vision(wrapped, example, out, meta)
+
+    def quantize_vision(self, float_file: Path, out: Path, samples: list) -> None:
+        from export.onnx.static_int8 import quantize_qdq_int8
+
+        quantize_qdq_int8(float_file, out, samples)
+
+    def run_vision(self, path: Path, example):
+        from export.onnx.vision import run_onnx_vision
+
+        return run_onnx_vision(path, example)

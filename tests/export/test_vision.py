@@ -116,8 +116,8 @@ def test_static_int8_litert_is_integer_smaller_and_close(tmp_path) -> None:
 def test_static_int8_is_refused_for_core_ml(tmp_path) -> None:
     from export.errors import ExportError
 
-    with pytest.raises(ExportError, match="static int8 is offered for LiteRT .tflite. and "
-                                          "ONNX, not coreml"):
+    with pytest.raises(ExportError, match="static int8 is offered for onnx and tflite, "
+                                          "not coreml"):
         export_vision(FakeCnn(), SHAPE, "coreml", tmp_path / "m.mlpackage",
                       int8_calibration=smooth_images(2, seed=1))
     assert list(tmp_path.iterdir()) == []

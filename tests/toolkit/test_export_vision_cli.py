@@ -60,7 +60,7 @@ def test_coreml_vision_package_is_checked_without_running(toolkit_cli, tmp_path,
 
 
 @pytest.mark.parametrize(("model", "target", "message"), [
-    ("fake-cnn", "coreml", "--int8 (static int8) is offered for tflite and onnx, not coreml"),
+    ("fake-cnn", "coreml", "--int8 (static int8) is offered for onnx and tflite, not coreml"),
     ("fake-llama", "tflite", "--int8 is static int8 for vision models"),
 ])
 def test_int8_where_it_does_not_apply_exits_2(toolkit_cli, tmp_path, model, target,
