@@ -140,8 +140,12 @@ def test_damaged_cache_entries_are_rebuilt_with_one_line(tmp_path, monkeypatch, 
     assert read() == expected and capsys.readouterr().err == ""  # and trusted next time
 
 
+@pytest.mark.parametrize("failure", ["read-only", "folder is a file"])
 @pytest.mark.parametrize("cache", list(CACHES))
-def test_a_read_only_cache_costs_time_not_the_result(tmp_path, monkeypatch, capsys, cache):
+def test_an_unwritable_cache_costs_time_not_the_result(tmp_path, monkeypatch, capsys, cache,
+                                                       failure):
+    import shutil
+
     import safetensors.torch
 
     monkeypatch.setenv("EDGE_TOOLKIT_CACHE", str(tmp_path))
@@ -149,15 +153,20 @@ def test_a_read_only_cache_costs_time_not_the_result(tmp_path, monkeypatch, caps
     expected = read()
     path.unlink()
     capsys.readouterr()
+    if failure == "folder is a file":  # real, no patching
+        shutil.rmtree(path.parent)
+        path.parent.write_text("a file where the cache folder belongs")
+        reason = "File exists"  # mkdir finds a file at the folder's name
+    else:  # root ignores chmod, so the writes are made to fail as on a read-only mount
+        def read_only(tensors, filename, *args, **kwargs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(filename))
 
-    def read_only(tensors, filename, *args, **kwargs):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(filename))
-
-    _fail_json_write(monkeypatch, errno.EROFS)
-    monkeypatch.setattr(safetensors.torch, "save_file", read_only)
+        _fail_json_write(monkeypatch, errno.EROFS)
+        monkeypatch.setattr(safetensors.torch, "save_file", read_only)
+        reason = "Read-only file system"
     assert read() == expected and read() == expected
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(path) in err[0] and "Read-only file system" in err[0]
+    assert len(err) == 1 and str(path) in err[0] and reason in err[0]
     assert "EDGE_TOOLKIT_CACHE" in err[0] and not path.exists()
 
 

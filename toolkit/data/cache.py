@@ -52,7 +52,8 @@ def atomic_text_file(path: Path) -> Iterator[TextIO]:
             yield handle
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # cleanup must not hide the first error
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -10,6 +10,7 @@ the GGUF SmolLM2 tokenizer would otherwise prepend `<|im_start|>` as BOS.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -97,7 +98,8 @@ def cached_streams(tokenizer: PreTrainedTokenizerBase) -> TokenStreams:
                    for name in STREAM_NAMES}, str(tmp))
         os.replace(tmp, path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # cleanup must not hide the first error
+            tmp.unlink(missing_ok=True)
         os_exc = os_error_from(exc)
         if os_exc is None:
             raise
