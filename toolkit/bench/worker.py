@@ -1,6 +1,7 @@
 """One bench model per worker process: its peak RSS is its own, and a runtime that aborts
-(LiteRT can, see ../shared/TOOLCHAIN.md) takes only its worker down. The worker times
-each run itself, so the pipe to the parent is not in the numbers."""
+(LiteRT can, on a file it cannot read) takes only its worker down. The worker times
+each run itself, so the pipe to the parent is not in the numbers. A model that fails to
+load is reported with its fix: re-export a corrupt file, or change the bench option."""
 
 from __future__ import annotations
 
