@@ -37,6 +37,7 @@ from compress.errors import CompressError
 from compress.quant import QuantConfig
 from toolkit.errors import UserError
 from toolkit.eval import EvalProtocol
+from toolkit.limits import check_seed
 
 TOP_LEVEL_KEYS = ("model", "calibration", "eval", "stages")
 CALIBRATION_KEYS = ("samples", "seq_len", "seed", "data")
@@ -153,6 +154,7 @@ def _calibration(data: Any, where: str) -> CalibrationSpec:
         if isinstance(value, bool) or not isinstance(value, int) or (key != "seed" and value < 1):
             raise UserError(f"{where}: calibration {key} must be a positive integer, "
                             f"not {value!r}")
+    check_seed(seed, f"{where}: calibration seed")
     file = Path(data["data"]).expanduser() if data.get("data") else None
     return CalibrationSpec(samples, seq_len, seed, file)
 

@@ -307,3 +307,21 @@ def test_ignore_patterns_that_leave_nothing_are_refused(toolkit_cli, tmp_path):
                          "--ignore", r"model\.layers\..*", "--out", out, *FAST_LLM),
              "--ignore leaves no linear", "narrow the patterns")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--seq-len", 4096), ("--eval-seq-len", 4096)])
+def test_compress_lengths_beyond_the_context_are_refused_before_work(toolkit_cli, tmp_path,
+                                                                     flag, value):
+    argv = ["compress", "--model", "fake-llama", "--out", str(tmp_path / "out"),
+            "--calib-samples", "2", "--quiet", flag, str(value)]
+    one_line(toolkit_cli(*argv), flag, "context of 1024")
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipe_seed_beyond_64_bits_is_refused(toolkit_cli, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"calibration: {{samples: 2, seq_len: 16, seed: {2**64}}}\n"
+                      "stages:\n  - {method: magnitude, sparsity: 0.5}\n", encoding="utf-8")
+    one_line(toolkit_cli("run", str(recipe), "--model", "fake-llama",
+                         "--out", str(tmp_path / "out")), "calibration seed", "2**63")
+    assert not (tmp_path / "out").exists()

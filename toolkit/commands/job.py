@@ -14,6 +14,7 @@ from toolkit.artifacts import check_output_dir
 from toolkit.commands.common import write_json
 from toolkit.errors import UserError
 from toolkit.hardware import FORWARD_DTYPES, resolve_device, resolve_forward_dtype
+from toolkit.limits import check_lengths
 from toolkit.pipeline import CompressionRun, Recipe, run_compression, save_result
 from toolkit.progress import make_progress
 
@@ -42,6 +43,7 @@ def run_recipe(recipe: Recipe, model_spec: str, args: argparse.Namespace) -> int
     progress = make_progress(args.quiet)
     start = time.perf_counter()
     loaded = load_model(model_spec)
+    check_lengths(loaded, recipe)  # before any calibration data is drawn
     if loaded.quantized:
         raise UserError(f"{model_spec} is already quantized: start from the float model "
                         "(its toolkit.json names it under source_model)")
