@@ -4,14 +4,14 @@ The registered exporter writes into a hidden folder beside `out`, under the fina
 (an ONNX file names its external data file after itself); the file is verified there and
 moved into place only when it passed (and, with require_carried, carried every
 compression stage). On any failure the folder is removed and an existing `out` is left
-as it was, so no reader ever sees a half-written or unverified file.
+as it was, so no reader ever sees a half-written or unverified file. The folder's name
+carries the pid (models.staging), so the next export sweeps what a killed one left.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from export.errors import ExportError
 from export.options import ExportOptions
 from export.registry import get_exporter
 from export.report import ExportReport
+from models.staging import make_staging_dir, sweep_stale_staging
 
 
 def check_output(target: str, out: Path, options: ExportOptions) -> Path:
@@ -45,7 +46,8 @@ def export_model(target: str, artifact: Any, out: Path,
         raise ExportError(f"{target} does not export {artifact.source}: it takes "
                           f"{' and '.join(exporter.kinds)} models")
     out.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    sweep_stale_staging(out.parent)  # what an earlier, killed export left behind
+    folder = make_staging_dir(out)
     try:
         report = exporter.export(artifact, folder / out.name, options)
         if options.require_carried and report.lost:

@@ -3,7 +3,7 @@
 A reader never sees a half-written artifact: everything is written into
 `.NAME.staging-PID-XXXX` next to the target and renamed only once complete; any failure,
 Ctrl-C included, removes the staging directory, and a later save sweeps the ones a killed
-run left (toolkit.staging). `toolkit.json` is the manifest.
+run left (models.staging). `toolkit.json` is the manifest.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from models.manifest import (
     upgrade_manifest,
 )
 from models.registry import LoadedModel
+from models.staging import make_staging_dir, sweep_stale_staging
 from toolkit.errors import UserError
-from toolkit.staging import make_staging_dir, sweep_stale_staging
 
 MANIFEST = MANIFEST_FILE
 RECIPE_FILE = "recipe.yaml"

@@ -369,3 +369,16 @@ def test_json_into_a_fifo_or_device_writes_into_it_not_over_it(tmp_path):
     reader.join(timeout=30)
     assert json.loads(received[0]) == {"a": 1}
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and sorted(os.listdir(tmp_path)) == ["fifo"]
+
+
+def test_a_killed_exports_staging_is_swept_by_the_next_export(toolkit_cli, tmp_path):
+    """export.export_model stages beside --out under a pid-named folder, so the next
+    export removes what a SIGKILLed one left (the same sweep as artifacts)."""
+    out = tmp_path / "m.onnx"
+    left = tmp_path / f".m.onnx.staging-{_dead_pid()}-abcdefgh"
+    left.mkdir()
+    (left / "m.onnx").write_bytes(b"half an onnx file")
+    result = toolkit_cli("export", "onnx", "--model", "fake-cnn", "--out", str(out), "--quiet")
+    assert result.code == 0, result.err
+    assert f"removed stale staging dir {left} of a killed run" in result.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

@@ -18,7 +18,7 @@ from typing import TextIO
 
 # one definition for models and data
 from models.cache import discard_damaged, note_unwritable, toolkit_cache_dir
-from toolkit.staging import sweep_stale_temp_files
+from models.staging import sweep_stale_temp_files
 
 __all__ = ["atomic_text_file", "data_cache_dir", "discard_damaged", "note_unwritable",
            "toolkit_cache_dir", "write_text_atomic"]
