@@ -22,6 +22,10 @@ from torch import nn
 from models.errors import ModelError
 
 KINDS = ("llm", "vision")
+# What a family's models do, which decides how the toolkit calibrates and evaluates them
+# (toolkit/workflows registers one workflow per task): a new family of an existing task
+# needs no toolkit change.
+TASKS = ("text-generation", "image-classification", "image-segmentation")
 _FAMILIES: dict[str, ModelFamily] = {}
 
 
@@ -42,6 +46,7 @@ class ModelFamily:
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "llm"
+    task: ClassVar[str] = "text-generation"  # one of TASKS
     # Top-level manifest keys that hold the family's section (e.g. ("moe",)).
     section_keys: ClassVar[tuple[str, ...]] = ()
     # Safetensors files the family writes that are data, not weights (not in weights_bytes).
@@ -84,6 +89,8 @@ def register_family(name: str) -> Callable[[type[ModelFamily]], type[ModelFamily
             raise RuntimeError(f"model family {name!r} is already registered")
         if cls.kind not in KINDS:
             raise RuntimeError(f"family {name!r}: kind must be one of {KINDS}")
+        if cls.task not in TASKS:
+            raise RuntimeError(f"family {name!r}: task must be one of {TASKS}")
         cls.name = name
         _FAMILIES[name] = cls()
         return cls

@@ -74,6 +74,7 @@ class StateDictFamily(ModelFamily):
     """An image family whose module is one class and whose weights are its state dict."""
 
     kind = "vision"
+    task = "image-classification"
     section_keys = ("config", "input")
     module_class: ClassVar[type[nn.Module]] = nn.Module
 

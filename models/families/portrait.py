@@ -78,6 +78,7 @@ class PortraitSection:
 
 @register_family("portrait")
 class PortraitFamily(StateDictFamily):
+    task = "image-segmentation"
     module_class = PortraitSegmenter
     data_files = (CALIBRATION,)
 

@@ -50,17 +50,17 @@ def test_every_method_and_every_family_has_a_case():
 
 
 def test_every_family_has_a_workflow_and_every_fake_finds_its_own():
-    """A family added to the registry without its calibration/evaluation workflow fails
-    here; each fake model resolves to the workflow that lists its family."""
-    from models.family import list_families
+    """A family whose task no workflow serves fails here; each fake model resolves to the
+    workflow of its family's task."""
+    from models.family import family_named, list_families
     from toolkit.workflows import registered_workflows, workflow_for
 
-    served = {family for w in registered_workflows() for family in w.families}
-    assert {family.name for family in list_families()} <= served
+    served = {w.task for w in registered_workflows()}
+    assert {family.task for family in list_families()} <= served
     for spec in list_models():
         if spec.fake:
             loaded = create_model(spec.name)
-            assert loaded.family in workflow_for(loaded).families, spec.name
+            assert workflow_for(loaded).task == family_named(loaded.family).task, spec.name
 
 
 def _stages(method: str) -> list[dict]:

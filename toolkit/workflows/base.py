@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from models import LoadedModel
+from models.family import family_named
 from toolkit.errors import UserError
 
 
@@ -43,8 +44,9 @@ class Workflow:
     name: str
     # What the model is, in a user's words ("language model", "portrait segmenter").
     kind: str
-    # Family names (models' family registry, `LoadedModel.family`) this workflow serves.
-    families: tuple[str, ...]
+    # The task it serves (models.family.TASKS): every family registered with that task
+    # (`ModelFamily.task`) is calibrated and evaluated by this workflow.
+    task: str
     # Whether the family's evaluation compares with the model before compression
     # (agreement, KL), so the job keeps an uncompressed copy.
     compares_with_original: bool
@@ -70,12 +72,13 @@ def registered_workflows() -> list[Workflow]:
 
 
 def workflow_for(loaded: LoadedModel) -> Workflow:
-    """The workflow of the model's family when the family registry names it, else the
-    first registered workflow that accepts the model (most specific first)."""
+    """The workflow of the task of the model's family when the family registry names it,
+    else the first registered workflow that accepts the model (most specific first)."""
     family = getattr(loaded, "family", None)
     if isinstance(family, str):
+        task = family_named(family, source=loaded.source).task
         for workflow in _WORKFLOWS:
-            if family in workflow.families:
+            if workflow.task == task:
                 return workflow
     for workflow in _WORKFLOWS:
         if workflow.accepts(loaded):

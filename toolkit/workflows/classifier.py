@@ -85,7 +85,7 @@ def summary(manifest: dict, out: Path) -> str:
 
 
 WORKFLOW = Workflow(
-    name="image-classifier", kind="image classifier", families=("vmoe", "cnn"),
+    name="image-classifier", kind="image classifier", task="image-classification",
     compares_with_original=True,
     accepts=lambda loaded: loaded.vision is not None and loaded.tokenizer is None,
     calibration=calibration, evaluate=evaluate, manifest_fields=manifest_fields,

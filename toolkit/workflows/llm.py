@@ -112,7 +112,7 @@ def summary(manifest: dict, out: Path) -> str:
 
 
 WORKFLOW = Workflow(
-    name="llm", kind="language model", families=("llm", MOE_LM_FAMILY),
+    name="llm", kind="language model", task="text-generation",
     compares_with_original=False, accepts=lambda loaded: loaded.tokenizer is not None,
     calibration=calibration, evaluate=evaluate, manifest_fields=manifest_fields,
     summary=summary)

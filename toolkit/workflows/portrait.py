@@ -156,7 +156,7 @@ def summary(manifest: dict, out: Path) -> str:
 
 
 WORKFLOW = Workflow(
-    name="portrait", kind="portrait segmenter", families=("portrait",),
+    name="portrait", kind="portrait segmenter", task="image-segmentation",
     compares_with_original=True,
     accepts=lambda loaded: isinstance(loaded.module, PortraitSegmenter),
     calibration=calibration, evaluate=evaluate, manifest_fields=manifest_fields,
