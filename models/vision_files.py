@@ -6,8 +6,9 @@ base class for a family whose artifact is that file plus a "config" and "input".
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -39,6 +40,27 @@ class InputSection:
             raise ModelError(f"{source}: input mean/std must be {channels} values each "
                              "(std > 0): re-create the artifact")
         return parsed
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSection:
+    """An image family's manifest section: its model config and its "input" section."""
+
+    config: Any
+    input: InputSection
+
+    @classmethod
+    def of(cls, manifest: dict, source: str, parse: Callable[[object], Any], what: str,
+           channels: Callable[[Any], int], fix: str = "re-create the artifact") -> ImageSection:
+        """`parse(manifest["config"])` and the input section for `channels(config)`
+        channels, or one ModelError naming `source`, the family (`what`, e.g. "V-MoE")
+        and `fix`."""
+        try:
+            config = parse(manifest["config"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelError(f"{source} lacks a valid {what} config section "
+                             f"({type(exc).__name__}: {exc}): {fix}") from None
+        return cls(config, InputSection.of(manifest.get("input"), channels(config), source))
 
 
 def write_state(staging: Path, module: nn.Module) -> None:

@@ -18,7 +18,7 @@ from models.channel_groups import channel_prunable
 from models.errors import ModelError
 from models.fake_cnn import smooth_images
 from models.family import Adapters, register_family
-from models.portrait import CLASSES, MEAN, STD, PortraitConfig, PortraitSegmenter
+from models.portrait import CLASSES, MEAN, STD, PortraitSegmenter
 from models.portrait_artifact import (
     CALIBRATION,
     CALIBRATION_KEY,
@@ -27,7 +27,12 @@ from models.portrait_artifact import (
     load_portrait_directory,
 )
 from models.registry import LoadedModel
-from models.vision_files import InputSection, StateDictFamily, read_safetensors, write_state
+from models.vision_files import (
+    ImageSection,
+    StateDictFamily,
+    read_safetensors,
+    write_state,
+)
 from models.vision_input import VisionInput
 
 # Raw training images stored for int8 calibration / export checks: enough for a
@@ -60,20 +65,9 @@ def portrait_loaded(module: PortraitSegmenter, *, samples: torch.Tensor | None =
                        family=PortraitFamily.name)
 
 
-@dataclasses.dataclass(frozen=True)
-class PortraitSection:
-    config: PortraitConfig
-    input: InputSection
-
-    @classmethod
-    def of(cls, manifest: dict, source: str) -> PortraitSection:
-        try:
-            config = config_from_dict(manifest["config"])
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ModelError(f"{source} lacks a readable portrait `config` section "
-                             f"({type(exc).__name__}: {exc}): re-create the artifact with "
-                             "`toolkit train portrait`") from None
-        return cls(config, InputSection.of(manifest.get("input"), 3, source))
+def portrait_section(manifest: dict, source: str) -> ImageSection:
+    return ImageSection.of(manifest, source, config_from_dict, "portrait", lambda _: 3,
+                           "re-create the artifact with `toolkit train portrait`")
 
 
 @register_family("portrait")
@@ -84,7 +78,7 @@ class PortraitFamily(StateDictFamily):
 
     def read(self, path: Path, manifest: dict | None) -> LoadedModel:
         if manifest is not None:
-            PortraitSection.of(manifest, str(path / "toolkit.json"))
+            portrait_section(manifest, str(path / "toolkit.json"))
         loaded = load_portrait_directory(path)
         if (path / CALIBRATION).is_file():  # carried forward when the model is re-saved
             samples = read_safetensors(path / CALIBRATION)[CALIBRATION_KEY]
@@ -110,7 +104,7 @@ class PortraitFamily(StateDictFamily):
         return {"config": config_dict(loaded.module.config), "input": input_section(mean, std)}
 
     def check_section(self, manifest: dict, source: str) -> None:
-        PortraitSection.of(manifest, source)
+        portrait_section(manifest, source)
 
     def adapters(self, module: nn.Module) -> Adapters:
         return Adapters(channel_groups=lambda: channel_prunable(module).channel_groups())

@@ -5,33 +5,21 @@ and the data set it was trained on). Read by models/vmoe_artifact.py."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from torch import nn
 
-from models.errors import ModelError
 from models.family import Adapters, register_family
 from models.moe_groups import moe_groups
 from models.registry import LoadedModel
-from models.vision_files import InputSection, StateDictFamily, input_of
+from models.vision_files import ImageSection, StateDictFamily, input_of
 from models.vmoe import VisionMoE, VMoEConfig
 from models.vmoe_artifact import config_dict, load_vmoe_directory
 
 
-@dataclasses.dataclass(frozen=True)
-class VMoESection:
-    config: VMoEConfig
-    input: InputSection
-
-    @classmethod
-    def of(cls, manifest: dict, source: str) -> VMoESection:
-        try:
-            config = VMoEConfig(**manifest["config"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"{source} lacks a valid V-MoE config section "
-                             f"({type(exc).__name__}: {exc}): re-create the artifact") from None
-        return cls(config, InputSection.of(manifest.get("input"), config.channels, source))
+def vmoe_section(manifest: dict, source: str) -> ImageSection:
+    return ImageSection.of(manifest, source, lambda values: VMoEConfig(**values), "V-MoE",
+                           lambda config: config.channels)
 
 
 @register_family("vmoe")
@@ -40,7 +28,7 @@ class VMoEFamily(StateDictFamily):
 
     def read(self, path: Path, manifest: dict | None) -> LoadedModel:
         source = str(path / "toolkit.json")
-        VMoESection.of(manifest or {}, source)
+        vmoe_section(manifest or {}, source)
         loaded = load_vmoe_directory(path)
         loaded.family = self.name
         return loaded
@@ -50,7 +38,7 @@ class VMoEFamily(StateDictFamily):
                 "input": input_of(loaded.vision, dataset=loaded.vision.dataset)}
 
     def check_section(self, manifest: dict, source: str) -> None:
-        VMoESection.of(manifest, source)
+        vmoe_section(manifest, source)
 
     def adapters(self, module: nn.Module) -> Adapters:
         return Adapters(moe_groups=lambda: moe_groups(module))

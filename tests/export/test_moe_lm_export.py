@@ -22,6 +22,7 @@ from models.mixtral_io import TOOLKIT_LAYOUT, write_moe_lm_weights
 from models.moe_groups import moe_groups
 from models.moe_lm import swiglu_expert
 from models.upcycle import moe_section
+from tests.export.decoder_steps import assert_decoder_matches_step_by_step
 
 CONTEXT = 48
 PROMPT = [40, 41, 72, 101, 108, 108, 111]
@@ -58,18 +59,7 @@ MODELS = {"fake-moe-llm": lambda: create_model("fake-moe-llm").module,
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_export_decoder_equals_the_moe_model_step_by_step(name):
-    model = MODELS[name]()
-    decoder = ExportDecoder.from_hf(model, CONTEXT)
-    ids = torch.tensor([PROMPT + [50, 60, 70]])
-    with torch.no_grad():
-        reference = model(input_ids=ids).logits[0]
-        keys, values = decoder.empty_cache()
-        logits, keys, values = decoder(ids[:, :7], torch.tensor([0]), keys, values)
-        steps = [logits[0]]
-        for t in range(7, 10):  # decode one token at a time through the cache
-            logits, keys, values = decoder(ids[:, t:t + 1], torch.tensor([t]), keys, values)
-            steps.append(logits[0])
-    torch.testing.assert_close(torch.cat(steps), reference, rtol=1e-5, atol=1e-5)
+    assert_decoder_matches_step_by_step(MODELS[name]())
 
 
 def test_dense_experts_with_zero_gates_equal_the_chosen_experts_sum():

@@ -18,6 +18,7 @@ from export.llm.check import torch_greedy
 from export.llm.export_decoder import ExportDecoder
 from export.onnx.verify_llm import onnx_step, verify_llm_onnx
 from models import create_model
+from tests.export.decoder_steps import assert_decoder_matches_step_by_step
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -28,18 +29,7 @@ PROMPT = [40, 41, 72, 101, 108, 108, 111]
 
 @pytest.mark.parametrize("name", ["fake-llama", "fake-mistral", "fake-qwen2"])
 def test_export_decoder_equals_the_hf_model_step_by_step(name: str) -> None:
-    model = create_model(name).module
-    decoder = ExportDecoder.from_hf(model, CONTEXT)
-    ids = torch.tensor([PROMPT + [50, 60, 70]])
-    with torch.no_grad():
-        reference = model(input_ids=ids).logits[0]
-        keys, values = decoder.empty_cache()
-        logits, keys, values = decoder(ids[:, :7], torch.tensor([0]), keys, values)
-        steps = [logits[0]]
-        for t in range(7, 10):  # decode one token at a time through the cache
-            logits, keys, values = decoder(ids[:, t:t + 1], torch.tensor([t]), keys, values)
-            steps.append(logits[0])
-    torch.testing.assert_close(torch.cat(steps), reference, rtol=1e-5, atol=1e-5)
+    assert_decoder_matches_step_by_step(create_model(name).module)
 
 
 def test_gemma_is_refused_with_what_differs() -> None:

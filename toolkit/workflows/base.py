@@ -91,3 +91,9 @@ def last_report(stages: list[dict], kind: str) -> dict | None:
     """The report of the last stage of `kind` (e.g. "channel-prune"), or None."""
     reports = [stage["report"] for stage in stages if stage["kind"] == kind]
     return reports[-1] if reports else None
+
+
+def timing_line(manifest: dict, out: Path) -> str:
+    """The summary's last line: how long compression took and where the artifact is."""
+    return (f"compression: {manifest['timing_seconds']['compress_total']:.1f} s; "
+            f"output: {out}")

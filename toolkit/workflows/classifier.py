@@ -16,7 +16,7 @@ from models import LoadedModel
 from toolkit.errors import UserError
 from toolkit.recipe import CalibrationSpec
 from toolkit.report import format_table
-from toolkit.workflows.base import CalibrationData, Workflow, last_report
+from toolkit.workflows.base import CalibrationData, Workflow, last_report, timing_line
 
 DEFAULT_SAMPLES = 512
 HELD_OUT_IMAGES = 1000
@@ -79,9 +79,7 @@ def summary(manifest: dict, out: Path) -> str:
     for group in report.get("groups", []):
         lines.append(f"{group['name']}: kept experts {group['kept']} of "
                      f"{group['experts_before']}, dropped {group['dropped']}")
-    lines.append(f"compression: {manifest['timing_seconds']['compress_total']:.1f} s; "
-                 f"output: {out}")
-    return "\n".join(lines)
+    return "\n".join([*lines, timing_line(manifest, out)])
 
 
 WORKFLOW = Workflow(

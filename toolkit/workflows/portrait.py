@@ -34,7 +34,7 @@ from toolkit.eval.portrait_eval import THRESHOLD, evaluate_portraits
 from toolkit.recipe import CalibrationSpec
 from toolkit.report import format_table
 from toolkit.train.portrait_losses import soft_boundary_labels
-from toolkit.workflows.base import CalibrationData, Workflow, last_report
+from toolkit.workflows.base import CalibrationData, Workflow, last_report, timing_line
 
 DEFAULT_SAMPLES = 64
 HELD_OUT_PORTRAITS = 64
@@ -150,9 +150,7 @@ def summary(manifest: dict, out: Path) -> str:
                      f"(removed {pruning['sparsity']['achieved']:.1%})")
     if "before" in metrics:
         lines.append(f"metrics on {metrics['held_out']['source']}")
-    lines.append(f"compression: {manifest['timing_seconds']['compress_total']:.1f} s; "
-                 f"output: {out}")
-    return "\n".join(lines)
+    return "\n".join([*lines, timing_line(manifest, out)])
 
 
 WORKFLOW = Workflow(
