@@ -1,6 +1,6 @@
 # The README's first two commands: `make demo` (set-up + main job) and `make test`.
 # Both create .venv with pip when it is missing. pip (not uv/poetry) finds the CPU torch
-# wheel that these machines keep on disk (see ../shared/TOOLCHAIN.md).
+# wheel that these machines keep on disk (uv and poetry download a multi-GB CUDA build).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python

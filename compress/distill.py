@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.config import MethodConfig, register_handler
+from compress.distill_batches import batch_stream, device_of, to_device
 from compress.errors import CompressError
 from compress.sweep import Progress
 
@@ -291,8 +292,9 @@ def distill(student: nn.Module, teacher: nn.Module, batches: torch.Tensor | Iter
             torch.manual_seed(config.seed)
             initial = _held_out_kl(student, teacher, eval_batch, forward, device)
             masks = keep_zeros_masks(student) if config.keep_zeros else {}
-            losses = _train(student, teacher, params, masks,
-                            _batch_stream(batches, labels, config), config, forward, progress)
+            stream = batch_stream(batches, labels, config.batch_size, config.seed)
+            losses = _train(student, teacher, params, masks, stream, config, forward,
+                            progress)
             final = _held_out_kl(student, teacher, eval_batch, forward, device)
     finally:
         teacher.train(teacher_mode)
@@ -310,8 +312,8 @@ def _train(student: nn.Module, teacher: nn.Module, params: list[torch.Tensor],
     try:
         for step in range(config.steps):
             batch, label = next(stream)
-            batch = _to_device(batch, device)
-            loss = _step_loss(student, teacher, batch, _to_device(label, device), config,
+            batch = to_device(batch, device)
+            loss = _step_loss(student, teacher, batch, to_device(label, device), config,
                               forward)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -338,7 +340,7 @@ def _step_loss(student: nn.Module, teacher: nn.Module, batch: Any, label: Any,
                config: DistillConfig, forward: ForwardFn) -> torch.Tensor:
     """alpha * KD + (1 - alpha) * CE (labels given) + beta * feature loss, one batch."""
     with torch.no_grad():
-        t_logits, t_hidden = forward(teacher, _to_device(batch, _device_of(teacher)))
+        t_logits, t_hidden = forward(teacher, to_device(batch, device_of(teacher)))
     s_logits, s_hidden = forward(student, batch)
     loss = kd_loss(s_logits, t_logits.to(s_logits.device), config.temperature)
     if label is not None and config.alpha < 1.0:
@@ -386,69 +388,6 @@ def _held_out_kl(student: nn.Module, teacher: nn.Module, batch: Any, forward: Fo
     if batch is None:
         return None
     student.eval()
-    s_logits, _ = forward(student, _to_device(batch, device))
-    t_logits, _ = forward(teacher, _to_device(batch, _device_of(teacher)))
+    s_logits, _ = forward(student, to_device(batch, device))
+    t_logits, _ = forward(teacher, to_device(batch, device_of(teacher)))
     return float(kd_loss(s_logits, t_logits.to(s_logits.device), 1.0))
-
-
-def _batch_stream(batches: torch.Tensor | Iterable[Any], labels: Any,
-                  config: DistillConfig) -> Iterator[tuple[Any, Any]]:
-    """(batch, label or None) pairs forever, in an order fixed by the seed."""
-    if isinstance(batches, torch.Tensor):
-        return _tensor_stream(batches, labels, config)
-    if isinstance(labels, torch.Tensor):
-        raise CompressError("labels is a tensor but batches is an iterable: pass labels as "
-                            "an iterable of per-batch labels, or batches as one tensor")
-    return _iterable_stream(batches, labels)
-
-
-def _iterable_stream(batches: Iterable[Any],
-                     labels: Iterable[Any] | None) -> Iterator[tuple[Any, Any]]:
-    # A re-iterable source (a list, a DataLoader) gets a fresh pass each epoch, so a
-    # shuffling loader reshuffles; a one-shot iterator is cached on its first pass.
-    one_shot = iter(batches) is batches or (labels is not None and iter(labels) is labels)
-    cache: list[tuple[Any, Any]] = []
-    while True:
-        if one_shot and cache:
-            source: Iterable[tuple[Any, Any]] = cache
-        elif labels is not None:
-            source = zip(batches, labels, strict=True)  # misaligned labels: an error
-        else:
-            source = ((batch, None) for batch in batches)
-        count = 0
-        for pair in source:
-            count += 1
-            if one_shot and source is not cache:
-                cache.append(pair)
-            yield pair
-        if count == 0:  # an empty source would otherwise spin forever
-            raise CompressError("batches is empty: pass at least one batch")
-
-
-def _tensor_stream(samples: torch.Tensor, labels: Any,
-                   config: DistillConfig) -> Iterator[tuple[Any, Any]]:
-    if labels is not None and (not isinstance(labels, torch.Tensor)
-                               or labels.shape[0] != samples.shape[0]):
-        raise CompressError(f"labels must be a tensor with {samples.shape[0]} rows, one per "
-                            "sample of batches")
-    if samples.shape[0] == 0:
-        raise CompressError("batches is empty: pass at least one sample")
-    generator = torch.Generator().manual_seed(config.seed)
-    while True:
-        order = torch.randperm(samples.shape[0], generator=generator)
-        for first in range(0, len(order), config.batch_size):
-            rows = order[first:first + config.batch_size]
-            yield samples[rows], (labels[rows] if labels is not None else None)
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")

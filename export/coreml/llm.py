@@ -7,7 +7,9 @@
 One function serves prefill (T = prompt length) and decode (T = 1). The cache is written
 with one-hot products instead of scatter (export.llm.decoder.blend_write): Core ML's
 scatter needs index and data of the same shape. The converter goes through
-torch.export(...).run_decompositions({}) (../shared/TOOLCHAIN.md gotchas 1-2); coremltools'
+torch.export(...).run_decompositions({}) (with numpy >= 2.4 the torch.jit.trace route
+fails on any model that reads x.shape, and coremltools refuses an un-decomposed
+program); coremltools'
 `canonicalize_inplace_pattern` pass, which only reorders state writes, fails on this graph
 and is skipped. Packed weights are put in as compile-time ops (export.coreml.weights),
 matched to the converted graph's constants by value, since conversion renames them.

@@ -1,5 +1,5 @@
 """Greedy generation through a .tflite LLM, meant to run in a child process: the LiteRT
-interpreter can abort the whole process (../shared/TOOLCHAIN.md gotcha 8), so the caller
+interpreter can abort the whole process (seen: SIGABRT in allocate_tensors), so the caller
 sees an exit code instead of dying with it.
 
     python -m export.litert.run_llm MODEL.tflite --prompt 1,2,3 --new-tokens 8 --out R.npz
