@@ -1,56 +1,20 @@
-"""Loading a trained (or expert-dropped) V-MoE artifact directory: `model.safetensors`
-plus `toolkit.json` whose "family" is "vmoe", "config" the VMoEConfig and "input" the
-pixel normalisation and the data set the model was trained on. Never unpickles."""
+"""What a V-MoE artifact records beside its weights: the config as JSON values, and the
+image source its "input" section names (Fashion-MNIST's splits when the model was trained
+on them and they are installed, else smooth synthetic images). The family
+(models/families/vmoe.py) reads and writes the artifact."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from models import fashion_mnist
-from models.errors import ModelError
 from models.fake_cnn import smooth_images
-from models.registry import LoadedModel
 from models.vision_input import VisionInput
-from models.vmoe import VisionMoE, VMoEConfig
-from models.weights_check import check_state_matches
+from models.vmoe import VMoEConfig
 
-FAMILY = "vmoe"
-WEIGHTS = "model.safetensors"
 FASHION_MNIST = "fashion-mnist"
-
-
-def read_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads((path / "toolkit.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path / 'toolkit.json'} is not readable JSON ({exc}): re-create "
-                         "the artifact with `toolkit train vmoe`") from None
-    return manifest
-
-
-def load_vmoe_directory(path: Path) -> LoadedModel:
-    manifest = read_manifest(path)
-    try:
-        config = VMoEConfig(**manifest["config"])
-        info = manifest["input"]
-        mean, std = tuple(info["mean"]), tuple(info["std"])
-    except (KeyError, TypeError) as exc:
-        raise ModelError(f"{path / 'toolkit.json'} lacks a valid V-MoE config or input "
-                         f"section ({exc}): re-create the artifact") from None
-    if not (path / WEIGHTS).is_file():
-        raise ModelError(f"{path / WEIGHTS} is missing: the artifact is incomplete")
-    module = VisionMoE(config)
-    state = load_file(str(path / WEIGHTS))
-    check_state_matches(path / WEIGHTS, module, state)
-    module.load_state_dict(state)
-    shape = (1, config.channels, config.image_size, config.image_size)
-    return LoadedModel(module=module.eval(), tokenizer=None, source=str(path),
-                       vision=vision_input(shape, mean, std, info.get("dataset")))
 
 
 def vision_input(shape: tuple[int, int, int, int], mean: tuple[float, ...],

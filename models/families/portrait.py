@@ -3,11 +3,10 @@ Artifact: `model.safetensors`, optionally `calibration.safetensors` (a few raw t
 images, uint8 [N, 3, H, W], so int8 calibration and export checks see portraits), and the
 manifest section "config" (the full PortraitConfig, hidden_channels included, so a
 pruned network is rebuilt from config + weights) and "input" (normalisation, layout,
-output and training classes). Read by models/portrait_artifact.py."""
+output and training classes)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -16,20 +15,21 @@ from torch import nn
 
 from models.channel_groups import channel_prunable
 from models.errors import ModelError
-from models.fake_cnn import smooth_images
 from models.family import Adapters, register_family
 from models.portrait import CLASSES, MEAN, STD, PortraitSegmenter
 from models.portrait_artifact import (
     CALIBRATION,
     CALIBRATION_KEY,
+    check_stored_images,
     config_dict,
     config_from_dict,
-    load_portrait_directory,
+    portrait_images,
 )
 from models.registry import LoadedModel
 from models.vision_files import (
     ImageSection,
     StateDictFamily,
+    load_state,
     read_safetensors,
     write_state,
 )
@@ -54,13 +54,8 @@ def portrait_loaded(module: PortraitSegmenter, *, samples: torch.Tensor | None =
     """A live (e.g. freshly trained) segmenter as a LoadedModel to save; `samples`: raw
     uint8 training images [N, 3, H, W] the artifact keeps for calibration."""
     config = module.config
-
-    def images(count: int, seed: int) -> torch.Tensor:
-        side = max(config.height, config.width)
-        return smooth_images(count, seed, size=side)[..., :config.height, :config.width]
-
     vision = VisionInput((1, 3, config.height, config.width), tuple(mean), tuple(std),
-                         images=images, samples=samples)
+                         images=portrait_images(config, samples), samples=samples)
     return LoadedModel(module=module, tokenizer=None, source=source, vision=vision,
                        family=PortraitFamily.name)
 
@@ -77,14 +72,14 @@ class PortraitFamily(StateDictFamily):
     data_files = (CALIBRATION,)
 
     def read(self, path: Path, manifest: dict | None) -> LoadedModel:
-        if manifest is not None:
-            portrait_section(manifest, str(path / "toolkit.json"))
-        loaded = load_portrait_directory(path)
-        if (path / CALIBRATION).is_file():  # carried forward when the model is re-saved
-            samples = read_safetensors(path / CALIBRATION)[CALIBRATION_KEY]
-            loaded.vision = dataclasses.replace(loaded.vision, samples=samples)
-        loaded.family = self.name
-        return loaded
+        section = portrait_section(manifest or {}, str(path / "toolkit.json"))
+        module = load_state(path, PortraitSegmenter(section.config))
+        samples = None  # carried forward when the model is re-saved
+        if (path / CALIBRATION).is_file():
+            stored = read_safetensors(path / CALIBRATION).get(CALIBRATION_KEY)
+            samples = check_stored_images(path / CALIBRATION, stored, section.config)
+        return portrait_loaded(module, samples=samples, mean=section.input.mean,
+                               std=section.input.std, source=str(path))
 
     def write(self, staging: Path, loaded: LoadedModel, manifest: dict) -> None:
         write_state(staging, loaded.module)

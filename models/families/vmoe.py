@@ -1,7 +1,7 @@
 """The Mobile V-MoE family (arXiv 2309.04354): a per-image routed ViT mixture of experts.
 Artifact: `model.safetensors` plus the manifest section "config" (the VMoEConfig, so an
 expert-dropped model's smaller expert count loads back) and "input" (pixel normalisation
-and the data set it was trained on). Read by models/vmoe_artifact.py."""
+and the data set it was trained on)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from torch import nn
 from models.family import Adapters, register_family
 from models.moe_groups import moe_groups
 from models.registry import LoadedModel
-from models.vision_files import ImageSection, StateDictFamily, input_of
+from models.vision_files import ImageSection, StateDictFamily, input_of, load_state
 from models.vmoe import VisionMoE, VMoEConfig
-from models.vmoe_artifact import config_dict, load_vmoe_directory
+from models.vmoe_artifact import config_dict, vision_input
 
 
 def vmoe_section(manifest: dict, source: str) -> ImageSection:
@@ -27,11 +27,15 @@ class VMoEFamily(StateDictFamily):
     module_class = VisionMoE
 
     def read(self, path: Path, manifest: dict | None) -> LoadedModel:
-        source = str(path / "toolkit.json")
-        vmoe_section(manifest or {}, source)
-        loaded = load_vmoe_directory(path)
-        loaded.family = self.name
-        return loaded
+        manifest = manifest or {}
+        section = vmoe_section(manifest, str(path / "toolkit.json"))
+        config, normalise = section.config, section.input
+        module = load_state(path, VisionMoE(config))
+        shape = (1, config.channels, config.image_size, config.image_size)
+        vision = vision_input(shape, normalise.mean, normalise.std,
+                              manifest["input"].get("dataset"))
+        return LoadedModel(module=module, tokenizer=None, source=str(path), vision=vision,
+                           family=self.name)
 
     def section(self, loaded: LoadedModel) -> dict:
         return {"config": config_dict(loaded.module.config),

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
+from models.load import load_model
 from models.registry import LoadedModel
 from models.vmoe import FASHION_MNIST, VIT_TINY_IMAGENET, VisionMoE
 from models.vmoe_artifact import FASHION_MNIST as FASHION_MNIST_DATASET
-from models.vmoe_artifact import load_vmoe_directory, vision_input
+from models.vmoe_artifact import vision_input
 from toolkit.artifacts import check_output_dir, save_model_artifact
 from toolkit.commands.common import positive_int, run_with_threads, write_json
 from toolkit.commands.train_portrait_job import add_portrait_arguments
@@ -176,7 +177,10 @@ def given_dense(path: Path, config, data: ImageData) -> VisionMoE:
     if not (path.expanduser() / "toolkit.json").is_file():
         raise UserError(f"--dense {path} is not an artifact directory (no toolkit.json): "
                         "pass one written by `toolkit train vmoe --router dense`")
-    dense = load_vmoe_directory(path.expanduser()).module
+    dense = load_model(str(path.expanduser())).module
+    if not isinstance(dense, VisionMoE):
+        raise UserError(f"--dense {path} is not a V-MoE artifact: pass one written by "
+                        "`toolkit train vmoe --router dense`")
     if dense.config.moe_layers:
         raise UserError(f"--dense {path} is a V-MoE with experts: pass a dense one, "
                         "written by `toolkit train vmoe --router dense`")
