@@ -14,7 +14,6 @@ Never unpickles."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -34,27 +33,18 @@ from models.weights_check import check_finite_weights
 FAMILY = "moe-llm"
 
 
-def read_moe_section(path: Path) -> tuple[list[int], int]:
-    """(experts per layer, top_k) from the artifact's toolkit.json."""
-    try:
-        manifest = json.loads((path / "toolkit.json").read_text(encoding="utf-8"))
-        moe = manifest["moe"]
-        layers, top_k = [int(n) for n in moe["layers"]], int(moe["top_k"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"{path / 'toolkit.json'} has no valid `moe` section ({exc}): "
-                         "re-create the artifact with `toolkit train upcycle`") from None
-    if not layers or top_k < 1 or min(layers) < top_k:
-        raise ModelError(f"{path / 'toolkit.json'} records {layers} experts per layer with "
-                         f"top_k {top_k}: every layer needs at least top_k experts")
-    return layers, top_k
-
-
-def load_moe_lm_directory(path: Path, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_moe_lm_directory(path: Path, recorded: tuple[list[int], int] | None, *,
+                          dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """`recorded`: (experts per layer, top_k) from the manifest's checked "moe" section
+    (the family parses it), or None for a Mixtral checkpoint without toolkit.json."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if config_model_type(path) == MIXTRAL_MODEL_TYPE:
-        return _load_mixtral_directory(path, dtype)
-    layers, top_k = read_moe_section(path)
+        return _load_mixtral_directory(path, recorded, dtype)
+    if recorded is None:
+        raise ModelError(f"{path} has no toolkit.json recording its MoE shape: re-create "
+                         "the artifact with `toolkit train upcycle`")
+    layers, top_k = recorded
     files = sorted(path.glob("*.safetensors"))
     if not (path / "config.json").is_file() or not files:
         raise ModelError(f"{path} lacks config.json or *.safetensors weights: the artifact "
@@ -109,10 +99,11 @@ def _unpacked(path: Path, files: list[Path], state: dict[str, torch.Tensor],
     return state, quantized
 
 
-def _load_mixtral_directory(path: Path, dtype: torch.dtype) -> LoadedModel:
+def _load_mixtral_directory(path: Path, recorded: tuple[list[int], int] | None,
+                            dtype: torch.dtype) -> LoadedModel:
     module = load_mixtral_module(path, dtype=dtype)
-    if (path / "toolkit.json").is_file():
-        layers, top_k = read_moe_section(path)
+    if recorded is not None:
+        layers, top_k = recorded
         found = [layer.mlp.num_experts for layer in module.model.layers]
         found_k = module.model.layers[0].mlp.top_k
         if layers != found or top_k != found_k:

@@ -62,9 +62,11 @@ class MoeLlmFamily(ModelFamily):
         return path.is_dir() and config_model_type(path) == MIXTRAL_MODEL_TYPE
 
     def read(self, path: Path, manifest: dict | None) -> LoadedModel:
+        recorded = None
         if manifest is not None:
-            self.check_section(manifest, str(path / "toolkit.json"))
-        loaded = load_moe_lm_directory(path)
+            section = MoeSection.of(manifest.get(SECTION), str(path / "toolkit.json"))
+            recorded = (list(section.layers), section.top_k)
+        loaded = load_moe_lm_directory(path, recorded)
         loaded.family = self.name
         return loaded
 
