@@ -15,13 +15,13 @@ manifests.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from export.errors import ExportError
 from export.records import LayerRecord
+from models.errors import ModelError
+from models.manifest import read_manifest as read_artifact_manifest
 
-MANIFEST = "toolkit.json"
 # Fallback when a stage recorded no "kind": method name -> kind.
 KIND_OF_METHOD = {"magnitude": "prune", "wanda": "prune", "sparsegpt": "prune",
                   "rtn": "quantize", "gptq": "quantize", "awq": "quantize",
@@ -30,17 +30,12 @@ SCHEME_NAMES = {"palette": "palettized weights", "affine": "integer-quantized we
 
 
 def read_manifest(source: str) -> dict | None:
-    """The manifest of the artifact directory `source`; None for a registered name, a
-    plain Hugging Face directory or a GGUF file."""
-    path = Path(source) / MANIFEST
-    if not path.is_file():
-        return None
+    """The manifest of the artifact directory `source` (an old format upgraded in memory);
+    None for a registered name, a plain Hugging Face directory or a GGUF file."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{path} cannot be read ({exc.__class__.__name__}): re-run the "
-                          "command that wrote the artifact") from None
-    return data if isinstance(data, dict) else None
+        return read_artifact_manifest(Path(source)) if Path(source).is_dir() else None
+    except ModelError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def stage_kinds(manifest: dict | None) -> set[str]:
