@@ -89,8 +89,8 @@ def run_compression(loaded: LoadedModel, run: CompressionRun) -> CompressionResu
     if run.evaluate:
         metrics["after"] = workflow.evaluate(loaded, original, data, run)
     last = run.recipe.stages[-1].to_dict()
+    # format, family and the family's section are added by save_model_artifact.
     manifest = {
-        "format": "edge-toolkit-artifact/1",
         "created": timestamp(),
         "source_model": loaded.source,
         "model_name": loaded.name,
