@@ -55,10 +55,12 @@ class Exporter:
 
         return export_llm_artifact(self, artifact, out, options)
 
-    # Vision targets (export.vision): the input layout the runtime prefers, whether the
-    # target writes static int8 files, and the hooks below.
+    # Vision targets (export.vision): the input layout the runtime prefers; what a static
+    # int8 file of this target holds, as the report says it ("" = int8 not offered);
+    # whether it takes float16 / palettization options (Core ML's); and the hooks below.
     vision_layout: str = "NCHW"
-    vision_int8: bool = False
+    vision_int8: str = ""
+    vision_precision_options: bool = False
 
     def prepare_vision(self, module: Any) -> Any:
         """The module to convert (a target may swap in a variant its runtime runs better)."""

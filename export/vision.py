@@ -92,7 +92,7 @@ def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], tar
         raise ExportError(f"static int8 is offered for {' and '.join(int8_targets())}, not "
                           f"{target}: drop the calibration images, or for Core ML use "
                           "float16 or palettized weights")
-    if coreml is not None and target != "coreml":
+    if coreml is not None and not exporter.vision_precision_options:
         raise ExportError(f"Core ML options (float16, palettization) do not apply to {target}")
     n, c, h, w = input_shape
     shape = (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
@@ -123,9 +123,9 @@ def export_vision(module: nn.Module, input_shape: tuple[int, int, int, int], tar
     float_bytes = _size(out)
     if int8_calibration is not None:
         _to_static_int8(out, int8_calibration, layout, shape, exporter)
+    precision = (coreml or CoremlVisionOptions()) if exporter.vision_precision_options else None
     return VisionExport(out, target, layout, example, wrapped, float_bytes,
-                        int8_calibration is not None,
-                        (coreml or CoremlVisionOptions()) if target == "coreml" else None)
+                        int8_calibration is not None, precision)
 
 
 def _size(path: Path) -> int:

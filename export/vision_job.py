@@ -23,16 +23,11 @@ from typing import Any
 from export.coreml.vision import CoremlVisionOptions
 from export.errors import ExportError
 from export.options import ExportOptions
+from export.registry import get_exporter
 from export.report import ExportReport
 from export.sizes import written_bytes
 from export.vision import Preprocess, VisionExport, export_vision, int8_targets, verify_vision
 
-INT8_CARRIED = {
-    "tflite": "static int8: weights per channel, activations per tensor, int8 input and "
-              "output",
-    "onnx": "static int8 QDQ: weights per channel (7-bit codes), uint8 activations per "
-            "tensor, float input and output",
-}
 CALIBRATION_SEED = 1
 VERIFY_SEED = 10_007  # a different draw from the calibration images
 
@@ -63,7 +58,7 @@ def write(artifact: Any, out: Path, target: str, options: ExportOptions) -> Visi
 
 def coreml_options(target: str, options: ExportOptions) -> CoremlVisionOptions | None:
     """fp16 / palettize_bits as Core ML options; None for the other targets."""
-    if target != "coreml":
+    if not get_exporter(target).vision_precision_options:
         if options.fp16 or options.palettize_bits:
             raise ExportError(f"--fp16 and --palettize-bits are Core ML options, not "
                               f"{target}: drop them, or use --int8 for {target}")
@@ -75,7 +70,7 @@ def describe(exporter, artifact: Any, result: VisionExport, size: int) -> Export
     params = sum(p.numel() for p in artifact.module.parameters())
     carried = {}
     if result.int8:
-        carried[INT8_CARRIED[result.target]] = 1
+        carried[exporter.vision_int8] = 1
     if result.coreml is not None and (result.coreml.fp16 or result.coreml.palettize_bits):
         carried[result.coreml.describe()] = 1
     return ExportReport(

@@ -16,6 +16,7 @@ class CoremlExporter(Exporter):
     suffix = ".mlpackage"
     runtime = "coremltools"
     sparse_note = "quantized layers keep their pruned zeros as codes"
+    vision_precision_options = True  # --fp16, --palettize-bits
 
     def write_llm(self, artifact, out: Path, options: ExportOptions):
         from export.coreml.llm import export_llm_coreml

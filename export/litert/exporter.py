@@ -17,7 +17,8 @@ class LitertExporter(Exporter):
     runtime = "ai-edge-litert"
     sparse_note = "litert-torch writes dense weights"
     vision_layout = "NHWC"  # LiteRT's native layout: no transposes around its convolutions
-    vision_int8 = True  # fully int8, input and output included
+    vision_int8 = ("static int8: weights per channel, activations per tensor, int8 input and "
+                   "output")
 
     def write_llm(self, artifact, out: Path, options: ExportOptions):
         from export.litert.llm import export_llm_litert

@@ -15,7 +15,8 @@ class OnnxExporter(Exporter):
     suffix = ".onnx"
     runtime = "onnxruntime"
     sparse_note = "ONNX has no sparse weight format onnxruntime runs"
-    vision_int8 = True  # QDQ: QuantizeLinear / DequantizeLinear pairs, float input and output
+    vision_int8 = ("static int8 QDQ: weights per channel (7-bit codes), uint8 activations per "
+                   "tensor, float input and output")
 
     def write_llm(self, artifact, out: Path, options: ExportOptions):
         from export.onnx.llm import export_llm_onnx
