@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.errors import ModelError
-from models.families.moe_llm import MoeLlmFamily
 from models.family import ModelFamily, family_for_path, family_named
 from models.manifest import MANIFEST_FILE, check_manifest, read_manifest
 from models.registry import (
@@ -20,8 +19,6 @@ from models.registry import (
     registered_family,
 )
 
-# The MoE LM family's name, for callers that fill manifests by hand.
-MOE_LM_FAMILY = MoeLlmFamily.name
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from models import LoadedModel
 from models.families.llm_weights import interop_summary
-from models.load import MOE_LM_FAMILY
 from toolkit.data import (
     cached_streams,
     read_calibration_file,
@@ -52,19 +51,11 @@ def evaluate(loaded: LoadedModel, _original, data: CalibrationData, run) -> dict
 
 def manifest_fields(loaded: LoadedModel, stages: list[dict], _data, run) -> dict[str, Any]:
     quantization = [s["report"] for s in stages if s["kind"] == "quantize"]
-    return {**_moe_fields(loaded), "sparsity": _sparsity_section(loaded, stages),
+    # The family (llm or moe-llm) and its "moe" section come from the family registry
+    # when the artifact is saved (toolkit.artifacts.save_model_artifact).
+    return {"sparsity": _sparsity_section(loaded, stages),
             "quantization": quantization[-1] if quantization else None,
             "eval_protocol": run.recipe.protocol.to_dict()}
-
-
-def _moe_fields(loaded: LoadedModel) -> dict[str, Any]:
-    """A mixture-of-experts LM's family and per-layer expert counts (how it loads back)."""
-    layers = [m for m in loaded.module.modules() if getattr(type(m), "routing_group", False)]
-    if not layers:
-        return {}
-    return {"family": MOE_LM_FAMILY,
-            "moe": {"num_experts": max(m.num_experts for m in layers),
-                    "top_k": layers[0].top_k, "layers": [m.num_experts for m in layers]}}
 
 
 def _sparsity_section(loaded: LoadedModel, stages: list[dict]) -> dict[str, Any]:
