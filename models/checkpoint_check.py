@@ -21,7 +21,7 @@ import torch
 
 from models.errors import ModelError
 from models.json_file import read_json_object
-from models.safetensors_check import FLOAT_DTYPES, check_safetensors_file
+from models.safetensors_check import FLOAT_DTYPES, read_safetensors_layout
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -37,6 +37,9 @@ class StoredTensor:
     file: Path
     dtype: str
     shape: tuple[int, ...]
+    # Absolute byte range [begin, end) of the tensor in `file`, so a lazy reader can map
+    # just these bytes (models/lazy/safetensors_source.py); (0, 0) when not known.
+    offsets: tuple[int, int] = (0, 0)
 
 
 def read_checkpoint_headers(path: Path) -> dict[str, StoredTensor]:
@@ -45,11 +48,14 @@ def read_checkpoint_headers(path: Path) -> dict[str, StoredTensor]:
     files, weight_map = _checkpoint_files(path)
     tensors: dict[str, StoredTensor] = {}
     for file in files:
-        for name, entry in check_safetensors_file(file).items():
+        layout = read_safetensors_layout(file)
+        for name, entry in layout.entries.items():
             if name in tensors:
                 raise ModelError(f"{path}: tensor {name!r} is stored in both "
                                  f"{tensors[name].file.name} and {file.name}: {_RESTORE}")
-            tensors[name] = StoredTensor(file, entry["dtype"], tuple(entry["shape"]))
+            begin, end = entry["data_offsets"]
+            tensors[name] = StoredTensor(file, entry["dtype"], tuple(entry["shape"]),
+                                         (layout.data_start + begin, layout.data_start + end))
     if weight_map is not None:
         _check_index_agrees(path, weight_map, tensors)
     return tensors
@@ -66,7 +72,8 @@ def _checkpoint_files(path: Path) -> tuple[list[Path], dict[str, str] | None]:
         missing = [shard for shard in shards if not (path / shard).is_file()]
         if missing:
             raise ModelError(f"{path}: {INDEX_FILE} names {len(missing)} shard(s) that are "
-                             f"missing: restore the shard {', '.join(missing[:3])}")
+                             f"missing: restore the shard {', '.join(missing[:3])} (re-download "
+                             "the checkpoint)")
         return [path / shard for shard in shards], weight_map
     others = sorted(p.name for p in path.glob("*.safetensors"))
     raise ModelError(f"{path} holds {', '.join(others[:3])} but neither {SINGLE_FILE} nor "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from models.errors import ModelError
@@ -26,11 +27,26 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors spec's own limit
 _FIX = "re-download or re-save it with safetensors"
 
 
+@dataclass(frozen=True)
+class SafetensorsLayout:
+    """Where a checked file's tensors lie: `data_start` is the file offset of the data
+    section (8 + header length), to which each entry's `data_offsets` are relative. Lazy
+    readers (models/lazy/safetensors_source.py) need it to map one tensor's bytes."""
+
+    data_start: int
+    entries: dict[str, dict]
+
+
 def check_safetensors_file(path: Path) -> dict[str, dict]:
     """Raise ModelError unless `path` is a complete, well-formed safetensors file.
 
     Returns its tensor entries (name -> {dtype, shape, data_offsets}) so callers can compare
     names and shapes with a model without reading a byte of weights."""
+    return read_safetensors_layout(path).entries
+
+
+def read_safetensors_layout(path: Path) -> SafetensorsLayout:
+    """`check_safetensors_file`, also returning where the data section starts."""
     size = path.stat().st_size
     with path.open("rb") as handle:
         prefix = handle.read(8)
@@ -50,7 +66,7 @@ def check_safetensors_file(path: Path) -> dict[str, dict]:
     for name, info in entries.items():
         _check_entry(path, name, info, data_len)
     _check_byte_ranges(path, entries, data_len)
-    return entries
+    return SafetensorsLayout(8 + header_len, entries)
 
 
 def _check_entry(path: Path, name: str, info: object, data_len: int) -> None:
