@@ -18,6 +18,7 @@ import torch
 
 import compress
 from compress.distill import DistillConfig
+from compress.recovery import RecoverConfig
 from compress.requirements import applicable_methods, unmet_need
 from models import LoadedModel
 from toolkit.artifacts import save_model_artifact
@@ -70,9 +71,9 @@ def run_compression(loaded: LoadedModel, run: CompressionRun) -> CompressionResu
     workflow = workflow_for(loaded)
     check_applies(loaded, run.recipe, workflow)
     data = workflow.calibration(loaded, run.recipe.calibration)
-    wants_teacher = any(isinstance(c, DistillConfig) for c in run.recipe.stages)
-    # The model as it was before the first stage: a distillation stage's teacher, and
-    # what a family's evaluation compares the compressed model with.
+    wants_teacher = any(isinstance(c, DistillConfig | RecoverConfig) for c in run.recipe.stages)
+    # The model as it was before the first stage: a distillation or recovery stage's
+    # teacher, and what a family's evaluation compares the compressed model with.
     original = (copy.deepcopy(loaded.module).eval()
                 if wants_teacher or (run.evaluate and workflow.compares_with_original)
                 else None)
@@ -115,6 +116,8 @@ def _run_stages(loaded: LoadedModel, run: CompressionRun, data: CalibrationData,
     for config in run.recipe.stages:
         stage_start = time.perf_counter()
         extra = {"teacher": original} if isinstance(config, DistillConfig) else {}
+        if isinstance(config, RecoverConfig):  # trains the packed forms' scales in place
+            extra = {"teacher": original, "quantized": quantized or loaded.quantized or {}}
         report = compress.apply(loaded.module, config, data.inputs, device=run.device,
                                 forward_dtype=run.forward_dtype, progress=run.progress,
                                 **data.options, **extra)
@@ -123,7 +126,7 @@ def _run_stages(loaded: LoadedModel, run: CompressionRun, data: CalibrationData,
                        "seconds": {"total": time.perf_counter() - stage_start,
                                    **report.seconds},
                        "forward_dtype": report.forward_dtype, "report": section})
-        if section["kind"] == "quantize":
+        if section["kind"] in ("quantize", "recover"):
             quantized = report.quantized
     return stages, quantized
 

@@ -19,8 +19,9 @@ perplexity protocol of language models only. A saved recipe names the model it r
 directory.
 
 Unknown keys are errors that name the key. Quantization writes packed weights, so it
-must be the last stage: a pruning stage after it would undo the packing. Distillation
-learns from the model before the first stage, so it cannot be the first stage.
+must be the last stage (only `recover`, which trains the packed scales and keeps the codes,
+may follow it): a pruning stage after it would undo the packing. Distillation learns from
+the model before the first stage, so it cannot be the first stage.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from compress.config import MethodConfig
 from compress.distill import DistillConfig
 from compress.errors import CompressError
 from compress.quant import QuantConfig
+from compress.recovery import RecoverConfig
 from toolkit.errors import UserError
 from toolkit.eval import EvalProtocol
 from toolkit.limits import check_seed
@@ -93,9 +95,12 @@ def check_stage_order(stages: list[MethodConfig]) -> None:
                         "wanda) before it")
     for index, stage in enumerate(stages[:-1]):
         if isinstance(stage, QuantConfig):
-            later = stages[index + 1].method
-            raise UserError(f"stage {index + 2} ({later}) comes after quantization "
-                            f"({stage.method}): quantization must be the last stage")
+            later = next((i for i in range(index + 1, len(stages))
+                          if not isinstance(stages[i], RecoverConfig)), None)
+            if later is not None:
+                raise UserError(f"stage {later + 1} ({stages[later].method}) comes after "
+                                f"quantization ({stage.method}): quantization must be the "
+                                "last stage (only recover may follow it)")
 
 
 def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
