@@ -108,7 +108,14 @@ class SafetensorsSource(TensorSource):
         return out.view(info.dtype).reshape(info.shape)
 
     def raw(self, name: str) -> bytes:
-        return b"".join(self.raw_chunks(name))
+        # One read into one bytes object: joining chunks would hold the tensor twice.
+        located = self._locate(name)
+        with self._open(located.path) as handle:
+            handle.seek(located.begin)
+            data = handle.read(located.info.nbytes)
+        if len(data) != located.info.nbytes:
+            raise self._changed(located.path)
+        return data
 
     def close(self) -> None:
         # Nothing is held between calls; closing only makes later reads an error.
