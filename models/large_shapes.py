@@ -143,8 +143,12 @@ class LargeShape:
         """One row of `toolkit models`' shape table (see SHAPE_COLUMNS)."""
         return [self.name + (" (test)" if self.test else ""), self.architecture, self.layers,
                 self.hidden, self.intermediate, f"{self.heads}/{self.kv_heads}", self.vocab,
-                "yes" if self.tied else "no", f"{self.param_count() / 1e9:.3f}B",
+                "yes" if self.tied else "no", _billions_or_millions(self.param_count()),
                 f"{self.size_gb(4):.2f}", f"{self.size_gb(2):.2f}"]
+
+
+def _billions_or_millions(count: int) -> str:
+    return f"{count / 1e9:.3f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
 
 
 SHAPE_COLUMNS = ["shape", "arch", "layers", "hidden", "intermediate", "heads/kv", "vocab",

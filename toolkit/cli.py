@@ -24,6 +24,7 @@ from toolkit.commands import (
     export_cmd,
     models_cmd,
     run_cmd,
+    synth_cmd,
     train_cmd,
 )
 from toolkit.errors import USER_ERRORS
@@ -37,7 +38,8 @@ from toolkit.os_errors import (
 from toolkit.output_paths import check_output_paths, output_paths, shown
 from toolkit.quiet import quiet_libraries
 
-COMMANDS = (compress_cmd, run_cmd, eval_cmd, export_cmd, bench_cmd, models_cmd, train_cmd)
+COMMANDS = (compress_cmd, run_cmd, eval_cmd, export_cmd, bench_cmd, models_cmd, train_cmd,
+            synth_cmd)
 EXIT_USER_ERROR = 2
 
 
