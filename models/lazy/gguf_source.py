@@ -1,0 +1,440 @@
+"""A llama.cpp GGUF file as a lazy tensor source: Hugging Face parameter names and float32
+values, dequantized one tensor at a time, bit-identical to what transformers' own GGUF
+loading (`from_pretrained(..., gguf_file=..., dtype=torch.float32)`) puts in the model.
+
+What transformers does to a tensor, and so what `read` does (transformers 5,
+modeling_gguf_pytorch_utils.load_gguf_checkpoint):
+
+1. `gguf.quants.dequantize(bytes, type)` gives float32 (F16 is widened, F32 copied).
+2. For GGUF architecture `llama` only, the Q and K projections undo llama.cpp's row
+   permutation: the converter reorders each head's rows from the two rotary halves
+   (HF's rotate_half layout) to interleaved pairs (the original Meta layout), i.e.
+   W_gguf = W_hf.reshape(h, 2, d/2, n).swapaxes(1, 2).reshape(...); reading reshapes to
+   (h, d/2, 2, n), swaps axes 1 and 2 back, where h is the head count for Q and the KV head
+   count for K (grouped-query attention, arXiv:2305.13245). Rotary embeddings:
+   arXiv:2104.09864. Qwen2 files are stored unpermuted.
+3. The GGUF name becomes the HF name; `output.weight` absent means tied embeddings
+   (no `lm_head.weight`, `tie_word_embeddings` true in the config).
+
+Why not `gguf.GGUFReader`: it turns every element of the tokenizer arrays into numpy
+objects, 2.2 s and +160 MB of resident memory for SmolLM2-135M's 98 MB file (several
+hundred MB for a 128k vocabulary), more than the tensors of a block. The header is small
+and documented (ggml's docs/gguf.md), so it is parsed here, skipping arrays by their
+lengths; the gguf package still does the dequantization and supplies the type table.
+
+Memory: nothing is mapped or kept between calls. `read` opens the file, reads exactly the
+tensor's bytes with pread into a fresh buffer, dequantizes and returns; the caller's tensor
+is all that remains. Architectures: the Llama family that transformers loads from GGUF and
+Edge Toolkit supports: `llama` (also Mistral, SmolLM2, TinyLlama: llama.cpp writes them as
+llama) and `qwen2`; others are refused in one line.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.errors import ModelError
+from models.lazy.source import TensorInfo, TensorSource
+
+GGUF_MAGIC = b"GGUF"
+_REDOWNLOAD = "re-download the GGUF file or convert it again"
+_DEFAULT_ALIGNMENT = 32  # docs/gguf.md: `general.alignment`, when absent
+
+# GGUF metadata value types (docs/gguf.md): fixed-size scalars by struct format.
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+            10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one GGUF architecture's tensors become a transformers causal LM's."""
+
+    permute_qk: bool  # undo llama.cpp's Q/K row permutation (transformers: llama only)
+    biases: frozenset[str]  # GGUF block tensors that may carry a bias
+
+
+_LAYOUTS = {
+    "llama": _Layout(permute_qk=True, biases=frozenset()),
+    "qwen2": _Layout(permute_qk=False, biases=frozenset({"attn_q", "attn_k", "attn_v"})),
+}
+# GGUF tensors transformers drops: llama.cpp's precomputed rotary frequencies (Llama 3).
+_IGNORED = frozenset({"rope_freqs.weight"})
+_TOP = {"token_embd.weight": "model.embed_tokens.weight",
+        "output_norm.weight": "model.norm.weight",
+        "output.weight": "lm_head.weight"}
+_BLOCK = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+          "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+          "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+          "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+_BLOCK_NAME = re.compile(r"blk\.(\d+)\.([a-z_]+)\.(weight|bias)")
+
+
+@dataclass(frozen=True)
+class _Stored:
+    info: TensorInfo
+    gguf_name: str
+    qtype: int
+    gguf_shape: tuple[int, ...]  # ne0 first (fastest-varying), as GGUF stores it
+    begin: int  # absolute offset of the first byte
+    nbytes: int  # stored (quantized) bytes
+    heads: int | None  # rows are permuted in this many heads (Q/K of llama), else None
+
+
+class GgufSource(TensorSource):
+    """The tensors of one GGUF file under Hugging Face names, dequantized to float32 on
+    `read`. Construction reads the header only; a damaged or unsupported file is refused
+    there in one line."""
+
+    def __init__(self, path: Path) -> None:
+        if sys.byteorder != "little":
+            raise ModelError("GGUF reading needs a little-endian host (the format's byte "
+                             "order): run on an x86-64 or ARM64 machine")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path} is not a file: pass a .gguf model file")
+        header = read_gguf_header(self.path)
+        self.architecture = header.architecture
+        self.tied = "output.weight" not in header.tensors
+        self._tensors = _locate(self.path, header)
+        self._stamp = _stamp(os.stat(self.path))
+        self._closed = False
+
+    def __enter__(self) -> GgufSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- the TensorSource protocol --------------------------------------------------------
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return {name: stored.info for name, stored in self._tensors.items()}
+
+    def read(self, name: str) -> torch.Tensor:
+        from gguf.constants import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        stored = self._get(name)
+        data = self._bytes(stored)
+        rows = tuple(reversed(stored.gguf_shape))  # numpy order: the last axis is ne0
+        data = data.reshape(*rows[:-1], stored.nbytes // max(1, int(np.prod(rows[:-1]))))
+        qtype = GGMLQuantizationType(stored.qtype)
+        try:
+            weights = dequantize(data, qtype)
+        except NotImplementedError:
+            raise ModelError(f"{self.path}: tensor {stored.gguf_name} is stored as "
+                             f"{qtype.name}, which the gguf package cannot dequantize: "
+                             "convert the model with a common type (Q4_K, Q8_0, F16)") from None
+        weights = np.asarray(weights, dtype=np.float32).reshape(rows)
+        if stored.heads is not None:
+            weights = unpermute_rows(weights, stored.heads)
+        # A fresh array of our own (F32's dequantize is a view of the read buffer).
+        return torch.from_numpy(np.array(weights, dtype=np.float32, order="C", copy=True))
+
+    def raw(self, name: str) -> bytes:
+        """Float32 little-endian bytes of `read(name)`: a GGUF tensor has no safetensors
+        bytes to copy, so an unchanged tensor is written dequantized."""
+        return self.read(name).numpy().tobytes()
+
+    def close(self) -> None:
+        self._closed = True
+
+    # --- beyond the protocol --------------------------------------------------------------
+
+    def gguf_name(self, name: str) -> str:
+        """The GGUF tensor behind HF parameter `name` (for messages)."""
+        return self._get(name).gguf_name
+
+    def _get(self, name: str) -> _Stored:
+        if self._closed:
+            raise ModelError(f"{self.path}: the source was closed: open a new GgufSource")
+        stored = self._tensors.get(name)
+        if stored is None:
+            raise ModelError(f"{self.path} has no tensor {name!r}: the names are "
+                             "GgufSource.infos() keys (Hugging Face parameter names)")
+        return stored
+
+    def _bytes(self, stored: _Stored) -> np.ndarray:
+        """The stored bytes of one tensor, read (not mapped) into a buffer of our own."""
+        buffer = bytearray(stored.nbytes)
+        with self.path.open("rb", buffering=0) as handle:
+            if _stamp(os.fstat(handle.fileno())) != self._stamp:
+                raise ModelError(f"{self.path} changed since it was opened: open it again")
+            view = memoryview(buffer)
+            done = 0
+            while done < stored.nbytes:
+                got = os.preadv(handle.fileno(), [view[done:]], stored.begin + done)
+                if got <= 0:
+                    raise ModelError(f"{self.path} ended inside tensor {stored.gguf_name}: "
+                                     f"the file is truncated ({_REDOWNLOAD})")
+                done += got
+        return np.frombuffer(buffer, dtype=np.uint8)
+
+
+def unpermute_rows(weights: np.ndarray, heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K permutation of a (rows, ...) matrix in `heads` heads: each
+    head's rows go from interleaved rotary pairs back to two halves (module docstring)."""
+    half = weights.shape[0] // heads // 2
+    split = weights.reshape(heads, half, 2, *weights.shape[1:])
+    return split.swapaxes(2, 1).reshape(weights.shape)
+
+
+# --- the header -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GgufHeader:
+    """What the header says: scalar metadata (arrays are skipped, their length kept) and
+    each tensor's type, GGUF shape and offset relative to the data section."""
+
+    version: int
+    metadata: dict[str, object]
+    tensors: dict[str, tuple[int, tuple[int, ...], int]]  # name -> (type, shape, offset)
+    data_start: int
+    file_size: int
+
+    @property
+    def architecture(self) -> str:
+        arch = self.metadata.get("general.architecture")
+        if not isinstance(arch, str):
+            raise ModelError("the GGUF metadata has no general.architecture: "
+                             f"{_REDOWNLOAD}")
+        return arch
+
+
+def read_gguf_header(path: Path) -> GgufHeader:
+    """Parse `path`'s header; a wrong magic, a truncated or corrupt header is one line."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        if handle.read(4) != GGUF_MAGIC:
+            raise ModelError(f"{path} is not a GGUF file (no GGUF magic bytes): pass a .gguf "
+                             "model file")
+        size = os.fstat(handle.fileno()).st_size
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            try:
+                return _Parser(view, size).header()
+            except (struct.error, UnicodeDecodeError, IndexError, ValueError) as exc:
+                if isinstance(exc, ModelError):
+                    raise
+                raise ModelError(f"{path}: the GGUF header is truncated or corrupt "
+                                 f"({type(exc).__name__}): {_REDOWNLOAD}") from None
+
+
+class _Parser:
+    """A cursor over the header bytes (docs/gguf.md, versions 2 and 3)."""
+
+    def __init__(self, view, size: int) -> None:
+        self.view, self.size, self.at = view, size, 4
+
+    def take(self, fmt: str):
+        value = struct.unpack_from(fmt, self.view, self.at)[0]
+        self.at += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        length = self.take("<Q")
+        self._need(length)
+        text = bytes(self.view[self.at:self.at + length]).decode("utf-8")
+        self.at += length
+        return text
+
+    def _need(self, count: int) -> None:
+        if count < 0 or self.at + count > self.size:
+            raise ModelError(f"the GGUF header runs past the end of the file: {_REDOWNLOAD}")
+
+    def value(self, kind: int):
+        if kind in _SCALARS:
+            return self.take(_SCALARS[kind])
+        if kind == _STRING:
+            return self.string()
+        if kind == _ARRAY:
+            item, count = self.take("<I"), self.take("<Q")
+            self._skip_array(item, count)
+            return _SkippedArray(item, count)
+        raise ModelError(f"the GGUF header has an unknown value type {kind}: {_REDOWNLOAD}")
+
+    def _skip_array(self, item: int, count: int) -> None:
+        if item in _SCALARS:
+            width = struct.calcsize(_SCALARS[item])
+            self._need(width * count)
+            self.at += width * count
+        elif item == _STRING:
+            for _ in range(count):  # each string is its u64 length then its bytes
+                length = self.take("<Q")
+                self._need(length)
+                self.at += length
+        elif item == _ARRAY:
+            for _ in range(count):
+                self._skip_array(self.take("<I"), self.take("<Q"))
+        else:
+            raise ModelError(f"the GGUF header has an unknown array type {item}: {_REDOWNLOAD}")
+
+    def header(self) -> GgufHeader:
+        version = self.take("<I")
+        if version not in (2, 3):
+            raise ModelError(f"GGUF version {version} is not supported (2 and 3 are): "
+                             "convert the model with a current llama.cpp")
+        tensor_count, kv_count = self.take("<Q"), self.take("<Q")
+        if tensor_count > self.size or kv_count > self.size:
+            raise ModelError(f"the GGUF header counts are impossible: {_REDOWNLOAD}")
+        metadata = {}
+        for _ in range(kv_count):
+            key = self.string()
+            metadata[key] = self.value(self.take("<I"))
+        tensors = {}
+        for _ in range(tensor_count):
+            name = self.string()
+            dims = self.take("<I")
+            if not 1 <= dims <= 4:
+                raise ModelError(f"GGUF tensor {name} has {dims} dimensions: {_REDOWNLOAD}")
+            shape = tuple(self.take("<Q") for _ in range(dims))
+            tensors[name] = (self.take("<I"), shape, self.take("<Q"))
+        alignment = metadata.get("general.alignment", _DEFAULT_ALIGNMENT)
+        if not isinstance(alignment, int) or alignment <= 0:
+            raise ModelError(f"GGUF general.alignment is {alignment!r}: {_REDOWNLOAD}")
+        start = -(-self.at // alignment) * alignment
+        return GgufHeader(version, metadata, tensors, start, self.size)
+
+
+@dataclass(frozen=True)
+class _SkippedArray:
+    """An array value that was skipped (tokenizer vocabularies): its type and length."""
+
+    item_type: int
+    count: int
+
+
+# --- names, shapes, offsets ----------------------------------------------------------------
+
+
+def _locate(path: Path, header: GgufHeader) -> dict[str, _Stored]:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    arch = header.architecture
+    layout = _LAYOUTS.get(arch)
+    if layout is None:
+        raise ModelError(
+            f"{path} is a GGUF of architecture {arch!r}, which the lazy GGUF reader does not "
+            f"support: pass a GGUF of {' or '.join(sorted(_LAYOUTS))} architecture (Llama, "
+            "Mistral, SmolLM2, TinyLlama, Qwen2) or a safetensors directory")
+    heads = _head_counts(path, header, arch) if layout.permute_qk else None
+    located: dict[str, _Stored] = {}
+    for gguf_name, (qtype, shape, offset) in header.tensors.items():
+        if gguf_name in _IGNORED:
+            continue
+        hf_name = _hf_name(path, gguf_name, layout, arch)
+        try:
+            kind = GGMLQuantizationType(qtype)
+        except ValueError:
+            raise ModelError(f"{path}: tensor {gguf_name} has unknown GGML type {qtype}: "
+                             f"{_REDOWNLOAD}") from None
+        block, type_size = GGML_QUANT_SIZES[kind]
+        if any(d <= 0 for d in shape) or shape[0] % block:
+            raise ModelError(f"{path}: tensor {gguf_name} has shape {list(shape)}, not a "
+                             f"whole number of {kind.name} blocks: {_REDOWNLOAD}")
+        count = int(np.prod(shape, dtype=np.int64))
+        nbytes = count // block * type_size
+        begin = header.data_start + offset
+        if begin + nbytes > header.file_size:
+            raise ModelError(f"{path} ends before tensor {gguf_name} does: the file is "
+                             f"truncated ({_REDOWNLOAD})")
+        hf_shape = tuple(reversed(shape))
+        permuted = None
+        if heads is not None and gguf_name.endswith((".attn_q.weight", ".attn_k.weight")):
+            permuted = heads[0] if ".attn_q." in gguf_name else heads[1]
+            if hf_shape[0] % (2 * permuted):
+                raise ModelError(f"{path}: tensor {gguf_name} has {hf_shape[0]} rows, not "
+                                 f"{permuted} heads of even size: {_REDOWNLOAD}")
+        info = TensorInfo(hf_name, hf_shape, torch.float32, count * 4, path.name)
+        located[hf_name] = _Stored(info, gguf_name, qtype, shape, begin, nbytes, permuted)
+    return located
+
+
+def _hf_name(path: Path, gguf_name: str, layout: _Layout, arch: str) -> str:
+    if gguf_name in _TOP:
+        return _TOP[gguf_name]
+    match = _BLOCK_NAME.fullmatch(gguf_name)
+    if match and match[2] in _BLOCK and (match[3] == "weight" or match[2] in layout.biases):
+        return f"model.layers.{match[1]}.{_BLOCK[match[2]]}.{match[3]}"
+    raise ModelError(
+        f"{path} has tensor {gguf_name}, which a dense {arch} decoder does not have "
+        "(transformers would drop it and load a different model): pass a plain "
+        f"{arch} GGUF (no experts or extra biases)")
+
+
+def _head_counts(path: Path, header: GgufHeader, arch: str) -> tuple[int, int]:
+    """(query heads, key/value heads) from the metadata transformers' config reads."""
+    counts = []
+    for key in (f"{arch}.attention.head_count", f"{arch}.attention.head_count_kv"):
+        value = header.metadata.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ModelError(f"{path}: GGUF metadata {key} is {value!r}, not a positive "
+                             f"integer (needed to undo the Q/K permutation): {_REDOWNLOAD}")
+        counts.append(value)
+    return counts[0], counts[1]
+
+
+def _stamp(stat: os.stat_result) -> tuple[int, int, int]:
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+# --- config and tokenizer through transformers --------------------------------------------
+
+
+def gguf_config(path: Path):
+    """The transformers config of `path`, exactly as `AutoConfig.from_pretrained(dir,
+    gguf_file=name)` gives it; transformers reads the metadata only (no tensor is
+    dequantized). The architecture is checked first so an unsupported file is one line."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    _supported_header(path)
+    with _one_line_errors(path, "config"):
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def gguf_tokenizer(path: Path):
+    """The tokenizer transformers builds from the GGUF's embedded vocabulary."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    _supported_header(path)
+    with _one_line_errors(path, "tokenizer"):
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def _supported_header(path: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"{path} is not a file: pass a .gguf model file")
+    arch = read_gguf_header(path).architecture
+    if arch not in _LAYOUTS:
+        raise ModelError(f"{path} is a GGUF of architecture {arch!r}, which Edge Toolkit "
+                         f"does not read: pass a {' or '.join(sorted(_LAYOUTS))} GGUF")
+
+
+class _one_line_errors:
+    """transformers' reader fails in many ways on a corrupt file; all become one line."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.what = path, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or isinstance(exc, ModelError) or not isinstance(exc, Exception):
+            return False
+        lines = str(exc).strip().splitlines()
+        raise ModelError(f"{self.path}: transformers could not read the GGUF {self.what} "
+                         f"({type(exc).__name__}: {lines[0][:200] if lines else ''}): "
+                         f"{_REDOWNLOAD}") from None
