@@ -35,7 +35,6 @@ class Term:
     linear: str | None = None  # the quantized linear's name, for "scales"
     mask: torch.Tensor | None = None  # "weights": where the weight may be nonzero
     base: torch.Tensor | None = None  # "scales": s0 [out, groups] or the tables t0
-    steps: torch.Tensor | None = None  # "scales", affine: (c - z) / a, fp32 [out, in]
     packed: QuantizedWeight | None = None  # "scales": the stored form trained from
 
     def value(self) -> torch.Tensor:
@@ -44,10 +43,15 @@ class Term:
             return self.free
         if self.kind == "weights":
             return self.free * self.mask
-        if isinstance(self.packed, AffineQuantized):
-            scale = (self.base * self.free).repeat_interleave(self.packed.group_size, dim=1)
-            return scale * self.steps
         q = self.packed
+        if isinstance(q, AffineQuantized):
+            # (c - z) / a is rebuilt from the uint8 codes each call rather than kept: a
+            # full fp32 copy of every quantized weight would double the block's memory.
+            steps = q.codes.float() - q.zero_points().float().repeat_interleave(
+                q.group_size, dim=1)
+            if q.input_scale is not None:
+                steps = steps / q.input_scale.float()
+            return (self.base * self.free).repeat_interleave(q.group_size, dim=1) * steps
         tables = (self.base * self.free)[torch.arange(q.shape[0]) // q.group_rows]
         return torch.gather(tables, 1, q.indices.long())
 
@@ -85,16 +89,8 @@ def build_terms(block: nn.Module, quantized: dict[str, QuantizedWeight],
 
 
 def _scale_term(name: str, linear: str, q: QuantizedWeight) -> Term:
-    if isinstance(q, AffineQuantized):
-        zero = q.zero_points().float().repeat_interleave(q.group_size, dim=1)
-        steps = q.codes.float() - zero
-        if q.input_scale is not None:
-            steps = steps / q.input_scale.float()
-        base = q.scales.float()
-        return Term(name, _leaf(torch.ones_like(base)), "scales", linear=linear, base=base,
-                    steps=steps, packed=q)
-    if isinstance(q, PaletteQuantized):
-        base = q.lut.float()
+    if isinstance(q, AffineQuantized | PaletteQuantized):
+        base = (q.scales if isinstance(q, AffineQuantized) else q.lut).float()
         return Term(name, _leaf(torch.ones_like(base)), "scales", linear=linear, base=base,
                     packed=q)
     raise TypeError(f"{linear}: unknown quantized form {type(q).__name__}")
