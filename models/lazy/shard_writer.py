@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save
-
 from models.qformat import QUANT_METADATA_KEY, QuantizedWeight, encode_layout, packed_state_dict
 from models.qformat.compressed_tensors import ct_quantization_config, ct_state_dict, set_blocker
 from models.qformat.layout import CT_LAYOUT_FORMAT, LAYOUT_FORMAT
@@ -73,11 +71,11 @@ class ShardedWriter:
     def stem(self) -> str:
         return EDGE_STEM if self.blocker is not None else FLOAT_STEM
 
-    def shard_bytes(self, tensors: dict[str, torch.Tensor],
-                    quantized: dict[str, QuantizedWeight]) -> tuple[bytes, dict[str, Any]]:
-        """The serialized shard for float `tensors` (full names) whose linears in
-        `quantized` are replaced by their packed form, and the record to restore the
-        writer's state on resume."""
+    def prepare(self, tensors: dict[str, torch.Tensor], quantized: dict[str, QuantizedWeight]
+                ) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, Any]]:
+        """(state, metadata, record) of the shard for float `tensors` (full names) whose
+        linears in `quantized` are replaced by their packed form; `record` restores the
+        writer's weight map on resume."""
         if quantized and not self.quantized_any:
             self.quantized_any = True
             self.blocker = set_blocker(quantized)
@@ -95,9 +93,9 @@ class ShardedWriter:
         else:
             state = tensors
         state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-        return save(state, metadata=metadata), {
-            "names": sorted(state), "bytes": sum(v.numel() * v.element_size()
-                                                 for v in state.values())}
+        return state, metadata, {"names": sorted(state),
+                                 "bytes": sum(v.numel() * v.element_size()
+                                              for v in state.values())}
 
     def _merge_ct_groups(self, config: dict[str, Any]) -> None:
         for group in config["config_groups"].values():

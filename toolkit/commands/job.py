@@ -17,6 +17,8 @@ from toolkit.hardware import FORWARD_DTYPES, resolve_device, resolve_forward_dty
 from toolkit.limits import check_lengths
 from toolkit.pipeline import CompressionRun, Recipe, run_compression, save_result
 from toolkit.progress import make_progress
+from toolkit.streaming.engine_choice import add_engine_options, choose_engine
+from toolkit.streaming.job import run_streaming_recipe
 
 
 def add_job_options(p: argparse.ArgumentParser) -> None:
@@ -30,6 +32,7 @@ def add_job_options(p: argparse.ArgumentParser) -> None:
                    help="dtype of the calibration forward passes; statistics are always "
                         "accumulated in fp32. auto = bf16 on GPUs and on CPUs with AMX/"
                         "AVX512-BF16, else fp32 (default: %(default)s)")
+    add_engine_options(p)
 
 
 def run_recipe(recipe: Recipe, model_spec: str, args: argparse.Namespace) -> int:
@@ -39,6 +42,8 @@ def run_recipe(recipe: Recipe, model_spec: str, args: argparse.Namespace) -> int
     if calib_file is not None and not calib_file.exists():
         raise UserError(f"--calib-data {calib_file} does not exist: pass a text or JSONL file "
                         "(a folder with images/ and masks/ for a portrait model)")
+    if choose_engine(recipe, model_spec, args) == "streaming":
+        return run_streaming_recipe(recipe, model_spec, args)
     device = resolve_device(args.device)
     progress = make_progress(args.quiet)
     start = time.perf_counter()
