@@ -190,11 +190,11 @@ def shape_named(name: str) -> LargeShape:
 # 2 * 3072^2 + 2 * 3072 * 1024 = 25,165,824 attention weights (q, o; k, v are 3072 x 1024)
 # plus 2 * 3072 norm weights, so 2.58e9 / 26 - 25,171,968 = 74,058,801 = 3 * 3072 * f
 # gives f = 8035.9; the nearest multiple of 32 is 8032, which makes 2,579,069,952
-# non-embedding parameters (2.58B) while 8064 (2.587B) and 8000 (2.571B) do not round to
-# 2.58B. Embeddings: 49152 * 3072 = 150,994,944 (0.15B) -- the paper's "49K" is taken as
-# SmolLM2's 49152, whose tokenizer these checkpoints ship. AFM also normalises queries
-# and keys (QK-norm, 2 * 128 weights per block); transformers' Llama has no QK-norm, so
-# the shape leaves it out (0.00001% of the parameters).
+# non-embedding parameters (2.58B), and the only one that rounds to 2.58B (8000 gives
+# 2.571B, 8064 2.587B; no multiple of 64 fits). Embeddings: 49152 * 3072 = 150,994,944
+# (0.15B): the paper's "49K" is taken as SmolLM2's 49152, whose tokenizer these
+# checkpoints ship. AFM also normalises queries and keys (QK-norm, 2 * 128 weights per
+# block); transformers' Llama has no QK-norm, so the shape leaves those 6,656 weights out.
 register_shape(LargeShape(
     name="afm-3b", architecture="llama", layers=26, hidden=3072, intermediate=8032,
     heads=24, kv_heads=8, vocab=SMOLLM2_VOCAB, tied=True, rope_theta=500000.0,
