@@ -81,3 +81,11 @@ def test_models_lists_the_large_shapes(toolkit_cli, tmp_path):
     listed = json.loads((tmp_path / "all.json").read_text(encoding="utf-8"))["shapes"]
     assert {s["name"] for s in listed if s["test_only"]} == {"tiny-llama-test",
                                                              "tiny-mistral-test"}
+
+
+def test_help_lists_every_option(toolkit_cli):
+    result = toolkit_cli("synth", "--help")
+    assert result.code == 0
+    for option in ("--out", "--dtype", "--seed", "--layers", "--max-shard-bytes",
+                   "--overwrite", "--quiet"):
+        assert option in result.out, option
