@@ -143,11 +143,12 @@ class LargeShape:
         """One row of `toolkit models`' shape table (see SHAPE_COLUMNS)."""
         return [self.name + (" (test)" if self.test else ""), self.architecture, self.layers,
                 self.hidden, self.intermediate, f"{self.heads}/{self.kv_heads}", self.vocab,
-                "yes" if self.tied else "no", _billions_or_millions(self.param_count()),
+                "yes" if self.tied else "no", format_params(self.param_count()),
                 f"{self.size_gb(4):.2f}", f"{self.size_gb(2):.2f}"]
 
 
-def _billions_or_millions(count: int) -> str:
+def format_params(count: int) -> str:
+    """"2.730B" or "3.29M": a parameter count for tables and summaries."""
     return f"{count / 1e9:.3f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
 
 

@@ -15,8 +15,9 @@ beyond the Python process itself.
 
 Determinism: each tensor is drawn from its own torch.Generator seeded from sha256(seed,
 tensor name), in chunks whose size depends only on the tensor's shape, so the bytes of a
-tensor are the same across runs, shard sizes and tensor order. (Changing CHUNK_ELEMENTS
-changes the values.)
+tensor are the same across runs, shard sizes and tensor order for one torch version on
+one kind of CPU (torch's normal sampler has vectorised and scalar paths that need not agree
+in the last bit). Changing CHUNK_ELEMENTS changes the values.
 
 Values: linears and embeddings ~ N(0, 0.02^2), transformers' `initializer_range`; the
 two projections that write into the residual stream (o_proj, down_proj) ~ N(0, (0.02 /

@@ -42,7 +42,7 @@ def test_synth_writes_a_checkpoint_and_a_summary(toolkit_cli, tmp_path, needs_to
     shards = len(set(index["weight_map"].values()))
     line = result.out.strip()
     assert "\n" not in line
-    assert f"{shape.param_count() / 1e9:.3f}B params" in line and "2 layers" in line
+    assert f"{shape.param_count() / 1e6:.2f}M params" in line and "2 layers" in line
     assert f"{shards} shard(s)" in line and shards == 3  # embedding, head, blocks
     assert json.loads((out / "synthetic.json").read_text(encoding="utf-8"))["seed"] == 5
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from models.large_shapes import shape_named
+from models.large_shapes import format_params, shape_named
 from models.synthetic_checkpoint import DEFAULT_MAX_SHARD_BYTES, write_synthetic_checkpoint
 from toolkit.commands.common import positive_int, seed_arg
 from toolkit.output_paths import shown
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     total = shape.param_count() * DTYPES[args.dtype].itemsize
     shards = len(list(args.out.glob("model-*-of-*.safetensors")))
-    print(f"synth {shape.name}: {shape.param_count() / 1e9:.3f}B params ({shape.layers} "
+    print(f"synth {shape.name}: {format_params(shape.param_count())} params ({shape.layers} "
           f"layers, {args.dtype}), {total / 1e9:.2f} GB in {shards} shard(s), "
           f"{seconds:.1f} s ({total / 1e6 / max(seconds, 1e-9):.0f} MB/s) -> {shown(args.out)}")
     return 0
