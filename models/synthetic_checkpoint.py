@@ -6,7 +6,9 @@ The output is what `save_pretrained` writes for a sharded model, readable by
 transformers, by `models.load_model(DIR)` and by the lazy shard readers:
 config.json, generation_config.json, SmolLM2's tokenizer files, shards
 `model-0000i-of-0000N.safetensors`, `model.safetensors.index.json`, and
-`synthetic.json` saying the weights are random and how they were drawn.
+`synthetic.json` saying the weights are random and how they were drawn. It is always
+sharded with an index, even when one shard holds everything (where `save_pretrained`
+would write a lone `model.safetensors`), so readers of sharded checkpoints are exercised.
 
 Memory: the whole model is never held, nor even a whole shard. Each shard's header is
 computed from the shapes alone, then every tensor is drawn and written in row chunks of at
