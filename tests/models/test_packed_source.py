@@ -26,7 +26,7 @@ LINEAR = "model.layers.1.mlp.down_proj"
 _WEIGHT_FILES = (".safetensors", ".safetensors.index.json")
 
 
-def _rtn(toolkit_cli, model_dir: Path, out: Path, bits: int) -> Path:
+def rtn_artifact(toolkit_cli, model_dir: Path, out: Path, bits: int) -> Path:
     result = toolkit_cli("compress", "--model", model_dir, "--method", "rtn", "--bits", bits,
                          "--group-size", "32", "--out", out, "--no-eval", *SMALL)
     assert result.code == 0, result.err
@@ -36,11 +36,11 @@ def _rtn(toolkit_cli, model_dir: Path, out: Path, bits: int) -> Path:
 @pytest.fixture(scope="module")
 def artifacts(toolkit_cli, fake_model_dir, tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("packed")
-    return {"ct": _rtn(toolkit_cli, fake_model_dir, tmp / "rtn4", 4),
-            "edge": _rtn(toolkit_cli, fake_model_dir, tmp / "rtn3", 3)}
+    return {"ct": rtn_artifact(toolkit_cli, fake_model_dir, tmp / "rtn4", 4),
+            "edge": rtn_artifact(toolkit_cli, fake_model_dir, tmp / "rtn3", 3)}
 
 
-def _sharded_copy(artifact: Path, out: Path) -> Path:
+def sharded_copy(artifact: Path, out: Path) -> Path:
     """`artifact` re-written as the streaming job writes it (toolkit/streaming/job.py):
     shard i+1 block i with its quantized linears packed, the last shard the tensors outside
     the blocks, then the index; config and tokenizer copied (no toolkit.json: a plain
@@ -72,7 +72,7 @@ def _sharded_copy(artifact: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def sharded(artifacts, tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("sharded")
-    return {kind: _sharded_copy(path, tmp / kind) for kind, path in artifacts.items()}
+    return {kind: sharded_copy(path, tmp / kind) for kind, path in artifacts.items()}
 
 
 def _check_source_matches_loader(directory: Path, reference: Path) -> None:
