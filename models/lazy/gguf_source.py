@@ -22,11 +22,15 @@ hundred MB for a 128k vocabulary), more than the tensors of a block. The header 
 and documented (ggml's docs/gguf.md), so it is parsed here, skipping arrays by their
 lengths; the gguf package still does the dequantization and supplies the type table.
 
-Memory: nothing is mapped or kept between calls. `read` opens the file, reads exactly the
-tensor's bytes with pread into a fresh buffer, dequantizes and returns; the caller's tensor
-is all that remains. Architectures: the Llama family that transformers loads from GGUF and
-Edge Toolkit supports: `llama` (also Mistral, SmolLM2, TinyLlama: llama.cpp writes them as
-llama) and `qwen2`; others are refused in one line.
+Memory: nothing is mapped or kept between calls. `read` opens the file and, a group of
+rows at a time (about 16 MB of float32), reads their quantized bytes with pread into a
+buffer of its own and dequantizes them into the output, so the peak is the returned tensor
+plus one group, and the caller's tensor is all that remains. `raw_chunks` streams a
+tensor's float32 bytes the same way; `rows` dequantizes only the rows asked for.
+
+Architectures: the Llama family that transformers loads from GGUF and Edge Toolkit
+supports: `llama` (also Mistral, SmolLM2, TinyLlama: llama.cpp writes them as llama) and
+`qwen2`; others are refused in one line.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import os
 import re
 import struct
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +53,9 @@ from models.lazy.source import TensorInfo, TensorSource
 GGUF_MAGIC = b"GGUF"
 _REDOWNLOAD = "re-download the GGUF file or convert it again"
 _DEFAULT_ALIGNMENT = 32  # docs/gguf.md: `general.alignment`, when absent
+# float32 bytes dequantized at once (and the default piece of `raw_chunks`): large enough
+# that per-call overhead vanishes, small beside a 2 GB embedding table.
+_CHUNK = 16 * 1024 * 1024
 
 # GGUF metadata value types (docs/gguf.md): fixed-size scalars by struct format.
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
@@ -86,8 +94,22 @@ class _Stored:
     qtype: int
     gguf_shape: tuple[int, ...]  # ne0 first (fastest-varying), as GGUF stores it
     begin: int  # absolute offset of the first byte
-    nbytes: int  # stored (quantized) bytes
+    row_bytes: int  # stored (quantized) bytes of one row of ne0 values
     heads: int | None  # rows are permuted in this many heads (Q/K of llama), else None
+
+    @property
+    def row_elements(self) -> int:
+        return self.gguf_shape[0]
+
+    @property
+    def rows(self) -> int:
+        return int(np.prod(self.gguf_shape[1:], dtype=np.int64))
+
+    @property
+    def group(self) -> int:
+        """Rows dequantized at once: about _CHUNK bytes of float32, bounding gguf's
+        temporaries (several times the output) to a few of those."""
+        return max(1, _CHUNK // (4 * self.row_elements))
 
 
 class GgufSource(TensorSource):
@@ -121,39 +143,79 @@ class GgufSource(TensorSource):
         return {name: stored.info for name, stored in self._tensors.items()}
 
     def read(self, name: str) -> torch.Tensor:
-        from gguf.constants import GGMLQuantizationType
-        from gguf.quants import dequantize
-
         stored = self._get(name)
-        data = self._bytes(stored)
-        rows = tuple(reversed(stored.gguf_shape))  # numpy order: the last axis is ne0
-        data = data.reshape(*rows[:-1], stored.nbytes // max(1, int(np.prod(rows[:-1]))))
-        qtype = GGMLQuantizationType(stored.qtype)
-        try:
-            weights = dequantize(data, qtype)
-        except NotImplementedError:
-            raise ModelError(f"{self.path}: tensor {stored.gguf_name} is stored as "
-                             f"{qtype.name}, which the gguf package cannot dequantize: "
-                             "convert the model with a common type (Q4_K, Q8_0, F16)") from None
-        weights = np.asarray(weights, dtype=np.float32).reshape(rows)
+        out = np.empty((stored.rows, stored.row_elements), dtype=np.float32)
+        with self._open() as handle:
+            for first in range(0, stored.rows, stored.group):
+                count = min(stored.group, stored.rows - first)
+                out[first:first + count] = self._dequantize(
+                    stored, self._pread(handle, stored, first, count))
+        out = out.reshape(stored.info.shape)
         if stored.heads is not None:
-            weights = unpermute_rows(weights, stored.heads)
-        # A fresh array of our own (F32's dequantize is a view of the read buffer).
-        return torch.from_numpy(np.array(weights, dtype=np.float32, order="C", copy=True))
+            out = unpermute_rows(out, stored.heads)
+        return torch.from_numpy(out)
 
     def raw(self, name: str) -> bytes:
         """Float32 little-endian bytes of `read(name)`: a GGUF tensor has no safetensors
-        bytes to copy, so an unchanged tensor is written dequantized."""
+        bytes to copy, so an unchanged tensor is written dequantized (`raw_chunks` does
+        it without holding the tensor twice)."""
         return self.read(name).numpy().tobytes()
 
     def close(self) -> None:
+        # Nothing is held between calls; closing only makes later reads an error.
         self._closed = True
 
-    # --- beyond the protocol --------------------------------------------------------------
+    # --- beyond the protocol (as SafetensorsSource) ---------------------------------------
+
+    def raw_chunks(self, name: str, chunk_bytes: int = _CHUNK) -> Iterator[bytes]:
+        """The bytes of `raw(name)` in pieces of at most `chunk_bytes`, dequantizing a few
+        rows at a time, so a 2 GB float32 embedding table is never held whole."""
+        stored = self._get(name)
+        if stored.heads is not None:  # Q/K rows move between row groups: whole tensor
+            data = self.read(name).numpy().tobytes()
+            for begin in range(0, len(data), chunk_bytes):
+                yield data[begin:begin + chunk_bytes]
+            return
+        row_bytes = stored.row_elements * 4
+        group = max(1, min(stored.group, chunk_bytes // row_bytes))
+        for first in range(0, stored.rows, group):
+            count = min(group, stored.rows - first)
+            with self._open() as handle:
+                data = self._dequantize(stored, self._pread(handle, stored, first, count))
+            data = data.tobytes()
+            for begin in range(0, len(data), chunk_bytes):
+                yield data[begin:begin + chunk_bytes]
+
+    def rows(self, name: str, indices: torch.Tensor) -> torch.Tensor:
+        """`read(name)[indices]` for a 2-D tensor (an embedding lookup of calibration token
+        ids), reading and dequantizing only the rows asked for (a GGUF row is whole
+        quantization blocks, so its values do not depend on the other rows)."""
+        stored = self._get(name)
+        if len(stored.info.shape) != 2:
+            raise ValueError(f"rows() needs a 2-D tensor; {name!r} has shape "
+                             f"{list(stored.info.shape)}")
+        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+            raise ValueError(f"rows() needs integer indices, got {indices.dtype}")
+        count, columns = stored.info.shape
+        flat = indices.reshape(-1).to(torch.int64)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= count):
+            bad = int(flat.min()) if int(flat.min()) < 0 else int(flat.max())
+            raise ModelError(f"row {bad} asked of {name!r} in {self.path.name}, which has "
+                             f"{count} rows: use the tokenizer of this GGUF")
+        if stored.heads is not None:
+            return self.read(name)[flat].reshape(*indices.shape, columns)
+        wanted, where = np.unique(flat.numpy(), return_inverse=True)
+        picked = np.empty((len(wanted), columns), dtype=np.float32)
+        with self._open() as handle:
+            for at, row in enumerate(wanted.tolist()):
+                picked[at] = self._dequantize(stored, self._pread(handle, stored, row, 1))[0]
+        return torch.from_numpy(picked[where]).reshape(*indices.shape, columns)
 
     def gguf_name(self, name: str) -> str:
         """The GGUF tensor behind HF parameter `name` (for messages)."""
         return self._get(name).gguf_name
+
+    # --- helpers --------------------------------------------------------------------------
 
     def _get(self, name: str) -> _Stored:
         if self._closed:
@@ -164,21 +226,43 @@ class GgufSource(TensorSource):
                              "GgufSource.infos() keys (Hugging Face parameter names)")
         return stored
 
-    def _bytes(self, stored: _Stored) -> np.ndarray:
-        """The stored bytes of one tensor, read (not mapped) into a buffer of our own."""
-        buffer = bytearray(stored.nbytes)
-        with self.path.open("rb", buffering=0) as handle:
-            if _stamp(os.fstat(handle.fileno())) != self._stamp:
-                raise ModelError(f"{self.path} changed since it was opened: open it again")
-            view = memoryview(buffer)
-            done = 0
-            while done < stored.nbytes:
-                got = os.preadv(handle.fileno(), [view[done:]], stored.begin + done)
-                if got <= 0:
-                    raise ModelError(f"{self.path} ended inside tensor {stored.gguf_name}: "
-                                     f"the file is truncated ({_REDOWNLOAD})")
-                done += got
-        return np.frombuffer(buffer, dtype=np.uint8)
+    def _open(self):
+        handle = self.path.open("rb", buffering=0)
+        if _stamp(os.fstat(handle.fileno())) != self._stamp:
+            handle.close()
+            raise ModelError(f"{self.path} changed on disk since it was opened (size or "
+                             "time differs): leave the file alone while it is read, then rerun")
+        return handle
+
+    def _pread(self, handle, stored: _Stored, first: int, count: int) -> np.ndarray:
+        """Stored rows [first, first + count) read (not mapped) into a buffer of our own,
+        shaped (count, bytes per row) as gguf's dequantize expects."""
+        size = count * stored.row_bytes
+        buffer = bytearray(size)
+        view, done = memoryview(buffer), 0
+        while done < size:
+            got = os.preadv(handle.fileno(), [view[done:]],
+                            stored.begin + first * stored.row_bytes + done)
+            if got <= 0:
+                raise ModelError(f"{self.path} ended inside tensor {stored.gguf_name}: "
+                                 f"the file is truncated ({_REDOWNLOAD})")
+            done += got
+        return np.frombuffer(buffer, dtype=np.uint8).reshape(count, stored.row_bytes)
+
+    def _dequantize(self, stored: _Stored, data: np.ndarray) -> np.ndarray:
+        """float32 (rows, row_elements), exactly gguf.quants.dequantize's values: every
+        GGML type quantizes blocks within a row, so rows dequantize independently."""
+        from gguf.constants import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        qtype = GGMLQuantizationType(stored.qtype)
+        try:
+            values = dequantize(data, qtype)
+        except NotImplementedError:
+            raise ModelError(f"{self.path}: tensor {stored.gguf_name} is stored as "
+                             f"{qtype.name}, which the gguf package cannot dequantize: "
+                             "convert the model with a common type (Q4_K, Q8_0, F16)") from None
+        return np.asarray(values, dtype=np.float32)
 
 
 def unpermute_rows(weights: np.ndarray, heads: int) -> np.ndarray:
@@ -356,7 +440,8 @@ def _locate(path: Path, header: GgufHeader) -> dict[str, _Stored]:
                 raise ModelError(f"{path}: tensor {gguf_name} has {hf_shape[0]} rows, not "
                                  f"{permuted} heads of even size: {_REDOWNLOAD}")
         info = TensorInfo(hf_name, hf_shape, torch.float32, count * 4, path.name)
-        located[hf_name] = _Stored(info, gguf_name, qtype, shape, begin, nbytes, permuted)
+        located[hf_name] = _Stored(info, gguf_name, qtype, shape, begin,
+                                   shape[0] // block * type_size, permuted)
     return located
 
 
