@@ -58,8 +58,11 @@ def _build_tokenizer_cache(cached: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
     try:
         tokenizer.save_pretrained(staging)
-        if not cached.exists():
+        try:
             os.replace(staging, cached)
+        except OSError:
+            if not (cached / TOKENIZER_JSON).is_file():  # not a concurrent builder's copy
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
