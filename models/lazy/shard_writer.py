@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from models.lazy.crash_points import crash_point
 from models.qformat import QUANT_METADATA_KEY, QuantizedWeight, encode_layout, packed_state_dict
 from models.qformat.compressed_tensors import ct_quantization_config, ct_state_dict, set_blocker
 from models.qformat.layout import CT_LAYOUT_FORMAT, LAYOUT_FORMAT
@@ -44,7 +45,11 @@ def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            half = len(data) // 2
+            handle.write(data[:half])
+            handle.flush()
+            crash_point("mid-write")  # tests: a kill with half a file on disk
+            handle.write(data[half:])
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -30,6 +30,7 @@ from compress.block_stages import BlockStage, stage_for
 from compress.errors import CompressError
 from compress.streaming import StreamPlan, iter_block_params, stream_compress
 from models import LoadedModel
+from models.lazy.crash_points import crash_point
 from models.lazy.open import LazyCheckpoint, open_lazy
 from models.lazy.safetensors_source import tensor_bytes_sha256
 from models.lazy.shard_writer import ShardedWriter, shard_name, write_atomically
@@ -192,6 +193,7 @@ def _stream(job: StreamJob, stages: list[BlockStage], calib, journal: Journal,
         state, metadata, record = writer.prepare(tensors, packed)
         name = writer.add(index + 1, record)
         shard_sha = _write_shard(journal.staging / name, state, metadata, index + 1, n_shards)
+        crash_point("after-shard")
         entry = BlockEntry(index, name, shard_sha, source_sha(index),
                            [s.block_record(index) for s in stages],
                            {"record": record, "state": writer.state()})
@@ -246,8 +248,8 @@ def _write_rest(job: StreamJob, staging: Path, recipe: Recipe) -> None:
     writer: ShardedWriter = job.writer  # type: ignore[attr-defined]
     config = job.lazy.config
     dtypes = {i.dtype for i in job.lazy.source.infos().values() if i.dtype.is_floating_point}
-    config.torch_dtype = str(max(dtypes, key=lambda d: torch.finfo(d).bits)).split(".")[-1] \
-        if dtypes else "float32"
+    # transformers' config key for the weights' dtype ("dtype"; "torch_dtype" before v5)
+    config.dtype = max(dtypes, key=lambda d: torch.finfo(d).bits) if dtypes else torch.float32
     config.save_pretrained(staging)
     quantization = writer.quantization_config()
     config_file = staging / "config.json"

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from safetensors.torch import load, save
 
+from models.lazy.crash_points import crash_point
 from models.lazy.shard_writer import write_atomically
 
 JOURNAL_VERSION = "edge-toolkit-stream-journal/1"
@@ -169,6 +170,7 @@ class Journal:
             data = save(tensors)
             name = f"activations-{entry.index:05d}.safetensors"
             write_atomically(self.dir / name, data)
+            crash_point("after-activations")
             self.activations = name
             self.activations_sha256 = hashlib.sha256(data).hexdigest()
         else:
@@ -179,6 +181,7 @@ class Journal:
                 "activations": self.activations,
                 "activations_sha256": self.activations_sha256}
         write_atomically(self.path, (json.dumps(body, indent=1) + "\n").encode())
+        crash_point("after-journal")
         if previous is not None and previous != self.activations:
             (self.dir / previous).unlink(missing_ok=True)
 

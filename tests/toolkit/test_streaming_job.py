@@ -1,0 +1,130 @@
+"""The streaming engine end to end through the CLI, against the in-memory engine.
+
+The in-memory engine sweeps the whole model once per stage; the streaming engine applies
+every stage to one block at a time with one activation stream per stage. Both must give
+the same weights bit for bit (fp32 checkpoint, so storage does not round), for one-stage
+and stacked recipes, and the sharded output must load in transformers and in the
+toolkit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.toolkit.streaming_helpers import FAST, all_tensors, tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def fp32_checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny fp32 ü")
+
+
+def _compress(toolkit_cli, model, out, engine, *method):
+    result = toolkit_cli("compress", "--model", str(model), *method, "--out", str(out),
+                         "--engine", engine, *FAST)
+    assert result.code == 0, result.err
+    return out
+
+
+METHODS = {
+    "wanda": ["--method", "wanda", "--sparsity", "0.5"],
+    "sparsegpt 2:4": ["--method", "sparsegpt", "--sparsity", "0.5", "--pattern", "2:4"],
+    "gptq": ["--method", "gptq", "--bits", "4", "--group-size", "32"],
+    "awq": ["--method", "awq", "--bits", "4", "--group-size", "32"],
+    "rtn": ["--method", "rtn", "--bits", "8"],
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_streaming_equals_in_memory(toolkit_cli, fp32_checkpoint, tmp_path, method):
+    memory = _compress(toolkit_cli, fp32_checkpoint, tmp_path / "memory", "memory",
+                       *METHODS[method])
+    stream = _compress(toolkit_cli, fp32_checkpoint, tmp_path / "stream", "streaming",
+                       *METHODS[method])
+    a, b = all_tensors(memory), all_tensors(stream)
+    assert set(a) == set(b)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert len(list(stream.glob("*-of-*.safetensors"))) == 5  # 4 blocks + the rest
+    manifest = json.loads((stream / "toolkit.json").read_text())
+    assert manifest["engine"]["name"] == "streaming"
+    assert manifest["format"] == "edge-toolkit-artifact/2"
+
+
+def test_stacked_recipe_streams_like_two_in_memory_sweeps(toolkit_cli, fp32_checkpoint,
+                                                          tmp_path):
+    recipe = tmp_path / "stack.yaml"
+    recipe.write_text("calibration: {samples: 2, seq_len: 16, seed: 0}\nstages:\n"
+                      "  - {method: wanda, sparsity: 0.5}\n"
+                      "  - {method: gptq, bits: 4, group_size: 32}\n")
+    outs = {}
+    for engine in ("memory", "streaming"):
+        outs[engine] = tmp_path / engine
+        result = toolkit_cli("run", str(recipe), "--model", str(fp32_checkpoint), "--out",
+                             str(outs[engine]), "--engine", engine, "--no-eval", "--quiet")
+        assert result.code == 0, result.err
+    a, b = all_tensors(outs["memory"]), all_tensors(outs["streaming"])
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sharded_output_loads_in_transformers_and_the_toolkit(toolkit_cli, fp32_checkpoint,
+                                                              tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from models import load_model
+
+    out = _compress(toolkit_cli, fp32_checkpoint, tmp_path / "out", "streaming",
+                    *METHODS["wanda"])
+    assert json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    ours = load_model(str(out)).module
+    theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(ours(input_ids=ids).logits, theirs(input_ids=ids).logits)
+    zeros = [(p == 0).float().mean().item() for n, p in theirs.named_parameters()
+             if "layers" in n and n.endswith("proj.weight")]
+    assert min(zeros) == pytest.approx(0.5, abs=0.01)
+
+
+def test_bf16_checkpoint_stays_bf16(toolkit_cli, tmp_path):
+    source = tiny_checkpoint(tmp_path / "bf16", dtype=torch.bfloat16)
+    out = _compress(toolkit_cli, source, tmp_path / "out", "streaming", *METHODS["wanda"])
+    tensors = all_tensors(out)
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
+    original = all_tensors(source)
+    embed = "model.embed_tokens.weight"
+    assert torch.equal(tensors[embed], original[embed])  # copied byte for byte
+    config = json.loads((out / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
+
+
+def test_auto_engine_streams_above_the_budget(toolkit_cli, fp32_checkpoint, tmp_path):
+    result = toolkit_cli("compress", "--model", str(fp32_checkpoint), "--method", "magnitude",
+                         "--sparsity", "0.3", "--out", str(tmp_path / "out"),
+                         "--memory-budget", "0.001", *FAST)
+    assert result.code == 0, result.err
+    manifest = json.loads((tmp_path / "out" / "toolkit.json").read_text())
+    assert manifest["engine"]["name"] == "streaming"
+
+
+def test_methods_that_need_the_whole_model_are_refused_in_one_line(toolkit_cli,
+                                                                  fp32_checkpoint, tmp_path):
+    result = toolkit_cli("compress", "--model", str(fp32_checkpoint), "--method", "wanda",
+                         "--option", "layerwise=owl", "--out", str(tmp_path / "out"),
+                         "--engine", "streaming", *FAST)
+    assert result.code == 2
+    assert len(result.err_lines) == 1 and "--engine memory" in result.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_whole_model_distillation_above_the_budget_points_to_recover(toolkit_cli,
+                                                                    fp32_checkpoint,
+                                                                    tmp_path):
+    recipe = tmp_path / "kd.yaml"
+    recipe.write_text("calibration: {samples: 2, seq_len: 16, seed: 0}\nstages:\n"
+                      "  - {method: magnitude, sparsity: 0.5}\n  - {method: distill}\n")
+    result = toolkit_cli("run", str(recipe), "--model", str(fp32_checkpoint), "--out",
+                         str(tmp_path / "out"), "--memory-budget", "0.001", "--quiet")
+    assert result.code == 2
+    assert len(result.err_lines) == 1 and "method: recover" in result.err
