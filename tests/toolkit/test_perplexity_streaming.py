@@ -165,3 +165,32 @@ def test_smollm2_bit_identical():
     del module
     got = ps.streaming_perplexity(_decoder(directory), windows, batch_size=2)
     _assert_identical(got, expected)
+
+
+class _NoRows:
+    """A TensorSource that cannot read chosen rows: the embedding table is materialised."""
+
+    def __init__(self, source) -> None:
+        self._source = source
+
+    def infos(self):
+        return self._source.infos()
+
+    def read(self, name):
+        return self._source.read(name)
+
+    def raw(self, name):
+        return self._source.raw(name)
+
+    def close(self) -> None:
+        self._source.close()
+
+
+@pytest.mark.parametrize("name", ["fake-gemma", "fake-mistral"])
+def test_materialised_embeddings_give_the_same_numbers(saved_models, name):
+    directory = saved_models[name]
+    config = AutoConfig.from_pretrained(directory)
+    decoder = StreamingDecoder(_NoRows(open_weights_source(directory)), config)
+    windows = _windows(config.vocab_size)
+    got = ps.streaming_perplexity(decoder, windows, batch_size=2)
+    _assert_identical(got, ps.streaming_perplexity(_decoder(directory), windows, batch_size=2))

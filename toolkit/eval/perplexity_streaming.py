@@ -14,7 +14,8 @@ shapes), and the NLLs are summed in the same order, fp32 log-softmax and fp64 su
 `mean_nll`, `window_nll` and `ppl` are bit-identical to `perplexity(model, windows,
 batch_size=...)` on the same weights (tests/toolkit/test_perplexity_streaming.py).
 Memory: the hidden states of all windows ([K, L, hidden] in the compute dtype) plus one
-block.
+block; the embedding table is read only at the windows' token rows where the source
+allows it (`_embedding_entry`).
 
 The head. For a large vocabulary (Llama-3.2-3B: 128256 x 3072, 1.5 GB in float32) the head
 is not materialised: its rows are read in chunks, each chunk's logits are computed for
@@ -123,10 +124,11 @@ def _perplexities(decoder: StreamingDecoder, sets: list[torch.Tensor], batch_siz
     # Embeddings: what enters block 0, batch by batch as `perplexity` forms the batches.
     inputs = BlockInputs(hidden=[], kwargs=[])
     owner: list[int] = []  # which window set each batch belongs to
-    with decoder.materialized(layout.embeddings):
+    model, table = _embedding_entry(decoder)
+    with decoder.materialized(*table):
         for index, windows in enumerate(sets):
-            part = capture_block0_inputs(decoder.model, layout.blocks[0], windows,
-                                         batch_size, decoder.device)
+            part = capture_block0_inputs(model, layout.blocks[0], windows, batch_size,
+                                         decoder.device)
             inputs.hidden.extend(h.to(decoder.compute_dtype) for h in part.hidden)
             inputs.kwargs.extend(part.kwargs)
             owner.extend([index] * len(part.hidden))
@@ -148,6 +150,37 @@ def _perplexities(decoder: StreamingDecoder, sets: list[torch.Tensor], batch_siz
     tick()
     return [_result(sets[k], [lp for lp, o in zip(token_log_probs, owner, strict=True)
                               if o == k]) for k in range(len(sets))]
+
+
+def _embedding_entry(decoder: StreamingDecoder):
+    """(what to call with input_ids, the modules to materialise for it). Where the source
+    reads chosen rows (SafetensorsSource, PackedSource), only the rows of the tokens in a
+    batch are read: the embedding module runs on that compact table with the ids renumbered
+    into it (its lookup is a gather, and a subclass's extra step such as Gemma's scaling
+    sees the same values), and its output goes to the model as `inputs_embeds`. So a
+    128256 x 3072 table (1.5 GB in float32) is never held; otherwise it is materialised."""
+    embeddings = decoder.layout.embeddings
+    rows = getattr(decoder.source, "rows", None)
+    names = decoder.parameter_names(embeddings)
+    if rows is None or len(names) != 1 or not isinstance(embeddings, nn.Embedding):
+        return decoder.model, (embeddings,)
+
+    def call(*, input_ids: torch.Tensor, use_cache: bool):
+        tokens, renumbered = torch.unique(input_ids.cpu(), return_inverse=True)
+        table = rows(names[0], tokens).to(decoder.device, decoder.compute_dtype)
+        pad = embeddings.padding_idx  # F.embedding wants it inside the table
+        if pad is not None and pad >= table.shape[0]:
+            table = torch.cat([table, table.new_zeros(pad + 1 - table.shape[0],
+                                                      table.shape[1])])
+        meta = embeddings._parameters["weight"]
+        embeddings._parameters["weight"] = nn.Parameter(table, requires_grad=False)
+        try:
+            embeds = embeddings(renumbered.to(decoder.device))
+        finally:
+            embeddings._parameters["weight"] = meta
+        return decoder.model(inputs_embeds=embeds, use_cache=use_cache)
+
+    return call, ()
 
 
 def _check_inputs(decoder: StreamingDecoder, sets: list[torch.Tensor], batch_size: int,
