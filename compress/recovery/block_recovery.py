@@ -42,7 +42,7 @@ def recover_block(block: nn.Module, inputs: BlockInputs, targets: list[torch.Ten
         before = block_loss(block, inputs, targets)
         terms = build_terms(block, quantized, config.parts())
         report = {"loss_before": before, "loss_after": before, "steps": 0,
-                  "trainable": sum(t.free.numel() for t in terms), "outcome": "unchanged"}
+                  "trainable": sum(t.free_count() for t in terms), "outcome": "unchanged"}
         if not terms or before == 0.0:
             report["outcome"] = "nothing to train" if not terms else "already exact"
         else:

@@ -55,6 +55,10 @@ class Term:
         tables = (self.base * self.free)[torch.arange(q.shape[0]) // q.group_rows]
         return torch.gather(tables, 1, q.indices.long())
 
+    def free_count(self) -> int:
+        """Scalars that can move (a pruned linear's zeros cannot)."""
+        return int(self.mask.sum()) if self.mask is not None else self.free.numel()
+
     def stored(self) -> QuantizedWeight:
         """The packed form with the trained fp16 scales or tables (codes unchanged)."""
         rounded = (self.base * self.free.detach()).to(torch.float16)

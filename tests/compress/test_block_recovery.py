@@ -21,6 +21,7 @@ import models
 from compress.block_io import capture_block0_inputs, run_block
 from compress.errors import CompressError
 from compress.prune import MagnitudeConfig
+from compress.quant.awq import AWQConfig
 from compress.quant.palettize import PalettizeConfig
 from compress.quant.rtn import RTNConfig
 from compress.recovery import RecoverConfig, recover_block
@@ -128,6 +129,10 @@ def test_recover_after_magnitude_keeps_every_pruned_zero(magnitude_run):
             moved += int(not torch.equal(weight, old[name]))
     assert moved == 14  # 7 linears in each of the 2 blocks
     assert magnitude_run["report"].quantized == {}
+    # Trainable: the surviving half of every linear plus the norm weights (2 x 64 each).
+    survivors = sum(int((w != 0).sum()) for n, w in state.items() if n.endswith("_proj.weight"))
+    norms = sum(w.numel() for n, w in state.items() if "layers." in n and "norm" in n)
+    assert magnitude_run["report"].manifest_section()["trainable"] == survivors + norms
 
 
 def test_recover_after_palettization_keeps_indices():
@@ -139,6 +144,19 @@ def test_recover_after_palettization_keeps_indices():
         assert torch.equal(q.indices, old.indices) and q.lut.dtype == torch.float16
         # One table for the whole tensor: W[r, j] = lut[0, index[r, j]].
         assert torch.equal(modules[name].weight, q.lut[0].float()[q.indices.long()]), name
+
+
+def test_recover_after_awq_keeps_codes_and_input_scales():
+    run = _run(AWQConfig(bits=4, group_size=64), RecoverConfig(steps=20))
+    assert all(a < b for a, b in zip(run["mse_after"], run["mse_before"], strict=True))
+    modules = dict(run["model"].named_modules())
+    for name, q in run["report"].quantized.items():
+        old = run["packed"][name]
+        assert torch.equal(q.codes, old.codes) and torch.equal(q.input_scale, old.input_scale)
+        scale = q.scales.float().repeat_interleave(64, dim=1)
+        zero = q.zeros.float().repeat_interleave(64, dim=1)
+        expected = scale * (q.codes.float() - zero) / q.input_scale.float()
+        assert torch.equal(modules[name].weight, expected), name
 
 
 def test_two_runs_with_one_seed_give_the_same_bytes():
