@@ -194,3 +194,19 @@ def test_materialised_embeddings_give_the_same_numbers(saved_models, name):
     windows = _windows(config.vocab_size)
     got = ps.streaming_perplexity(decoder, windows, batch_size=2)
     _assert_identical(got, ps.streaming_perplexity(_decoder(directory), windows, batch_size=2))
+
+
+def test_gguf_file_streams_like_its_in_memory_load(fake_gguf_file, monkeypatch):
+    """A GGUF source (no row reads: the embedding table is materialised) through
+    `evaluate_directory_streaming`, against `models.load_model` of the same file."""
+    module = models.load_model(str(fake_gguf_file)).module
+    vocab = module.config.vocab_size
+    streams = TokenStreams(calib_pool=_windows(vocab, 1, 64).reshape(-1),
+                           wiki_eval=_windows(vocab, 1, 64, seed=5).reshape(-1),
+                           news_eval=_windows(vocab, 1, 64, seed=6).reshape(-1))
+    monkeypatch.setattr("toolkit.data.cached_streams", lambda tokenizer: streams)
+    protocol = EvalProtocol(seq_len=16, windows=3)
+    expected = evaluate_perplexities(module, streams, protocol, batch_size=2)
+    got = ps.evaluate_directory_streaming(fake_gguf_file, protocol, batch_size=2)
+    for name in expected:
+        _assert_identical(got[name], expected[name])

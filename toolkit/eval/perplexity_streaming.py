@@ -77,32 +77,27 @@ def streaming_evaluate_perplexities(decoder: StreamingDecoder, streams: TokenStr
     return dict(zip(names, _perplexities(decoder, sets, batch_size, tick, head), strict=True))
 
 
-def evaluate_directory_streaming(path: Path, protocol: EvalProtocol, *,
+def evaluate_directory_streaming(path: Path | str, protocol: EvalProtocol, *,
                                  device: str | torch.device = "cpu", batch_size: int = 1,
                                  progress: Callable[[str, int, int], None] | None = None,
                                  head: str = "auto") -> dict[str, PerplexityResult]:
-    """Perplexity of the model or artifact directory `path` (float or packed, one file or
-    shards) on the built-in streams, reading one model part at a time."""
-    from models.hf_config_check import checked_hf_config
-    from models.hf_loader import load_tokenizer
-    from models.lazy.packed_source import open_weights_source
+    """Perplexity of the model at `path` (a Hugging Face directory or artifact, float or
+    packed, one file or shards; a GGUF file or a registered name with a checkpoint on disk
+    work too: models/lazy/open.py) on the built-in streams, one model part at a time."""
+    from models.lazy.open import open_lazy
     from toolkit.data import cached_streams
     from toolkit.limits import check_length
 
-    path = Path(path)
-    config = checked_hf_config(path)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the skeleton holds float (dequantized) weights
-    source = open_weights_source(path)
+    lazy = open_lazy(str(path))  # checked config (quantization_config dropped), lazy source
     try:
-        decoder = StreamingDecoder(source, config, device=device)
+        decoder = StreamingDecoder(lazy.source, lazy.config, device=device)
         check_length(decoder.model, protocol.seq_len, "--eval-seq-len")
-        streams = cached_streams(load_tokenizer(path))
+        streams = cached_streams(lazy.tokenizer())
         return streaming_evaluate_perplexities(decoder, streams, protocol,
                                                batch_size=batch_size, progress=progress,
                                                head=head)
     finally:
-        source.close()
+        lazy.source.close()
 
 
 # --- the pass over the model ---------------------------------------------------------------
