@@ -226,9 +226,10 @@ def _chunked_head(decoder: StreamingDecoder, hidden: list[torch.Tensor],
     head: nn.Module = layout.head
     if getattr(head, "bias", None) is not None:
         raise UserError("chunked log-softmax needs a head without bias: pass head='exact'")
+    normed = hidden  # normalised in place, one batch at a time: one copy of the states
     with decoder.materialized(layout.norm):
-        normed = [layout.norm(h)[:, :-1] for h in hidden]
-    hidden.clear()
+        for i, states in enumerate(hidden):
+            normed[i] = layout.norm(states)[:, :-1]
     name = decoder.parameter_names(head)[0]  # a tied head reads the embeddings
     vocab, width = head.weight.shape
     rows = max(1, HEAD_CHUNK_BYTES // (4 * width))
