@@ -49,6 +49,8 @@ class RecoverReport:
                 "loss_before": [b["loss_before"] for b in self.blocks],
                 "loss_after": [b["loss_after"] for b in self.blocks],
                 "outcome": [b["outcome"] for b in self.blocks],
+                "steps": [b["steps"] for b in self.blocks],
+                "block_seconds": [b["seconds"] for b in self.blocks],
                 "trainable": sum(b["trainable"] for b in self.blocks),
                 "calib_tokens": self.calib_tokens}
 
@@ -70,8 +72,9 @@ def recover_stage(model: nn.Module, config: RecoverConfig, calib: torch.Tensor |
     if calib is None or calib.ndim != 2 or calib.shape[0] == 0:
         raise CompressError("recover needs calibration token ids of shape [N, L]")
     device = torch.device(device)
-    student_layout, teacher_layout = decoder_layout(model.to(device)), \
-        decoder_layout(teacher.to(device).eval())
+    # Both in eval mode: dropout would make the targets and the trained block random.
+    student_layout = decoder_layout(model.to(device).eval())
+    teacher_layout = decoder_layout(teacher.to(device).eval())
     n_blocks = len(student_layout.blocks)
     if len(teacher_layout.blocks) != n_blocks:
         raise CompressError(f"the teacher has {len(teacher_layout.blocks)} blocks and the "

@@ -11,7 +11,7 @@ the block is still what the stored form means:
     palettized            W[r, j] = t0 f [r // R, i[r, j]]   (indices i fixed; a table entry
                                                   that is 0 stays 0 whatever its factor)
 
-Scales and tables are stored in fp16, so `packed()` rounds them; the caller measures the
+Scales and tables are stored in fp16, so `stored()` rounds them; the caller measures the
 block with the rounded, stored form before it accepts a result.
 """
 
