@@ -16,11 +16,8 @@ modeling_gguf_pytorch_utils.load_gguf_checkpoint):
 3. The GGUF name becomes the HF name; `output.weight` absent means tied embeddings
    (no `lm_head.weight`, `tie_word_embeddings` true in the config).
 
-Why not `gguf.GGUFReader`: it turns every element of the tokenizer arrays into numpy
-objects, 2.2 s and +160 MB of resident memory for SmolLM2-135M's 98 MB file (several
-hundred MB for a 128k vocabulary), more than the tensors of a block. The header is small
-and documented (ggml's docs/gguf.md), so it is parsed here, skipping arrays by their
-lengths; the gguf package still does the dequantization and supplies the type table.
+The header is parsed by models/lazy/gguf_header.py (not `gguf.GGUFReader`, which costs
+seconds and hundreds of MB on a large vocabulary); the gguf package dequantizes.
 
 Memory: nothing is mapped or kept between calls. `read` opens the file and, a group of
 rows at a time (about 16 MB of float32), reads their quantized bytes with pread into a
@@ -35,10 +32,8 @@ supports: `llama` (also Mistral, SmolLM2, TinyLlama: llama.cpp writes them as ll
 
 from __future__ import annotations
 
-import mmap
 import os
 import re
-import struct
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,19 +43,12 @@ import numpy as np
 import torch
 
 from models.errors import ModelError
+from models.lazy.gguf_header import REDOWNLOAD, GgufHeader, read_gguf_header
 from models.lazy.source import TensorInfo, TensorSource
 
-GGUF_MAGIC = b"GGUF"
-_REDOWNLOAD = "re-download the GGUF file or convert it again"
-_DEFAULT_ALIGNMENT = 32  # docs/gguf.md: `general.alignment`, when absent
 # float32 bytes dequantized at once (and the default piece of `raw_chunks`): large enough
 # that per-call overhead vanishes, small beside a 2 GB embedding table.
 _CHUNK = 16 * 1024 * 1024
-
-# GGUF metadata value types (docs/gguf.md): fixed-size scalars by struct format.
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-            10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
 
 
 @dataclass(frozen=True)
@@ -245,7 +233,7 @@ class GgufSource(TensorSource):
                             stored.begin + first * stored.row_bytes + done)
             if got <= 0:
                 raise ModelError(f"{self.path} ended inside tensor {stored.gguf_name}: "
-                                 f"the file is truncated ({_REDOWNLOAD})")
+                                 f"the file is truncated ({REDOWNLOAD})")
             done += got
         return np.frombuffer(buffer, dtype=np.uint8).reshape(count, stored.row_bytes)
 
@@ -273,131 +261,6 @@ def unpermute_rows(weights: np.ndarray, heads: int) -> np.ndarray:
     return split.swapaxes(2, 1).reshape(weights.shape)
 
 
-# --- the header -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GgufHeader:
-    """What the header says: scalar metadata (arrays are skipped, their length kept) and
-    each tensor's type, GGUF shape and offset relative to the data section."""
-
-    version: int
-    metadata: dict[str, object]
-    tensors: dict[str, tuple[int, tuple[int, ...], int]]  # name -> (type, shape, offset)
-    data_start: int
-    file_size: int
-
-    @property
-    def architecture(self) -> str:
-        arch = self.metadata.get("general.architecture")
-        if not isinstance(arch, str):
-            raise ModelError("the GGUF metadata has no general.architecture: "
-                             f"{_REDOWNLOAD}")
-        return arch
-
-
-def read_gguf_header(path: Path) -> GgufHeader:
-    """Parse `path`'s header; a wrong magic, a truncated or corrupt header is one line."""
-    path = Path(path)
-    with path.open("rb") as handle:
-        if handle.read(4) != GGUF_MAGIC:
-            raise ModelError(f"{path} is not a GGUF file (no GGUF magic bytes): pass a .gguf "
-                             "model file")
-        size = os.fstat(handle.fileno()).st_size
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            try:
-                return _Parser(view, size).header()
-            except (struct.error, UnicodeDecodeError, IndexError, ValueError) as exc:
-                if isinstance(exc, ModelError):
-                    raise
-                raise ModelError(f"{path}: the GGUF header is truncated or corrupt "
-                                 f"({type(exc).__name__}): {_REDOWNLOAD}") from None
-
-
-class _Parser:
-    """A cursor over the header bytes (docs/gguf.md, versions 2 and 3)."""
-
-    def __init__(self, view, size: int) -> None:
-        self.view, self.size, self.at = view, size, 4
-
-    def take(self, fmt: str):
-        value = struct.unpack_from(fmt, self.view, self.at)[0]
-        self.at += struct.calcsize(fmt)
-        return value
-
-    def string(self) -> str:
-        length = self.take("<Q")
-        self._need(length)
-        text = bytes(self.view[self.at:self.at + length]).decode("utf-8")
-        self.at += length
-        return text
-
-    def _need(self, count: int) -> None:
-        if count < 0 or self.at + count > self.size:
-            raise ModelError(f"the GGUF header runs past the end of the file: {_REDOWNLOAD}")
-
-    def value(self, kind: int):
-        if kind in _SCALARS:
-            return self.take(_SCALARS[kind])
-        if kind == _STRING:
-            return self.string()
-        if kind == _ARRAY:
-            item, count = self.take("<I"), self.take("<Q")
-            self._skip_array(item, count)
-            return _SkippedArray(item, count)
-        raise ModelError(f"the GGUF header has an unknown value type {kind}: {_REDOWNLOAD}")
-
-    def _skip_array(self, item: int, count: int) -> None:
-        if item in _SCALARS:
-            width = struct.calcsize(_SCALARS[item])
-            self._need(width * count)
-            self.at += width * count
-        elif item == _STRING:
-            for _ in range(count):  # each string is its u64 length then its bytes
-                length = self.take("<Q")
-                self._need(length)
-                self.at += length
-        elif item == _ARRAY:
-            for _ in range(count):
-                self._skip_array(self.take("<I"), self.take("<Q"))
-        else:
-            raise ModelError(f"the GGUF header has an unknown array type {item}: {_REDOWNLOAD}")
-
-    def header(self) -> GgufHeader:
-        version = self.take("<I")
-        if version not in (2, 3):
-            raise ModelError(f"GGUF version {version} is not supported (2 and 3 are): "
-                             "convert the model with a current llama.cpp")
-        tensor_count, kv_count = self.take("<Q"), self.take("<Q")
-        if tensor_count > self.size or kv_count > self.size:
-            raise ModelError(f"the GGUF header counts are impossible: {_REDOWNLOAD}")
-        metadata = {}
-        for _ in range(kv_count):
-            key = self.string()
-            metadata[key] = self.value(self.take("<I"))
-        tensors = {}
-        for _ in range(tensor_count):
-            name = self.string()
-            dims = self.take("<I")
-            if not 1 <= dims <= 4:
-                raise ModelError(f"GGUF tensor {name} has {dims} dimensions: {_REDOWNLOAD}")
-            shape = tuple(self.take("<Q") for _ in range(dims))
-            tensors[name] = (self.take("<I"), shape, self.take("<Q"))
-        alignment = metadata.get("general.alignment", _DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or alignment <= 0:
-            raise ModelError(f"GGUF general.alignment is {alignment!r}: {_REDOWNLOAD}")
-        start = -(-self.at // alignment) * alignment
-        return GgufHeader(version, metadata, tensors, start, self.size)
-
-
-@dataclass(frozen=True)
-class _SkippedArray:
-    """An array value that was skipped (tokenizer vocabularies): its type and length."""
-
-    item_type: int
-    count: int
-
-
 # --- names, shapes, offsets ----------------------------------------------------------------
 
 
@@ -421,24 +284,24 @@ def _locate(path: Path, header: GgufHeader) -> dict[str, _Stored]:
             kind = GGMLQuantizationType(qtype)
         except ValueError:
             raise ModelError(f"{path}: tensor {gguf_name} has unknown GGML type {qtype}: "
-                             f"{_REDOWNLOAD}") from None
+                             f"{REDOWNLOAD}") from None
         block, type_size = GGML_QUANT_SIZES[kind]
         if any(d <= 0 for d in shape) or shape[0] % block:
             raise ModelError(f"{path}: tensor {gguf_name} has shape {list(shape)}, not a "
-                             f"whole number of {kind.name} blocks: {_REDOWNLOAD}")
+                             f"whole number of {kind.name} blocks: {REDOWNLOAD}")
         count = int(np.prod(shape, dtype=np.int64))
         nbytes = count // block * type_size
         begin = header.data_start + offset
         if begin + nbytes > header.file_size:
             raise ModelError(f"{path} ends before tensor {gguf_name} does: the file is "
-                             f"truncated ({_REDOWNLOAD})")
+                             f"truncated ({REDOWNLOAD})")
         hf_shape = tuple(reversed(shape))
         permuted = None
         if heads is not None and gguf_name.endswith((".attn_q.weight", ".attn_k.weight")):
             permuted = heads[0] if ".attn_q." in gguf_name else heads[1]
             if hf_shape[0] % (2 * permuted):
                 raise ModelError(f"{path}: tensor {gguf_name} has {hf_shape[0]} rows, not "
-                                 f"{permuted} heads of even size: {_REDOWNLOAD}")
+                                 f"{permuted} heads of even size: {REDOWNLOAD}")
         info = TensorInfo(hf_name, hf_shape, torch.float32, count * 4, path.name)
         located[hf_name] = _Stored(info, gguf_name, qtype, shape, begin,
                                    shape[0] // block * type_size, permuted)
@@ -464,7 +327,7 @@ def _head_counts(path: Path, header: GgufHeader, arch: str) -> tuple[int, int]:
         value = header.metadata.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ModelError(f"{path}: GGUF metadata {key} is {value!r}, not a positive "
-                             f"integer (needed to undo the Q/K permutation): {_REDOWNLOAD}")
+                             f"integer (needed to undo the Q/K permutation): {REDOWNLOAD}")
         counts.append(value)
     return counts[0], counts[1]
 
@@ -522,4 +385,4 @@ class _one_line_errors:
         lines = str(exc).strip().splitlines()
         raise ModelError(f"{self.path}: transformers could not read the GGUF {self.what} "
                          f"({type(exc).__name__}: {lines[0][:200] if lines else ''}): "
-                         f"{_REDOWNLOAD}") from None
+                         f"{REDOWNLOAD}") from None

@@ -25,7 +25,8 @@ import pytest
 import torch
 
 from models.errors import ModelError
-from models.lazy.gguf_source import GgufSource, gguf_config, read_gguf_header
+from models.lazy.gguf_header import read_gguf_header
+from models.lazy.gguf_source import GgufSource, gguf_config
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
