@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from models.lazy.crash_points import crash_point
+
 from models.qformat import QUANT_METADATA_KEY, QuantizedWeight, encode_layout, packed_state_dict
 from models.qformat.compressed_tensors import ct_quantization_config, ct_state_dict, set_blocker
 from models.qformat.layout import CT_LAYOUT_FORMAT, LAYOUT_FORMAT
@@ -45,11 +45,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as handle:
-            half = len(data) // 2
-            handle.write(data[:half])
-            handle.flush()
-            crash_point("mid-write")  # tests: a kill with half a file on disk
-            handle.write(data[half:])
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

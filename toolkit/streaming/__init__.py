@@ -1,1 +1,2 @@
-"""Compressing a model too big for memory: the streaming job, its checkpoints and its memory budget."""
+"""Compressing a model too big for memory: the streaming job, its checkpoints and
+its memory budget."""

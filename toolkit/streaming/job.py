@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
@@ -33,7 +32,8 @@ from models import LoadedModel
 from models.lazy.crash_points import crash_point
 from models.lazy.open import LazyCheckpoint, open_lazy
 from models.lazy.safetensors_source import tensor_bytes_sha256
-from models.lazy.shard_writer import ShardedWriter, shard_name, write_atomically
+from models.lazy.safetensors_write import write_safetensors
+from models.lazy.shard_writer import ShardedWriter
 from models.lazy.skeleton import StreamingDecoder
 from models.manifest import MANIFEST_FILE, check_manifest, new_manifest_fields
 from toolkit.artifacts import RECIPE_FILE, check_output_dir, files_section, move_into_place
@@ -155,7 +155,12 @@ def _check_memory(job: StreamJob, stages: list[BlockStage], calib) -> None:
 def _fingerprint_parts(job: StreamJob, recipe: Recipe, data) -> dict[str, Any]:
     """Everything that decides the output bytes (toolkit/streaming/resume.py)."""
     infos = job.lazy.source.infos()
-    return {"engine": ENGINE_VERSION, "stages": [c.to_dict() for c in recipe.stages],
+    inside = {n for i in range(job.decoder.n_blocks) for n in _block_names(job.decoder, i)}
+    outside = sorted(n for n in infos if n not in inside)
+    return {"engine": ENGINE_VERSION,
+            # the blocks' contents are hashed per block as they are done (resume.py)
+            "outside_blocks_sha256": tensor_bytes_sha256(job.lazy.source, outside),
+            "stages": [c.to_dict() for c in recipe.stages],
             "calibration": data.description, "forward_dtype": str(job.forward_dtype),
             "device": job.device, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "batch_size": BATCH_SIZE,
@@ -211,17 +216,13 @@ def _stream(job: StreamJob, stages: list[BlockStage], calib, journal: Journal,
 
 
 def _write_shard(path: Path, state, metadata, number: int, total: int) -> str:
-    from safetensors.torch import save
-
-    data = save(state, metadata=metadata)
     try:
-        write_atomically(path, data)
+        return write_safetensors(path, state, metadata)
     except OSError as exc:
         raise UserError(f"could not write shard {number} of {total} ({path.name}): "
                         f"{exc.strerror or exc}; the finished blocks are kept in "
                         f"{path.parent}: free space and run the same command again to "
                         "resume") from None
-    return hashlib.sha256(data).hexdigest()
 
 
 def _write_outside_blocks(job: StreamJob, writer: ShardedWriter, n_shards: int) -> None:

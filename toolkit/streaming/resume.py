@@ -134,7 +134,8 @@ class Journal:
         for entry in blocks:
             shard = self.staging / entry.shard
             if not shard.is_file() or sha256_file(shard) != entry.shard_sha256:
-                return f"the output shard of block {entry.index} ({entry.shard}) is missing or changed"
+                return (f"the output shard of block {entry.index} ({entry.shard}) is missing "
+                        "or changed")
             if source_sha256(entry.index) != entry.source_sha256:
                 return f"the input weights of block {entry.index} changed since it was done"
         name = data.get("activations")
