@@ -22,11 +22,14 @@ from toolkit.eval import EvalProtocol, evaluate_perplexities
 from toolkit.eval.compare import CompareEntry, compare_rows, compare_table, kick_table
 from toolkit.eval.kick import DEFAULT_MMLU_QUESTIONS, KickProtocol, KickResult
 from toolkit.eval.kick_cache import evaluate_kick
+from toolkit.eval.perplexity_streaming import evaluate_directory_streaming
 from toolkit.hardware import resolve_device
 from toolkit.limits import check_length
 from toolkit.pipeline import metrics_dict
 from toolkit.progress import make_progress
 from toolkit.report import format_table
+from toolkit.streaming.engine_choice import add_engine_options
+from toolkit.streaming.eval_engine import choose_eval_engine, refuse_streaming_generation
 
 
 def add_parser(subparsers) -> None:
@@ -59,6 +62,7 @@ def add_parser(subparsers) -> None:
                    help="kick suite: recompute instead of reusing results cached for the "
                         "same weights and protocol, and cache nothing")
     add_eval_options(p, defaults_from_artifact=True)
+    add_engine_options(p)
     add_runtime_options(p)
     p.set_defaults(run=run)
 
@@ -78,6 +82,7 @@ def resolve_protocol(args: argparse.Namespace, model_spec: str) -> EvalProtocol:
 
 def run(args: argparse.Namespace) -> int:
     if args.compare:
+        refuse_streaming_generation(args, "--compare (the knowledge suite)")
         return run_compare(args)
     spec = args.model or args.model_positional
     if args.model and args.model_positional and args.model != args.model_positional:
@@ -85,27 +90,41 @@ def run(args: argparse.Namespace) -> int:
     if not spec:
         raise UserError("no model given: pass --model NAME_OR_DIR (see `toolkit models`)")
     if args.suite == "kick":
+        refuse_streaming_generation(args, "--suite kick")
         return run_kick(args, spec)
     if args.kick_questions is not None or args.mmlu_questions is not None or args.no_cache:
         raise UserError("--kick-questions, --mmlu-questions and --no-cache apply to the "
                         "knowledge suite: add --suite kick")
     device = resolve_device(args.device)
     protocol = resolve_protocol(args, spec)
-    loaded = load_model(spec)
-    check_length(loaded, protocol.seq_len, "--eval-seq-len")
+    engine = choose_eval_engine(spec, args)
     progress = make_progress(args.quiet)
     try:
-        results = evaluate_perplexities(loaded.module, cached_streams(loaded.tokenizer),
-                                        protocol, device=device, progress=progress)
+        if engine == "streaming":
+            source = streaming_source(spec)
+            results = evaluate_directory_streaming(spec, protocol, device=device,
+                                                   progress=progress)
+        else:
+            loaded = load_model(spec)
+            check_length(loaded, protocol.seq_len, "--eval-seq-len")
+            source = loaded.source
+            results = evaluate_perplexities(loaded.module, cached_streams(loaded.tokenizer),
+                                            protocol, device=device, progress=progress)
     finally:
         if progress is not None:
             progress.close()
     rows = [[name, r.ppl, r.mean_nll, r.windows, r.tokens] for name, r in results.items()]
     print(format_table(["stream", "ppl", "nll/token", "windows", "tokens"], rows))
-    print(f"model: {loaded.source}; windows of {protocol.seq_len} tokens")
-    write_json(args.json, {"model": loaded.source, "eval_protocol": protocol.to_dict(),
+    print(f"model: {source}; windows of {protocol.seq_len} tokens")
+    write_json(args.json, {"model": source, "eval_protocol": protocol.to_dict(),
                            "metrics": metrics_dict(results)})
     return 0
+
+
+def streaming_source(spec: str) -> str:
+    """What the in-memory path reports as the model (LoadedModel.source): the path as
+    given, `~` expanded; a registered name stays a name."""
+    return spec if is_registered(spec) else str(Path(spec).expanduser())
 
 
 def _kick_results(args: argparse.Namespace, specs: list[str], protocol: KickProtocol,

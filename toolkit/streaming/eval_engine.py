@@ -1,0 +1,53 @@
+"""Which engine `toolkit eval` runs perplexity on, decided from headers before any weight
+is read.
+
+The in-memory evaluation loads the whole model in fp32; the streaming one
+(toolkit/eval/perplexity_streaming.py) holds one model part plus the windows' hidden
+states, and gives the same numbers bit for bit where the head is materialised. So `auto`
+streams a dense decoder LM (family `llm`) whose in-memory footprint, the runtime plus its
+fp32 weights (`in_memory_bytes` with no calibration tokens), exceeds `--memory-budget`
+(default: half of the memory available now), and keeps everything else in memory.
+
+The knowledge suite (`--suite kick`, `--compare`) generates answers token by token with
+the whole model, which has no block-by-block form: there `--engine streaming` is refused
+in one line and `auto` keeps the in-memory engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from models.load import family_of
+from toolkit.errors import UserError
+from toolkit.streaming.engine_choice import STREAMABLE_FAMILY, _shape, budget_bytes
+from toolkit.streaming.memory import in_memory_bytes
+
+
+def choose_eval_engine(model_spec: str, args: argparse.Namespace) -> str:
+    """"memory" or "streaming" for the perplexity of `model_spec`."""
+    choice = getattr(args, "engine", "memory")
+    if choice == "memory":
+        budget_bytes(args)  # a bad --memory-budget is refused whichever engine runs
+        return "memory"
+    family = family_of(model_spec)
+    streamable = family is not None and family.name == STREAMABLE_FAMILY
+    if choice == "streaming":
+        if not streamable:
+            raise UserError(f"--engine streaming reads dense decoder LMs block by block; "
+                            f"{model_spec} is not one: use --engine memory")
+        return "streaming"
+    budget = budget_bytes(args)
+    if not streamable:
+        return "memory"
+    n_params, _ = _shape(model_spec)
+    if n_params is None:  # a test model that exists only in memory
+        return "memory"
+    return "streaming" if in_memory_bytes(n_params, 0, 0) > budget else "memory"
+
+
+def refuse_streaming_generation(args: argparse.Namespace, what: str) -> None:
+    """One line when the knowledge suite is asked to stream: it generates text."""
+    if getattr(args, "engine", "auto") == "streaming":
+        raise UserError(f"{what} generates answers with the whole model, which cannot be "
+                        "read block by block: drop --engine streaming (or use --suite ppl "
+                        "for block-by-block perplexity)")
