@@ -203,7 +203,13 @@ def _stream(job: StreamJob, stages: list[BlockStage], calib, journal: Journal,
                            [s.block_record(index) for s in stages],
                            {"record": record, "state": writer.state()})
         last = index + 1 == decoder.n_blocks
-        journal.commit(entry, None if last else streams)
+        try:
+            journal.commit(entry, None if last else streams)
+        except OSError as exc:  # the previous journal still stands: resumable from it
+            raise UserError(f"could not save the checkpoint after block {index + 1} of "
+                            f"{decoder.n_blocks}: {exc.strerror or exc}; the finished "
+                            f"blocks are kept in {journal.staging}: free space and run the "
+                            "same command again to resume") from None
 
     if resumed.start < decoder.n_blocks:
         stream_compress(decoder, stages, calib, finished, forward_dtype=job.forward_dtype,
