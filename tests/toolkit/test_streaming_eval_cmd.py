@@ -8,6 +8,7 @@ printed table and the --json metrics must be equal to the last bit, not merely c
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -84,10 +85,21 @@ def test_knowledge_suite_refuses_streaming(toolkit_cli, fp32_checkpoint, argv, n
     assert "drop --engine streaming" in result.err
 
 
-def test_streaming_refuses_a_model_it_cannot_read_by_blocks(toolkit_cli):
-    result = toolkit_cli("eval", "fake-cnn", "--engine", "streaming", "--quiet")
+@pytest.mark.parametrize("model", ["fake-cnn", "fake-llama"])  # an image model; in memory only
+def test_streaming_refuses_a_model_it_cannot_read_by_blocks(toolkit_cli, model):
+    result = toolkit_cli("eval", model, "--engine", "streaming", "--quiet")
     assert result.code == 2 and len(result.err_lines) == 1
     assert "use --engine memory" in result.err
+
+
+def test_streaming_a_checkpoint_with_a_missing_shard(toolkit_cli, fp32_checkpoint, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(fp32_checkpoint, broken)
+    shard = sorted(broken.glob("*-of-*.safetensors"))[1]
+    shard.unlink()
+    result = toolkit_cli("eval", broken, "--engine", "streaming", "--quiet")
+    assert result.code == 2 and len(result.err_lines) == 1
+    assert "missing" in result.err and f"restore the shard {shard.name}" in result.err
 
 
 def test_bad_memory_budget(toolkit_cli, fp32_checkpoint):

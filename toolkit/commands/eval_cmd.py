@@ -122,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def streaming_source(spec: str) -> str:
-    """What the in-memory path reports as the model (LoadedModel.source): the path as
-    given, `~` expanded; a registered name stays a name."""
+    """What the report names as the model: as the in-memory path's LoadedModel.source, the
+    path as given with `~` expanded; a registered model by its name (its builder, which
+    adds where the weights came from, does not run here)."""
     return spec if is_registered(spec) else str(Path(spec).expanduser())
 
 
