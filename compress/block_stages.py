@@ -109,6 +109,7 @@ class PruneStage(BlockStage):
         for name, linear in linears.items():
             _prune_linear(name, linear, stats[name], config.sparsity, config,
                           config.prune_weight, self._report)  # type: ignore[attr-defined]
+            stats[name].hessian = None  # d_in^2 floats: free before the next linear
         self._report.block_method_seconds.append(time.perf_counter() - start)
         self._blocks[index] = (list(linears), [n for n in all_linears if n not in linears])
 
@@ -153,6 +154,7 @@ class QuantStage(BlockStage):
         for name, linear in linears.items():
             fresh[name] = quantize_linear(name, linear, stats[name], self.config,
                                           self.config.quantize_weight)  # type: ignore[attr-defined]
+            stats[name].hessian = None  # d_in^2 floats: free before the next linear
         self._fresh[index] = fresh
 
     def packed(self, index: int) -> dict[str, QuantizedWeight]:

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 
 from compress.hessian import check_lazy_batch_knobs, inverse_hessian_factor, prepare_hessian
-from compress.linalg import single_threaded
+from compress.linalg import lazy_update_threads, single_threaded
 from compress.prune.base import PruneConfig, register_pruner
 from compress.prune.masks import check_n_m, row_lowest_k_mask
 from compress.stats import HESSIAN, LinearStats
@@ -76,7 +76,8 @@ def _prune_block(
         w1[:, i] = q
         err1[:, i] = err
     w[:, i1:i2] = w1
-    w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    with lazy_update_threads(w, i2):
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
 
 
 def sparsegpt_prune(

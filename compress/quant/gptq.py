@@ -39,7 +39,7 @@ import torch
 
 from compress.errors import CompressError
 from compress.hessian import check_lazy_batch_knobs, inverse_hessian_factor, prepare_hessian
-from compress.linalg import single_threaded
+from compress.linalg import lazy_update_threads, single_threaded
 from compress.quant.base import IntQuantConfig, register_quantizer
 from compress.quant.grid import check_grid, dequantize_codes, group_params, quantize_to_codes
 from compress.stats import HESSIAN, LinearStats
@@ -128,7 +128,8 @@ def _quantize_block(w: torch.Tensor, hinv: torch.Tensor, pruned: torch.Tensor,
         w1[:, i + 1:] -= err.unsqueeze(1) * h1[i, i + 1:].unsqueeze(0)
         codes[:, j] = code
         err1[:, i] = err
-    w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    with lazy_update_threads(w, i2):
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int,

@@ -71,6 +71,7 @@ class StreamingDecoder:
         self._infos = source.infos()
         self._tied = bool(getattr(config, "tie_word_embeddings", False))
         self._check_every_parameter_stored()
+        self.bytes_read = 0  # stored bytes read from the source so far (for benchmarks)
 
     @property
     def n_blocks(self) -> int:
@@ -120,6 +121,7 @@ class StreamingDecoder:
                     continue
                 full = ".".join(p for p in (prefix, owner_name, leaf) if p)
                 tensor = self.source.read(self.stored_name(full))
+                self.bytes_read += tensor.numel() * tensor.element_size()
                 tensor = tensor.to(self.device, self.compute_dtype)
                 owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
 

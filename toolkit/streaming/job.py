@@ -33,7 +33,7 @@ from models.lazy.crash_points import crash_point
 from models.lazy.open import LazyCheckpoint, open_lazy
 from models.lazy.safetensors_source import tensor_bytes_sha256
 from models.lazy.safetensors_write import write_safetensors
-from models.lazy.shard_writer import ShardedWriter
+from models.lazy.shard_writer import ShardedWriter, shard_name
 from models.lazy.skeleton import StreamingDecoder
 from models.manifest import MANIFEST_FILE, check_manifest, new_manifest_fields
 from toolkit.artifacts import RECIPE_FILE, check_output_dir, files_section, move_into_place
@@ -193,6 +193,7 @@ def _stream(job: StreamJob, stages: list[BlockStage], calib, journal: Journal,
         return infos[decoder.stored_name(name)].dtype
 
     def finished(index, block, packed, streams) -> None:
+        block_start = time.perf_counter()
         prefix = decoder.block_prefix(index)
         tensors = {name: t.to(store_dtype(name)) for name, t in iter_block_params(block, prefix)}
         state, metadata, record = writer.prepare(tensors, packed)
@@ -210,14 +211,23 @@ def _stream(job: StreamJob, stages: list[BlockStage], calib, journal: Journal,
                             f"{decoder.n_blocks}: {exc.strerror or exc}; the finished "
                             f"blocks are kept in {journal.staging}: free space and run the "
                             "same command again to resume") from None
+        io["written_bytes"] += (journal.staging / name).stat().st_size + journal.last_commit_bytes
+        io["block_seconds"].append(time.perf_counter() - io.pop("block_mark", block_start))
+        io["block_mark"] = time.perf_counter()
 
+    io: dict[str, Any] = {"written_bytes": 0, "block_seconds": [],
+                          "block_mark": time.perf_counter()}
+    job.io = io  # type: ignore[attr-defined]
     if resumed.start < decoder.n_blocks:
         stream_compress(decoder, stages, calib, finished, forward_dtype=job.forward_dtype,
                         batch_size=BATCH_SIZE, store_dtype=store_dtype,
                         start=resumed.start, resume_streams=resumed.streams,
                         seconds=seconds, progress=progress)
+    io.pop("block_mark", None)
     _write_outside_blocks(job, writer, n_shards)
-    writer.finish()
+    io["written_bytes"] += writer.finish().stat().st_size + (
+        writer.directory / shard_name(writer.stem, n_shards, n_shards)).stat().st_size
+    io["read_bytes"] = decoder.bytes_read
     job.writer = writer  # type: ignore[attr-defined]  # read by _write_rest
 
 
@@ -306,6 +316,9 @@ def _manifest(job: StreamJob, recipe: Recipe, stages: list[BlockStage], data, me
         "metrics": metrics,
         "sparsity": _sparsity(stages), "quantization": _quantization(stages),
         "eval_protocol": recipe.protocol.to_dict(),
+        # what the streaming engine read and wrote (blocks; outside-block tensors copied
+        # once), and each block's wall time from its read to its checkpoint
+        "io": job.io,  # type: ignore[attr-defined]
     }
     if writer.quantized_any:
         manifest["interop"] = ({"transformers": True,

@@ -90,6 +90,7 @@ class Journal:
         self.blocks: list[BlockEntry] = []
         self.activations: str | None = None
         self.activations_sha256: str | None = None
+        self.last_commit_bytes = 0  # activations + journal bytes of the last commit
 
     # -- reading a checkpoint ------------------------------------------------------------
     def resume(self, source_sha256, say=None) -> Resumed:
@@ -174,14 +175,18 @@ class Journal:
             crash_point("after-activations")
             self.activations = name
             self.activations_sha256 = hashlib.sha256(data).hexdigest()
+            self.last_commit_bytes = len(data)
         else:
             self.activations, self.activations_sha256 = None, None
+            self.last_commit_bytes = 0
         self.blocks.append(entry)
         body = {"version": JOURNAL_VERSION, "fingerprint": self.fingerprint,
                 "blocks": [dataclasses.asdict(b) for b in self.blocks],
                 "activations": self.activations,
                 "activations_sha256": self.activations_sha256}
-        write_atomically(self.path, (json.dumps(body, indent=1) + "\n").encode())
+        text = (json.dumps(body, indent=1) + "\n").encode()
+        write_atomically(self.path, text)
+        self.last_commit_bytes += len(text)
         crash_point("after-journal")
         if previous is not None and previous != self.activations:
             (self.dir / previous).unlink(missing_ok=True)
