@@ -80,6 +80,15 @@ def write_recipe(stages: list[dict], samples: int, seq_len: int, path: Path) -> 
     return path
 
 
+def all_tensors(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    return tensors
+
+
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -89,13 +98,8 @@ def large_rows(shape: str, args, work: Path) -> list[dict]:
     from models.large_shapes import shape_named
 
     spec = shape_named(shape)
-    source = work / f"{shape}-bf16"
-    if not source.exists():
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "toolkit", "synth", shape, "--out", str(source),
-                        "--dtype", "bfloat16", "--seed", "0"], cwd=REPO, check=True)
-        print(f"{shape}: synthetic checkpoint in {time.perf_counter() - start:.0f} s",
-              flush=True)
+    source = synthesize(shape, None, work)
+    partial = args.partial_layers.get(shape)
     n_params = spec.param_count()
     # AFM's FFN width 8032 = 32 x 251: groups of 64 do not divide it, so 32 there.
     group = 64 if all(n % 64 == 0 for n in (spec.hidden, spec.intermediate)) else 32
@@ -106,17 +110,21 @@ def large_rows(shape: str, args, work: Path) -> list[dict]:
         recipe = write_recipe(stages, args.calib_samples, args.seq_len, work / "recipe.yaml")
         name = name.replace("g64", f"g{group}")
         out = work / "out"
-        run = measured(["run", str(recipe), "--model", str(source), "--out", str(out),
+        cut = partial if partial and any(s["method"] == "gptq" for s in stages) else None
+        model = synthesize(shape, cut, work) if cut else source
+        run = measured(["run", str(recipe), "--model", str(model), "--out", str(out),
                         "--overwrite", "--engine", "streaming", "--no-eval", "--quiet"], work)
         report = run["report"]
-        rows.append(_large_row(shape, name, n_params, source, out, run, report, args))
+        rows.append(_large_row(shape, name, n_params, model, out, run, report, args))
+        rows[-1]["layers"] = [cut or spec.layers, spec.layers]
         print(json.dumps(rows[-1]), flush=True)
         shutil.rmtree(out, ignore_errors=True)
     if args.eval_windows:
         rows.append(_eval_row(shape, n_params, source, args, work))
         print(json.dumps(rows[-1]), flush=True)
     if not args.keep:
-        shutil.rmtree(source, ignore_errors=True)
+        for folder in work.glob(f"{shape}-bf16*"):
+            shutil.rmtree(folder, ignore_errors=True)
     return rows
 
 
@@ -145,10 +153,21 @@ def _eval_row(shape, n_params, source, args, work) -> dict:
             "bf16_bytes": 2 * n_params, "peak_rss": run["peak_rss"], "wall": run["wall"]}
 
 
+def synthesize(shape: str, layers: int | None, work: Path) -> Path:
+    """The synthetic bf16 checkpoint of `shape` (its first `layers` blocks when given)."""
+    source = work / (f"{shape}-bf16" + (f"-{layers}layers" if layers else ""))
+    if not source.exists():
+        start = time.perf_counter()
+        cut = ["--layers", str(layers)] if layers else []
+        subprocess.run([sys.executable, "-m", "toolkit", "synth", shape, "--out", str(source),
+                        "--dtype", "bfloat16", "--seed", "0", "--quiet", *cut], cwd=REPO,
+                       check=True)
+        print(f"{source.name}: synthesized in {time.perf_counter() - start:.0f} s", flush=True)
+    return source
+
+
 # --- SmolLM2: streaming against in-memory --------------------------------------------------
 def smollm2_rows(args, work: Path) -> list[dict]:
-    from tests.toolkit.streaming_helpers import all_tensors
-
     rows = []
     for name in args.recipes:
         recipe = write_recipe(RECIPES[name], args.smollm2_samples, args.smollm2_seq_len,
@@ -208,7 +227,11 @@ def markdown(data: dict) -> str:
         "is 32 x 512: the large rows use fewer tokens so that all of them fit one session "
         "on 2 cores; the memory bound is checked at the default by the estimate column). "
         "Output: sharded Hugging Face directory; bf16 weights stay bf16, GPTQ linears are "
-        "packed. Time shares: read / forward / method / write, % of the four.",
+        "packed. Time shares: read / forward / method / write, % of the four. "
+        "Totals marked * ran the first blocks of the shape only (`toolkit synth --layers`; "
+        "GPTQ on a 7B shape takes about a minute per block on these 2 cores) and are the "
+        "median block time x the shape's blocks; peak memory is set by one block, so it "
+        "is the full model's.",
         "",
         "| shape | recipe | params | fp32 / bf16 GB | peak RSS GB | total s | s per block "
         "(median, min-max) | read GB | written GB | time shares % |",
@@ -220,10 +243,13 @@ def markdown(data: dict) -> str:
                          f"{gb(row['fp32_bytes'])} / {gb(row['bf16_bytes'])} | "
                          f"**{gb(row['peak_rss'])}** | {row['wall']:.0f} | | | | |")
             continue
+        done, full = row.get("layers", [row["blocks"], row["blocks"]])
+        total = (f"{row['compress']:.0f}" if done == full else
+                 f"{row['block_median'] * full:.0f}* ({done} of {full} blocks run)")
         lines.append(
             f"| {row['shape']} | {row['recipe']} | {row['params'] / 1e9:.2f}B | "
             f"{gb(row['fp32_bytes'])} / {gb(row['bf16_bytes'])} | **{gb(row['peak_rss'])}** | "
-            f"{row['compress']:.0f} | {row['block_median']:.1f} ({row['block_min']:.1f}-"
+            f"{total} | {row['block_median']:.1f} ({row['block_min']:.1f}-"
             f"{row['block_max']:.1f}) | {gb(row['read_bytes'])} | {gb(row['written_bytes'])} "
             f"| {shares(row['parts'])} |")
     smol = data.get("smollm2", [])
@@ -254,10 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", choices=("all", "large", "smollm2"), default="all")
     p.add_argument("--shapes", default="afm-3b,llama-2-7b")
     p.add_argument("--recipes", default=",".join(RECIPES),
-                   help="comma-separated, from: " + "; ".join(RECIPES))
+                   help="comma-separated, from: " + "; ".join(RECIPES).replace("%", "%%"))
     p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--eval-windows", type=int, default=4)
+    p.add_argument("--partial-layers", default="llama-2-7b=8,mistral-7b=8",
+                   help="SHAPE=N,...: run recipes with GPTQ on the first N blocks only")
     p.add_argument("--smollm2-samples", type=int, default=32)
     p.add_argument("--smollm2-seq-len", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
@@ -268,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     args = p.parse_args(argv)
     args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    args.partial_layers = {k: int(v) for k, v in (item.split("=") for item in
+                           args.partial_layers.split(",") if item)}
     unknown = [r for r in args.recipes if r not in RECIPES]
     if unknown:
         p.error(f"unknown recipe {unknown[0]!r}: choose from {'; '.join(RECIPES)}")
