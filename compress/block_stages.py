@@ -185,20 +185,22 @@ class QuantStage(BlockStage):
 
 
 def stage_for(config: MethodConfig, *, n_blocks: int, calib_tokens: int,
-              forward_dtype: torch.dtype, seconds: dict[str, float]) -> BlockStage:
-    """The per-block form of a recipe stage, or a one-line refusal for a method that
-    needs the whole model at once."""
-    common = {"calib_tokens": calib_tokens if config.needs else 0,  # type: ignore[attr-defined]
+              forward_dtype: torch.dtype, seconds: dict[str, float],
+              previous: list[BlockStage] | None = None) -> BlockStage:
+    """The per-block form of a recipe stage (`previous`: the stages before it), or a
+    one-line refusal for a method that needs the whole model at once."""
+    common = {"calib_tokens": calib_tokens if getattr(config, "needs", True) else 0,
               "forward_dtype": str(forward_dtype).replace("torch.", ""), "seconds": seconds}
     if isinstance(config, PruneConfig):
         return PruneStage(config, n_blocks, **common)
     if isinstance(config, QuantConfig):
         return QuantStage(config, **common)
-    from compress.recovery_stage import recovery_stage_for  # optional: block recovery
+    from compress.recovery.config import RecoverConfig
+    from compress.recovery.streaming_stage import RecoveryStage  # imports this module
 
-    stage = recovery_stage_for(config, common)
-    if stage is not None:
-        return stage
+    if isinstance(config, RecoverConfig):
+        common["calib_tokens"] = calib_tokens
+        return RecoveryStage(config, previous or [], **common)
     raise CompressError(f"method {config.method} works on the whole model at once and "
                         "cannot run block by block: use --engine memory on a model that "
                         "fits in memory, or a block-wise method")

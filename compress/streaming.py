@@ -167,7 +167,8 @@ def _compress_block(decoder, plan: StreamPlan, index: int, block: nn.Module,
             stage.process_with_targets(index, prefix, block, inputs, targets)  # type: ignore[attr-defined]
         else:
             stage.process(index, all_linears, linears, stats)
-        _round_to_storage(block, prefix, set(stage.packed(index)), store_dtype)
+        packed = {n for s in plan.stages for n in s.packed(index)}
+        _round_to_storage(block, prefix, packed, store_dtype)
         seconds["method"] += time.perf_counter() - t0
         if inputs is not None and index + 1 < decoder.n_blocks:
             t0 = time.perf_counter()

@@ -128,3 +128,27 @@ def test_whole_model_distillation_above_the_budget_points_to_recover(toolkit_cli
                          str(tmp_path / "out"), "--memory-budget", "0.001", "--quiet")
     assert result.code == 2
     assert len(result.err_lines) == 1 and "method: recover" in result.err
+
+
+def test_block_recovery_streams_like_the_in_memory_stage(toolkit_cli, fp32_checkpoint,
+                                                        tmp_path):
+    """rtn then recover: the dense stream's outputs are the targets; the recovered scales
+    are what the shard holds, as in the in-memory stage (fp32 forwards in both)."""
+    recipe = tmp_path / "recover.yaml"
+    recipe.write_text("calibration: {samples: 2, seq_len: 16, seed: 0}\nstages:\n"
+                      "  - {method: rtn, bits: 3, group_size: 32}\n"
+                      "  - {method: recover, steps: 5, lr: 0.001, scale_lr: 0.01}\n")
+    outs = {}
+    for engine in ("memory", "streaming"):
+        outs[engine] = tmp_path / engine
+        result = toolkit_cli("run", str(recipe), "--model", str(fp32_checkpoint), "--out",
+                             str(outs[engine]), "--engine", engine, "--forward-dtype",
+                             "fp32", "--no-eval", "--quiet")
+        assert result.code == 0, result.err
+    a, b = all_tensors(outs["memory"]), all_tensors(outs["streaming"])
+    assert set(a) == set(b) and [k for k in a if not torch.equal(a[k], b[k])] == []
+    stages = json.loads((outs["streaming"] / "toolkit.json").read_text())["stages"]
+    recover = stages[-1]["report"]
+    assert recover["kind"] == "recover" and len(recover["loss_before"]) == 4
+    assert all(after <= before for before, after in
+               zip(recover["loss_before"], recover["loss_after"], strict=True))

@@ -132,12 +132,16 @@ def _compress(job: StreamJob, out: Path, overwrite: bool, progress, start: float
 
 
 def _stages(recipe: Recipe, job: StreamJob, calib, seconds) -> list[BlockStage]:
+    stages: list[BlockStage] = []
     try:
-        return [stage_for(config, n_blocks=job.decoder.n_blocks,
-                          calib_tokens=int(calib.numel()), forward_dtype=job.forward_dtype,
-                          seconds=seconds) for config in recipe.stages]
+        for config in recipe.stages:
+            stages.append(stage_for(config, n_blocks=job.decoder.n_blocks,
+                                    calib_tokens=int(calib.numel()),
+                                    forward_dtype=job.forward_dtype, seconds=seconds,
+                                    previous=stages))
     except CompressError as exc:
         raise UserError(str(exc)) from None
+    return stages
 
 
 def _check_memory(job: StreamJob, stages: list[BlockStage], calib) -> None:
