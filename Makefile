@@ -53,6 +53,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/llm_pruning.py
 	$(PY) benchmarks/llm_quant.py
+	# Streaming 3B/7B synthetic shapes and SmolLM2 streaming vs in-memory (~2 h on 2 cores).
+	$(PY) -m benchmarks.llm_scale
 	$(PY) benchmarks/export_bench.py
 	# The upcycled-LM grid first: vmoe.py puts its results under the V-MoE tables.
 	$(PY) benchmarks/vmoe_upcycled_lm.py

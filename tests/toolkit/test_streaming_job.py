@@ -31,7 +31,7 @@ def _compress(toolkit_cli, model, out, engine, *method):
 METHODS = {
     "wanda": ["--method", "wanda", "--sparsity", "0.5"],
     "sparsegpt 2:4": ["--method", "sparsegpt", "--sparsity", "0.5", "--pattern", "2:4"],
-    "gptq": ["--method", "gptq", "--bits", "4", "--group-size", "32"],
+    "gptq": ["--method", "gptq", "--bits", "4", "--group-size", "32"],  # 32 divides 64 and 576
     "awq": ["--method", "awq", "--bits", "4", "--group-size", "32"],
     "rtn": ["--method", "rtn", "--bits", "8"],
 }
@@ -152,3 +152,18 @@ def test_block_recovery_streams_like_the_in_memory_stage(toolkit_cli, fp32_check
     assert recover["kind"] == "recover" and len(recover["loss_before"]) == 4
     assert all(after <= before for before, after in
                zip(recover["loss_before"], recover["loss_after"], strict=True))
+
+
+@pytest.mark.slow  # transformers dequantizes the whole GGUF for the in-memory run: ~1 min
+def test_gguf_streams_like_the_in_memory_gguf_load(toolkit_cli, tmp_path):
+    """SmolLM2's Q4_1 GGUF is dequantized one tensor at a time when its block is reached
+    (models/lazy/gguf_source.py); the result equals compressing transformers' whole-model
+    load of the same file."""
+    from models.smollm2 import smollm2_gguf_path
+
+    outs = {}
+    for engine in ("memory", "streaming"):
+        outs[engine] = _compress(toolkit_cli, smollm2_gguf_path(), tmp_path / engine, engine,
+                                 "--forward-dtype", "fp32", *METHODS["gptq"])
+    a, b = all_tensors(outs["memory"]), all_tensors(outs["streaming"])
+    assert set(a) == set(b) and [k for k in a if not torch.equal(a[k], b[k])] == []
