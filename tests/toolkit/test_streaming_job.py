@@ -34,6 +34,9 @@ METHODS = {
     "gptq": ["--method", "gptq", "--bits", "4", "--group-size", "32"],  # 32 divides 64 and 576
     "awq": ["--method", "awq", "--bits", "4", "--group-size", "32"],
     "rtn": ["--method", "rtn", "--bits", "8"],
+    "magnitude": ["--method", "magnitude", "--sparsity", "0.3"],
+    # a format transformers cannot hold: Edge-Toolkit-only shards and their own index
+    "palettize": ["--method", "palettize", "--bits", "3", "--group-rows", "16"],
 }
 
 
@@ -47,6 +50,9 @@ def test_streaming_equals_in_memory(toolkit_cli, fp32_checkpoint, tmp_path, meth
     assert set(a) == set(b)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert len(list(stream.glob("*-of-*.safetensors"))) == 5  # 4 blocks + the rest
+    if method == "palettize":
+        assert (stream / "edge_toolkit_quantized.safetensors.index.json").is_file()
+        assert not (stream / "model.safetensors.index.json").exists()
     manifest = json.loads((stream / "toolkit.json").read_text())
     assert manifest["engine"]["name"] == "streaming"
     assert manifest["format"] == "edge-toolkit-artifact/2"
