@@ -166,6 +166,30 @@ def synthesize(shape: str, layers: int | None, work: Path) -> Path:
     return source
 
 
+# --- fp32 against bf16 calibration forwards ------------------------------------------------
+def dtype_rows(args, work: Path) -> list[dict]:
+    """Wanda on the first blocks of afm-3b with fp32 and bf16 forwards, alternating: the
+    forward time per block decides `--forward-dtype auto` (toolkit/hardware.py)."""
+    layers = 4
+    source = synthesize("afm-3b", layers, work)
+    recipe = write_recipe(RECIPES["wanda 50%"], args.calib_samples, args.seq_len,
+                          work / "recipe.yaml")
+    forward: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(args.repeats):
+        for dtype in forward:
+            run = measured(["run", str(recipe), "--model", str(source), "--out",
+                            str(work / "out"), "--overwrite", "--engine", "streaming",
+                            "--forward-dtype", dtype, "--no-eval", "--quiet"], work)
+            forward[dtype].append(run["report"]["timing_seconds"]["forward"] / layers)
+    shutil.rmtree(work / "out", ignore_errors=True)
+    from toolkit.hardware import cpu_has_fast_bf16
+
+    return [{"dtype": dtype, "forward_per_block": statistics.median(values),
+             "spread": [min(values), max(values)], "fast_bf16_cpu": cpu_has_fast_bf16(),
+             "calibration": f"{args.calib_samples}x{args.seq_len}"}
+            for dtype, values in forward.items()]
+
+
 # --- SmolLM2: streaming against in-memory --------------------------------------------------
 def smollm2_rows(args, work: Path) -> list[dict]:
     rows = []
@@ -272,12 +296,22 @@ def markdown(data: dict) -> str:
                 f"{row['memory_s']:.1f} [{m[0]:.1f}-{m[1]:.1f}] | {row['streaming_s']:.1f} "
                 f"[{s[0]:.1f}-{s[1]:.1f}] | {row['ratio']:.2f} | {gb(row['peak_memory'])} / "
                 f"{gb(row['peak_streaming'])} | {shares(row['parts'])} |")
+    dtype = data.get("dtype", [])
+    if dtype:
+        lines += ["", "Calibration forward dtype on afm-3b's first 4 blocks (wanda, "
+                  f"{dtype[0]['calibration'].replace('x', ' x ')} tokens, "
+                  f"{data['args']['repeats']} alternating repeats; this CPU "
+                  f"{'has' if dtype[0]['fast_bf16_cpu'] else 'lacks'} AMX/AVX512-BF16): "
+                  + "; ".join(f"{r['dtype']} {r['forward_per_block']:.2f} s per block "
+                              f"[{r['spread'][0]:.2f}-{r['spread'][1]:.2f}]" for r in dtype)
+                  + ". `--forward-dtype auto` picks bf16 on such CPUs (and GPUs), fp32 "
+                  "elsewhere."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("all", "large", "smollm2"), default="all")
+    p.add_argument("--part", choices=("all", "large", "smollm2", "dtype"), default="all")
     p.add_argument("--shapes", default="afm-3b,llama-2-7b")
     p.add_argument("--recipes", default=",".join(RECIPES),
                    help="comma-separated, from: " + "; ".join(RECIPES).replace("%", "%%"))
@@ -313,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         for shape in args.shapes.split(","):
             data["large"] += large_rows(shape, args, work)
             _save(data, args)
+    if args.part in ("all", "dtype"):
+        data["dtype"] = dtype_rows(args, work)
+        _save(data, args)
     if args.part in ("all", "smollm2"):
         data["smollm2"] = smollm2_rows(args, work)
         _save(data, args)
