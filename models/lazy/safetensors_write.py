@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 import sys
 from pathlib import Path
 
 import torch
 
+from models.lazy.atomic_file import atomic_file
 from models.lazy.crash_points import crash_point
 
 DTYPE_NAMES = {
@@ -72,21 +72,13 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor],
     if unknown:
         raise ValueError(f"cannot store dtype {sorted(map(str, unknown))[0]} in safetensors")
     digest = hashlib.sha256()
-    tmp = path.with_name(f".{path.name}.tmp")
     names = _layout(tensors)
-    try:
-        with open(tmp, "wb") as handle:
-            for i, chunk in enumerate([header_bytes(tensors, metadata),
-                                       *(_tensor_bytes(tensors[n]) for n in names)]):
-                if i == 1 + len(names) // 2:
-                    handle.flush()
-                    crash_point("mid-write")  # tests: a kill with half a file on disk
-                handle.write(chunk)
-                digest.update(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        for i, chunk in enumerate([header_bytes(tensors, metadata),
+                                   *(_tensor_bytes(tensors[n]) for n in names)]):
+            if i == 1 + len(names) // 2:
+                handle.flush()
+                crash_point("mid-write")  # tests: a kill with half a file on disk
+            handle.write(chunk)
+            digest.update(chunk)
     return digest.hexdigest()

@@ -20,12 +20,12 @@ full disk leaves either the whole shard or none of it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from models.lazy.atomic_file import write_atomically
 from models.qformat import QUANT_METADATA_KEY, QuantizedWeight, encode_layout, packed_state_dict
 from models.qformat.compressed_tensors import ct_quantization_config, ct_state_dict, set_blocker
 from models.qformat.layout import CT_LAYOUT_FORMAT, LAYOUT_FORMAT
@@ -38,20 +38,6 @@ EDGE_STEM = "edge_toolkit_quantized"
 def shard_name(stem: str, number: int, total: int) -> str:
     """HF's shard naming: `model-00001-of-00029.safetensors` (numbers from 1)."""
     return f"{stem}-{number:05d}-of-{total:05d}.safetensors"
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """`data` at `path`, or nothing there at all (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class ShardedWriter:

@@ -16,9 +16,10 @@ from safetensors.torch import load_file, save
 
 import models
 from models.errors import ModelError
+from models.lazy.atomic_file import write_atomically
 from models.lazy.packed_source import PackedSource, open_weights_source
 from models.lazy.safetensors_source import SafetensorsSource
-from models.lazy.shard_writer import ShardedWriter, write_atomically
+from models.lazy.shard_writer import ShardedWriter
 from models.quantized_loader import EDGE_INDEX_FILE, EDGE_ONLY_FILE
 from tests.toolkit.test_cli import SMALL
 

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from safetensors.torch import load, save
 
+from models.lazy.atomic_file import write_atomically
 from models.lazy.crash_points import crash_point
-from models.lazy.shard_writer import write_atomically
 
 JOURNAL_VERSION = "edge-toolkit-stream-journal/1"
 RESUME_DIR = "resume"
