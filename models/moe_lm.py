@@ -142,7 +142,9 @@ class SparseMoeBlock(nn.Module):
             if token.numel() == 0:
                 continue
             y = self.expert(e, x.index_select(0, token))
-            out.index_add_(0, token, y * gates[token, slot, None].to(y.dtype))
+            # Under bf16 autocast the experts' linears return bf16 while `out` keeps the
+            # hidden states' dtype: accumulate in the latter.
+            out.index_add_(0, token, (y * gates[token, slot, None].to(y.dtype)).to(out.dtype))
             if recording:
                 norms[token.cpu(), slot.cpu()] = y.detach().float().norm(dim=-1).cpu()
         if recording:
