@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -54,7 +54,7 @@ class StreamedDecoder(Protocol):
 
 
 # (block index, the block with its final weights, packed linears by full name,
-#  the streams after this block, per-stage JSON records) -> None
+#  the activation streams entering the next block) -> None
 Finished = Callable[[int, nn.Module, dict[str, QuantizedWeight], list[list[torch.Tensor]]], None]
 
 
@@ -194,12 +194,3 @@ def iter_block_params(block: nn.Module, prefix: str) -> Iterator[tuple[str, torc
     """(full name, tensor) of a materialised block's parameters, in module order."""
     for name, param in block.named_parameters():
         yield f"{prefix}.{name}", param.data
-
-
-def no_stages_need_data(stages: list[BlockStage]) -> bool:
-    return StreamPlan(stages).n_streams == 0
-
-
-def describe_streams(stages: list[BlockStage]) -> dict[str, Any]:
-    plan = StreamPlan(stages)
-    return {"streams": plan.n_streams, "dense_targets": plan.dense}

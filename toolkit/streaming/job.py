@@ -61,6 +61,9 @@ class StreamJob:
     forward_dtype: torch.dtype
     device: str
     evaluate: bool
+    writer: ShardedWriter | None = None  # set once the blocks are streamed
+    # What the engine read and wrote, and each block's wall time (for benchmarks).
+    io: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def run_streaming_recipe(recipe: Recipe, model_spec: str, args: argparse.Namespace) -> int:
@@ -197,7 +200,6 @@ def _stream(job: StreamJob, stages: list[BlockStage], calib, journal: Journal,
         return infos[decoder.stored_name(name)].dtype
 
     def finished(index, block, packed, streams) -> None:
-        block_start = time.perf_counter()
         prefix = decoder.block_prefix(index)
         tensors = {name: t.to(store_dtype(name)) for name, t in iter_block_params(block, prefix)}
         state, metadata, record = writer.prepare(tensors, packed)
@@ -216,23 +218,23 @@ def _stream(job: StreamJob, stages: list[BlockStage], calib, journal: Journal,
                             f"blocks are kept in {journal.staging}: free space and run the "
                             "same command again to resume") from None
         io["written_bytes"] += (journal.staging / name).stat().st_size + journal.last_commit_bytes
-        io["block_seconds"].append(time.perf_counter() - io.pop("block_mark", block_start))
-        io["block_mark"] = time.perf_counter()
+        now = time.perf_counter()
+        io["block_seconds"].append(now - marks[-1])  # from the previous block's end
+        marks.append(now)
 
-    io: dict[str, Any] = {"written_bytes": 0, "block_seconds": [],
-                          "block_mark": time.perf_counter()}
-    job.io = io  # type: ignore[attr-defined]
+    io = job.io
+    io.update(written_bytes=0, block_seconds=[])
+    marks = [time.perf_counter()]
     if resumed.start < decoder.n_blocks:
         stream_compress(decoder, stages, calib, finished, forward_dtype=job.forward_dtype,
                         batch_size=BATCH_SIZE, store_dtype=store_dtype,
                         start=resumed.start, resume_streams=resumed.streams,
                         seconds=seconds, progress=progress)
-    io.pop("block_mark", None)
     _write_outside_blocks(job, writer, n_shards)
     io["written_bytes"] += writer.finish().stat().st_size + (
         writer.directory / shard_name(writer.stem, n_shards, n_shards)).stat().st_size
     io["read_bytes"] = decoder.bytes_read
-    job.writer = writer  # type: ignore[attr-defined]  # read by _write_rest
+    job.writer = writer
 
 
 def _write_shard(path: Path, state, metadata, number: int, total: int) -> str:
@@ -266,7 +268,8 @@ def _write_rest(job: StreamJob, staging: Path, recipe: Recipe) -> None:
     recipe.yaml, and the note for files transformers cannot open."""
     from models.families.llm_weights import NOTE_FILE, _edge_only_note
 
-    writer: ShardedWriter = job.writer  # type: ignore[attr-defined]
+    writer = job.writer
+    assert writer is not None
     config = job.lazy.config
     dtypes = {i.dtype for i in job.lazy.source.infos().values() if i.dtype.is_floating_point}
     # transformers' config key for the weights' dtype ("dtype"; "torch_dtype" before v5)
@@ -306,7 +309,8 @@ def _manifest(job: StreamJob, recipe: Recipe, stages: list[BlockStage], data, me
                          "seconds": dict(seconds), "forward_dtype": report.forward_dtype,
                          "report": section})
     last = recipe.stages[-1].to_dict()
-    writer: ShardedWriter = job.writer  # type: ignore[attr-defined]
+    writer = job.writer
+    assert writer is not None
     manifest: dict[str, Any] = {
         "created": timestamp(), "source_model": job.loaded.source,
         "model_name": job.loaded.name, "recipe": recipe.to_dict(),
@@ -322,7 +326,7 @@ def _manifest(job: StreamJob, recipe: Recipe, stages: list[BlockStage], data, me
         "eval_protocol": recipe.protocol.to_dict(),
         # what the streaming engine read and wrote (blocks; outside-block tensors copied
         # once), and each block's wall time from its read to its checkpoint
-        "io": job.io,  # type: ignore[attr-defined]
+        "io": job.io,
     }
     if writer.quantized_any:
         manifest["interop"] = ({"transformers": True,

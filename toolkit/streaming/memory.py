@@ -22,7 +22,6 @@ import dataclasses
 import os
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from compress.stats import HESSIAN
@@ -31,8 +30,8 @@ GIB = 1 << 30
 # Python, torch, transformers and the tokenizer, measured as the resident size of
 # `toolkit compress --help` plus an imported transformers model class (~0.5 GB).
 RUNTIME_BYTES = int(0.6 * GIB)
-# Forward temporaries per token of a micro-batch, in hidden-size units of fp32: the MLP's
-# gate/up/act products (3 x intermediate) and attention's q/k/v/out projections.
+# Whole-model distillation holds the student, its gradients, Adam's two moments and the
+# teacher: five fp32 copies of the weights.
 DISTILL_COPIES = 5
 
 
@@ -109,7 +108,9 @@ def streaming_estimate(decoder, needs: set[str], n_streams: int, calib_tokens: i
     hidden = int(decoder.config.hidden_size)
     inter = int(getattr(decoder.config, "intermediate_size", 4 * hidden))
     activations = 2 * n_streams * calib_tokens * hidden * 4
-    activations += batch_tokens * (3 * inter + 6 * hidden) * 4  # one micro-batch's forward
+    # one micro-batch's forward temporaries: the MLP's gate/up/product (3 x intermediate)
+    # and attention's projections (~6 x hidden) per token, fp32
+    activations += batch_tokens * (3 * inter + 6 * hidden) * 4
     embeddings = decoder.layout.embeddings.weight.numel() * 4
     return StreamingEstimate(block_bytes, stats, activations, embeddings)
 
@@ -126,14 +127,3 @@ def default_budget() -> int:
     """Half of what the machine has now: room for the OS, the page cache of the shards
     being read, and the user's other programs."""
     return available_memory() // 2
-
-
-def fp32_bytes(n_params: int) -> int:
-    return 4 * n_params
-
-
-def bf16_bytes(n_params: int) -> int:
-    return 2 * n_params
-
-
-DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
