@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -37,7 +38,8 @@ def prepare_hessian(hessian: torch.Tensor, weight: torch.Tensor, name: str = "")
 
 
 def inverse_hessian_factor(h: torch.Tensor, dampening: float, alternative: str,
-                           name: str = "") -> torch.Tensor:
+                           name: str = "", *,
+                           rebuild: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
     """U above (fp32), raising the dampening x10 up to DAMPENING_RETRIES times when H is not
     positive definite; `alternative` names a method that needs no Hessian, for the error.
 
@@ -52,14 +54,22 @@ def inverse_hessian_factor(h: torch.Tensor, dampening: float, alternative: str,
     an n-column solve and a second Cholesky (~4x the flops), and the work happens in place
     in two n x n fp64 matrices besides `h`: a 7B model's 11008-input down_proj then needs
     3 GB here instead of 6, which is what keeps streaming GPTQ/SparseGPT within the memory
-    bound. The factorisation runs on every thread (compress.linalg.all_threads)."""
+    bound. The factorisation runs on every thread (compress.linalg.all_threads).
+
+    With `rebuild`, `h` is consumed: it is reversed and factorised in place (one n x n
+    matrix less), and `rebuild()` gives H again should a retry with more dampening be
+    needed."""
     n = h.shape[0]
     mean_diag = torch.diagonal(h).mean()
     info = torch.empty((), dtype=torch.int32, device=h.device)
     for attempt in range(DAMPENING_RETRIES + 1):
         damp = dampening * 10.0**attempt
         with all_threads():
-            work = h.flip(0, 1)  # a copy: P H P
+            if rebuild is None:
+                work = h.flip(0, 1)  # a copy: P H P
+            else:
+                work = h if attempt == 0 else rebuild()
+                reverse_in_place(work)
             work.diagonal().add_(damp * mean_diag)  # P I P = I
             torch.linalg.cholesky_ex(work, out=(work, info))  # L in the lower triangle
             if int(info) == 0:
@@ -81,6 +91,19 @@ def inverse_hessian_factor(h: torch.Tensor, dampening: float, alternative: str,
         f"{_prefix(name)}the calibration Hessian is not positive definite even with dampening "
         f"{damp:g}: use more calibration samples, another method (e.g. {alternative}), "
         "or leave the layer uncompressed with --ignore")
+
+
+def reverse_in_place(m: torch.Tensor, rows: int = 256) -> None:
+    """m <- P m P (rows and columns in reverse order) for a square m, `rows` rows at a time,
+    so the temporary memory is 4 x rows x n instead of a second n x n matrix."""
+    n = m.shape[0]
+    for start in range(0, n // 2, rows):
+        end = min(start + rows, n // 2)
+        top, bottom = m[start:end].clone(), m[n - end:n - start].clone()
+        m[start:end] = bottom.flip(0, 1)
+        m[n - end:n - start] = top.flip(0, 1)
+    if n % 2:
+        m[n // 2] = m[n // 2].flip(0)
 
 
 def _prefix(name: str) -> str:

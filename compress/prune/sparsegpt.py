@@ -45,8 +45,11 @@ class SparseGPTConfig(PruneConfig):
 
 def _inverse_hessian_factor(hessian: torch.Tensor, weight: torch.Tensor, dampening: float,
                             name: str) -> torch.Tensor:
+    def rebuild() -> torch.Tensor:  # H again, for a retry with more dampening
+        return prepare_hessian(hessian, weight.clone(), name)
+
     return inverse_hessian_factor(prepare_hessian(hessian, weight, name), dampening, "wanda",
-                                  name)
+                                  name, rebuild=rebuild)
 
 
 def _prune_block(

@@ -158,7 +158,12 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
         zero = torch.zeros_like(scale)
     grid = _GroupGrid(bits, group, symmetric, scale, zero, (order // group).tolist(),
                       fit_on_the_fly=not act_order)
-    hinv = inverse_hessian_factor(h, dampening, "rtn")
+    def rebuild() -> torch.Tensor:  # H again, for a retry with more dampening
+        again = prepare_hessian(hessian, w.clone())
+        return again[order][:, order] if act_order else again
+
+    hinv = inverse_hessian_factor(h, dampening, "rtn", rebuild=rebuild)
+    del h  # factorised in place: its storage went into hinv's computation
     codes = torch.empty_like(w)
     with single_threaded():
         for i1 in range(0, cols, block_size):
