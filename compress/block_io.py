@@ -53,15 +53,23 @@ def capture_block0_inputs(model: nn.Module, first_block: nn.Module, calib: torch
 
 
 def run_block(block: nn.Module, inputs: BlockInputs, forward_dtype: torch.dtype,
-              keep_outputs: bool) -> BlockInputs | None:
-    """Call `block` on every micro-batch; return its outputs as the next block's inputs."""
+              keep_outputs: bool, *, replace: bool = False) -> BlockInputs | None:
+    """Call `block` on every micro-batch; return its outputs as the next block's inputs.
+
+    `replace` puts each micro-batch's output in place of its input as soon as it exists
+    (and returns `inputs`), so a stream costs one set of activations, not two, when the
+    inputs are not needed afterwards."""
     outputs: list[torch.Tensor] = []
     with torch.no_grad(), _autocast(forward_dtype, inputs.hidden[0].device):
-        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True):
+        for i, (hidden, kwargs) in enumerate(zip(inputs.hidden, inputs.kwargs, strict=True)):
             out = block(hidden, **kwargs)
             out = out[0] if isinstance(out, tuple | list) else out
-            if keep_outputs:
+            if keep_outputs and replace:
+                inputs.hidden[i] = out.detach().to(torch.float32)
+            elif keep_outputs:
                 outputs.append(out.detach().to(torch.float32))
+    if keep_outputs and replace:
+        return inputs
     return BlockInputs(hidden=outputs, kwargs=inputs.kwargs) if keep_outputs else None
 
 

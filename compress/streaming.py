@@ -129,8 +129,9 @@ def _initial_streams(decoder, plan: StreamPlan, calib, batch_size, resume_stream
         captured = capture_block0_inputs(decoder.model, decoder.layout.blocks[0], calib,
                                          batch_size, decoder.device)
     seconds["capture"] += time.perf_counter() - t0
-    if resume_streams is None:
-        return [captured] * plan.n_streams
+    if resume_streams is None:  # one list per stream: they are updated in place
+        return [BlockInputs(list(captured.hidden), captured.kwargs)
+                for _ in range(plan.n_streams)]
     if len(resume_streams) != plan.n_streams:
         raise ValueError("the checkpoint holds a different number of activation streams")
     device = decoder.device
@@ -145,7 +146,8 @@ def _compress_block(decoder, plan: StreamPlan, index: int, block: nn.Module,
     targets = None
     if plan.dense:  # the last stream is the dense model's
         t0 = time.perf_counter()
-        dense_out = run_block(block, streams[-1], forward_dtype, keep_outputs=True)
+        dense_out = run_block(block, streams[-1], forward_dtype, keep_outputs=True,
+                              replace=True)
         seconds["forward"] += time.perf_counter() - t0
         targets, new_streams[-1] = dense_out.hidden, dense_out
     prefix = f"{decoder.layout.blocks_name}.{index}"
@@ -173,7 +175,7 @@ def _compress_block(decoder, plan: StreamPlan, index: int, block: nn.Module,
         if inputs is not None and index + 1 < decoder.n_blocks:
             t0 = time.perf_counter()
             new_streams[stream_index] = run_block(block, inputs, forward_dtype,
-                                                  keep_outputs=True)
+                                                  keep_outputs=True, replace=True)
             seconds["forward"] += time.perf_counter() - t0
     return new_streams
 

@@ -144,13 +144,13 @@ def _fail_on_call(real, n: int):
 
 
 # (module, function, the line's words): the block shards (shard 3 = block 1; shards 1 and 2
-# are done), and the resume checkpoint (3rd call: block 1's activations, after block 0's
-# activations and journal)
+# are done), and the resume checkpoint (3rd call: block 2's activations, after those of
+# blocks 0 and 1)
 WHERE = {
     "shard": ("toolkit.streaming.job", "write_safetensors", "could not write shard 3 of 5",
               2),
-    "checkpoint": ("toolkit.streaming.resume", "write_atomically",
-                   "could not save the checkpoint after block 2 of 4", 1),
+    "checkpoint": ("toolkit.streaming.resume", "write_safetensors",
+                   "could not save the checkpoint after block 3 of 4", 2),
 }
 
 
@@ -175,7 +175,7 @@ def test_disk_full_keeps_the_artifact_and_resumes(toolkit_cli, source, reference
     journal = json.loads((staging / "resume" / "journal.json").read_text())
     assert [b["index"] for b in journal["blocks"]] == list(range(done))
     assert sorted(f.name for f in staging.glob("*.safetensors")) == \
-        [b["shard"] for b in journal["blocks"]] + ([_shard(2)] if where == "checkpoint"
+        [b["shard"] for b in journal["blocks"]] + ([_shard(done + 1)] if where == "checkpoint"
                                                     else [])
     assert not list(staging.rglob(".*.tmp"))  # no half-written file left behind
 

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load, save
+from safetensors.torch import load
 
 from models.lazy.atomic_file import write_atomically
 from models.lazy.crash_points import crash_point
+from models.lazy.safetensors_write import write_safetensors
 
 JOURNAL_VERSION = "edge-toolkit-stream-journal/1"
 RESUME_DIR = "resume"
@@ -169,13 +170,12 @@ class Journal:
         if streams:
             tensors = {f"s{s}.b{b}": h.detach().to("cpu").contiguous()
                        for s, hidden in enumerate(streams) for b, h in enumerate(hidden)}
-            data = save(tensors)
             name = f"activations-{entry.index:05d}.safetensors"
-            write_atomically(self.dir / name, data)
+            # written tensor by tensor: no second copy of the activations in memory
+            self.activations_sha256 = write_safetensors(self.dir / name, tensors)
             crash_point("after-activations")
             self.activations = name
-            self.activations_sha256 = hashlib.sha256(data).hexdigest()
-            self.last_commit_bytes = len(data)
+            self.last_commit_bytes = (self.dir / name).stat().st_size
         else:
             self.activations, self.activations_sha256 = None, None
             self.last_commit_bytes = 0
