@@ -186,7 +186,8 @@ def dtype_rows(args, work: Path) -> list[dict]:
 
     return [{"dtype": dtype, "forward_per_block": statistics.median(values),
              "spread": [min(values), max(values)], "fast_bf16_cpu": cpu_has_fast_bf16(),
-             "calibration": f"{args.calib_samples}x{args.seq_len}"}
+             "calibration": f"{args.calib_samples}x{args.seq_len}",
+             "repeats": len(values)}
             for dtype, values in forward.items()]
 
 
@@ -247,13 +248,17 @@ def markdown(data: dict) -> str:
         "streaming` process on a synthetic bf16 checkpoint (`toolkit synth`, random weights: "
         "the work is the same as for real ones); peak RSS is the process's own ru_maxrss, "
         "memory-mapped shard pages included. Calibration "
-        f"{data['args']['calib_samples']} x {data['args']['seq_len']} tokens (the default "
-        "is 32 x 512: the large rows use fewer tokens so that all of them fit one session "
-        "on 2 cores; the memory bound is checked at the default by the estimate column). "
+        f"{data['args']['calib_samples']} x {data['args']['seq_len']} tokens unless the row "
+        "says otherwise (the default is 32 x 512; rows marked `32 x 512` measure the peak at "
+        "the default, on the first blocks). The machine was shared with test runs and the "
+        "other rows' jobs while these ran: times are noisy, peaks are not. The 16 x 256 "
+        "rows ran before each activation stream was updated in place (commit 'Streaming: "
+        "each activation stream is updated in place'): they held two copies of the "
+        "activations (~0.1-0.2 GB at 16 x 256), so their peaks are upper bounds. "
         "Output: sharded Hugging Face directory; bf16 weights stay bf16, GPTQ linears are "
         "packed. Time shares: read / forward / method / write, % of the four. "
         "Totals marked * ran the first blocks of the shape only (`toolkit synth --layers`; "
-        "GPTQ on a 7B shape takes about a minute per block on these 2 cores) and are the "
+        "GPTQ on a 7B shape took about two minutes per block on these shared 2 cores) and are the "
         "median block time x the shape's blocks; peak memory is set by one block, so it "
         "is the full model's.",
         "",
@@ -300,7 +305,8 @@ def markdown(data: dict) -> str:
     if dtype:
         lines += ["", "Calibration forward dtype on afm-3b's first 4 blocks (wanda, "
                   f"{dtype[0]['calibration'].replace('x', ' x ')} tokens, "
-                  f"{data['args']['repeats']} alternating repeats; this CPU "
+                  f"{dtype[0].get('repeats', data['args']['repeats'])} run(s) each, "
+                  "alternating; this CPU "
                   f"{'has' if dtype[0]['fast_bf16_cpu'] else 'lacks'} AMX/AVX512-BF16): "
                   + "; ".join(f"{r['dtype']} {r['forward_per_block']:.2f} s per block "
                               f"[{r['spread'][0]:.2f}-{r['spread'][1]:.2f}]" for r in dtype)
