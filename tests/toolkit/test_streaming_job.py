@@ -173,3 +173,20 @@ def test_gguf_streams_like_the_in_memory_gguf_load(toolkit_cli, tmp_path):
                                  "--forward-dtype", "fp32", *METHODS["gptq"])
     a, b = all_tensors(outs["memory"]), all_tensors(outs["streaming"])
     assert set(a) == set(b) and [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_before_and_after_perplexity_match_the_in_memory_job(toolkit_cli, fp32_checkpoint,
+                                                             tmp_path):
+    """The streaming job evaluates block by block, before (the source) and after (its own
+    sharded output): the same numbers as the in-memory job."""
+    metrics = {}
+    for engine in ("memory", "streaming"):
+        out = tmp_path / engine
+        result = toolkit_cli("compress", "--model", str(fp32_checkpoint), *METHODS["gptq"],
+                             "--out", str(out), "--engine", engine, "--calib-samples", "2",
+                             "--seq-len", "16", "--eval-windows", "2", "--eval-seq-len", "32",
+                             "--quiet")
+        assert result.code == 0, result.err
+        metrics[engine] = json.loads((out / "toolkit.json").read_text())["metrics"]
+    for when in ("before", "after"):
+        assert metrics["streaming"][when] == metrics["memory"][when]
