@@ -281,6 +281,12 @@ def markdown(data: dict) -> str:
             f"{total} | {row['block_median']:.1f} ({row['block_min']:.1f}-"
             f"{row['block_max']:.1f}) | {gb(row['read_bytes'])} | {gb(row['written_bytes'])} "
             f"| {shares(row['parts'])} |")
+    lines += _smollm2_lines(data) + _dtype_lines(data)
+    return "\n".join(lines)
+
+
+def _smollm2_lines(data: dict) -> list[str]:
+    lines: list[str] = []
     smol = data.get("smollm2", [])
     if smol:
         lines += [
@@ -301,6 +307,11 @@ def markdown(data: dict) -> str:
                 f"{row['memory_s']:.1f} [{m[0]:.1f}-{m[1]:.1f}] | {row['streaming_s']:.1f} "
                 f"[{s[0]:.1f}-{s[1]:.1f}] | {row['ratio']:.2f} | {gb(row['peak_memory'])} / "
                 f"{gb(row['peak_streaming'])} | {shares(row['parts'])} |")
+    return lines
+
+
+def _dtype_lines(data: dict) -> list[str]:
+    lines: list[str] = []
     dtype = data.get("dtype", [])
     if dtype:
         lines += ["", "Calibration forward dtype on afm-3b's first 4 blocks (wanda, "
@@ -312,7 +323,7 @@ def markdown(data: dict) -> str:
                               f"[{r['spread'][0]:.2f}-{r['spread'][1]:.2f}]" for r in dtype)
                   + ". `--forward-dtype auto` picks bf16 on such CPUs (and GPUs), fp32 "
                   "elsewhere."]
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,9 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="llm-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     data = json.loads(args.results.read_text()) if args.results.exists() else {}
+    # Paths are left out: they name this machine's folders, not the measurement.
     data.update({"environment": environment(),
-                 "args": {k: (str(v) if isinstance(v, Path) else v)
-                          for k, v in vars(args).items()}})
+                 "args": {k: v for k, v in vars(args).items()
+                          if k not in ("work", "results", "markdown")}})
     if args.part in ("all", "large"):
         kept = [r for r in data.get("large", []) if r["shape"] not in args.shapes.split(",")]
         data["large"] = kept
