@@ -5,7 +5,6 @@ the config are read; the weights stay on disk until a block asks for them."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +43,6 @@ class LazyCheckpoint:
         if self.is_gguf:
             return [self.path]
         return sorted({self.path / info.file for info in self.source.infos().values()})
-
-    def stored_bytes(self) -> int:
-        return sum(os.path.getsize(f) for f in self.files())
 
 
 def resolve_checkpoint_path(spec: str) -> tuple[Path | None, str | None]:

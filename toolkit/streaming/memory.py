@@ -83,16 +83,6 @@ class StreamingEstimate:
                 f"calibration activations {gib(self.activation_bytes)}")
 
 
-def parameter_count(model: nn.Module) -> int:
-    """Parameters of a (meta) module, shared tensors counted once."""
-    seen, total = set(), 0
-    for param in model.parameters():
-        if id(param) not in seen:
-            seen.add(id(param))
-            total += param.numel()
-    return total
-
-
 def streaming_estimate(decoder, needs: set[str], n_streams: int, calib_tokens: int,
                        batch_tokens: int) -> StreamingEstimate:
     """The streaming job's working set for `decoder` (models/lazy/skeleton.py)."""
