@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 from export.errors import ExportError, require
+from export.llm.decoder import DecoderShape
 from export.llm.export_decoder import ExportDecoder
+from export.llm.lazy_weights import LazyDecoderWeights
 from export.onnx.rewrite import carry_compression
 from export.records import LayerRecord
 
@@ -34,7 +36,7 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 @dataclasses.dataclass
 class OnnxExport:
     path: Path
-    decoder: ExportDecoder
+    decoder: ExportDecoder | LazyDecoderWeights  # what was written; both have .shape
     carried: list[LayerRecord]
     dropped: list[LayerRecord]
     external_data: bool
@@ -53,7 +55,7 @@ def export_llm_onnx(source: torch.nn.Module, out: Path, *, max_context: int,
                       for export_name, name in decoder.source_names.items()
                       if quantized and name in quantized}
     carried, dropped = carry_compression(model, by_initializer)
-    for key, value in {"edge_toolkit.llm": json.dumps(_io_description(decoder)),
+    for key, value in {"edge_toolkit.llm": json.dumps(io_description(decoder.shape)),
                        **(metadata or {})}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -89,8 +91,8 @@ def _torch_export(decoder: ExportDecoder):
     return program.model_proto
 
 
-def _io_description(decoder: ExportDecoder) -> dict:
-    shape = decoder.shape
+def io_description(shape: DecoderShape) -> dict:
+    """The file's contract, stored in its metadata (`edge_toolkit.llm`)."""
     return {"inputs": INPUT_NAMES, "outputs": OUTPUT_NAMES,
             "cache_shape": list(shape.cache_shape()), "max_context": shape.max_context,
             "vocab": shape.vocab}

@@ -80,6 +80,10 @@ class StreamingDecoder:
     def block_prefix(self, index: int) -> str:
         return f"{self.layout.blocks_name}.{index}"
 
+    def module_name(self, module: nn.Module) -> str:
+        """The qualified name of `module` inside the model ("" for the model itself)."""
+        return self._names[id(module)]
+
     def parameter_names(self, module: nn.Module) -> list[str]:
         """Qualified names of the parameters of `module` as stored in the checkpoint."""
         prefix = self._names[id(module)]

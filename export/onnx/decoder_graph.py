@@ -1,0 +1,234 @@
+"""`write_decoder_onnx`: a Llama-family decoder written to ONNX node by node from a lazily
+read checkpoint, each weight going to the external data file as soon as it is read, so
+exporting a 3B or 7B model holds one tensor at a time, not the model.
+
+The in-memory exporter (export.onnx.llm) traces export.llm.decoder.ExportDecoder with
+torch.onnx, which needs every weight in memory (and a few copies during tracing). This
+writer builds the same graph by hand, with the same contract
+
+    inputs:  input_ids [1, T] int64, position [1] int64,
+             past_keys, past_values [layers, kv_heads, max_context, head_dim] float32
+    outputs: logits [1, T, vocab], present_keys, present_values
+
+and the same arithmetic, per block (x: [T, hidden]; H heads, K kv heads, D head_dim):
+
+    h = x / sqrt(mean(x^2) + eps) * g                     RMSNorm (fp32)
+    q, k, v = h Wq^T, h Wk^T, h Wv^T  -> [H|K, T, D]       (+ bias where the model has one)
+    q, k = q cos + rotate_half(q) sin, ...                 rotary at positions p .. p+T-1
+    keys' = keys with rows p .. p+T-1 set to k             (ScatterElements on axis 1)
+    a = softmax(q keys'^T * scaling + mask) values'        grouped: the H/K query heads of
+                                                           one kv head as one matmul
+    x = x + a Wo^T;  x = x + Wd (silu(h2 Wg^T) * h2 Wu^T)  h2 = RMSNorm(x)
+    logits = RMSNorm(x) E^T (tied head, as Gemm with transB: E is stored once)
+
+`mask[t, c]` is 0 where c <= p + t and -1e4 elsewhere (export.llm.export_decoder.MASKED).
+Packed linears go in as export.onnx.weights builds them (MatMulNBits, palette Gather);
+float ones as MatMul with the transposed weight. The norms are written as Pow, ReduceMean,
+Add, Sqrt, Div, Mul, the pattern onnxruntime fuses into SimplifiedLayerNormalization.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.errors import require
+from export.llm.export_decoder import MASKED
+from export.llm.lazy_weights import ATTENTION, MLP, LazyDecoderWeights, LinearWeight
+from export.onnx.external_data import ExternalDataWriter
+from export.onnx.graph_builder import GraphBuilder
+from export.onnx.llm import INPUT_NAMES, OPSET, OUTPUT_NAMES, OnnxExport, io_description
+from export.onnx.weights import compressed_weight
+from export.records import LayerRecord
+
+IR_VERSION = 10  # opset 21 needs IR 10; onnxruntime 1.2x reads it
+
+
+class _DecoderWriter:
+    def __init__(self, weights: LazyDecoderWeights, graph: GraphBuilder) -> None:
+        self.w = weights
+        self.g = graph
+        self.carried: list[LayerRecord] = []
+        self.dropped: list[LayerRecord] = []
+        shape = weights.shape
+        self.heads, self.kv_heads, self.head_dim = shape.heads, shape.kv_heads, shape.head_dim
+        self.scaling = shape.head_dim ** -0.5
+
+    # --- pieces ----------------------------------------------------------------------------
+
+    def f32(self, value: float) -> str:
+        return self.g.const(value, np.float32, "f32")
+
+    def rms_norm(self, x: str, weight: torch.Tensor, name: str) -> str:
+        g = self.g
+        squared = g.op("Pow", [x, self.f32(2.0)])
+        mean = g.op("ReduceMean", [squared, g.const([-1])], keepdims=1)
+        root = g.op("Sqrt", [g.op("Add", [mean, self.f32(self.w.eps)])])
+        gain = g.array(name, weight.numpy())
+        return g.op("Mul", [g.op("Div", [x, root]), gain], f"{name}.out")
+
+    def linear(self, x: str, linear: LinearWeight) -> str:
+        g, prefix = self.g, linear.name
+        y = g.fresh(f"{prefix}.out")
+        weight = linear.weight
+        if linear.packed is not None:
+            built = compressed_weight(linear.packed, x, y, prefix)
+            if built is not None:
+                for tensor in built.initializers:
+                    g.initializer(tensor)
+                for node in built.nodes:
+                    g.node(node)
+                self.carried.append(LayerRecord(prefix, built.carried_as))
+            else:
+                self.dropped.append(LayerRecord(prefix, "float: no ONNX op carries "
+                                                        f"{linear.packed.meta()}"))
+                weight = linear.packed.dequantize().to(torch.float32)
+        if weight is not None:
+            weight_t = g.array(f"{prefix}.weight_t", weight.t().contiguous().numpy())
+            g.node(_make_node("MatMul", [x, weight_t], [y]))
+        if linear.bias is not None:
+            y = g.op("Add", [y, g.array(f"{prefix}.bias", linear.bias.numpy())])
+        return y
+
+    def heads_first(self, x: str, heads: int) -> str:
+        """[T, heads * D] -> [heads, T, D]."""
+        g = self.g
+        split = g.op("Reshape", [x, g.const([-1, heads, self.head_dim])])
+        return g.op("Transpose", [split], perm=[1, 0, 2])
+
+    def rotary(self, x: str, cos: str, sin: str) -> str:
+        g, half = self.g, self.head_dim // 2
+        first, second = g.op("Split", [x, g.const([half, half])], outputs=2, axis=-1)
+        rotated = g.op("Concat", [g.op("Neg", [second]), first], axis=-1)
+        return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])])
+
+    # --- the model -------------------------------------------------------------------------
+
+    def inputs(self) -> dict[str, str]:
+        """Token ids, positions, rotary tables, mask and the cache-write indices."""
+        g, shape = self.g, self.w.shape
+        ids = g.op("Reshape", ["input_ids", g.const([-1])], "ids")
+        count = g.op("Shape", [ids], "tokens")
+        steps = g.op("Range", [g.const(0), g.op("Squeeze", [count, g.const([0])]),
+                               g.const(1)])
+        positions = g.op("Add", ["position", steps], "positions")
+        column = g.op("Unsqueeze", [positions, g.const([1])])
+        freqs = g.op("Mul", [g.op("Cast", [column], to=1),  # FLOAT
+                             g.array("rotary.inv_freq", self.w.inv_freq.numpy()[None, :])])
+        angles = g.op("Concat", [freqs, freqs], axis=-1)
+        scale = self.f32(self.w.rope_scale)
+        cos = g.op("Mul", [g.op("Cos", [angles]), scale], "cos")
+        sin = g.op("Mul", [g.op("Sin", [angles]), scale], "sin")
+        slots = g.const(np.arange(shape.max_context)[None, :], hint="slots")
+        visible = g.op("LessOrEqual", [slots, column])
+        mask = g.op("Where", [visible, self.f32(0.0), self.f32(MASKED)], "mask")
+        index_shape = g.op("Concat", [g.const([self.kv_heads]), count,
+                                      g.const([self.head_dim])], axis=0)
+        write_at = g.op("Expand", [g.op("Reshape", [positions, g.const([1, -1, 1])]),
+                                   index_shape], "cache_rows")
+        return {"ids": ids, "cos": cos, "sin": sin, "mask": mask, "write_at": write_at}
+
+    def attention(self, h: str, index: int, linears: dict[str, str], at: dict[str, str]
+                  ) -> tuple[str, str, str]:
+        g, w = self.g, self.w
+        q, k, v = (self.linear(h, w.linear(linears[n])) for n in ATTENTION[:3])
+        q = self.rotary(self.heads_first(q, self.heads), at["cos"], at["sin"])
+        k = self.rotary(self.heads_first(k, self.kv_heads), at["cos"], at["sin"])
+        v = self.heads_first(v, self.kv_heads)
+        layer = g.const(index, hint="layer")
+        keys = g.op("ScatterElements", [g.op("Gather", ["past_keys", layer], axis=0),
+                                        at["write_at"], k], f"keys.{index}", axis=1)
+        values = g.op("ScatterElements", [g.op("Gather", ["past_values", layer], axis=0),
+                                          at["write_at"], v], f"values.{index}", axis=1)
+        context = w.shape.max_context
+        stacked = g.op("Reshape", [q, g.const([self.kv_heads, -1, self.head_dim])])
+        scores = g.op("MatMul", [stacked, g.op("Transpose", [keys], perm=[0, 2, 1])])
+        scores = g.op("Reshape", [scores, g.const([self.heads, -1, context])])
+        scores = g.op("Add", [g.op("Mul", [scores, self.f32(self.scaling)]), at["mask"]])
+        probs = g.op("Softmax", [scores], axis=-1)
+        probs = g.op("Reshape", [probs, g.const([self.kv_heads, -1, context])])
+        attended = g.op("MatMul", [probs, values])
+        attended = g.op("Reshape", [attended, g.const([self.heads, -1, self.head_dim])])
+        attended = g.op("Transpose", [attended], perm=[1, 0, 2])
+        attended = g.op("Reshape", [attended, g.const([-1, self.heads * self.head_dim])])
+        return self.linear(attended, w.linear(linears["o_proj"])), keys, values
+
+    def mlp(self, h: str, linears: dict[str, str]) -> str:
+        g, w = self.g, self.w
+        gate = self.linear(h, w.linear(linears["gate_proj"]))
+        up = self.linear(h, w.linear(linears["up_proj"]))
+        activated = g.op("Mul", [gate, g.op("Sigmoid", [gate])])  # silu
+        return self.linear(g.op("Mul", [activated, up]), w.linear(linears[MLP[2]]))
+
+    def block(self, x: str, index: int, at: dict[str, str]) -> tuple[str, str, str]:
+        g, w = self.g, self.w
+        linears = w.block_linear_names(index)
+        prefix = w.skeleton.block_prefix(index)
+        before_attention, before_mlp = w.block_norms(index)
+        h = self.rms_norm(x, before_attention, f"{prefix}.input_layernorm.weight")
+        attended, keys, values = self.attention(h, index, linears, at)
+        x = g.op("Add", [x, attended], f"{prefix}.attn_residual")
+        h = self.rms_norm(x, before_mlp, f"{prefix}.post_attention_layernorm.weight")
+        return g.op("Add", [x, self.mlp(h, linears)], f"{prefix}.out"), keys, values
+
+    def decoder(self) -> None:
+        g, w = self.g, self.w
+        at = self.inputs()
+        embed = g.array(w.embedding_name, w.float32(w.embedding_name).numpy())
+        x = g.op("Gather", [embed, at["ids"]], "embeddings", axis=0)
+        all_keys, all_values = [], []
+        for index in range(w.n_blocks):
+            x, keys, values = self.block(x, index, at)
+            all_keys.append(g.op("Unsqueeze", [keys, g.const([0])]))
+            all_values.append(g.op("Unsqueeze", [values, g.const([0])]))
+        x = self.rms_norm(x, w.float32(w.norm_name), w.norm_name)
+        if w.tied:  # E is [vocab, hidden]: Gemm transposes it without a second copy
+            logits = g.op("Gemm", [x, embed], "head", transB=1)
+        else:
+            logits = self.linear(x, w.linear(w.head_module))
+        g.node(_make_node("Unsqueeze", [logits, g.const([0])], [OUTPUT_NAMES[0]]))
+        g.node(_make_node("Concat", all_keys, [OUTPUT_NAMES[1]], axis=0))
+        g.node(_make_node("Concat", all_values, [OUTPUT_NAMES[2]], axis=0))
+
+
+def _make_node(op_type: str, inputs: list[str], outputs: list[str], **attributes):
+    from onnx import helper
+
+    return helper.make_node(op_type, inputs, outputs, name=outputs[0], **attributes)
+
+
+def write_decoder_onnx(weights: LazyDecoderWeights, out: Path,
+                       metadata: dict[str, str] | None = None) -> OnnxExport:
+    """Write the decoder of `weights` to `out` (graph) and `out.name + ".data"` (weights)."""
+    onnx = require("onnx", "onnx", "ONNX export")
+    from onnx import TensorProto, helper
+
+    shape = weights.shape
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with ExternalDataWriter(out) as writer:
+        graph = GraphBuilder(writer)
+        writer_state = _DecoderWriter(weights, graph)
+        writer_state.decoder()
+    cache = list(shape.cache_shape())
+    inputs = [helper.make_tensor_value_info(INPUT_NAMES[0], TensorProto.INT64, [1, "tokens"]),
+              helper.make_tensor_value_info(INPUT_NAMES[1], TensorProto.INT64, [1]),
+              helper.make_tensor_value_info(INPUT_NAMES[2], TensorProto.FLOAT, cache),
+              helper.make_tensor_value_info(INPUT_NAMES[3], TensorProto.FLOAT, cache)]
+    outputs = [helper.make_tensor_value_info(OUTPUT_NAMES[0], TensorProto.FLOAT,
+                                             [1, "tokens", shape.vocab]),
+               helper.make_tensor_value_info(OUTPUT_NAMES[1], TensorProto.FLOAT, cache),
+               helper.make_tensor_value_info(OUTPUT_NAMES[2], TensorProto.FLOAT, cache)]
+    model = helper.make_model(
+        helper.make_graph(graph.nodes, "decoder", inputs, outputs, graph.initializers),
+        opset_imports=[helper.make_opsetid("", OPSET),
+                       helper.make_opsetid("com.microsoft", 1)],
+        producer_name="edge-toolkit", ir_version=IR_VERSION)
+    description = io_description(shape)
+    for key, value in {"edge_toolkit.llm": json.dumps(description), **(metadata or {})}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save_model(model, str(out))
+    return OnnxExport(out, weights, writer_state.carried, writer_state.dropped, True)
