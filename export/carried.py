@@ -81,7 +81,9 @@ def lost_quantization(quantized: dict | None, carried: list[LayerRecord], file_b
     """A phrase naming the quantized weights when none of them was carried, else None."""
     if not quantized or carried:
         return None
-    schemes = sorted({getattr(packed, "scheme", "") for packed in quantized.values()})
+    # values: packed weights (models.qformat), or their layout entries for a streamed artifact
+    schemes = sorted({packed.get("scheme", "") if isinstance(packed, dict)
+                      else getattr(packed, "scheme", "") for packed in quantized.values()})
     what = " and ".join(SCHEME_NAMES.get(s, f"{s} weights") for s in schemes)
     artifact = weights_bytes(source)
     size = (f", {file_bytes / artifact:.1f}x the artifact's weights" if artifact else "")

@@ -11,6 +11,7 @@ from typing import Any
 
 from export.carried import lost_quantization, lost_sparsity, pruned_sparsity, read_manifest
 from export.errors import ExportError
+from export.llm.streamed import StreamedArtifact
 from export.options import ExportOptions
 from export.report import ExportReport
 from export.sizes import written_bytes
@@ -28,6 +29,10 @@ def export_llm_artifact(exporter, artifact: Any, out: Path,
         raise ExportError("--fp16 and --palettize-bits are for vision models; an LLM's Core ML "
                           "file is float16 already and carries the artifact's own palettes "
                           "(`toolkit compress --method palettize`)")
+    if isinstance(artifact, StreamedArtifact) and not exporter.streams:
+        raise ExportError(f"the {exporter.target} exporter converts the whole model in memory, "
+                          f"which {artifact.source} does not fit: export it to onnx (written "
+                          "one weight at a time), or pass --engine memory if it fits")
     prompt = _prompt_ids(artifact, options)
     result = exporter.write_llm(artifact, out, options)
     report = describe_llm(exporter, artifact, result, out, options)
@@ -56,7 +61,8 @@ def describe_llm(exporter, artifact: Any, result: Any, out: Path,
                  options: ExportOptions) -> ExportReport:
     manifest = options.manifest if options.manifest is not None else read_manifest(
         artifact.source)
-    params = sum(p.numel() for p in artifact.module.parameters())
+    params = (result.decoder.parameter_count() if isinstance(artifact, StreamedArtifact)
+              else sum(p.numel() for p in artifact.module.parameters()))
     dropped = [{"layer": r.name, "why": r.carried_as} for r in result.dropped]
     sparsity = pruned_sparsity(manifest)
     sparse_lost = lost_sparsity(sparsity, result.carried)

@@ -40,6 +40,9 @@ class Exporter:
     suffix: str = ""  # the file (or package folder) name's ending, e.g. ".onnx"
     runtime: str = ""  # what runs the file in verification
     kinds: tuple[str, ...] = (LLM, VISION)  # artifact kinds it accepts
+    # Whether it writes a lazily read checkpoint (export.llm.streamed) one weight at a time;
+    # the others convert a module held in memory.
+    streams: bool = False
     # Why pruned zeros end up dense in this format (said in the report), when they do.
     sparse_note: str = "the format has no sparse weights"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from export.llm.streamed import StreamedArtifact
 from export.options import ExportOptions
 from export.registry import Exporter, register_exporter
 
@@ -15,11 +16,19 @@ class OnnxExporter(Exporter):
     suffix = ".onnx"
     runtime = "onnxruntime"
     sparse_note = "ONNX has no sparse weight format onnxruntime runs"
+    streams = True  # export.onnx.decoder_graph writes a lazily read checkpoint
     vision_int8 = ("static int8 QDQ: weights per channel (7-bit codes), uint8 activations per "
                    "tensor, float input and output")
 
     def write_llm(self, artifact, out: Path, options: ExportOptions):
         from export.onnx.llm import export_llm_onnx
+
+        if isinstance(artifact, StreamedArtifact):
+            from export.llm.lazy_weights import LazyDecoderWeights
+            from export.onnx.decoder_graph import write_decoder_onnx
+
+            weights = LazyDecoderWeights(artifact.lazy, options.max_context)
+            return write_decoder_onnx(weights, out, {"edge_toolkit.source": artifact.source})
 
         return export_llm_onnx(artifact.module, out, max_context=options.max_context,
                                quantized=artifact.quantized,
@@ -27,9 +36,12 @@ class OnnxExporter(Exporter):
 
     def verify_llm(self, result, out: Path, artifact, prompt: list[int],
                    options: ExportOptions):
-        from export.onnx.verify_llm import verify_llm_onnx
+        from export.onnx.verify_llm import verify_llm_onnx, verify_streamed_llm_onnx
 
         shape = result.decoder.shape
+        if isinstance(artifact, StreamedArtifact):
+            return verify_streamed_llm_onnx(out, artifact.lazy, prompt, options.new_tokens,
+                                            shape.cache_shape(), shape.max_context)
         return verify_llm_onnx(out, artifact.module, prompt, options.new_tokens,
                                shape.cache_shape(), shape.max_context)
 

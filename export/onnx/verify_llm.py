@@ -1,5 +1,7 @@
 """Run an exported LLM with onnxruntime and compare it with the PyTorch model: the prefill
-logits (error and cosine) and the greedy continuation (must be the same tokens)."""
+logits (error and cosine) and the greedy continuation (must be the same tokens). A model
+too large to hold is compared with PyTorch read one part at a time
+(export.llm.streamed_reference), after onnxruntime has finished and freed its copy."""
 
 from __future__ import annotations
 
@@ -38,6 +40,21 @@ def verify_llm_onnx(path: Path, model: torch.nn.Module, prompt: Sequence[int],
     reference_tokens, reference_logits = torch_greedy(model, prompt, new_tokens)
     tokens, logits = greedy_tokens(onnx_step(path), prompt, new_tokens, cache_shape,
                                    max_context)
+    return LlmVerification("onnxruntime", agreement("logits", logits, reference_logits),
+                           reference_tokens, tokens, len(prompt),
+                           time.perf_counter() - start)
+
+
+def verify_streamed_llm_onnx(path: Path, lazy, prompt: Sequence[int], new_tokens: int,
+                             cache_shape: Sequence[int], max_context: int) -> LlmVerification:
+    """As verify_llm_onnx, with the reference read lazily from `lazy` (LazyCheckpoint)."""
+    from export.llm.streamed_reference import teacher_forced_greedy
+
+    start = time.perf_counter()
+    step = onnx_step(path)
+    tokens, logits = greedy_tokens(step, prompt, new_tokens, cache_shape, max_context)
+    del step  # the session's weights go before the reference reads its own
+    reference_tokens, reference_logits = teacher_forced_greedy(lazy, prompt, tokens)
     return LlmVerification("onnxruntime", agreement("logits", logits, reference_logits),
                            reference_tokens, tokens, len(prompt),
                            time.perf_counter() - start)

@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 
 from export import ExportOptions, check_output, export_model, exporter_names
+from export.llm.streamed import open_streamed
 from export.options import DEFAULT_PROMPT
+from export.registry import get_exporter
 from models import load_model
 from toolkit.commands.common import positive_int, write_json
 from toolkit.report import format_table
+from toolkit.streaming.engine_choice import add_engine_options, choose_export_engine
 
 
 def add_parser(subparsers) -> None:
@@ -35,6 +38,7 @@ def add_parser(subparsers) -> None:
                    help="file to write, e.g. model.onnx")
     _add_llm_options(p)
     _add_vision_options(p)
+    add_engine_options(p)
     p.add_argument("--rtol", type=float, default=None,
                    help="largest allowed |output error| / max |PyTorch output| "
                         "(default: 1e-3; with --int8 0.05, on the mean |output error|)")
@@ -90,11 +94,14 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     out = check_output(args.target, args.out, options)  # before loading anything
-    loaded = load_model(args.model)
+    engine = choose_export_engine(args.model, args, args.target,
+                                  get_exporter(args.target).streams)
+    loaded = open_streamed(args.model) if engine == "streaming" else load_model(args.model)
     if not args.quiet:
         shape = (f"input {list(loaded.vision.shape)}" if loaded.vision
                  else f"max context {args.max_context}")
-        print(f"exporting {loaded.source} to {args.target} ({shape})")
+        how = ", read one weight at a time" if engine == "streaming" else ""
+        print(f"exporting {loaded.source} to {args.target} ({shape}{how})")
     report = export_model(args.target, loaded, out, options)
     print(format_table(["", f"{args.target} export"], report.rows()))
     write_json(args.json, report.to_dict())

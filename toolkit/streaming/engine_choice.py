@@ -18,7 +18,14 @@ from models.errors import ModelError
 from models.load import family_of
 from toolkit.errors import UserError
 from toolkit.recipe import Recipe
-from toolkit.streaming.memory import GIB, default_budget, distill_bytes, gib, in_memory_bytes
+from toolkit.streaming.memory import (
+    GIB,
+    default_budget,
+    distill_bytes,
+    export_in_memory_bytes,
+    gib,
+    in_memory_bytes,
+)
 
 ENGINES = ("auto", "memory", "streaming")
 STREAMABLE_FAMILY = "llm"  # dense decoder LMs; MoE LMs and image models stay in memory
@@ -98,3 +105,36 @@ def _numel(shape) -> int:
     for n in shape:
         total *= n
     return total
+
+
+def choose_export_engine(model_spec: str, args: argparse.Namespace, target: str,
+                         target_streams: bool) -> str:
+    """"memory" or "streaming" for `toolkit export TARGET`. A target that writes weights one
+    at a time (`target_streams`, ONNX) reads a dense decoder LM lazily when its in-memory
+    export would exceed the budget; any other target above the budget is refused in one
+    line rather than run out of memory half-way (`--engine memory` overrides)."""
+    choice = getattr(args, "engine", "memory")
+    family = family_of(model_spec)
+    streamable = family is not None and family.name == STREAMABLE_FAMILY
+    if choice == "streaming":
+        if not streamable:
+            raise UserError(f"--engine streaming reads dense decoder LMs block by block; "
+                            f"{model_spec} is not one: use --engine memory")
+        if not target_streams:
+            raise UserError(f"the {target} exporter converts the whole model in memory: use "
+                            "--engine memory, or export to onnx, which streams")
+        return "streaming"
+    budget = budget_bytes(args)
+    if choice == "memory" or not streamable:
+        return "memory"
+    n_params, _ = _shape(model_spec)
+    if n_params is None:
+        return "memory"
+    needed = export_in_memory_bytes(n_params)
+    if needed <= budget:
+        return "memory"
+    if target_streams:
+        return "streaming"
+    raise UserError(f"exporting {model_spec} to {target} in memory needs about {gib(needed)} "
+                    f"but the memory budget is {gib(budget)}: export it to onnx (written one "
+                    "weight at a time), or pass --engine memory or a larger --memory-budget")

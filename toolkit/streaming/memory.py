@@ -11,6 +11,7 @@ Estimates, in bytes, from shapes alone (no weights read):
                        capture; plus the interpreter and libraries
     whole-model distillation   5 x 4 P: student, its gradients, Adam's two moments, and
                        the teacher copy
+    in-memory export   3 x 4 P: the model, the re-authored decoder, the converter's copy
 
 where P is the parameter count, N x L the calibration windows, d the hidden size and S
 the number of activation streams. The machine has min(MemAvailable, the cgroup's limit).
@@ -33,6 +34,7 @@ RUNTIME_BYTES = int(0.6 * GIB)
 # Whole-model distillation holds the student, its gradients, Adam's two moments and the
 # teacher: five fp32 copies of the weights.
 DISTILL_COPIES = 5
+EXPORT_COPIES = 3
 
 
 def available_memory() -> int:
@@ -107,6 +109,13 @@ def streaming_estimate(decoder, needs: set[str], n_streams: int, calib_tokens: i
 
 def in_memory_bytes(n_params: int, calib_tokens: int, hidden: int) -> int:
     return RUNTIME_BYTES + 4 * n_params + 2 * calib_tokens * hidden * 4
+
+
+def export_in_memory_bytes(n_params: int) -> int:
+    """An in-memory export: the fp32 model, the re-authored decoder's copy of its weights
+    and the converter's copy (the ONNX protobuf, the LiteRT flatbuffer, the Core ML
+    program): three fp32 copies."""
+    return RUNTIME_BYTES + EXPORT_COPIES * 4 * n_params
 
 
 def distill_bytes(n_params: int) -> int:
