@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
+from models.staging import pid_alive
 from toolkit.commands import (
     bench_cmd,
     compress_cmd,
@@ -87,8 +90,9 @@ def run_temp_dir() -> Iterator[str | None]:
     """TMPDIR (and tempfile's default) set to a folder of this run, removed at exit, so
     compiler caches, runtime telemetry and worker scratch files leave nothing behind.
     When no temporary folder can be made the run keeps the system's."""
+    _sweep_dead_run_dirs(Path(tempfile.gettempdir()))
     try:
-        path = tempfile.mkdtemp(prefix="toolkit-run-")
+        path = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
     except OSError:
         yield None
         return
@@ -103,6 +107,25 @@ def run_temp_dir() -> Iterator[str | None]:
         else:
             os.environ["TMPDIR"] = saved_env
         shutil.rmtree(path, ignore_errors=True)
+
+
+RUN_DIR_PREFIX = "toolkit-run-"
+_RUN_DIR = re.compile(rf"^{RUN_DIR_PREFIX}(\d+)-[A-Za-z0-9_]+$")
+
+
+def _sweep_dead_run_dirs(folder: Path) -> None:
+    """Remove the run folders of toolkit processes that were killed (SIGKILL skips the
+    `finally` above): the pid in the name is gone. Never fails."""
+    try:
+        entries = [e for e in folder.iterdir() if e.name.startswith(RUN_DIR_PREFIX)]
+    except OSError:
+        return
+    for entry in entries:
+        match = _RUN_DIR.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink():
+            pid = int(match.group(1))
+            if pid != os.getpid() and not pid_alive(pid):
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def _printable_stdout() -> None:

@@ -353,6 +353,21 @@ def test_a_run_keeps_its_temporary_files_in_its_own_folder(toolkit_cli, monkeypa
     assert os.environ.get("TMPDIR") == tmpdir_before and tempfile.gettempdir() == system_tmp
 
 
+def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(toolkit_cli, tmp_path,
+                                                                    monkeypatch):
+    """SIGKILL skips the run's own cleanup; the folder names its pid, so the next run
+    removes the folders of dead pids and leaves a live process's folder alone."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = tmp_path / f"toolkit-run-{int(gone.stdout)}-abc123"
+    alive = tmp_path / f"toolkit-run-{os.getppid()}-def456"
+    for folder in (dead, alive):
+        (folder / "scratch").mkdir(parents=True)
+    assert toolkit_cli("models").code == 0
+    assert not dead.exists() and alive.exists()
+
+
 def test_json_into_a_fifo_or_device_writes_into_it_not_over_it(tmp_path):
     """`--json /dev/stdout` (or a FIFO) is written into; an atomic rename would replace the
     device node itself."""
