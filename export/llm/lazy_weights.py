@@ -12,7 +12,9 @@ are the in-memory exporter's (export.llm.export_decoder), so both refuse the sam
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,6 +25,7 @@ from export.llm.moe_mlp import is_moe_mlp
 from models.lazy.packed_source import PackedSource
 from models.lazy.skeleton import StreamingDecoder
 
+ROW_BLOCK_BYTES = 64 << 20  # float32 bytes of embedding rows converted at once
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
@@ -86,6 +89,22 @@ class LazyDecoderWeights:
     def float32(self, name: str) -> torch.Tensor:
         """Stored tensor `name` in float32 (from_pretrained(dtype=float32)'s exact upcast)."""
         return self.lazy.source.read(name).to(torch.float32)
+
+    def embedding_shape(self) -> tuple[int, int]:
+        return tuple(self.lazy.source.infos()[self.embedding_name].shape)
+
+    def embedding_blocks(self) -> Iterator[np.ndarray]:
+        """The embedding table in float32, `ROW_BLOCK_BYTES` of rows at a time: a
+        128256 x 3072 table (1.6 GB in float32) is never held whole."""
+        rows, width = self.embedding_shape()
+        step = max(1, ROW_BLOCK_BYTES // (4 * width))
+        read_rows = getattr(self.lazy.source, "rows", None)
+        if read_rows is None:  # a source without row reads (GGUF): the whole tensor
+            yield self.float32(self.embedding_name).numpy()
+            return
+        for begin in range(0, rows, step):
+            index = torch.arange(begin, min(rows, begin + step))
+            yield read_rows(self.embedding_name, index).to(torch.float32).numpy()
 
     def block_norms(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         block = self.skeleton.block_prefix(index)

@@ -2,10 +2,12 @@
 
 Verifying an export of a model too large to hold needs the reference model's output
 without holding it. The Hugging Face module is built on the meta device
-(models.lazy.skeleton.StreamingDecoder); a forward pre-hook on each part (embeddings,
-every decoder block, final norm, head) reads its weights just before it runs, and a
-forward hook frees them right after, so one ordinary `model(input_ids)` call computes the
-exact in-memory function with one part resident at a time.
+(models.lazy.skeleton.StreamingDecoder); a forward pre-hook on each decoder block and the
+final norm reads its weights just before it runs, and a forward hook frees them right
+after, so one ordinary call of the base model computes the in-memory function with one
+part resident at a time. The embedding table and the head, the largest single tensors
+(Llama 3.2 3B: 128256 x 3072, 1.6 GB in float32), are read by rows: the prompt's rows,
+and the head in blocks.
 
 Greedy decoding from this would read the whole model once per token. Instead the runtime
 decodes first, and the reference runs once over the prompt plus the runtime's tokens
@@ -20,30 +22,76 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from models.lazy.skeleton import StreamingDecoder
 
+HEAD_BLOCK_BYTES = 256 << 20  # float32 bytes of head rows applied at once
+
 
 def streamed_logits(lazy, tokens: Sequence[int]) -> np.ndarray:
-    """Logits [len(tokens), vocab] of the causal LM in `lazy` (a LazyCheckpoint)."""
+    """Logits [len(tokens), vocab] of the causal LM in `lazy` (a LazyCheckpoint).
+
+    The embedding rows of `tokens` alone are read (a gather: exact), the base model runs
+    with its blocks and final norm loaded by hooks, and the head is applied in row blocks
+    of at most `HEAD_BLOCK_BYTES` in float32 (each logit is the same dot product)."""
     decoder = StreamingDecoder(lazy.source, lazy.config)
     layout = decoder.layout
-    parts = [layout.embeddings, *layout.blocks, layout.norm, layout.head]
+    base = decoder.model.get_decoder()
+    parts = [*layout.blocks, layout.norm]
     handles = []
-    for part in (p for p in parts if p is not None):
+    for part in parts:
         handles.append(part.register_forward_pre_hook(
             lambda module, _args: decoder.load(module)))
         handles.append(part.register_forward_hook(
             lambda module, _args, _out: decoder.release(module)))
+    ids = torch.tensor([list(tokens)])
     try:
         with torch.no_grad():
-            out = decoder.model(input_ids=torch.tensor([list(tokens)]), use_cache=False)
+            embeds = _embedding_rows(decoder, ids)
+            hidden = base(inputs_embeds=embeds, use_cache=False).last_hidden_state[0]
+            logits = _head(decoder, hidden)
     finally:
         for handle in handles:
             handle.remove()
-        for part in (p for p in parts if p is not None):
+        for part in parts:
             decoder.release(part)
-    return out.logits[0].float().numpy()
+    return logits.float().numpy()
+
+
+def _embedding_rows(decoder: StreamingDecoder, ids: torch.Tensor) -> torch.Tensor:
+    """The embedding module run on the rows of `ids` only (renumbered into them)."""
+    embeddings = decoder.layout.embeddings
+    name = decoder.parameter_names(embeddings)[0]
+    unique, renumbered = torch.unique(ids, return_inverse=True)
+    table = _rows(decoder.source, name, unique).to(torch.float32)
+    meta = embeddings._parameters["weight"]
+    embeddings._parameters["weight"] = nn.Parameter(table, requires_grad=False)
+    try:
+        return embeddings(renumbered)
+    finally:
+        embeddings._parameters["weight"] = meta
+
+
+def _head(decoder: StreamingDecoder, hidden: torch.Tensor) -> torch.Tensor:
+    head = decoder.layout.head
+    names = decoder.parameter_names(head)
+    vocab, width = head.weight.shape
+    step = max(1, HEAD_BLOCK_BYTES // (4 * width))
+    bias = (decoder.source.read(names[1]).to(torch.float32) if len(names) > 1 else None)
+    pieces = []
+    for begin in range(0, vocab, step):
+        rows = torch.arange(begin, min(vocab, begin + step))
+        weight = _rows(decoder.source, names[0], rows).to(torch.float32)
+        pieces.append(F.linear(hidden, weight, None if bias is None else bias[rows]))
+    return torch.cat(pieces, dim=-1)
+
+
+def _rows(source, name: str, rows: torch.Tensor) -> torch.Tensor:
+    """`source.read(name)[rows]`, reading only those rows where the source can."""
+    read_rows = getattr(source, "rows", None)
+    return read_rows(name, rows) if read_rows is not None else source.read(name)[rows]
 
 
 def teacher_forced_greedy(lazy, prompt: Sequence[int], runtime_tokens: Sequence[int]

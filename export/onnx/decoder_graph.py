@@ -177,7 +177,7 @@ class _DecoderWriter:
     def decoder(self) -> None:
         g, w = self.g, self.w
         at = self.inputs()
-        embed = g.array(w.embedding_name, w.float32(w.embedding_name).numpy())
+        embed = g.row_blocks(w.embedding_name, w.embedding_shape(), w.embedding_blocks())
         x = g.op("Gather", [embed, at["ids"]], "embeddings", axis=0)
         all_keys, all_values = [], []
         for index in range(w.n_blocks):

@@ -48,7 +48,24 @@ class GraphBuilder:
 
         # (np.ascontiguousarray would turn a 0-d scalar into shape [1])
         array = np.asarray(array, order="C")
+        if self.writer is not None:
+            self.initializers.append(self.writer.add_array(name, array))
+            return name
         return self.initializer(numpy_helper.from_array(array, name))
+
+    def row_blocks(self, name: str, shape: tuple[int, ...], blocks) -> str:
+        """A float32 initializer of `shape` given as consecutive row blocks (numpy
+        arrays), e.g. a large embedding converted to float32 one block at a time."""
+        if self.writer is None:
+            return self.array(name, np.concatenate(list(blocks)))
+        from onnx import TensorProto
+
+        nbytes = 4 * int(np.prod(shape))
+        chunks = (memoryview(np.asarray(b, dtype=np.float32, order="C")).cast("B")
+                  for b in blocks)
+        self.initializers.append(self.writer.add_chunks(name, TensorProto.FLOAT, list(shape),
+                                                        chunks, nbytes))
+        return name
 
     def const(self, values, dtype=np.int64, hint: str = "const") -> str:
         """A small constant (shapes, axes, scalars) as an initializer."""
