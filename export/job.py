@@ -31,6 +31,10 @@ def check_output(target: str, out: Path, options: ExportOptions) -> Path:
         raise ExportError(f"--out {given} must end in {exporter.suffix} for target {target}")
     if given.exists() and not options.overwrite:
         raise ExportError(f"--out {given} exists: pass --overwrite or choose another path")
+    for companion in exporter.companions(given):
+        if companion.exists() and not options.overwrite:
+            raise ExportError(f"{companion} exists and an export to --out {given} would "
+                              "replace it: pass --overwrite or choose another path")
     return Path(os.path.abspath(given))
 
 
@@ -53,18 +57,24 @@ def export_model(target: str, artifact: Any, out: Path,
         if options.require_carried and report.lost:
             raise report.lost_error()
         if report.passed:
-            _move_into_place(folder, out)
+            _move_into_place(folder, out, exporter.companions(out))
             report.path = os.fspath(out)
         return report
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _move_into_place(folder: Path, out: Path) -> None:
+def _move_into_place(folder: Path, out: Path, companions: list[Path]) -> None:
     """Each written entry (the file, ONNX's external data, a Core ML package folder)
     renamed over its destination; a folder being replaced is first renamed aside into
-    the staging folder (removed with it), since a rename cannot replace a folder."""
-    for written in sorted(folder.iterdir()):
+    the staging folder (removed with it), since a rename cannot replace a folder. A
+    companion of an earlier export that this one did not write (the external data of a
+    big ONNX file replaced by a small one) goes aside too: nothing would refer to it."""
+    written_names = {p.name for p in folder.iterdir()}
+    for stale in companions:
+        if stale.name not in written_names and stale.exists():
+            os.replace(stale, folder / f".replaced-{stale.name}")
+    for written in sorted(p for p in folder.iterdir() if p.name in written_names):
         destination = out.parent / written.name
         if destination.is_dir():
             os.replace(destination, folder / f".replaced-{written.name}")

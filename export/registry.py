@@ -46,6 +46,11 @@ class Exporter:
     # Why pruned zeros end up dense in this format (said in the report), when they do.
     sparse_note: str = "the format has no sparse weights"
 
+    def companions(self, out: Path) -> list[Path]:
+        """Files an export to `out` may write beside it (ONNX's external data): guarded
+        like `out` itself, and removed when a new export to `out` does not write them."""
+        return []
+
     def accepts(self, artifact: Any) -> bool:
         return artifact_kind(artifact) in self.kinds
 

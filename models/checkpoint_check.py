@@ -76,6 +76,10 @@ def _checkpoint_files(path: Path) -> tuple[list[Path], dict[str, str] | None]:
                              "the checkpoint)")
         return [path / shard for shard in shards], weight_map
     others = sorted(p.name for p in path.glob("*.safetensors"))
+    if not others:
+        raise ModelError(f"{path} holds no *.safetensors weights (no {SINGLE_FILE}, no "
+                         f"{INDEX_FILE}): save the model with safetensors, or pass the "
+                         "folder that holds them")
     raise ModelError(f"{path} holds {', '.join(others[:3])} but neither {SINGLE_FILE} nor "
                      f"{INDEX_FILE}: restore the index of the shards, or name a single "
                      f"file {SINGLE_FILE}")

@@ -20,6 +20,9 @@ class OnnxExporter(Exporter):
     vision_int8 = ("static int8 QDQ: weights per channel (7-bit codes), uint8 activations per "
                    "tensor, float input and output")
 
+    def companions(self, out: Path) -> list[Path]:
+        return [out.with_name(out.name + ".data")]  # the external data file
+
     def write_llm(self, artifact, out: Path, options: ExportOptions):
         from export.onnx.llm import export_llm_onnx
 

@@ -114,6 +114,7 @@ def choose_export_engine(model_spec: str, args: argparse.Namespace, target: str,
     export would exceed the budget; any other target above the budget is refused in one
     line rather than run out of memory half-way (`--engine memory` overrides)."""
     choice = getattr(args, "engine", "memory")
+    budget = budget_bytes(args)  # a bad --memory-budget is refused whichever engine runs
     family = family_of(model_spec)
     streamable = family is not None and family.name == STREAMABLE_FAMILY
     if choice == "streaming":
@@ -124,7 +125,6 @@ def choose_export_engine(model_spec: str, args: argparse.Namespace, target: str,
             raise UserError(f"the {target} exporter converts the whole model in memory: use "
                             "--engine memory, or export to onnx, which streams")
         return "streaming"
-    budget = budget_bytes(args)
     if choice == "memory" or not streamable:
         return "memory"
     n_params, _ = _shape(model_spec)
