@@ -1,10 +1,12 @@
-"""`write_decoder_onnx`: a Llama-family decoder written to ONNX node by node from a lazily
-read checkpoint, each weight going to the external data file as soon as it is read, so
-exporting a 3B or 7B model holds one tensor at a time, not the model.
+"""`write_decoder_onnx`: a Llama-family decoder written to ONNX node by node, each weight
+read when its node is written (from a model in memory, or from a lazily read checkpoint,
+going to the external data file at once, so exporting a 3B or 7B model holds one tensor
+at a time, not the model).
 
-The in-memory exporter (export.onnx.llm) traces export.llm.decoder.ExportDecoder with
-torch.onnx, which needs every weight in memory (and a few copies during tracing). This
-writer builds the same graph by hand, with the same contract
+The traced exporter (export.onnx.llm) runs torch.onnx on export.llm.decoder.ExportDecoder,
+which needs every weight in memory (and a few copies during tracing); it stays for
+mixture-of-experts decoders. This writer builds the same graph by hand, with the same
+contract
 
     inputs:  input_ids [1, T] int64, position [1] int64,
              past_keys, past_values [layers, kv_heads, max_context, head_dim] float32
@@ -29,6 +31,7 @@ Add, Sqrt, Div, Mul, the pattern onnxruntime fuses into SimplifiedLayerNormaliza
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -36,8 +39,8 @@ import numpy as np
 import torch
 
 from export.errors import require
+from export.llm.decoder_weights import ATTENTION, MLP, DecoderWeights, LinearWeight
 from export.llm.export_decoder import MASKED
-from export.llm.lazy_weights import ATTENTION, MLP, LazyDecoderWeights, LinearWeight
 from export.onnx.external_data import ExternalDataWriter
 from export.onnx.graph_builder import GraphBuilder
 from export.onnx.llm import INPUT_NAMES, OPSET, OUTPUT_NAMES, OnnxExport, io_description
@@ -48,7 +51,7 @@ IR_VERSION = 10  # opset 21 needs IR 10; onnxruntime 1.2x reads it
 
 
 class _DecoderWriter:
-    def __init__(self, weights: LazyDecoderWeights, graph: GraphBuilder) -> None:
+    def __init__(self, weights: DecoderWeights, graph: GraphBuilder) -> None:
         self.w = weights
         self.g = graph
         self.carried: list[LayerRecord] = []
@@ -166,7 +169,7 @@ class _DecoderWriter:
     def block(self, x: str, index: int, at: dict[str, str]) -> tuple[str, str, str]:
         g, w = self.g, self.w
         linears = w.block_linear_names(index)
-        prefix = w.skeleton.block_prefix(index)
+        prefix = w.block_prefix(index)
         before_attention, before_mlp = w.block_norms(index)
         h = self.rms_norm(x, before_attention, f"{prefix}.input_layernorm.weight")
         attended, keys, values = self.attention(h, index, linears, at)
@@ -200,15 +203,19 @@ def _make_node(op_type: str, inputs: list[str], outputs: list[str], **attributes
     return helper.make_node(op_type, inputs, outputs, name=outputs[0], **attributes)
 
 
-def write_decoder_onnx(weights: LazyDecoderWeights, out: Path,
-                       metadata: dict[str, str] | None = None) -> OnnxExport:
-    """Write the decoder of `weights` to `out` (graph) and `out.name + ".data"` (weights)."""
+def write_decoder_onnx(weights: DecoderWeights, out: Path,
+                       metadata: dict[str, str] | None = None, *,
+                       external: bool = True) -> OnnxExport:
+    """Write the decoder of `weights` to `out` (graph) and, with `external`, its weights to
+    `out.name + ".data"` as they are read; else every weight inside the one file (for a
+    model already in memory whose file stays under protobuf's 2 GB)."""
     onnx = require("onnx", "onnx", "ONNX export")
     from onnx import TensorProto, helper
 
     shape = weights.shape
     out.parent.mkdir(parents=True, exist_ok=True)
-    with ExternalDataWriter(out) as writer:
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(ExternalDataWriter(out)) if external else None
         graph = GraphBuilder(writer)
         writer_state = _DecoderWriter(weights, graph)
         writer_state.decoder()
@@ -231,4 +238,4 @@ def write_decoder_onnx(weights: LazyDecoderWeights, out: Path,
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save_model(model, str(out))
-    return OnnxExport(out, weights, writer_state.carried, writer_state.dropped, True)
+    return OnnxExport(out, weights, writer_state.carried, writer_state.dropped, external)

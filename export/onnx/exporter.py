@@ -24,18 +24,29 @@ class OnnxExporter(Exporter):
         return [out.with_name(out.name + ".data")]  # the external data file
 
     def write_llm(self, artifact, out: Path, options: ExportOptions):
-        from export.onnx.llm import export_llm_onnx
+        """Dense Llama-family decoders are written node by node (export.onnx.decoder_graph:
+        one weight at a time; from a lazily read checkpoint, or from memory); mixtures of
+        experts are traced with torch.onnx (export.onnx.llm)."""
+        from export.llm.moe_mlp import is_moe_mlp
+        from export.onnx.decoder_graph import write_decoder_onnx
+        from export.onnx.llm import EXTERNAL_DATA_BYTES, export_llm_onnx
 
+        metadata = {"edge_toolkit.source": artifact.source}
         if isinstance(artifact, StreamedArtifact):
             from export.llm.lazy_weights import LazyDecoderWeights
-            from export.onnx.decoder_graph import write_decoder_onnx
 
             weights = LazyDecoderWeights(artifact.lazy, options.max_context)
-            return write_decoder_onnx(weights, out, {"edge_toolkit.source": artifact.source})
+            return write_decoder_onnx(weights, out, metadata)
+        blocks = _blocks(artifact.module)
+        if blocks is not None and not is_moe_mlp(blocks[0].mlp):
+            from export.llm.decoder_weights import ModuleDecoderWeights
 
+            weights = ModuleDecoderWeights(artifact.module, options.max_context,
+                                           artifact.quantized)
+            return write_decoder_onnx(weights, out, metadata,
+                                      external=weights.float32_bytes() > EXTERNAL_DATA_BYTES)
         return export_llm_onnx(artifact.module, out, max_context=options.max_context,
-                               quantized=artifact.quantized,
-                               metadata={"edge_toolkit.source": artifact.source})
+                               quantized=artifact.quantized, metadata=metadata)
 
     def verify_llm(self, result, out: Path, artifact, prompt: list[int],
                    options: ExportOptions):
@@ -62,3 +73,15 @@ class OnnxExporter(Exporter):
         from export.onnx.vision import run_onnx_vision
 
         return run_onnx_vision(path, example)
+
+
+def _blocks(module):
+    """The decoder blocks of `module`, None when it has no Llama-style layout."""
+    from models.adapter import decoder_layout
+    from models.errors import ModelError
+
+    try:
+        blocks = decoder_layout(module).blocks
+    except ModelError:
+        return None
+    return blocks if len(blocks) and hasattr(blocks[0], "mlp") else None

@@ -21,8 +21,8 @@ import torch
 
 from export.errors import ExportError, require
 from export.llm.decoder import DecoderShape
+from export.llm.decoder_weights import DecoderWeights
 from export.llm.export_decoder import ExportDecoder
-from export.llm.lazy_weights import LazyDecoderWeights
 from export.onnx.rewrite import carry_compression
 from export.records import LayerRecord
 
@@ -36,7 +36,7 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 @dataclasses.dataclass
 class OnnxExport:
     path: Path
-    decoder: ExportDecoder | LazyDecoderWeights  # what was written; both have .shape
+    decoder: ExportDecoder | DecoderWeights  # what was written; both have .shape
     carried: list[LayerRecord]
     dropped: list[LayerRecord]
     external_data: bool
