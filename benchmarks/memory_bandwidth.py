@@ -1,0 +1,120 @@
+"""This machine's memory read bandwidth, the ceiling on LLM decode speed.
+
+    python -m benchmarks.memory_bandwidth [--threads 1 2] [--nbytes 1073741824] [--repeats 7]
+
+One decode step multiplies a single token's activations by every weight matrix once: a
+matrix-vector product does 2 FLOPs per weight and reuses no weight, so for a model larger
+than the caches the step time is bounded below by (bytes of weights read per token) /
+(read bandwidth) ("roofline" reasoning, arXiv:2402.16363 section 2; the same bound is why
+weight-only quantization speeds decode up, arXiv:2306.00978). The probe here streams a
+float32 buffer once per sweep with `torch.sum`: each byte is read once, in order, with one
+add per 4 bytes, the same access pattern and arithmetic intensity (or lower) as the
+matrix-vector products, so its time is the memory system's, not the ALUs'. Writing is not
+timed: decode reads weights and writes only a few KB of activations and KV entries.
+
+The buffer is filled with ones before timing so every page is backed by its own memory (a
+fresh `torch.zeros` may map every page to the kernel's single zero page, which then sits in
+cache and reads at cache speed). A sweep that fits in a cache measures the cache instead:
+the result carries the largest cache size sysfs lists, but in a virtual machine that is the
+host's shared L3 (480 MiB on the 2-core VM this was written on, where a 64 MiB sweep already
+read at DRAM speed), so it only says when the default 1 GiB might be too small. To see the
+bandwidth a given model file gets, call `read_bandwidth` with `nbytes` equal to its size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+GB = 1e9
+
+
+def summarize(gb_per_s: Sequence[float]) -> dict:
+    """Median and min-max spread of per-sweep bandwidths: the median because a shared
+    machine's other tenants slow single sweeps down (never speed them up)."""
+    if not gb_per_s:
+        raise ValueError("no bandwidth samples: repeats must be at least 1")
+    return {"gb_per_s": statistics.median(gb_per_s), "min_gb_per_s": min(gb_per_s),
+            "max_gb_per_s": max(gb_per_s), "samples_gb_per_s": list(gb_per_s)}
+
+
+def time_sweeps(sweep: Callable[[], object], nbytes: int, repeats: int,
+                clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """GB/s of each of `repeats` calls of `sweep`, each reading `nbytes` bytes."""
+    rates = []
+    for _ in range(repeats):
+        start = clock()
+        sweep()
+        seconds = clock() - start
+        rates.append(nbytes / GB / max(seconds, 1e-12))
+    return rates
+
+
+CPU0_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def last_level_cache_bytes(caches: Path = CPU0_CACHES) -> int | None:
+    """The largest CPU cache sysfs lists (usually the shared L3), or None off Linux."""
+    sizes = []
+    for size_file in Path(caches).glob("index*/size"):
+        text = size_file.read_text().strip()
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        try:
+            sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+        except (ValueError, IndexError):
+            continue
+    return max(sizes) if sizes else None
+
+
+def read_bandwidth(threads: int, nbytes: int = 1 << 30, repeats: int = 7,
+                   warmup: int = 1) -> dict:
+    """Median read bandwidth (GB/s, 1e9 bytes) of `repeats` sweeps over an `nbytes` float32
+    buffer summed with `threads` intra-op threads, with the min-max spread. The torch thread
+    count is restored afterwards. About nbytes / bandwidth * (repeats + warmup) seconds:
+    under a second for 1 GiB at 10 GB/s and 7 repeats."""
+    import torch
+
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    elements = max(nbytes // 4, 1)
+    buffer = torch.empty(elements, dtype=torch.float32)
+    buffer.fill_(1.0)  # touch every page: see the module docstring
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(warmup):
+            buffer.sum()
+        rates = time_sweeps(buffer.sum, elements * 4, repeats)
+    finally:
+        torch.set_num_threads(previous)
+    cache = last_level_cache_bytes()
+    return {"threads": threads, "nbytes": elements * 4, "repeats": repeats,
+            **summarize(rates), "last_level_cache_bytes": cache,
+            "buffer_exceeds_cache": None if cache is None else elements * 4 > 2 * cache}
+
+
+def decode_bound(bytes_per_token: float, gb_per_s: float) -> dict:
+    """The fastest a decode step can be if it must stream `bytes_per_token` bytes at
+    `gb_per_s`: seconds per token and the matching tokens/s ceiling."""
+    if bytes_per_token <= 0 or gb_per_s <= 0:
+        raise ValueError("bytes per token and bandwidth must be positive")
+    seconds = bytes_per_token / (gb_per_s * GB)
+    return {"seconds_per_token": seconds, "tokens_per_s": 1 / seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--nbytes", type=int, default=1 << 30)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    print(json.dumps([read_bandwidth(t, args.nbytes, args.repeats) for t in args.threads],
+                     indent=2))
+
+
+if __name__ == "__main__":
+    main()
