@@ -264,3 +264,60 @@ def test_litert_bundle_generates_the_verified_tokens(toolkit_cli, tmp_path):
     result = json.loads(child.stdout.strip().splitlines()[-1])
     assert result["tokens"] == report["verification"]["runtime_tokens"]
     assert result["tokenizer_matches"] and result["tokens_match"]
+
+
+def test_python_api_bundles_the_chat_template_and_tokenizer_ids(tmp_path):
+    """write_bundle on a models.LoadedModel whose tokenizer has a chat template and whose
+    module has no generation config: the template file is listed, the config is built
+    from the tokenizer's bos/eos/pad ids."""
+    import models
+    from export import ExportOptions
+    from export.bundle import write_bundle
+    from export.bundle_read import open_bundle, self_check
+
+    loaded = models.create_model("fake-llama")
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    loaded.tokenizer.chat_template = template
+    loaded.module.generation_config = None
+    report = write_bundle("onnx", loaded, tmp_path / "api",
+                          ExportOptions(max_context=MAX_CONTEXT, new_tokens=4))
+    assert report.passed and report.path == os.fspath(tmp_path / "api")
+    bundle = open_bundle(tmp_path / "api")
+    assert bundle.manifest["tokenizer"]["chat_template"] == "chat_template.jinja"
+    assert (tmp_path / "api" / "chat_template.jinja").read_text() == template
+    assert "chat_template.jinja" in bundle.manifest["files"]
+    assert json.loads((tmp_path / "api" / "generation_config.json").read_text()) == {
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+    assert self_check(bundle)["tokens_match"]
+
+
+def test_reading_a_bundle_never_imports_transformers(onnx_bundle):
+    """An app's reader: a fresh process generates from the bundle without transformers."""
+    script = ("import sys; from export.bundle_read import open_bundle, self_check; "
+              f"r = self_check(open_bundle({os.fspath(onnx_bundle[0])!r})); "
+              "print(r['tokens_match'], 'transformers' in sys.modules)")
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.split() == ["True", "False"]
+
+
+def test_disk_full_mid_bundle_keeps_the_old_bundle_and_leaves_no_staging(
+        toolkit_cli, onnx_bundle, tmp_path, monkeypatch):
+    import errno
+
+    import export.bundle
+
+    existing = tmp_path / "b"
+    shutil.copytree(onnx_bundle[0], existing)
+    before = _contents(existing)
+
+    def full(folder):
+        raise OSError(errno.ENOSPC, "No space left on device", os.fspath(folder / "x"))
+
+    monkeypatch.setattr(export.bundle, "files_section", full)
+    result = toolkit_cli("export", "onnx", "--model", "fake-llama", "--bundle", existing,
+                         "--overwrite", *EXPORT)
+    _refused(result, "No space left on device")
+    assert _contents(existing) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
