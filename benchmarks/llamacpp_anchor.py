@@ -6,9 +6,14 @@
 llama-cpp-python is compiled from its source distribution into its own virtual environment
 (benchmarks/.llamacpp-env, ignored by git through a `.gitignore` written inside it), never
 into the toolkit's: it is a benchmark's dependency, not the toolkit's, and compiling it
-takes minutes. The build is CPU-only (CUDA, Metal, Vulkan and BLAS off) with
--DGGML_NATIVE=ON: the anchor runs on the machine that built it, so it may use every
-instruction set this CPU has, as a user building llama.cpp themselves would.
+takes minutes. The build is CPU-only (CUDA, Metal, Vulkan and BLAS off) and names its
+instruction sets: AVX2, FMA, F16C, AVX-VNNI and AVX-512 (F, VBMI, VNNI, BF16), which x86-64
+server CPUs from Ice Lake / Zen 4 on have, but not AMX. -DGGML_NATIVE=ON was tried first: on
+the 2-core virtual machine this was written on, /proc/cpuinfo lists amx_int8, so the native
+build compiled ggml's AMX matrix multiply, and every eval of more than one token died with a
+general protection fault at its `ldtilecfg` (one-token evals, which skip that path, ran). A
+user on such a machine would turn AMX off too. The flags are stamped into the environment;
+changing them here rebuilds it.
 
 Each measurement runs a small script in that environment in a child process: load the GGUF,
 then per repeat reset the context, prefill the prompt's token ids in one `eval` (ids, not
@@ -33,8 +38,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ENV_DIR = ROOT / "benchmarks" / ".llamacpp-env"
 LLAMA_CPP_PYTHON = "0.3.36"
-CMAKE_ARGS = ("-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF "
-              "-DGGML_BLAS=OFF -DGGML_OPENMP=ON")
+CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON "
+              "-DGGML_F16C=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON "
+              "-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF "
+              "-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF "
+              "-DGGML_VULKAN=OFF -DGGML_BLAS=OFF -DGGML_OPENMP=ON")
+BUILD_STAMP = "build-flags.txt"  # inside the env: the CMAKE_ARGS it was compiled with
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Runs inside the llama.cpp environment: reads its settings as JSON on stdin, prints one
@@ -95,7 +104,8 @@ def install_commands(path: Path = ENV_DIR, base_python: str = sys.executable,
                  "CMAKE_BUILD_PARALLEL_LEVEL": str(jobs or os.cpu_count() or 1)}
     return [([base_python, "-m", "venv", str(path)], {}),
             (["nice", "-n", "10", python, "-m", "pip", "install", "--no-cache-dir",
-              "--no-binary", "llama-cpp-python", f"llama-cpp-python=={LLAMA_CPP_PYTHON}"],
+              "--force-reinstall", "--no-binary", "llama-cpp-python",
+              f"llama-cpp-python=={LLAMA_CPP_PYTHON}"],
              build_env)]
 
 
@@ -111,10 +121,13 @@ def installed_version(python: Path) -> str | None:
 
 def ensure_env(path: Path = ENV_DIR) -> Path:
     """The environment's python executable, building the environment only when it lacks the
-    pinned llama-cpp-python (a first build compiles llama.cpp: minutes on 2 cores)."""
+    pinned llama-cpp-python or was compiled with other flags (a build compiles llama.cpp:
+    about 12 minutes on 2 shared cores)."""
     path = Path(path)
     python = env_python(path)
-    if installed_version(python) == LLAMA_CPP_PYTHON:
+    stamp = path / BUILD_STAMP
+    built_with = stamp.read_text() if stamp.is_file() else None
+    if installed_version(python) == LLAMA_CPP_PYTHON and built_with == CMAKE_ARGS:
         return python
     for argv, extra in install_commands(path):
         child = subprocess.run(argv, env={**os.environ, **extra}, capture_output=True,
@@ -127,6 +140,7 @@ def ensure_env(path: Path = ENV_DIR) -> Path:
     found = installed_version(python)
     if found != LLAMA_CPP_PYTHON:
         raise RuntimeError(f"{python} imports llama_cpp {found}, expected {LLAMA_CPP_PYTHON}")
+    stamp.write_text(CMAKE_ARGS)
     return python
 
 

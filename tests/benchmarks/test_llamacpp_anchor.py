@@ -60,8 +60,8 @@ def test_build_is_a_venv_then_pinned_source_build_at_low_priority(tmp_path) -> N
     assert pip[:4] == ["nice", "-n", "10", str(tmp_path / "env" / "bin" / "python")]
     assert pip[-3:] == ["--no-binary", "llama-cpp-python",
                         f"llama-cpp-python=={anchor.LLAMA_CPP_PYTHON}"]
-    assert "-DGGML_NATIVE=ON" in pip_env["CMAKE_ARGS"]
-    assert "-DGGML_CUDA=OFF" in pip_env["CMAKE_ARGS"]
+    flags = pip_env["CMAKE_ARGS"].split()
+    assert {"-DGGML_AVX512=ON", "-DGGML_AMX_INT8=OFF", "-DGGML_CUDA=OFF"} <= set(flags)
     assert pip_env["CMAKE_BUILD_PARALLEL_LEVEL"] == "2"
 
 
@@ -72,9 +72,21 @@ def test_no_version_without_env_or_without_llama_cpp(tmp_path) -> None:
 
 
 def test_existing_env_with_the_pinned_version_is_not_rebuilt(tmp_path, monkeypatch) -> None:
+    (tmp_path / anchor.BUILD_STAMP).write_text(anchor.CMAKE_ARGS)
     monkeypatch.setattr(anchor, "installed_version", lambda python: anchor.LLAMA_CPP_PYTHON)
     monkeypatch.setattr(anchor.subprocess, "run", lambda *a, **k: pytest.fail("rebuilt"))
     assert anchor.ensure_env(tmp_path) == tmp_path / "bin" / "python"
+
+
+def test_env_built_with_other_flags_is_rebuilt(tmp_path, monkeypatch) -> None:
+    (tmp_path / anchor.BUILD_STAMP).write_text("-DGGML_NATIVE=ON")
+    monkeypatch.setattr(anchor, "installed_version", lambda python: anchor.LLAMA_CPP_PYTHON)
+    ran = []
+    monkeypatch.setattr(anchor.subprocess, "run", lambda argv, **k:
+                        ran.append(argv) or subprocess.CompletedProcess(argv, 0, "", ""))
+    anchor.ensure_env(tmp_path)
+    assert len(ran) == 2 and "--force-reinstall" in ran[1]
+    assert (tmp_path / anchor.BUILD_STAMP).read_text() == anchor.CMAKE_ARGS
 
 
 def test_missing_env_is_built_and_ignored_by_git(tmp_path, monkeypatch) -> None:
@@ -94,6 +106,7 @@ def test_missing_env_is_built_and_ignored_by_git(tmp_path, monkeypatch) -> None:
     assert [argv[1:3] for argv, _ in ran] == [["-m", "venv"], ["-n", "10"]]
     assert ran[1][1] == anchor.CMAKE_ARGS
     assert (env / ".gitignore").read_text() == "*\n"
+    assert (env / anchor.BUILD_STAMP).read_text() == anchor.CMAKE_ARGS
 
 
 def test_failed_build_says_which_command_and_why(tmp_path, monkeypatch) -> None:
@@ -161,7 +174,9 @@ def test_default_prompt_is_toolkit_bench_ids() -> None:
 
 @pytest.mark.slow
 def test_real_llama_cpp_on_smollm2_is_deterministic() -> None:
-    if anchor.installed_version(anchor.env_python()) != anchor.LLAMA_CPP_PYTHON:
+    stamp = anchor.ENV_DIR / anchor.BUILD_STAMP
+    if (anchor.installed_version(anchor.env_python()) != anchor.LLAMA_CPP_PYTHON
+            or not stamp.is_file() or stamp.read_text() != anchor.CMAKE_ARGS):
         pytest.skip("llama.cpp env not built: python -m benchmarks.llamacpp_anchor --build")
     try:
         gguf = anchor.default_gguf()
