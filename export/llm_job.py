@@ -33,6 +33,9 @@ def export_llm_artifact(exporter, artifact: Any, out: Path,
         raise ExportError(f"the {exporter.target} exporter converts the whole model in memory, "
                           f"which {artifact.source} does not fit: export it to onnx (written "
                           "one weight at a time), or pass --engine memory if it fits")
+    if options.embedding_bits and not exporter.quantizes_tables:
+        raise ExportError(f"--embedding-bits is not carried by the {exporter.target} exporter "
+                          "yet (onnx carries it): export without it")
     prompt = _prompt_ids(artifact, options)
     result = exporter.write_llm(artifact, out, options)
     report = describe_llm(exporter, artifact, result, out, options)

@@ -10,12 +10,14 @@ on the mean error there, see export.vision_job).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from export.errors import ExportError
 
 DEFAULT_PROMPT = "The capital of France is"
 FLOAT_RTOL = 1e-3
 INT8_RTOL = 0.05  # static int8 activations: a few percent is the expected cost
+EMBEDDING_BITS = (4, 8)
 
 
 @dataclasses.dataclass
@@ -39,12 +41,29 @@ class ExportOptions:
     quiet: bool = True
     # The artifact's manifest (toolkit.json); None: read from the artifact's directory.
     manifest: dict | None = None
+    # LLMs: the embedding table and LM head quantized at export to this many bits (4 or
+    # 8) in groups of `embedding_group_size` per row; None keeps them float. `export` does
+    # not quantize by itself (it may not import compress): the caller passes the quantizer,
+    # weight [rows, width] -> models.qformat.AffineQuantized (toolkit: compress' RTN).
+    embedding_bits: int | None = None
+    embedding_group_size: int = 32
+    embedding_quantizer: Callable | None = None
 
     def __post_init__(self) -> None:
         if self.rtol is None:
             self.rtol = INT8_RTOL if self.int8 else FLOAT_RTOL
         if not 0 < self.rtol < 1:
             raise ExportError(f"--rtol {self.rtol} must lie in (0, 1), e.g. 1e-3")
+        if self.embedding_bits is not None:
+            if self.embedding_bits not in EMBEDDING_BITS:
+                raise ExportError(f"--embedding-bits {self.embedding_bits} must be one of "
+                                  f"{', '.join(map(str, EMBEDDING_BITS))}")
+            group = self.embedding_group_size
+            if not isinstance(group, int) or group < 16 or group & (group - 1):
+                raise ExportError(f"--embedding-group-size {group!r} must be a power of two "
+                                  ">= 16 (the runtimes' block sizes), e.g. 32")
+            if self.embedding_quantizer is None:
+                raise ValueError("embedding_bits needs an embedding_quantizer")
         for name in ("max_context", "prefill_tokens", "new_tokens", "calibration_images"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:

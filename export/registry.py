@@ -43,6 +43,8 @@ class Exporter:
     # Whether it writes a lazily read checkpoint (export.llm.streamed) one weight at a time;
     # the others convert a module held in memory.
     streams: bool = False
+    # Whether it carries an embedding table and head quantized at export (--embedding-bits).
+    quantizes_tables: bool = False
     # Why pruned zeros end up dense in this format (said in the report), when they do.
     sparse_note: str = "the format has no sparse weights"
 

@@ -13,7 +13,7 @@ refuses the same models with the same words.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -23,7 +23,9 @@ from export.errors import ExportError
 from export.llm.decoder import SUPPORTED_ACTIVATIONS, DecoderShape
 from export.llm.export_decoder import _check_blocks, _decoder_shape, _rotary_module
 from export.llm.moe_mlp import is_moe_mlp
+from export.llm.table_quant import QuantizedTables, quantize_rows
 from models.adapter import DecoderLayout
+from models.qformat import AffineQuantized
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -94,9 +96,27 @@ class DecoderWeights:
     def parameter_count(self) -> int:
         return sum(param.numel() for param in self.module.parameters())
 
+    # --- export-time quantization of the table and head (export.llm.table_quant) ----------
+
+    embedding_packed: AffineQuantized | None = None
+    head_packed: AffineQuantized | None = None
+
+    def quantize_tables(self, quantizer: Callable) -> QuantizedTables:
+        """Quantize the embedding table (and an untied float head) with `quantizer`;
+        the graph writer then carries them packed. Returns what the reference swaps in."""
+        self.embedding_packed = quantize_rows(self.embedding_blocks(), quantizer)
+        tables = {self.embedding_name: self.embedding_packed}
+        if not self.tied:
+            head = self.linear(self.head_module)
+            if head.packed is None:  # a head the artifact quantized is carried as it is
+                self.head_packed = quantizer(head.weight)
+                tables[self.head_weight_name] = self.head_packed
+        return QuantizedTables(tables)
+
     # --- tensors (subclasses) --------------------------------------------------------------
 
     embedding_name: str
+    head_weight_name: str
     norm_name: str
     tied: bool  # the head is the embedding table
 
@@ -135,6 +155,7 @@ class ModuleDecoderWeights(DecoderWeights):
         self._quantized = dict(quantized or {})
         self._params = dict(module.named_parameters(remove_duplicate=False))
         self.embedding_name = self.module_name(self.layout.embeddings) + ".weight"
+        self.head_weight_name = self.head_module + ".weight"
         self.norm_name = self.module_name(self.layout.norm) + ".weight"
         self.tied = self.layout.head.weight is self.layout.embeddings.weight
 

@@ -35,9 +35,9 @@ class LazyDecoderWeights(DecoderWeights):
         self._packed = self.quantized_layers()
         stored = self.skeleton.stored_name
         self.embedding_name = stored(self.module_name(self.layout.embeddings) + ".weight")
-        self.head_name = stored(self.head_module + ".weight")
+        self.head_weight_name = stored(self.head_module + ".weight")
         self.norm_name = stored(self.module_name(self.layout.norm) + ".weight")
-        self.tied = self.head_name == self.embedding_name
+        self.tied = self.head_weight_name == self.embedding_name
 
     def quantized_layers(self) -> dict[str, dict]:
         """Packed linear -> its layout entry (scheme, bits, ...); empty for float weights."""

@@ -30,12 +30,14 @@ from models.lazy.skeleton import StreamingDecoder
 HEAD_BLOCK_BYTES = 256 << 20  # float32 bytes of head rows applied at once
 
 
-def streamed_logits(lazy, tokens: Sequence[int]) -> np.ndarray:
+def streamed_logits(lazy, tokens: Sequence[int], tables=None) -> np.ndarray:
     """Logits [len(tokens), vocab] of the causal LM in `lazy` (a LazyCheckpoint).
 
     The embedding rows of `tokens` alone are read (a gather: exact), the base model runs
     with its blocks and final norm loaded by hooks, and the head is applied in row blocks
-    of at most `HEAD_BLOCK_BYTES` in float32 (each logit is the same dot product)."""
+    of at most `HEAD_BLOCK_BYTES` in float32 (each logit is the same dot product).
+    `tables` (export.llm.table_quant.QuantizedTables): the table and head values an
+    export quantized, used in place of the stored ones."""
     decoder = StreamingDecoder(lazy.source, lazy.config)
     layout = decoder.layout
     base = decoder.model.get_decoder()
@@ -49,9 +51,9 @@ def streamed_logits(lazy, tokens: Sequence[int]) -> np.ndarray:
     ids = torch.tensor([list(tokens)])
     try:
         with torch.no_grad():
-            embeds = _embedding_rows(decoder, ids)
+            embeds = _embedding_rows(decoder, ids, tables)
             hidden = base(inputs_embeds=embeds, use_cache=False).last_hidden_state[0]
-            logits = _head(decoder, hidden)
+            logits = _head(decoder, hidden, tables)
     finally:
         for handle in handles:
             handle.remove()
@@ -60,12 +62,12 @@ def streamed_logits(lazy, tokens: Sequence[int]) -> np.ndarray:
     return logits.float().numpy()
 
 
-def _embedding_rows(decoder: StreamingDecoder, ids: torch.Tensor) -> torch.Tensor:
+def _embedding_rows(decoder: StreamingDecoder, ids: torch.Tensor, tables) -> torch.Tensor:
     """The embedding module run on the rows of `ids` only (renumbered into them)."""
     embeddings = decoder.layout.embeddings
     name = decoder.parameter_names(embeddings)[0]
     unique, renumbered = torch.unique(ids, return_inverse=True)
-    table = _rows(decoder.source, name, unique).to(torch.float32)
+    table = _rows(decoder.source, name, unique, tables).to(torch.float32)
     meta = embeddings._parameters["weight"]
     embeddings._parameters["weight"] = nn.Parameter(table, requires_grad=False)
     try:
@@ -74,7 +76,7 @@ def _embedding_rows(decoder: StreamingDecoder, ids: torch.Tensor) -> torch.Tenso
         embeddings._parameters["weight"] = meta
 
 
-def _head(decoder: StreamingDecoder, hidden: torch.Tensor) -> torch.Tensor:
+def _head(decoder: StreamingDecoder, hidden: torch.Tensor, tables) -> torch.Tensor:
     head = decoder.layout.head
     names = decoder.parameter_names(head)
     vocab, width = head.weight.shape
@@ -83,23 +85,27 @@ def _head(decoder: StreamingDecoder, hidden: torch.Tensor) -> torch.Tensor:
     pieces = []
     for begin in range(0, vocab, step):
         rows = torch.arange(begin, min(vocab, begin + step))
-        weight = _rows(decoder.source, names[0], rows).to(torch.float32)
+        weight = _rows(decoder.source, names[0], rows, tables).to(torch.float32)
         pieces.append(F.linear(hidden, weight, None if bias is None else bias[rows]))
     return torch.cat(pieces, dim=-1)
 
 
-def _rows(source, name: str, rows: torch.Tensor) -> torch.Tensor:
-    """`source.read(name)[rows]`, reading only those rows where the source can."""
+def _rows(source, name: str, rows: torch.Tensor, tables=None) -> torch.Tensor:
+    """`source.read(name)[rows]`, reading only those rows where the source can (or the
+    export-time quantized values of `tables`, when it holds `name`)."""
+    replaced = tables.rows(name, rows) if tables is not None else None
+    if replaced is not None:
+        return replaced
     read_rows = getattr(source, "rows", None)
     return read_rows(name, rows) if read_rows is not None else source.read(name)[rows]
 
 
-def teacher_forced_greedy(lazy, prompt: Sequence[int], runtime_tokens: Sequence[int]
-                          ) -> tuple[list[int], np.ndarray]:
+def teacher_forced_greedy(lazy, prompt: Sequence[int], runtime_tokens: Sequence[int],
+                          tables=None) -> tuple[list[int], np.ndarray]:
     """(PyTorch's greedy token after each prefix of prompt + runtime_tokens, its prompt
     logits [len(prompt), vocab]) from one pass (module docstring)."""
     sequence = list(prompt) + list(runtime_tokens[:-1])
-    logits = streamed_logits(lazy, sequence)
+    logits = streamed_logits(lazy, sequence, tables)
     start = len(prompt) - 1
     greedy = [int(row.argmax()) for row in logits[start:start + len(runtime_tokens)]]
     return greedy, logits[:len(prompt)]

@@ -44,7 +44,7 @@ from export.llm.export_decoder import MASKED
 from export.onnx.external_data import ExternalDataWriter
 from export.onnx.graph_builder import GraphBuilder
 from export.onnx.llm import INPUT_NAMES, OPSET, OUTPUT_NAMES, OnnxExport, io_description
-from export.onnx.weights import compressed_weight
+from export.onnx.weights import compressed_weight, gather_block_quantized, matmul_nbits
 from export.records import LayerRecord
 
 IR_VERSION = 10  # opset 21 needs IR 10; onnxruntime 1.2x reads it
@@ -94,6 +94,18 @@ class _DecoderWriter:
             g.node(_make_node("MatMul", [x, weight_t], [y]))
         if linear.bias is not None:
             y = g.op("Add", [y, g.array(f"{prefix}.bias", linear.bias.numpy())])
+        return y
+
+    def packed(self, build, weight, x: str, prefix: str) -> str:
+        """A table or head quantized at export (export.llm.table_quant), built by `build`
+        (gather_block_quantized or matmul_nbits); recorded as quantized here."""
+        y = self.g.fresh(f"{prefix}.out")
+        built = build(weight, x, y, prefix)
+        for tensor in built.initializers:
+            self.g.initializer(tensor)
+        for node in built.nodes:
+            self.g.node(node)
+        self.carried.append(LayerRecord(prefix, f"{built.carried_as} (quantized at export)"))
         return y
 
     def heads_first(self, x: str, heads: int) -> str:
@@ -180,15 +192,22 @@ class _DecoderWriter:
     def decoder(self) -> None:
         g, w = self.g, self.w
         at = self.inputs()
-        embed = g.row_blocks(w.embedding_name, w.embedding_shape(), w.embedding_blocks())
-        x = g.op("Gather", [embed, at["ids"]], "embeddings", axis=0)
+        table = w.module_name(w.layout.embeddings)
+        if w.embedding_packed is not None:
+            x = self.packed(gather_block_quantized, w.embedding_packed, at["ids"], table)
+        else:
+            embed = g.row_blocks(w.embedding_name, w.embedding_shape(), w.embedding_blocks())
+            x = g.op("Gather", [embed, at["ids"]], "embeddings", axis=0)
         all_keys, all_values = [], []
         for index in range(w.n_blocks):
             x, keys, values = self.block(x, index, at)
             all_keys.append(g.op("Unsqueeze", [keys, g.const([0])]))
             all_values.append(g.op("Unsqueeze", [values, g.const([0])]))
         x = self.rms_norm(x, w.float32(w.norm_name), w.norm_name)
-        if w.tied:  # E is [vocab, hidden]: Gemm transposes it without a second copy
+        head_packed = w.embedding_packed if w.tied else w.head_packed
+        if head_packed is not None:
+            logits = self.packed(matmul_nbits, head_packed, x, w.head_module)
+        elif w.tied:  # E is [vocab, hidden]: Gemm transposes it without a second copy
             logits = g.op("Gemm", [x, embed], "head", transB=1)
         else:
             logits = self.linear(x, w.linear(w.head_module))

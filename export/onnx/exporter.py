@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from export.errors import ExportError
 from export.llm.streamed import StreamedArtifact
+from export.llm.table_quant import QuantizedTables
 from export.options import ExportOptions
 from export.registry import Exporter, register_exporter
 
@@ -17,6 +19,7 @@ class OnnxExporter(Exporter):
     runtime = "onnxruntime"
     sparse_note = "ONNX has no sparse weight format onnxruntime runs"
     streams = True  # export.onnx.decoder_graph writes a lazily read checkpoint
+    quantizes_tables = True  # --embedding-bits: GatherBlockQuantized + MatMulNBits head
     vision_int8 = ("static int8 QDQ: weights per channel (7-bit codes), uint8 activations per "
                    "tensor, float input and output")
 
@@ -36,6 +39,7 @@ class OnnxExporter(Exporter):
             from export.llm.lazy_weights import LazyDecoderWeights
 
             weights = LazyDecoderWeights(artifact.lazy, options.max_context)
+            _quantize_tables(weights, options)
             return write_decoder_onnx(weights, out, metadata)
         blocks = _blocks(artifact.module)
         if blocks is not None and not is_moe_mlp(blocks[0].mlp):
@@ -43,8 +47,12 @@ class OnnxExporter(Exporter):
 
             weights = ModuleDecoderWeights(artifact.module, options.max_context,
                                            artifact.quantized)
+            _quantize_tables(weights, options)
             return write_decoder_onnx(weights, out, metadata,
                                       external=weights.float32_bytes() > EXTERNAL_DATA_BYTES)
+        if options.embedding_bits:
+            raise ExportError("--embedding-bits is not carried for mixture-of-experts "
+                              "models yet: export without it")
         return export_llm_onnx(artifact.module, out, max_context=options.max_context,
                                quantized=artifact.quantized, metadata=metadata)
 
@@ -53,11 +61,14 @@ class OnnxExporter(Exporter):
         from export.onnx.verify_llm import verify_llm_onnx, verify_streamed_llm_onnx
 
         shape = result.decoder.shape
+        # Tables quantized at export: the reference computes with the same values.
+        tables = getattr(result.decoder, "tables", None) or QuantizedTables({})
         if isinstance(artifact, StreamedArtifact):
             return verify_streamed_llm_onnx(out, artifact.lazy, prompt, options.new_tokens,
-                                            shape.cache_shape(), shape.max_context)
-        return verify_llm_onnx(out, artifact.module, prompt, options.new_tokens,
-                               shape.cache_shape(), shape.max_context)
+                                            shape.cache_shape(), shape.max_context, tables)
+        with tables.swapped_into(artifact.module):
+            return verify_llm_onnx(out, artifact.module, prompt, options.new_tokens,
+                                   shape.cache_shape(), shape.max_context)
 
     def write_vision(self, wrapped, example, out: Path, meta: dict, coreml=None) -> None:
         from export.onnx.vision import write_onnx_vision
@@ -73,6 +84,11 @@ class OnnxExporter(Exporter):
         from export.onnx.vision import run_onnx_vision
 
         return run_onnx_vision(path, example)
+
+
+def _quantize_tables(weights, options: ExportOptions) -> None:
+    if options.embedding_bits:
+        weights.tables = weights.quantize_tables(options.embedding_quantizer)
 
 
 def _blocks(module):

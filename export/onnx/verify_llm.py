@@ -46,15 +46,18 @@ def verify_llm_onnx(path: Path, model: torch.nn.Module, prompt: Sequence[int],
 
 
 def verify_streamed_llm_onnx(path: Path, lazy, prompt: Sequence[int], new_tokens: int,
-                             cache_shape: Sequence[int], max_context: int) -> LlmVerification:
-    """As verify_llm_onnx, with the reference read lazily from `lazy` (LazyCheckpoint)."""
+                             cache_shape: Sequence[int], max_context: int,
+                             tables=None) -> LlmVerification:
+    """As verify_llm_onnx, with the reference read lazily from `lazy` (LazyCheckpoint);
+    `tables` (export.llm.table_quant.QuantizedTables) replace what was quantized at
+    export."""
     from export.llm.streamed_reference import teacher_forced_greedy
 
     start = time.perf_counter()
     step = onnx_step(path)
     tokens, logits = greedy_tokens(step, prompt, new_tokens, cache_shape, max_context)
     del step  # the session's weights go before the reference reads its own
-    reference_tokens, reference_logits = teacher_forced_greedy(lazy, prompt, tokens)
+    reference_tokens, reference_logits = teacher_forced_greedy(lazy, prompt, tokens, tables)
     return LlmVerification("onnxruntime", agreement("logits", logits, reference_logits),
                            reference_tokens, tokens, len(prompt),
                            time.perf_counter() - start)

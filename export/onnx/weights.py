@@ -97,6 +97,41 @@ def matmul_nbits(weight: AffineQuantized, a: str, y: str, prefix: str) -> OnnxWe
     return OnnxWeight(nodes, inits, how)
 
 
+GATHER_BITS = (4, 8)
+
+
+def gather_block_quantized(weight: AffineQuantized, ids: str, y: str,
+                           prefix: str) -> OnnxWeight:
+    """Rows `ids` of an affine-quantized table [rows, width] as com.microsoft
+    GatherBlockQuantized (gather_axis 0, quantize_axis 1):
+
+        y[t, j] = scale[ids[t], j // block] * (code[ids[t], j] - zero[ids[t], j // block])
+
+    data [rows, width * bits / 8] uint8 (4-bit: two codes a byte, low nibble first),
+    scales [rows, width / block], zero points packed the same way per row. 2/3-bit codes
+    are stored in 4 bits, as for MatMulNBits."""
+    from onnx import helper
+
+    rows, width = weight.shape
+    bits = weight.bits if weight.bits in GATHER_BITS else 4
+    block = matmul_nbits_block(weight.group_size)
+    if block is None or weight.input_scale is not None:
+        raise ValueError(f"group size {weight.group_size} has no power-of-two block >= 16 "
+                         "(or the table has AWQ input scales)")
+    repeat = weight.group_size // block
+    scales = weight.scales.float().repeat_interleave(repeat, dim=1)
+    zeros = weight.zero_points().repeat_interleave(repeat, dim=1)
+    inits = [_tensor(f"{prefix}.quantized", _pack_rows(weight.codes, bits)),
+             _tensor(f"{prefix}.scales", scales.numpy()),
+             _tensor(f"{prefix}.zero_points", _pack_rows(zeros, bits))]
+    node = helper.make_node("GatherBlockQuantized",
+                            [f"{prefix}.quantized", ids, f"{prefix}.scales",
+                             f"{prefix}.zero_points"], [y], domain="com.microsoft",
+                            block_size=block, gather_axis=0, quantize_axis=1, bits=bits,
+                            name=f"{prefix}.GatherBlockQuantized")
+    return OnnxWeight([node], inits, f"GatherBlockQuantized {bits}-bit, block {block}")
+
+
 def palette_gather(weight: PaletteQuantized, a: str, y: str, prefix: str) -> OnnxWeight:
     """W^T[k, n] = lut_flat[(n // g) * 2^b + index[n, k]] as Gather -> MatMul."""
     from onnx import TensorProto, helper

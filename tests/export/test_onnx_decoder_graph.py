@@ -136,3 +136,55 @@ def test_gemma_is_refused_like_the_traced_exporter(tmp_path: Path) -> None:
     lazy = open_lazy(str(_save(create_model("fake-gemma"), tmp_path)))
     with pytest.raises(ExportError, match=r"gemma models use \(1 \+ w\) RMSNorm"):
         LazyDecoderWeights(lazy, CONTEXT)
+
+
+# --- the embedding table and head quantized at export (--embedding-bits) -----------------
+
+
+def _rtn(bits: int, group: int = 16):
+    from compress.quant.rtn import rtn_quantize
+
+    return lambda weight: rtn_quantize(weight, bits, group, symmetric=False)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("name", ["fake-llama", "fake-mistral"])
+def test_quantized_table_and_head_equal_their_dequantized_values(name: str, bits: int,
+                                                                  tmp_path: Path) -> None:
+    """GatherBlockQuantized and the MatMulNBits head compute with exactly the values the
+    reference swaps in (rows dequantized independently here), tied head or not."""
+    from export.llm.decoder_weights import ModuleDecoderWeights
+
+    loaded = create_model(name)
+    weights = ModuleDecoderWeights(loaded.module, CONTEXT)
+    tables = weights.quantize_tables(_rtn(bits))
+    result = write_decoder_onnx(weights, tmp_path / "q.onnx", external=False)
+    carried = {r.name: r.carried_as for r in result.carried}
+    assert carried["model.embed_tokens"] == (f"GatherBlockQuantized {bits}-bit, block 16 "
+                                             "(quantized at export)")
+    assert carried[weights.head_module] == f"MatMulNBits {bits}-bit, block 16 (quantized at export)"
+    assert set(tables.by_name) == ({"model.embed_tokens.weight"} if weights.tied else
+                                   {"model.embed_tokens.weight", "lm_head.weight"})
+    table = loaded.module.get_input_embeddings().weight.detach()
+    packed = tables.by_name["model.embed_tokens.weight"]
+    expected = (packed.scales.float().repeat_interleave(16, 1)
+                * (packed.codes.float() - packed.zeros.float().repeat_interleave(16, 1)))
+    assert float((expected - table).abs().max()) <= float(packed.scales.float().max())
+    tokens, logits = greedy_tokens(onnx_step(result.path), PROMPT, 8,
+                                   result.decoder.shape.cache_shape(), CONTEXT)
+    with tables.swapped_into(loaded.module):
+        torch.testing.assert_close(loaded.module.get_input_embeddings().weight, expected)
+        reference_tokens, reference_logits = torch_greedy(loaded.module, PROMPT, 8)
+    assert torch.equal(loaded.module.get_input_embeddings().weight, table)  # restored
+    assert tokens == reference_tokens
+    assert _relative(logits, reference_logits) < 1e-5
+
+
+def test_streamed_reference_uses_the_quantized_tables(tmp_path: Path) -> None:
+    loaded = create_model("fake-mistral")
+    lazy = open_lazy(str(_save(loaded, tmp_path)))
+    tables = LazyDecoderWeights(lazy, CONTEXT).quantize_tables(_rtn(4))
+    with tables.swapped_into(loaded.module), torch.no_grad():
+        expected = loaded.module(input_ids=torch.tensor([PROMPT])).logits[0].numpy()
+    np.testing.assert_allclose(streamed_logits(lazy, PROMPT, tables), expected,
+                               rtol=0, atol=1e-6)

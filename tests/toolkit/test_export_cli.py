@@ -141,3 +141,36 @@ def test_missing_onnx_package_names_the_extra(toolkit_cli, tmp_path, monkeypatch
                          tmp_path / "m.onnx", *EXPORT)
     assert result.code == 2
     assert "pip install 'edge-toolkit[onnx]'" in result.err and "'onnx'" in result.err
+
+
+def test_embedding_bits_carry_the_table_and_head_quantized(toolkit_cli, artifacts, tmp_path):
+    out, report = tmp_path / "m.onnx", tmp_path / "m.json"
+    result = toolkit_cli("export", "onnx", "--model", artifacts["gptq4"], "--out", out,
+                         "--embedding-bits", "4", "--embedding-group-size", "16",
+                         "--json", report, *EXPORT)
+    assert result.code == 0, result.err
+    data = json.loads(report.read_text())
+    assert data["carried"] == {
+        "MatMulNBits 4-bit, block 32": 14,
+        "GatherBlockQuantized 4-bit, block 16 (quantized at export)": 1,
+        "MatMulNBits 4-bit, block 16 (quantized at export)": 1}
+    assert data["verification"]["passed"] and data["verification"]["tokens_match"]
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--embedding-group-size", "24", "--embedding-bits", "4"], "power of two >= 16"),
+    (["--embedding-bits", "3"], "invalid choice"),
+])
+def test_bad_embedding_quantization_is_refused(toolkit_cli, tmp_path, flags, needle):
+    result = toolkit_cli("export", "onnx", "--model", "fake-llama", "--out",
+                         tmp_path / "m.onnx", *flags, *EXPORT)
+    assert result.code == 2 and needle in result.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_embedding_bits_are_refused_where_the_target_cannot_carry_them(toolkit_cli, tmp_path):
+    pytest.importorskip("litert_torch")
+    result = toolkit_cli("export", "tflite", "--model", "fake-llama", "--out",
+                         tmp_path / "m.tflite", "--embedding-bits", "8", *EXPORT)
+    assert result.code == 2 and "not carried by the tflite exporter" in result.err
+    assert len(result.err.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
