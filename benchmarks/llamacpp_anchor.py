@@ -7,13 +7,16 @@ llama-cpp-python is compiled from its source distribution into its own virtual e
 (benchmarks/.llamacpp-env, ignored by git through a `.gitignore` written inside it), never
 into the toolkit's: it is a benchmark's dependency, not the toolkit's, and compiling it
 takes minutes. The build is CPU-only (CUDA, Metal, Vulkan and BLAS off) and names its
-instruction sets: AVX2, FMA, F16C, AVX-VNNI and AVX-512 (F, VBMI, VNNI, BF16), which x86-64
-server CPUs from Ice Lake / Zen 4 on have, but not AMX. -DGGML_NATIVE=ON was tried first: on
+instruction sets: AVX2, FMA, F16C, AVX-VNNI and AVX-512 (F, VBMI, VNNI, BF16), the ones the
+Sapphire Rapids-class Xeon it was written on reports (a CPU without them needs other flags),
+but not AMX. -DGGML_NATIVE=ON was tried first: on
 the 2-core virtual machine this was written on, /proc/cpuinfo lists amx_int8, so the native
 build compiled ggml's AMX matrix multiply, and every eval of more than one token died with a
-general protection fault at its `ldtilecfg` (one-token evals, which skip that path, ran). A
-user on such a machine would turn AMX off too. The flags are stamped into the environment;
-changing them here rebuilds it.
+general protection fault at its `ldtilecfg` (one-token evals, which skip that path, ran):
+the known upstream fault (ggml-org/llama.cpp issue 20824, pull request 26954: worker threads
+run tile instructions without the kernel's per-thread AMX permission, and the tile config
+on the stack may be optimized away). A user on such a machine would turn AMX off too. The
+flags are stamped into the environment; changing them here rebuilds it.
 
 Each measurement runs a small script in that environment in a child process: load the GGUF,
 then per repeat reset the context, prefill the prompt's token ids in one `eval` (ids, not
@@ -219,6 +222,7 @@ def run_anchor(gguf: Path | str, prompt_tokens: int = 64, new_tokens: int = 64,
     if not python.is_file():
         raise RuntimeError(f"no llama.cpp environment at {python}: run "
                            "`python -m benchmarks.llamacpp_anchor --build` first")
+    load_before = os.getloadavg()[0]  # a shared machine's other work skews the numbers
     child = subprocess.run([str(python), "-c", CHILD], input=json.dumps(config),
                            capture_output=True, text=True)
     lines = child.stdout.strip().splitlines()
@@ -226,7 +230,8 @@ def run_anchor(gguf: Path | str, prompt_tokens: int = 64, new_tokens: int = 64,
         raise RuntimeError(f"llama.cpp run failed ({child.returncode}): {child.stderr[-2000:]}")
     result = summarize(json.loads(lines[-1]), len(prompt))
     return {"gguf": str(gguf), "threads": threads, "prompt_tokens": len(prompt),
-            "new_tokens": new_tokens, "repeats": repeats, **result}
+            "new_tokens": new_tokens, "repeats": repeats, **result,
+            "load_average_1min": [load_before, os.getloadavg()[0]]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -83,6 +84,7 @@ def read_bandwidth(threads: int, nbytes: int = 1 << 30, repeats: int = 7,
     elements = max(nbytes // 4, 1)
     buffer = torch.empty(elements, dtype=torch.float32)
     buffer.fill_(1.0)  # touch every page: see the module docstring
+    load_before = os.getloadavg()[0]  # a shared machine's other work skews the numbers
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -94,7 +96,8 @@ def read_bandwidth(threads: int, nbytes: int = 1 << 30, repeats: int = 7,
     cache = last_level_cache_bytes()
     return {"threads": threads, "nbytes": elements * 4, "repeats": repeats,
             **summarize(rates), "last_level_cache_bytes": cache,
-            "buffer_exceeds_cache": None if cache is None else elements * 4 > 2 * cache}
+            "buffer_exceeds_cache": None if cache is None else elements * 4 > 2 * cache,
+            "load_average_1min": [load_before, os.getloadavg()[0]]}
 
 
 def decode_bound(bytes_per_token: float, gb_per_s: float) -> dict:

@@ -163,6 +163,7 @@ def test_child_script_decodes_greedily_and_times_every_step(tmp_path, monkeypatc
     low, mid, high = (result["decode_tokens_per_s"][k] for k in ("min", "median", "max"))
     assert 0 < low <= mid <= high
     assert result["ttft_seconds"]["median"] > 0 and result["peak_rss_bytes"] > 2**20
+    assert len(result["load_average_1min"]) == 2  # before and after, to judge contention
 
 
 def test_default_prompt_is_toolkit_bench_ids() -> None:

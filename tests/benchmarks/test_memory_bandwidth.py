@@ -55,6 +55,7 @@ def test_real_sweep_reports_spread_and_restores_threads() -> None:
     assert torch.get_num_threads() == before
     assert result["nbytes"] == 4 * 2**20  # whole float32 elements only
     assert result["threads"] == 2 and len(result["samples_gb_per_s"]) == 3
+    assert len(result["load_average_1min"]) == 2
     assert 0 < result["min_gb_per_s"] <= result["gb_per_s"] <= result["max_gb_per_s"]
     with pytest.raises(ValueError, match="threads"):
         read_bandwidth(threads=0, nbytes=1024)
