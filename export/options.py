@@ -48,6 +48,9 @@ class ExportOptions:
     embedding_bits: int | None = None
     embedding_group_size: int = 32
     embedding_quantizer: Callable | None = None
+    # ONNX: MatMulNBits' accuracy_level (export.onnx.weights.set_accuracy_level); None:
+    # onnxruntime's default (0).
+    accuracy_level: int | None = None
 
     def __post_init__(self) -> None:
         if self.rtol is None:

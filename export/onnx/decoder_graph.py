@@ -44,7 +44,12 @@ from export.llm.export_decoder import MASKED
 from export.onnx.external_data import ExternalDataWriter
 from export.onnx.graph_builder import GraphBuilder
 from export.onnx.llm import INPUT_NAMES, OPSET, OUTPUT_NAMES, OnnxExport, io_description
-from export.onnx.weights import compressed_weight, gather_block_quantized, matmul_nbits
+from export.onnx.weights import (
+    compressed_weight,
+    gather_block_quantized,
+    matmul_nbits,
+    set_accuracy_level,
+)
 from export.records import LayerRecord
 
 IR_VERSION = 10  # opset 21 needs IR 10; onnxruntime 1.2x reads it
@@ -224,7 +229,8 @@ def _make_node(op_type: str, inputs: list[str], outputs: list[str], **attributes
 
 def write_decoder_onnx(weights: DecoderWeights, out: Path,
                        metadata: dict[str, str] | None = None, *,
-                       external: bool = True) -> OnnxExport:
+                       external: bool = True, accuracy_level: int | None = None
+                       ) -> OnnxExport:
     """Write the decoder of `weights` to `out` (graph) and, with `external`, its weights to
     `out.name + ".data"` as they are read; else every weight inside the one file (for a
     model already in memory whose file stays under protobuf's 2 GB)."""
@@ -238,6 +244,7 @@ def write_decoder_onnx(weights: DecoderWeights, out: Path,
         graph = GraphBuilder(writer)
         writer_state = _DecoderWriter(weights, graph)
         writer_state.decoder()
+    set_accuracy_level(graph.nodes, accuracy_level)
     cache = list(shape.cache_shape())
     inputs = [helper.make_tensor_value_info(INPUT_NAMES[0], TensorProto.INT64, [1, "tokens"]),
               helper.make_tensor_value_info(INPUT_NAMES[1], TensorProto.INT64, [1]),

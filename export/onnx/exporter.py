@@ -40,7 +40,8 @@ class OnnxExporter(Exporter):
 
             weights = LazyDecoderWeights(artifact.lazy, options.max_context)
             _quantize_tables(weights, options)
-            return write_decoder_onnx(weights, out, metadata)
+            return write_decoder_onnx(weights, out, metadata,
+                                      accuracy_level=options.accuracy_level)
         blocks = _blocks(artifact.module)
         if blocks is not None and not is_moe_mlp(blocks[0].mlp):
             from export.llm.decoder_weights import ModuleDecoderWeights
@@ -49,12 +50,14 @@ class OnnxExporter(Exporter):
                                            artifact.quantized)
             _quantize_tables(weights, options)
             return write_decoder_onnx(weights, out, metadata,
-                                      external=weights.float32_bytes() > EXTERNAL_DATA_BYTES)
+                                      external=weights.float32_bytes() > EXTERNAL_DATA_BYTES,
+                                      accuracy_level=options.accuracy_level)
         if options.embedding_bits:
             raise ExportError("--embedding-bits is not carried for mixture-of-experts "
                               "models yet: export without it")
         return export_llm_onnx(artifact.module, out, max_context=options.max_context,
-                               quantized=artifact.quantized, metadata=metadata)
+                               quantized=artifact.quantized, metadata=metadata,
+                               accuracy_level=options.accuracy_level)
 
     def verify_llm(self, result, out: Path, artifact, prompt: list[int],
                    options: ExportOptions):

@@ -24,6 +24,7 @@ from export.llm.decoder import DecoderShape
 from export.llm.decoder_weights import DecoderWeights
 from export.llm.export_decoder import ExportDecoder
 from export.onnx.rewrite import carry_compression
+from export.onnx.weights import set_accuracy_level
 from export.records import LayerRecord
 
 INPUT_NAMES = ["input_ids", "position", "past_keys", "past_values"]
@@ -44,7 +45,8 @@ class OnnxExport:
 
 def export_llm_onnx(source: torch.nn.Module, out: Path, *, max_context: int,
                     quantized: dict | None = None,
-                    metadata: dict[str, str] | None = None) -> OnnxExport:
+                    metadata: dict[str, str] | None = None,
+                    accuracy_level: int | None = None) -> OnnxExport:
     """Write `source` (a Hugging Face Llama-family causal LM) to `out` with the packed
     weights of `quantized` (source layer name -> models.qformat weight) carried in."""
     onnx = require("onnx", "onnx", "ONNX export")
@@ -55,6 +57,7 @@ def export_llm_onnx(source: torch.nn.Module, out: Path, *, max_context: int,
                       for export_name, name in decoder.source_names.items()
                       if quantized and name in quantized}
     carried, dropped = carry_compression(model, by_initializer)
+    set_accuracy_level(model.graph.node, accuracy_level)
     for key, value in {"edge_toolkit.llm": json.dumps(io_description(decoder.shape)),
                        **(metadata or {})}.items():
         entry = model.metadata_props.add()

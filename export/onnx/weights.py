@@ -159,6 +159,24 @@ def palette_gather(weight: PaletteQuantized, a: str, y: str, prefix: str) -> Onn
                                     f"in {container} bits, {weight.lut.shape[0]} tables)")
 
 
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+
+
+def set_accuracy_level(nodes, level: int | None) -> None:
+    """MatMulNBits' `accuracy_level` on every such node: the precision onnxruntime computes
+    in (0: its default, float activations; 4: activations quantized to int8 per block and
+    integer dot products, the fast CPU kernels; 1-3: fp32/fp16/bf16). None leaves it."""
+    from onnx import helper
+
+    if level is None:
+        return
+    for node in nodes:
+        if node.op_type == "MatMulNBits":
+            kept = [a for a in node.attribute if a.name != "accuracy_level"]
+            del node.attribute[:]
+            node.attribute.extend([*kept, helper.make_attribute("accuracy_level", level)])
+
+
 def compressed_weight(weight, a: str, y: str, prefix: str) -> OnnxWeight | None:
     """The ONNX form of one packed weight, or None when only a float weight can carry it."""
     if isinstance(weight, PaletteQuantized):

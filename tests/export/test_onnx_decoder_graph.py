@@ -188,3 +188,18 @@ def test_streamed_reference_uses_the_quantized_tables(tmp_path: Path) -> None:
         expected = loaded.module(input_ids=torch.tensor([PROMPT])).logits[0].numpy()
     np.testing.assert_allclose(streamed_logits(lazy, PROMPT, tables), expected,
                                rtol=0, atol=1e-6)
+
+
+def test_accuracy_level_is_set_on_every_matmulnbits(tmp_path: Path) -> None:
+    from export.llm.decoder_weights import ModuleDecoderWeights
+
+    module, packed = _compressed_fake()
+    weights = ModuleDecoderWeights(module, CONTEXT, packed)
+    weights.quantize_tables(_rtn(4))
+    result = write_decoder_onnx(weights, tmp_path / "a.onnx", external=False,
+                                accuracy_level=4)
+    nodes = [n for n in onnx.load(str(result.path)).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == 2 * 4 + 1  # q, k, v, o of both blocks (MLPs are palettes), head
+    for node in nodes:
+        levels = [a.i for a in node.attribute if a.name == "accuracy_level"]
+        assert levels == [4]

@@ -16,6 +16,7 @@ from pathlib import Path
 from export import ExportOptions, check_output, export_model, exporter_names
 from export.bundle import check_bundle_dir, write_bundle
 from export.llm.streamed import open_streamed
+from export.onnx.weights import ACCURACY_LEVELS
 from export.options import DEFAULT_PROMPT, EMBEDDING_BITS
 from export.registry import get_exporter
 from models import load_model
@@ -84,6 +85,10 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
                    help="onnx: quantize the embedding table and LM head at export "
                         "(round-to-nearest, B = 4 or 8 bits per row group; decode reads "
                         "the whole head every token); default: keep them float")
+    p.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS, metavar="L",
+                   help="onnx: MatMulNBits compute precision: 4 quantizes activations to "
+                        "int8 (the fast CPU kernels), 0 keeps them float (onnxruntime's "
+                        "default); see BENCHMARKS.md for the measured trade")
     p.add_argument("--embedding-group-size", type=positive_int, default=32, metavar="G",
                    help="inputs per scale for --embedding-bits, a power of two >= 16 "
                         "(default: %(default)s)")
@@ -112,7 +117,7 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         verify=not args.no_verify, overwrite=args.overwrite,
         require_carried=args.require_carried, quiet=args.quiet,
         embedding_bits=args.embedding_bits, embedding_group_size=args.embedding_group_size,
-        embedding_quantizer=_table_quantizer(args))
+        embedding_quantizer=_table_quantizer(args), accuracy_level=args.accuracy_level)
 
 
 def _table_quantizer(args: argparse.Namespace):
