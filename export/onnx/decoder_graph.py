@@ -64,6 +64,7 @@ class _DecoderWriter:
         shape = weights.shape
         self.heads, self.kv_heads, self.head_dim = shape.heads, shape.kv_heads, shape.head_dim
         self.scaling = shape.head_dim ** -0.5
+        self._rotate_half: str | None = None
 
     # --- pieces ----------------------------------------------------------------------------
 
@@ -120,9 +121,18 @@ class _DecoderWriter:
         return g.op("Transpose", [split], perm=[1, 0, 2])
 
     def rotary(self, x: str, cos: str, sin: str) -> str:
-        g, half = self.g, self.head_dim // 2
-        first, second = g.op("Split", [x, g.const([half, half])], outputs=2, axis=-1)
-        rotated = g.op("Concat", [g.op("Neg", [second]), first], axis=-1)
+        """x cos + rotate_half(x) sin, with rotate_half(x) = x R for the signed permutation
+        R (R[j + D/2, j] = -1, R[j, j + D/2] = 1): one small MatMul instead of Split, Neg
+        and Concat, exact (one non-zero term per output); at decode every node costs
+        dispatch time, so fewer nodes per layer is faster."""
+        g = self.g
+        if self._rotate_half is None:
+            half = self.head_dim // 2
+            rotation = np.zeros((self.head_dim, self.head_dim), dtype=np.float32)
+            rotation[np.arange(half) + half, np.arange(half)] = -1.0
+            rotation[np.arange(half), np.arange(half) + half] = 1.0
+            self._rotate_half = g.array("rotary.rotate_half", rotation)
+        rotated = g.op("MatMul", [x, self._rotate_half])
         return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])])
 
     # --- the model -------------------------------------------------------------------------
