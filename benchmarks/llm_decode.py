@@ -27,8 +27,10 @@ MatMulNBits `--accuracy-level 4` (int8 activations), and LiteRT's 4-bit file. Ea
 written and verified by `toolkit export` (greedy tokens equal to PyTorch's); the
 accuracy-level 4 file fails that check on this model (its int8 activations move the
 logits by several percent), so it is written with --no-verify and its tokens are compared
-here. Results:
-benchmarks/results/llm_decode.json and the `llm-decode` section of BENCHMARKS.md.
+here. `--large afm-3b` adds the ~3B rows: a synthetic checkpoint of that shape, RTN 4-bit,
+exported with the table and head at 4 bits, benchmarked the same way (random weights: speed
+and memory only). Results: benchmarks/results/llm_decode.json and the `llm-decode` section
+of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -159,6 +161,41 @@ def bench(made: dict, threads: int, args, work: Path) -> dict:
     return json.loads(report.read_text())
 
 
+def large_rows(args, work: Path) -> dict:
+    """A ~3B shape end to end: the synthetic bf16 checkpoint (`toolkit synth`, random
+    weights: speed and memory only), RTN 4-bit (streaming), ONNX with the table and head at
+    4 bits (streaming export), then one `toolkit bench` per thread count and the bound."""
+    from benchmarks.llm_scale import measured, synthesize
+    from benchmarks.memory_bandwidth import read_bandwidth
+    from models.large_shapes import shape_named
+
+    spec = shape_named(args.large)
+    source = synthesize(args.large, None, work)
+    group = 64 if all(n % 64 == 0 for n in (spec.hidden, spec.intermediate)) else 32
+    artifact, out = work / f"{args.large}-rtn4", work / f"{args.large}-rtn4.onnx"
+    if not artifact.exists():
+        toolkit("compress", "--model", str(source), "--method", "rtn", "--bits", "4",
+                "--group-size", str(group), "--out", str(artifact), "--engine", "streaming",
+                "--no-eval", "--quiet")
+    export = measured(["export", "onnx", "--model", str(artifact), "--engine", "streaming",
+                       "--out", str(out), "--overwrite", "--max-context",
+                       str(args.max_context), "--embedding-bits", "4", "--new-tokens", "4",
+                       "--quiet"], work)
+    result = {"shape": args.large, "params": spec.param_count(), "group_size": group,
+              "export_peak_rss": export["peak_rss"], "export_wall": export["wall"],
+              "verdict": export["report"]["verdict"],
+              "bytes_per_token": onnx_bytes_per_token(out), "threads": {}}
+    for threads in args.threads:
+        before = read_bandwidth(threads)
+        report = work / f"bench-large-{threads}.json"
+        toolkit("bench", str(out), "--threads", str(threads), "--runs", "5",
+                "--min-seconds", "2", "--warmup", "1", "--prompt-tokens", str(PROMPT_TOKENS),
+                "--json", str(report), "--quiet")
+        result["threads"][str(threads)] = {"bandwidth": [before, read_bandwidth(threads)],
+                                           "bench": json.loads(report.read_text())}
+    return result
+
+
 def run(args) -> dict:
     from benchmarks.llamacpp_anchor import default_gguf, ensure_env, run_anchor
     from benchmarks.memory_bandwidth import read_bandwidth
@@ -186,13 +223,14 @@ def run(args) -> dict:
         after = read_bandwidth(threads)
         rows[str(threads)] = {"bandwidth": [before, after], "bench": measured,
                               "llamacpp": anchor}
+    large = large_rows(args, work) if args.large else None
     files = {name: {k: v for k, v in entry.items() if k != "path"}
              for name, entry in made.items()}
     for name, entry in made.items():
         files[name]["file"] = Path(entry["path"]).name
     return {"environment": environment(), "files": files, "threads": rows,
             "gguf": {"name": gguf.name, "bytes": gguf.stat().st_size},
-            "pytorch_fp32_bytes": dense_bytes,
+            "pytorch_fp32_bytes": dense_bytes, "large": large,
             "args": {"runs": args.runs, "min_seconds": args.min_seconds,
                      "max_context": args.max_context, "prompt_tokens": PROMPT_TOKENS}}
 
@@ -238,7 +276,35 @@ def markdown(data: dict) -> str:
                           params_bytes=data["pytorch_fp32_bytes"]))
         anchor = row["llamacpp"]
         lines.append(_anchor_row(anchor, data["gguf"]["bytes"], gb_s, eager_tps))
-    return "\n".join(lines)
+    return "\n".join(lines + _large_lines(data.get("large")))
+
+
+def _large_lines(large: dict | None) -> list[str]:
+    if not large:
+        return []
+    per_token = large["bytes_per_token"]["total"]
+    lines = ["", f"{large['shape']} ({large['params'] / 1e9:.2f}B parameters, synthetic "
+             f"random weights: speed and memory only): RTN 4-bit g{large['group_size']} "
+             "artifact exported with `--engine streaming --embedding-bits 4` (export peak "
+             f"RSS {large['export_peak_rss'] / 1e9:.2f} GB with verification, "
+             f"{large['export_wall']:.0f} s, verdict {large['verdict']}); "
+             "one `toolkit bench` per thread count (5+ decode steps).", "",
+             "| threads | GB | GB read / token | bandwidth GB/s | bound tok/s | load s | "
+             "TTFT s | prefill tok/s | decode tok/s | % of bound | RSS GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for threads, row in large["threads"].items():
+        gb_s = min(b["gb_per_s"] for b in row["bandwidth"])
+        model = row["bench"]["models"][0]
+        llm = model["llm"]
+        bound = gb_s * 1e9 / per_token
+        decode = llm["decode_tokens_per_s"]
+        lines.append(
+            f"| {threads} | {(model.get('file_bytes') or 0) / 1e9:.2f} | "
+            f"{per_token / 1e9:.2f} | {gb_s:.1f} | {bound:.1f} | {model['load_seconds']:.1f} | "
+            f"{PROMPT_TOKENS / llm['prefill_tokens_per_s']:.1f} | "
+            f"{llm['prefill_tokens_per_s']:.1f} | **{decode:.2f}** | "
+            f"{100 * decode / bound:.0f}% | {(model.get('peak_rss_mb') or 0) / 1e3:.2f} |")
+    return lines
 
 
 def _row(name, model, per_token, gb_s, eager_tps, tokens_match, params_bytes=None) -> str:
@@ -278,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-seconds", type=float, default=5.0)
     p.add_argument("--max-context", type=int, default=512)
     p.add_argument("--anchor-tokens", type=int, default=64)
+    p.add_argument("--large", default="afm-3b",
+                   help="large shape for the 3B rows ('' to skip), from `toolkit models`")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--from-results", action="store_true",

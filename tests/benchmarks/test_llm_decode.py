@@ -1,0 +1,45 @@
+"""The decode benchmark's bytes-per-token accounting on small exported files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.llm_decode import onnx_bytes_per_token
+from export.llm.decoder_weights import ModuleDecoderWeights
+from export.onnx.decoder_graph import write_decoder_onnx
+from models import create_model
+
+onnx = pytest.importorskip("onnx")
+
+
+def _write(tmp_path: Path, quantize: bool, external: bool):
+    from compress.quant.rtn import rtn_quantize
+
+    weights = ModuleDecoderWeights(create_model("fake-llama").module, 48)
+    if quantize:
+        weights.quantize_tables(lambda w: rtn_quantize(w, 4, 16, symmetric=False))
+    path = tmp_path / ("q.onnx" if quantize else "f.onnx")
+    write_decoder_onnx(weights, path, external=external)
+    model = onnx.load(str(path))  # with its data: sizes counted independently here
+    sizes = {t.name: onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer}
+    return path, sizes, weights.shape
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_a_tied_float_table_counts_because_the_head_reads_it(tmp_path, external):
+    path, sizes, shape = _write(tmp_path, quantize=False, external=external)
+    counted = onnx_bytes_per_token(path)
+    cache = 2 * 4 * shape.layers * shape.kv_heads * shape.max_context * shape.head_dim
+    assert counted["cache"] == cache
+    assert counted["weights"] == sum(sizes.values())
+    assert sizes["model.embed_tokens.weight"] > 0
+
+
+def test_a_quantized_table_only_gathered_is_not_counted(tmp_path):
+    path, sizes, _ = _write(tmp_path, quantize=True, external=False)
+    counted = onnx_bytes_per_token(path)
+    gathered = {n: s for n, s in sizes.items() if n.startswith("model.embed_tokens.")}
+    assert gathered and "lm_head.B" in sizes  # the head has its own packed copy
+    assert counted["weights"] == sum(sizes.values()) - sum(gathered.values())
