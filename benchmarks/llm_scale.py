@@ -340,7 +340,9 @@ def _export_lines(data: dict) -> list[str]:
         f"{rows[0]['max_context']}. Each export ran twice in fresh processes: writing only "
         "(`--no-verify`), and writing plus verification (onnxruntime loads the whole file "
         "and decodes 8 greedy tokens; then PyTorch, read one part at a time, scores the "
-        "prompt and those tokens). Peak RSS is the process's ru_maxrss.",
+        "prompt and those tokens). Peak RSS is the process's ru_maxrss. Other jobs (test "
+        "runs, a llama.cpp build) shared the 2 cores while these ran: wall times are noisy, "
+        "peaks are not.",
         "",
         "| shape | artifact | artifact GB | compress peak RSS GB | ONNX file GB | carried "
         "| export | peak RSS GB | wall s | verified |",
