@@ -2,6 +2,7 @@
 
     python -m benchmarks.llamacpp_anchor --build          # once: compiles llama.cpp (minutes)
     python -m benchmarks.llamacpp_anchor [--gguf PATH] [--threads 1 2] [--new-tokens 64]
+        [--repeats 5] [--env OMP_WAIT_POLICY=PASSIVE]
 
 llama-cpp-python is compiled from its source distribution into its own virtual environment
 (benchmarks/.llamacpp-env, ignored by git through a `.gitignore` written inside it), never
@@ -212,10 +213,16 @@ def child_config(gguf: Path, prompt: Sequence[int], new_tokens: int, threads: in
 def run_anchor(gguf: Path | str, prompt_tokens: int = 64, new_tokens: int = 64,
                threads: int = 1, repeats: int = 5, warmup: int = 1,
                prompt: Sequence[int] | None = None, n_ctx: int = 512,
-               python: Path | None = None) -> dict:
+               python: Path | None = None, extra_env: dict[str, str] | None = None) -> dict:
     """llama.cpp's load time, TTFT, prefill and decode tokens/s, greedy ids and peak RSS on
     `gguf` with `threads` threads (prefill and decode alike). `prompt` defaults to
-    `toolkit bench`'s `prompt_tokens` ids; `python` to the built environment's."""
+    `toolkit bench`'s `prompt_tokens` ids; `python` to the built environment's.
+
+    `extra_env` is added to the child's environment, e.g. {"OMP_WAIT_POLICY": "PASSIVE"}:
+    ggml meets at an OpenMP barrier after each of a token's ~1000 graph nodes, and when
+    other processes hold a core, libgomp's default spinning left 2-thread decode steps
+    waiting up to 2.6 s on the shared 2-core machine; passive waiting avoided that there.
+    The default (nothing added) is llama.cpp as users get it."""
     prompt = list(prompt) if prompt is not None else default_prompt(prompt_tokens)
     config = child_config(Path(gguf), prompt, new_tokens, threads, repeats, warmup, n_ctx)
     python = Path(python) if python else env_python()
@@ -224,14 +231,16 @@ def run_anchor(gguf: Path | str, prompt_tokens: int = 64, new_tokens: int = 64,
                            "`python -m benchmarks.llamacpp_anchor --build` first")
     load_before = os.getloadavg()[0]  # a shared machine's other work skews the numbers
     child = subprocess.run([str(python), "-c", CHILD], input=json.dumps(config),
-                           capture_output=True, text=True)
+                           capture_output=True, text=True,
+                           env={**os.environ, **(extra_env or {})})
     lines = child.stdout.strip().splitlines()
     if child.returncode != 0 or not lines:
         raise RuntimeError(f"llama.cpp run failed ({child.returncode}): {child.stderr[-2000:]}")
     result = summarize(json.loads(lines[-1]), len(prompt))
     return {"gguf": str(gguf), "threads": threads, "prompt_tokens": len(prompt),
             "new_tokens": new_tokens, "repeats": repeats, **result,
-            "load_average_1min": [load_before, os.getloadavg()[0]]}
+            "load_average_1min": [load_before, os.getloadavg()[0]],
+            "extra_env": dict(extra_env or {})}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -242,14 +251,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="add to llama.cpp's environment, e.g. OMP_WAIT_POLICY=PASSIVE")
     args = parser.parse_args(argv)
+    extra_env = dict(item.split("=", 1) for item in args.env)
     python = ensure_env()
     if args.build:
         print(python)
         return
     gguf = args.gguf or default_gguf()
     print(json.dumps([run_anchor(gguf, args.prompt_tokens, args.new_tokens, t, args.repeats,
-                                 python=python) for t in args.threads], indent=2))
+                                 python=python, extra_env=extra_env) for t in args.threads],
+                     indent=2))
 
 
 if __name__ == "__main__":

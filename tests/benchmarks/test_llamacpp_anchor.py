@@ -150,13 +150,14 @@ def test_settings_are_checked_before_any_load(tmp_path) -> None:
                           python=tmp_path / "bin" / "python")
 
 
-def test_child_script_decodes_greedily_and_times_every_step(tmp_path, monkeypatch) -> None:
+def test_child_script_decodes_greedily_and_times_every_step(tmp_path) -> None:
     (tmp_path / "llama_cpp.py").write_text(textwrap.dedent(FAKE_LLAMA_CPP))
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     result = anchor.run_anchor(gguf, new_tokens=5, threads=2, repeats=3, warmup=1,
-                               prompt=[10, 20, 97], python=Path(sys.executable))
+                               prompt=[10, 20, 97], python=Path(sys.executable),
+                               extra_env={"PYTHONPATH": str(tmp_path)})
+    assert result["extra_env"] == {"PYTHONPATH": str(tmp_path)}
     assert result["tokens"] == [98, 99, 0, 1, 2] and result["tokens_same_every_run"]
     assert result["prompt_tokens"] == 3 and result["threads"] == 2
     assert result["llama_cpp_python"] == "0.0-fake" and result["system_info"] == "FAKE = 1"
