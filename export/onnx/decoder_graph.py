@@ -86,11 +86,7 @@ class _DecoderWriter:
         if linear.packed is not None:
             built = compressed_weight(linear.packed, x, y, prefix)
             if built is not None:
-                for tensor in built.initializers:
-                    g.initializer(tensor)
-                for node in built.nodes:
-                    g.node(node)
-                self.carried.append(LayerRecord(prefix, built.carried_as))
+                self.add(built, prefix, built.carried_as)
             else:
                 self.dropped.append(LayerRecord(prefix, "float: no ONNX op carries "
                                                         f"{linear.packed.meta()}"))
@@ -107,12 +103,16 @@ class _DecoderWriter:
         (gather_block_quantized or matmul_nbits); recorded as quantized here."""
         y = self.g.fresh(f"{prefix}.out")
         built = build(weight, x, y, prefix)
+        self.add(built, prefix, f"{built.carried_as} (quantized at export)")
+        return y
+
+    def add(self, built, prefix: str, carried_as: str) -> None:
+        """The nodes and initializers of an export.onnx.weights builder, and its record."""
         for tensor in built.initializers:
             self.g.initializer(tensor)
         for node in built.nodes:
             self.g.node(node)
-        self.carried.append(LayerRecord(prefix, f"{built.carried_as} (quantized at export)"))
-        return y
+        self.carried.append(LayerRecord(prefix, carried_as))
 
     def heads_first(self, x: str, heads: int) -> str:
         """[T, heads * D] -> [heads, T, D]."""
