@@ -381,35 +381,60 @@ def test_overwrite_in_memory_leaves_no_stale_data_file(toolkit_cli, fake_model_d
 
 
 def _disk_full_after(monkeypatch, calls_before_failure: int) -> list[int]:
-    """ExternalDataWriter.add raising ENOSPC on call number `calls_before_failure + 1`; the
-    list of calls made (to check the failure really came mid-file)."""
+    """ExternalDataWriter.add_chunks (every tensor written to the data file goes through
+    it) raising ENOSPC on call number `calls_before_failure + 1`; the list of calls made
+    (to check the failure really came mid-file)."""
     from export.onnx.external_data import ExternalDataWriter
 
-    real = ExternalDataWriter.add
+    real = ExternalDataWriter.add_chunks
     calls: list[int] = []
 
-    def add(self, tensor):
+    def add_chunks(self, *args, **kwargs):
         calls.append(1)
         if len(calls) > calls_before_failure:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, tensor)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(ExternalDataWriter, "add", add)
+    monkeypatch.setattr(ExternalDataWriter, "add_chunks", add_chunks)
     return calls
 
 
 @pytest.mark.parametrize("earlier", [False, True], ids=["empty", "earlier-export"])
+@pytest.mark.parametrize("model", ["gptq4", "float"])
 def test_disk_full_while_writing_the_data_leaves_the_destination_as_it_was(
-        toolkit_cli, fake_model_dir, gptq4, tmp_path, monkeypatch, earlier):
+        toolkit_cli, fake_model_dir, gptq4, tmp_path, monkeypatch, earlier, model):
     out = tmp_path / "m.onnx"
     if earlier:
         _export(toolkit_cli, fake_model_dir, out, "--engine", "streaming")
     before = _contents(tmp_path)
     calls = _disk_full_after(monkeypatch, 3)
-    result = toolkit_cli("export", "onnx", "--model", gptq4, "--out", out, "--engine",
+    source = gptq4 if model == "gptq4" else fake_model_dir
+    result = toolkit_cli("export", "onnx", "--model", source, "--out", out, "--engine",
                          "streaming", "--overwrite", *EXPORT)
     _refused(result, f"while writing --out {out}: No space left on device",
              "free space on that disk")
     assert len(calls) == 4  # three tensors written, the fourth failed, nothing after it
     assert _contents(tmp_path) == before  # no staging folder, no .onnx/.data, old intact
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_real_write_limit_mid_data_file_exits_2_with_nothing_left(fake_model_dir,
+                                                                      tmp_path):
+    """RLIMIT_FSIZE makes the kernel refuse writes past 128 KB (EFBIG), as a full disk
+    refuses them: the fake model's data file (~360 KB) hits it while its tensors stream."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (131072, 131072))\n"
+        "from toolkit.cli import main\n"
+        f"sys.exit(main(['export', 'onnx', '--model', {str(fake_model_dir)!r}, '--out', "
+        f"{str(out_dir / 'm.onnx')!r}, '--engine', 'streaming', '--max-context', '48', "
+        "'--new-tokens', '4', '--quiet']))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and "File too large" in lines[0], result.stderr
+    assert list(out_dir.iterdir()) == []  # no file, no data, no staging folder
