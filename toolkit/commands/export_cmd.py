@@ -53,7 +53,7 @@ def add_parser(subparsers) -> None:
                             "`python -m export.bundle_read DIR`")
     _add_llm_options(p)
     _add_vision_options(p)
-    add_engine_options(p)
+    add_engine_options(p, streaming="onnx only: read and write one tensor at a time")
     p.add_argument("--rtol", type=float, default=None,
                    help="largest allowed |output error| / max |PyTorch output| "
                         "(default: 1e-3; with --int8 0.05, on the mean |output error|)")

@@ -31,11 +31,13 @@ ENGINES = ("auto", "memory", "streaming")
 STREAMABLE_FAMILY = "llm"  # dense decoder LMs; MoE LMs and image models stay in memory
 
 
-def add_engine_options(p: argparse.ArgumentParser) -> None:
+def add_engine_options(p: argparse.ArgumentParser,
+                       streaming: str = "one decoder block at a time (bounded memory, "
+                                        "resumable after a crash)") -> None:
     p.add_argument("--engine", choices=ENGINES, default="auto",
-                   help="memory: load the whole model; streaming: one decoder block at a "
-                        "time (bounded memory, resumable after a crash); auto: streaming "
-                        "when the model does not fit --memory-budget (default: %(default)s)")
+                   help=f"memory: load the whole model; streaming: {streaming}; auto: "
+                        "streaming when the model does not fit --memory-budget (default: "
+                        "%(default)s)")
     p.add_argument("--memory-budget", type=float, metavar="GB",
                    help="memory the job may use, in GB (default: half of what is available "
                         "now); decides --engine auto and whether whole-model distillation "
