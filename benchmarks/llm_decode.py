@@ -161,6 +161,39 @@ def bench(made: dict, threads: int, args, work: Path) -> dict:
     return json.loads(report.read_text())
 
 
+def table_quality(artifact: Path) -> list[dict]:
+    """What --embedding-bits costs: perplexity of the GPTQ artifact (the toolkit's default
+    evaluation protocol, both held-out streams) with its float table and head, and with
+    them round-to-nearest at 8 and 4 bits in groups of 32 (the export's own quantizer and
+    dequantized values, swapped into the PyTorch model)."""
+    from compress.quant.rtn import rtn_quantize
+    from export.llm.decoder_weights import ModuleDecoderWeights
+    from models import load_model
+    from toolkit.data import cached_streams
+    from toolkit.eval.protocol import EvalProtocol, evaluate_perplexities
+
+    loaded = load_model(str(artifact))
+    streams = cached_streams(loaded.tokenizer)
+    rows = []
+    for bits in (None, 8, 4):
+        weights = ModuleDecoderWeights(loaded.module, 512, loaded.quantized)
+        tables = None
+        if bits:
+            tables = weights.quantize_tables(
+                lambda w, b=bits: rtn_quantize(w, b, 32, symmetric=False))
+        context = tables.swapped_into(loaded.module) if tables else _nothing()
+        with context:
+            results = evaluate_perplexities(loaded.module, streams, EvalProtocol())
+        rows.append({"table_bits": bits, **{name: r.ppl for name, r in results.items()}})
+    return rows
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 def large_rows(args, work: Path) -> dict:
     """A ~3B shape end to end: the synthetic bf16 checkpoint (`toolkit synth`, random
     weights: speed and memory only), RTN 4-bit (streaming), ONNX with the table and head at
@@ -204,6 +237,7 @@ def run(args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     made = build(work, args.max_context)
     verify_tokens(made)
+    quality = table_quality(work / "gptq4")
     for entry in made.values():
         if entry["target"] == "onnx":
             entry["bytes_per_token"] = onnx_bytes_per_token(Path(entry["path"]))
@@ -230,7 +264,7 @@ def run(args) -> dict:
         files[name]["file"] = Path(entry["path"]).name
     return {"environment": environment(), "files": files, "threads": rows,
             "gguf": {"name": gguf.name, "bytes": gguf.stat().st_size},
-            "pytorch_fp32_bytes": dense_bytes, "large": large,
+            "pytorch_fp32_bytes": dense_bytes, "large": large, "table_quality": quality,
             "args": {"runs": args.runs, "min_seconds": args.min_seconds,
                      "max_context": args.max_context, "prompt_tokens": PROMPT_TOKENS}}
 
@@ -276,7 +310,21 @@ def markdown(data: dict) -> str:
                           params_bytes=data["pytorch_fp32_bytes"]))
         anchor = row["llamacpp"]
         lines.append(_anchor_row(anchor, data["gguf"]["bytes"], gb_s, eager_tps))
-    return "\n".join(lines + _large_lines(data.get("large")))
+    return "\n".join(lines + _quality_lines(data.get("table_quality"))
+                     + _large_lines(data.get("large")))
+
+
+def _quality_lines(rows: list[dict] | None) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "What `--embedding-bits` costs in quality: perplexity of the GPTQ 4-bit "
+             "artifact with its table and head as stored (float) and round-to-nearest at 8 "
+             "and 4 bits, groups of 32 (the toolkit's default evaluation protocol).", "",
+             "| table and head | Wikipedia ppl | news ppl |", "|---|---|---|"]
+    for row in rows:
+        name = "float (as stored)" if row["table_bits"] is None else f"{row['table_bits']}-bit"
+        lines.append(f"| {name} | {row['wikipedia']:.3f} | {row['news']:.3f} |")
+    return lines
 
 
 def _large_lines(large: dict | None) -> list[str]:
