@@ -66,6 +66,10 @@ llm = Llama(model_path=cfg["gguf"], n_ctx=cfg["n_ctx"], n_batch=cfg["n_ctx"],
 load_seconds = time.perf_counter() - start
 n_vocab = llm.n_vocab()
 
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
 def greedy():
     logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1),
                                    shape=(n_vocab,))
@@ -74,6 +78,7 @@ def greedy():
 runs = []
 for _ in range(cfg["warmup"] + cfg["repeats"]):
     llm.reset()
+    cpu = cpu_seconds()
     start = time.perf_counter()
     llm.eval(cfg["prompt"])
     prefill = time.perf_counter() - start
@@ -85,7 +90,9 @@ for _ in range(cfg["warmup"] + cfg["repeats"]):
         llm.eval([tokens[-1]])
         tokens.append(greedy())
         steps.append(time.perf_counter() - step)
-    runs.append({"prefill_s": prefill, "ttft_s": ttft, "step_s": steps, "tokens": tokens})
+    wall = time.perf_counter() - start
+    runs.append({"prefill_s": prefill, "ttft_s": ttft, "step_s": steps, "tokens": tokens,
+                 "cores_busy": (cpu_seconds() - cpu) / wall})
 
 print(json.dumps({"load_seconds": load_seconds, "runs": runs[cfg["warmup"]:],
                   "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -175,7 +182,9 @@ def _spread(values: Sequence[float]) -> dict:
 def summarize(child: dict, prompt_tokens: int) -> dict:
     """The child's raw timings as the table's numbers: prefill tok/s = prompt tokens /
     prefill eval seconds; decode tok/s = decode steps / their seconds (one step = one
-    one-token eval and its argmax), each the median over repeats with the min-max spread."""
+    one-token eval and its argmax), each the median over repeats with the min-max spread.
+    `cores_busy` (process CPU seconds / wall seconds of a repeat) says whether a 2-thread run
+    really got two cores on a shared machine."""
     runs = child["runs"]
     if not runs:
         raise ValueError("the llama.cpp child returned no timed runs")
@@ -189,6 +198,7 @@ def summarize(child: dict, prompt_tokens: int) -> dict:
                                         for run in decoded]) if decoded else None,
         "decode_step_ms": _spread([1000 * s for run in decoded for s in run["step_s"]])
         if decoded else None,
+        "cores_busy": _spread([run["cores_busy"] for run in runs]),
         "tokens": tokens[0],
         "tokens_same_every_run": all(t == tokens[0] for t in tokens),
         "peak_rss_bytes": child["peak_rss_bytes"],

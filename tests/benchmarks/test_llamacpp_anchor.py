@@ -121,9 +121,9 @@ def test_statistics_are_medians_of_per_repeat_rates() -> None:
     child = {"load_seconds": 0.2, "peak_rss_bytes": 123, "version": "v", "system_info": "s",
              "runs": [
                  {"prefill_s": 0.064, "ttft_s": 0.070, "step_s": [0.01, 0.01, 0.02],
-                  "tokens": [5, 6, 7, 8]},
+                  "tokens": [5, 6, 7, 8], "cores_busy": 1.0},
                  {"prefill_s": 0.032, "ttft_s": 0.030, "step_s": [0.01, 0.01, 0.01],
-                  "tokens": [5, 6, 7, 8]}]}
+                  "tokens": [5, 6, 7, 8], "cores_busy": 2.0}]}
     summary = anchor.summarize(child, prompt_tokens=64)
     assert summary["prefill_tokens_per_s"] == pytest.approx(
         {"median": 1500.0, "min": 1000.0, "max": 2000.0})  # 64 / 0.064 and 64 / 0.032
@@ -133,6 +133,7 @@ def test_statistics_are_medians_of_per_repeat_rates() -> None:
                                                        "max": 20.0})
     assert summary["ttft_seconds"] == pytest.approx({"median": 0.05, "min": 0.03,
                                                      "max": 0.07})
+    assert summary["cores_busy"] == {"median": 1.5, "min": 1.0, "max": 2.0}
     assert summary["tokens"] == [5, 6, 7, 8] and summary["tokens_same_every_run"]
     child["runs"][1]["tokens"] = [5, 6, 7, 9]
     child["runs"][0]["step_s"] = child["runs"][1]["step_s"] = []
@@ -165,6 +166,7 @@ def test_child_script_decodes_greedily_and_times_every_step(tmp_path) -> None:
     assert 0 < low <= mid <= high
     assert result["ttft_seconds"]["median"] > 0 and result["peak_rss_bytes"] > 2**20
     assert len(result["load_average_1min"]) == 2  # before and after, to judge contention
+    assert result["cores_busy"]["min"] >= 0  # the fake is too quick for a ratio
 
 
 def test_default_prompt_is_toolkit_bench_ids() -> None:
