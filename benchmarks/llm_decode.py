@@ -16,10 +16,11 @@ Decode of a small LLM is bound by memory bandwidth: every token reads every weig
 
 Each file's bound is bytes read per decode token / bandwidth. Bytes per token: every
 initializer of the file except an embedding table that only a Gather reads (one row per
-token; a tied float head reads it whole, so then it counts), plus the fp32 key/value
-cache, which these graphs read whole at every step (2 x layers x kv heads x max context x
-head dim x 4 bytes). For llama.cpp: the GGUF's bytes (its head is the tied table) plus
-its fp16 cache up to the prompt and the new tokens. For PyTorch: 4 bytes per parameter.
+token; a tied float head reads it whole, so then it counts; for LiteRT, whose tensors are
+not parsed here, the whole file), plus the fp32 key/value cache, which these graphs read
+whole at every step (2 x layers x kv heads x max context x head dim x 4 bytes). For
+llama.cpp: the GGUF's bytes (its head is the tied table; its fp16 cache, read only up to
+the current position, is left out). For PyTorch: 4 bytes per parameter.
 
 The files: the dense model (fp32), GPTQ 4-bit g64 with the embedding/head left float, the
 same with the table and head at 8 and 4 bits (`--embedding-bits`), the 4-bit one with
@@ -241,6 +242,12 @@ def run(args) -> dict:
     for entry in made.values():
         if entry["target"] == "onnx":
             entry["bytes_per_token"] = onnx_bytes_per_token(Path(entry["path"]))
+    cache = made["gptq4.onnx (float table/head)"]["bytes_per_token"]["cache"]
+    for entry in made.values():
+        if entry["target"] != "onnx":  # LiteRT: the whole file, table included
+            size = Path(entry["path"]).stat().st_size
+            entry["bytes_per_token"] = {"weights": size, "cache": cache,
+                                        "total": size + cache, "from_file_size": True}
     ensure_env()
     gguf = default_gguf()
     from models.lazy.open import open_lazy
@@ -288,7 +295,12 @@ def markdown(data: dict) -> str:
         f"{data['args']['prompt_tokens']} tokens, max context {data['args']['max_context']}. "
         "Bound: bytes read per decode token / measured read bandwidth (module docstring); "
         "% of bound = bound time / measured time. TTFT: the 64-token prefill. "
-        "llama.cpp: llama-cpp-python on the shipped Q4_1 GGUF, same prompt ids.",
+        "Tokens = PyTorch: the export's verification (greedy tokens of the file equal "
+        "PyTorch's computing with the same weights, the quantized table included). Logit "
+        "rel. error: the bench prompt's logits against the GPTQ artifact in PyTorch with "
+        "its float table, so the dense rows show GPTQ's own change and the table rows the "
+        "table's quantization. llama.cpp: llama-cpp-python on the shipped Q4_1 GGUF, same "
+        "prompt ids.",
     ]
     for threads, row in data["threads"].items():
         bandwidth = row["bandwidth"][0]["gb_per_s"], row["bandwidth"][1]["gb_per_s"]
