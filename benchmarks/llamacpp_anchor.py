@@ -228,11 +228,13 @@ def run_anchor(gguf: Path | str, prompt_tokens: int = 64, new_tokens: int = 64,
     `gguf` with `threads` threads (prefill and decode alike). `prompt` defaults to
     `toolkit bench`'s `prompt_tokens` ids; `python` to the built environment's.
 
-    `extra_env` is added to the child's environment, e.g. {"OMP_WAIT_POLICY": "PASSIVE"}:
-    ggml meets at an OpenMP barrier after each of a token's ~1000 graph nodes, and when
-    other processes hold a core, libgomp's default spinning left 2-thread decode steps
-    waiting up to 2.6 s on the shared 2-core machine; passive waiting avoided that there.
-    The default (nothing added) is llama.cpp as users get it."""
+    `extra_env` is added to the child's environment, e.g. {"OMP_WAIT_POLICY": "PASSIVE"}.
+    ggml meets at an OpenMP barrier after each of a token's ~1000 graph nodes: on the 2-core
+    VM, while another process kept a core busy, libgomp's default spinning left single
+    2-thread decode steps waiting up to 2.6 s (PASSIVE avoided that), but on the idle machine
+    PASSIVE cut 2-thread decode from 109 to 29 tokens/s. Measure on an idle machine with the
+    default (nothing added): llama.cpp as users get it; `cores_busy` near `threads` and the
+    recorded load average say whether it was idle."""
     prompt = list(prompt) if prompt is not None else default_prompt(prompt_tokens)
     config = child_config(Path(gguf), prompt, new_tokens, threads, repeats, warmup, n_ctx)
     python = Path(python) if python else env_python()

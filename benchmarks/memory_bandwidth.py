@@ -1,11 +1,12 @@
 """This machine's memory read bandwidth, the ceiling on LLM decode speed.
 
-    python -m benchmarks.memory_bandwidth [--threads 1 2] [--nbytes 1073741824] [--repeats 7]
+    python -m benchmarks.memory_bandwidth [--threads 1 2] [--nbytes 1073741824 ...]
+        [--repeats 7]
 
 One decode step multiplies a single token's activations by every weight matrix once: a
 matrix-vector product does 2 FLOPs per weight and reuses no weight, so for a model larger
 than the caches the step time is bounded below by (bytes of weights read per token) /
-(read bandwidth) ("roofline" reasoning, arXiv:2402.16363 section 2; the same bound is why
+(read bandwidth) ("roofline" reasoning, arXiv:2402.16363; the same bound is why
 weight-only quantization speeds decode up, arXiv:2306.00978). The probe here streams a
 float32 buffer once per sweep with `torch.sum`: each byte is read once, in order, with one
 add per 4 bytes, the same access pattern and arithmetic intensity (or lower) as the
@@ -14,11 +15,16 @@ timed: decode reads weights and writes only a few KB of activations and KV entri
 
 The buffer is filled with ones before timing so every page is backed by its own memory (a
 fresh `torch.zeros` may map every page to the kernel's single zero page, which then sits in
-cache and reads at cache speed). A sweep that fits in a cache measures the cache instead:
-the result carries the largest cache size sysfs lists, but in a virtual machine that is the
-host's shared L3 (480 MiB on the 2-core VM this was written on, where a 64 MiB sweep already
-read at DRAM speed), so it only says when the default 1 GiB might be too small. To see the
-bandwidth a given model file gets, call `read_bandwidth` with `nbytes` equal to its size.
+cache and reads at cache speed). Repeated sweeps of a buffer that fits in the caches measure
+the caches, and so do a small model's decode steps, which re-read the same weights every
+token. On the 2-core VM this was written on (idle, 1 / 2 threads): 1 GiB read at 12.4 / 24.5
+GB/s, 256 MiB at 12.8 / 24.1, but 94 MiB (the SmolLM2-135M Q4_1 GGUF's size) at 22.8 / 47.7
+and 64 MiB at 25.0 / 48.7. So call `read_bandwidth` twice: the default 1 GiB for the DRAM
+bound, and `nbytes` = the file's size for the bound at that working set. The result carries
+the largest cache size sysfs lists, but in a VM that is the host's shared L3 (480 MiB here),
+so it is only a hint. On a shared machine other processes' work lowers the numbers (2
+threads read at 12.8 GB/s, not 24.5, while another process kept a core busy): the result
+carries the 1-minute load average before and after.
 """
 
 from __future__ import annotations
@@ -112,11 +118,11 @@ def decode_bound(bytes_per_token: float, gb_per_s: float) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--nbytes", type=int, default=1 << 30)
+    parser.add_argument("--nbytes", type=int, nargs="+", default=[1 << 30])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
-    print(json.dumps([read_bandwidth(t, args.nbytes, args.repeats) for t in args.threads],
-                     indent=2))
+    print(json.dumps([read_bandwidth(t, n, args.repeats) for n in args.nbytes
+                      for t in args.threads], indent=2))
 
 
 if __name__ == "__main__":

@@ -61,8 +61,9 @@ def test_real_sweep_reports_spread_and_restores_threads() -> None:
         read_bandwidth(threads=0, nbytes=1024)
 
 
-def test_cli_prints_one_json_result_per_thread_count(capsys) -> None:
-    main(["--threads", "1", "--nbytes", str(2**20), "--repeats", "2"])
+def test_cli_prints_one_json_result_per_size_and_thread_count(capsys) -> None:
+    main(["--threads", "1", "2", "--nbytes", str(2**20), str(2**21), "--repeats", "2"])
     results = json.loads(capsys.readouterr().out)
-    assert [r["threads"] for r in results] == [1]
+    assert [(r["nbytes"], r["threads"]) for r in results] == [
+        (2**20, 1), (2**20, 2), (2**21, 1), (2**21, 2)]
     assert results[0]["repeats"] == 2
