@@ -262,6 +262,7 @@ def run(args) -> dict:
         anchor = run_anchor(gguf, prompt_tokens=PROMPT_TOKENS, new_tokens=args.anchor_tokens,
                             threads=threads)
         after = read_bandwidth(threads)
+        anchor["gguf"] = gguf.name  # no machine paths in the results
         rows[str(threads)] = {"bandwidth": [before, after], "bench": measured,
                               "llamacpp": anchor}
     large = large_rows(args, work) if args.large else None
@@ -269,11 +270,23 @@ def run(args) -> dict:
              for name, entry in made.items()}
     for name, entry in made.items():
         files[name]["file"] = Path(entry["path"]).name
+    rows, files, large = (_relative(part, work) for part in (rows, files, large))
     return {"environment": environment(), "files": files, "threads": rows,
             "gguf": {"name": gguf.name, "bytes": gguf.stat().st_size},
             "pytorch_fp32_bytes": dense_bytes, "large": large, "table_quality": quality,
             "args": {"runs": args.runs, "min_seconds": args.min_seconds,
                      "max_context": args.max_context, "prompt_tokens": PROMPT_TOKENS}}
+
+
+def _relative(value, work: Path):
+    """`value` with the work folder's paths made relative to it (no machine paths)."""
+    if isinstance(value, dict):
+        return {k: _relative(v, work) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative(v, work) for v in value]
+    if isinstance(value, str):
+        return value.replace(f"{work}/", "")
+    return value
 
 
 def _numel(shape) -> int:
