@@ -81,6 +81,17 @@ def choose_engine(recipe: Recipe, model_spec: str, args: argparse.Namespace) -> 
     return "streaming" if in_memory_bytes(n_params, calib_tokens, hidden) > budget else "memory"
 
 
+def is_streamable(model_spec: str, choice: str) -> bool:
+    """Whether `model_spec` is a dense decoder LM (read block by block); `--engine
+    streaming` on anything else is refused in one line."""
+    family = family_of(model_spec)
+    streamable = family is not None and family.name == STREAMABLE_FAMILY
+    if choice == "streaming" and not streamable:
+        raise UserError(f"--engine streaming reads dense decoder LMs block by block; "
+                        f"{model_spec} is not one: use --engine memory")
+    return streamable
+
+
 def _has_distill(recipe: Recipe) -> bool:
     return any(isinstance(c, DistillConfig) for c in recipe.stages)
 
@@ -117,12 +128,8 @@ def choose_export_engine(model_spec: str, args: argparse.Namespace, target: str,
     line rather than run out of memory half-way (`--engine memory` overrides)."""
     choice = getattr(args, "engine", "memory")
     budget = budget_bytes(args)  # a bad --memory-budget is refused whichever engine runs
-    family = family_of(model_spec)
-    streamable = family is not None and family.name == STREAMABLE_FAMILY
+    streamable = is_streamable(model_spec, choice)
     if choice == "streaming":
-        if not streamable:
-            raise UserError(f"--engine streaming reads dense decoder LMs block by block; "
-                            f"{model_spec} is not one: use --engine memory")
         if not target_streams:
             raise UserError(f"the {target} exporter converts the whole model in memory: use "
                             "--engine memory, or export to onnx, which streams")

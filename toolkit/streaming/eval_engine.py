@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import argparse
 
-from models.load import family_of
 from toolkit.errors import UserError
-from toolkit.streaming.engine_choice import STREAMABLE_FAMILY, _shape, budget_bytes
+from toolkit.streaming.engine_choice import _shape, budget_bytes, is_streamable
 from toolkit.streaming.memory import in_memory_bytes
 
 
@@ -29,12 +28,8 @@ def choose_eval_engine(model_spec: str, args: argparse.Namespace) -> str:
     if choice == "memory":
         budget_bytes(args)  # a bad --memory-budget is refused whichever engine runs
         return "memory"
-    family = family_of(model_spec)
-    streamable = family is not None and family.name == STREAMABLE_FAMILY
+    streamable = is_streamable(model_spec, choice)
     if choice == "streaming":
-        if not streamable:
-            raise UserError(f"--engine streaming reads dense decoder LMs block by block; "
-                            f"{model_spec} is not one: use --engine memory")
         return "streaming"
     budget = budget_bytes(args)
     if not streamable:
