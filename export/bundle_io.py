@@ -7,7 +7,9 @@ Every entry point follows the decoder contract of export.llm.decoder, by role:
     inputs:  input_ids [1, T], position [1], past_keys, past_values [L, Hkv, C, D]
     outputs: logits [1, T, V], present_keys, present_values
 
-ONNX has one entry point ("main", T symbolic: "tokens") whose tensor names are the roles;
+ONNX has one entry point ("main", T symbolic: "tokens") whose tensor names are the roles,
+or, for a per-layer cache (export.onnx.cache_io), one past/present tensor per layer and
+role, tagged with its "layer";
 a .tflite file has "prefill" (T fixed) and "decode" (T = 1) signatures whose tensors
 litert-torch names args_0.. and output_0.. in role order (export.litert.run_llm reads them
 the same way). Only the ONNX graph (not its weights) and the .tflite flatbuffer's
@@ -17,6 +19,7 @@ is still described.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -24,6 +27,10 @@ from export.errors import ExportError, require
 
 INPUT_ROLES = ("input_ids", "position", "past_keys", "past_values")
 OUTPUT_ROLES = ("logits", "present_keys", "present_values")
+CACHE_ROLES = ("past_keys", "past_values", "present_keys", "present_values")
+CACHE_DTYPES = ("float32", "float16")
+LLM_METADATA_KEY = "edge_toolkit.llm"
+PER_LAYER = "per_layer"  # export.onnx.cache_io (not imported: bundles stay runtime-light)
 TOKENS = "tokens"  # the symbolic token-count dimension of input_ids and logits
 ONNX_ENTRY = "main"
 PREFILL, DECODE = "prefill", "decode"
@@ -47,22 +54,45 @@ def describe_entry_points(runtime: str, path: Path) -> dict[str, dict]:
 
 
 def _onnx_entry(path: Path) -> dict:
+    """The graph's inputs and outputs by role. A per-layer cache file (its
+    `edge_toolkit.llm` metadata says so, export.onnx.cache_io) has one past/present
+    tensor per layer and role, each tagged with its "layer"."""
     onnx = require("onnx", "onnx", "describing ONNX files")
     from onnx import helper
 
-    graph = onnx.load(os.fspath(path), load_external_data=False).graph
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    graph = model.graph
+    contract = {}
+    for entry in model.metadata_props:
+        if entry.key == LLM_METADATA_KEY:
+            contract = json.loads(entry.value)
 
-    def tensors(values, roles) -> list[dict]:
-        return [{"role": role, "name": value.name,
-                 "dtype": helper.tensor_dtype_to_np_dtype(
-                     value.type.tensor_type.elem_type).name,
-                 "shape": [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]}
-                for role, value in zip(roles, values, strict=False)]
+    def tensor(role: str, value, layer: int | None = None) -> dict:
+        described = {"role": role, "name": value.name,
+                     "dtype": helper.tensor_dtype_to_np_dtype(
+                         value.type.tensor_type.elem_type).name,
+                     "shape": [d.dim_param or d.dim_value
+                               for d in value.type.tensor_type.shape.dim]}
+        return described if layer is None else {**described, "layer": layer}
 
     initializers = {i.name for i in graph.initializer}
     inputs = [v for v in graph.input if v.name not in initializers]
-    _count(path, ONNX_ENTRY, len(inputs), len(graph.output))
-    return {"inputs": tensors(inputs, INPUT_ROLES), "outputs": tensors(graph.output, OUTPUT_ROLES)}
+    if contract.get("cache_layout") != PER_LAYER:
+        _count(path, ONNX_ENTRY, len(inputs), len(graph.output))
+        return {"inputs": [tensor(r, v) for r, v in zip(INPUT_ROLES, inputs, strict=False)],
+                "outputs": [tensor(r, v) for r, v in zip(OUTPUT_ROLES, graph.output,
+                                                         strict=False)]}
+    roles = {"input_ids": ("input_ids", None), "position": ("position", None),
+             "logits": ("logits", None)}
+    for role, names in contract["cache_names"].items():
+        roles.update({name: (role, layer) for layer, name in enumerate(names)})
+    unknown = [v.name for v in [*inputs, *graph.output] if v.name not in roles]
+    if unknown:
+        raise ExportError(f"{path.name} has tensors {unknown[:3]} its cache contract does not "
+                          "name: export it again with this version of Edge Toolkit")
+    return {"inputs": [tensor(*roles[v.name][:1], v, roles[v.name][1]) for v in inputs],
+            "outputs": [tensor(*roles[v.name][:1], v, roles[v.name][1])
+                        for v in graph.output]}
 
 
 def _tflite_entries(path: Path) -> dict[str, dict]:
@@ -104,21 +134,29 @@ def _count(path: Path, entry: str, inputs: int, outputs: int) -> None:
 
 def check_contract(entry: dict, where: str) -> None:
     """ExportError unless `entry` is the decoder contract: integer ids [1, T] and position
-    [1], float caches of one 4-d shape in and out, logits [1, T, V]."""
-    by_role = {t["role"]: t for t in entry["inputs"] + entry["outputs"]}
-    cache = by_role["past_keys"]["shape"]
+    [1], float caches of one 4-d shape in and out (one stacked tensor per role, or one per
+    layer and role), logits [1, T, V]."""
+    by_role: dict[str, list[dict]] = {}
+    for t in entry["inputs"] + entry["outputs"]:
+        by_role.setdefault(t["role"], []).append(t)
     problems = []
-    if not by_role["input_ids"]["dtype"].startswith("int") or \
-            len(by_role["input_ids"]["shape"]) != 2:
+    if not by_role["input_ids"][0]["dtype"].startswith("int") or \
+            len(by_role["input_ids"][0]["shape"]) != 2:
         problems.append("input_ids is not an integer [1, T] tensor")
-    if by_role["position"]["shape"] != [1]:
+    if by_role["position"][0]["shape"] != [1]:
         problems.append("position is not a [1] tensor")
-    if len(cache) != 4 or any(not isinstance(d, int) for d in cache):
+    cache = by_role["past_keys"][0]
+    if len(cache["shape"]) != 4 or any(not isinstance(d, int) for d in cache["shape"]):
         problems.append("the cache is not a fixed [layers, kv_heads, max_context, head_dim]")
-    for role in ("past_keys", "past_values", "present_keys", "present_values"):
-        if by_role[role]["shape"] != cache or by_role[role]["dtype"] != "float32":
-            problems.append(f"{role} is not float32 {cache}")
-    if len(by_role["logits"]["shape"]) != 3:
+    layers = len(by_role["past_keys"])
+    for role in CACHE_ROLES:
+        tensors = by_role.get(role, [])
+        if len(tensors) != layers or any(t["shape"] != cache["shape"]
+                                         or t["dtype"] != cache["dtype"] for t in tensors):
+            problems.append(f"{role} is not {layers} {cache['dtype']} {cache['shape']}")
+    if cache["dtype"] not in CACHE_DTYPES:
+        problems.append(f"the cache is {cache['dtype']}, not one of {', '.join(CACHE_DTYPES)}")
+    if len(by_role["logits"][0]["shape"]) != 3:
         problems.append("logits is not [1, T, vocab]")
     if problems:
         raise ExportError(f"{where} does not follow the decoder contract ({'; '.join(problems)})"
@@ -136,7 +174,12 @@ def contract_summary(entries: dict[str, dict]) -> dict:
             shape[1] = TOKENS
         return {"name": tensor["role"], "dtype": tensor["dtype"], "shape": shape}
 
-    cache = next(t for t in main["inputs"] if t["role"] == "past_keys")
+    caches = [t for t in main["inputs"] if t["role"] == "past_keys"]
+    cache = caches[0]
+    per_layer = "layer" in cache
+    # The cache as one logical [layers, kv_heads, max_context, head_dim] array (a
+    # per-layer file's tensors are its [1, ...] slices).
+    shape = [len(caches), *cache["shape"][1:]] if per_layer else list(cache["shape"])
     logits = next(t for t in main["outputs"] if t["role"] == "logits")
     if ONNX_ENTRY in entries:
         prefill = {"signature": ONNX_ENTRY, "decode_signature": ONNX_ENTRY, "tokens": None,
@@ -150,10 +193,15 @@ def contract_summary(entries: dict[str, dict]) -> dict:
         "inputs": [symbolic(t) for t in main["inputs"]],
         "outputs": [symbolic(t) for t in main["outputs"]],
         "cache": {"layout": "[layers, kv_heads, max_context, head_dim]",
-                  "shape": list(cache["shape"]), "dtype": cache["dtype"],
+                  "shape": shape, "dtype": cache["dtype"],
+                  "per_layer": per_layer,
                   "position": "index of the first new token; its keys and values are "
                               "written at position .. position+T-1, present_* feed the next "
-                              "call's past_*"},
+                              "call's past_*",
+                  **({"note": "one [1, kv_heads, max_context, head_dim] tensor per layer "
+                              "(past_key.i / present_key.i ...): bind present to the same "
+                              "buffer as past and the model writes only the new rows"}
+                     if per_layer else {})},
         "max_context": int(cache["shape"][2]),
         "vocab_size": int(logits["shape"][2]),
         "prefill": prefill,

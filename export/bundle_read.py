@@ -13,8 +13,10 @@ bundle.json, format "edge-toolkit-bundle", version 1:
     signatures             per entry point of the file ("main"; or "prefill", "decode"):
                            each tensor's role, name in the file, dtype and shape
     cache                  {"layout": "[layers, kv_heads, max_context, head_dim]", "shape",
-                           "dtype", "position"}: the key/value cache every call takes and
-                           returns
+                           "dtype", "per_layer", "position"}: the key/value cache every
+                           call takes and returns; per_layer: one [1, ...] slice per layer
+                           and role (the signature's tensors carry their "layer"), bound
+                           in place (export.onnx.cache_io)
     max_context, vocab_size
     prefill                {"signature", "decode_signature", "tokens"}: tokens null = any
                            prompt length in one call; else that many per call, the last
@@ -181,26 +183,17 @@ def _bound(signature: dict) -> tuple[list[tuple[str, str]], list[str]]:
 def runtime_steps(bundle: Bundle, threads: int | None = None) -> tuple[Step, Step, int | None]:
     """(prefill step, decode step, fixed prefill length or None) over the bundle's model
     file, each binding the contract's roles to the file's tensor names and dtypes."""
+    if bundle.runtime == "onnxruntime":
+        # The session binds by the contract the file itself records (stacked or per-layer
+        # cache, export.onnx.cache_io), updating a per-layer cache in place.
+        from export.onnx.llm_session import OnnxDecoderSession
+
+        session = OnnxDecoderSession.open(bundle.model_path, threads)
+        return session, session, None
     signatures, chosen = bundle.manifest["signatures"], bundle.manifest["prefill"]
     entries = {name: _bound(signatures[name])
                for name in (chosen["signature"], chosen["decode_signature"])}
-    if bundle.runtime == "onnxruntime":
-        ort = require("onnxruntime", "onnx", "running ONNX bundles")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        session = ort.InferenceSession(os.fspath(bundle.model_path), options,
-                                       providers=["CPUExecutionProvider"])
-
-        def make(name: str) -> Step:
-            inputs, outputs = entries[name]
-
-            def step(ids, position, keys, values):
-                feed = {n: np.asarray(a, dtype=d) for (n, d), a
-                        in zip(inputs, (ids, position, keys, values), strict=True)}
-                return session.run(outputs, feed)
-            return step
-    elif bundle.runtime == "ai-edge-litert":
+    if bundle.runtime == "ai-edge-litert":
         require("ai_edge_litert", "litert", "running LiteRT bundles")
         from ai_edge_litert.interpreter import Interpreter
 

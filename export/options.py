@@ -51,6 +51,10 @@ class ExportOptions:
     # ONNX: MatMulNBits' accuracy_level (export.onnx.weights.set_accuracy_level); None:
     # onnxruntime's default (0).
     accuracy_level: int | None = None
+    # ONNX LLMs: "auto" | "fused" | "standard" attention (export.onnx.decoder_graph
+    # .cache_layout) and the key/value cache dtype, "float32" or "float16" (fused only).
+    onnx_attention: str = "auto"
+    kv_cache_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.rtol is None:

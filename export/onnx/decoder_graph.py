@@ -38,12 +38,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.errors import require
+from export.errors import ExportError, require
 from export.llm.decoder_weights import ATTENTION, MLP, DecoderWeights, LinearWeight
 from export.llm.export_decoder import MASKED
+from export.onnx.cache_io import (
+    KV_CACHE_DTYPES,
+    PER_LAYER,
+    STACKED,
+    STACKED_INPUTS,
+    STACKED_OUTPUTS,
+    io_description,
+    per_layer_names,
+)
 from export.onnx.external_data import ExternalDataWriter
+from export.onnx.fused_linears import fuse_linears
+from export.onnx.gqa_attention import HEAD_DIM_MULTIPLE, GqaAttention
 from export.onnx.graph_builder import GraphBuilder
-from export.onnx.llm import INPUT_NAMES, OPSET, OUTPUT_NAMES, OnnxExport, io_description
+from export.onnx.llm import OPSET, OnnxExport
 from export.onnx.weights import (
     compressed_weight,
     gather_block_quantized,
@@ -56,9 +67,11 @@ IR_VERSION = 10  # opset 21 needs IR 10; onnxruntime 1.2x reads it
 
 
 class _DecoderWriter:
-    def __init__(self, weights: DecoderWeights, graph: GraphBuilder) -> None:
+    def __init__(self, weights: DecoderWeights, graph: GraphBuilder, layout: str,
+                 cache_dtype: str) -> None:
         self.w = weights
         self.g = graph
+        self.layout, self.cache_dtype = layout, cache_dtype
         self.carried: list[LayerRecord] = []
         self.dropped: list[LayerRecord] = []
         shape = weights.shape
@@ -79,17 +92,23 @@ class _DecoderWriter:
         gain = g.array(name, weight.numpy())
         return g.op("Mul", [g.op("Div", [x, root]), gain], f"{name}.out")
 
-    def linear(self, x: str, linear: LinearWeight) -> str:
+    def linear(self, x: str, linear: LinearWeight,
+               parts: list[LinearWeight] | None = None) -> str:
+        """x W^T (+ b). `parts`: the source linears `linear` stacks (fused_linears), each
+        recorded under its own name with the form it is carried in (the stack changes
+        the graph, not any weight's form)."""
         g, prefix = self.g, linear.name
+        names = [p.name for p in parts] if parts else [prefix]
         y = g.fresh(f"{prefix}.out")
         weight = linear.weight
         if linear.packed is not None:
             built = compressed_weight(linear.packed, x, y, prefix)
             if built is not None:
-                self.add(built, prefix, built.carried_as)
+                self.add(built, names, built.carried_as)
             else:
-                self.dropped.append(LayerRecord(prefix, "float: no ONNX op carries "
-                                                        f"{linear.packed.meta()}"))
+                self.dropped.extend(LayerRecord(name, "float: no ONNX op carries "
+                                                      f"{linear.packed.meta()}")
+                                    for name in names)
                 weight = linear.packed.dequantize().to(torch.float32)
         if weight is not None:
             weight_t = g.array(f"{prefix}.weight_t", weight.t().contiguous().numpy())
@@ -103,16 +122,17 @@ class _DecoderWriter:
         (gather_block_quantized or matmul_nbits); recorded as quantized here."""
         y = self.g.fresh(f"{prefix}.out")
         built = build(weight, x, y, prefix)
-        self.add(built, prefix, f"{built.carried_as} (quantized at export)")
+        self.add(built, [prefix], f"{built.carried_as} (quantized at export)")
         return y
 
-    def add(self, built, prefix: str, carried_as: str) -> None:
-        """The nodes and initializers of an export.onnx.weights builder, and its record."""
+    def add(self, built, names: list[str], carried_as: str) -> None:
+        """The nodes and initializers of an export.onnx.weights builder, and the record
+        of each source layer it carries."""
         for tensor in built.initializers:
             self.g.initializer(tensor)
         for node in built.nodes:
             self.g.node(node)
-        self.carried.append(LayerRecord(prefix, carried_as))
+        self.carried.extend(LayerRecord(name, carried_as) for name in names)
 
     def heads_first(self, x: str, heads: int) -> str:
         """[T, heads * D] -> [heads, T, D]."""
@@ -188,8 +208,13 @@ class _DecoderWriter:
 
     def mlp(self, h: str, linears: dict[str, str]) -> str:
         g, w = self.g, self.w
-        gate = self.linear(h, w.linear(linears["gate_proj"]))
-        up = self.linear(h, w.linear(linears["up_proj"]))
+        parts = [w.linear(linears["gate_proj"]), w.linear(linears["up_proj"])]
+        fused = fuse_linears(parts, linears["gate_proj"].rsplit(".", 1)[0] + ".gate_up_proj")
+        if fused is not None:
+            gate, up = g.op("Split", [self.linear(h, fused, parts)], "gate_up", outputs=2,
+                            axis=-1, num_outputs=2)
+        else:
+            gate, up = (self.linear(h, part) for part in parts)
         activated = g.op("Mul", [gate, g.op("Sigmoid", [gate])])  # silu
         return self.linear(g.op("Mul", [activated, up]), w.linear(linears[MLP[2]]))
 
@@ -199,14 +224,22 @@ class _DecoderWriter:
         prefix = w.block_prefix(index)
         before_attention, before_mlp = w.block_norms(index)
         h = self.rms_norm(x, before_attention, f"{prefix}.input_layernorm.weight")
-        attended, keys, values = self.attention(h, index, linears, at)
+        if self.layout == PER_LAYER:
+            attended, keys, values = at["attention"](h, index, linears), None, None
+        else:
+            attended, keys, values = self.attention(h, index, linears, at)
         x = g.op("Add", [x, attended], f"{prefix}.attn_residual")
         h = self.rms_norm(x, before_mlp, f"{prefix}.post_attention_layernorm.weight")
         return g.op("Add", [x, self.mlp(h, linears)], f"{prefix}.out"), keys, values
 
     def decoder(self) -> None:
         g, w = self.g, self.w
-        at = self.inputs()
+        if self.layout == PER_LAYER:
+            ids = g.op("Reshape", ["input_ids", g.const([-1])], "ids")
+            at = {"ids": ids, "attention": GqaAttention(self, ids, per_layer_names(
+                w.n_blocks), self.cache_dtype)}
+        else:
+            at = self.inputs()
         table = w.module_name(w.layout.embeddings)
         if w.embedding_packed is not None:
             x = self.packed(gather_block_quantized, w.embedding_packed, at["ids"], table)
@@ -216,8 +249,9 @@ class _DecoderWriter:
         all_keys, all_values = [], []
         for index in range(w.n_blocks):
             x, keys, values = self.block(x, index, at)
-            all_keys.append(g.op("Unsqueeze", [keys, g.const([0])]))
-            all_values.append(g.op("Unsqueeze", [values, g.const([0])]))
+            if self.layout == STACKED:
+                all_keys.append(g.op("Unsqueeze", [keys, g.const([0])]))
+                all_values.append(g.op("Unsqueeze", [values, g.const([0])]))
         x = self.rms_norm(x, w.float32(w.norm_name), w.norm_name)
         head_packed = w.embedding_packed if w.tied else w.head_packed
         if head_packed is not None:
@@ -226,9 +260,10 @@ class _DecoderWriter:
             logits = g.op("Gemm", [x, embed], "head", transB=1)
         else:
             logits = self.linear(x, w.linear(w.head_module))
-        g.node(_make_node("Unsqueeze", [logits, g.const([0])], [OUTPUT_NAMES[0]]))
-        g.node(_make_node("Concat", all_keys, [OUTPUT_NAMES[1]], axis=0))
-        g.node(_make_node("Concat", all_values, [OUTPUT_NAMES[2]], axis=0))
+        g.node(_make_node("Unsqueeze", [logits, g.const([0])], [STACKED_OUTPUTS[0]]))
+        if self.layout == STACKED:
+            g.node(_make_node("Concat", all_keys, [STACKED_OUTPUTS[1]], axis=0))
+            g.node(_make_node("Concat", all_values, [STACKED_OUTPUTS[2]], axis=0))
 
 
 def _make_node(op_type: str, inputs: list[str], outputs: list[str], **attributes):
@@ -239,39 +274,79 @@ def _make_node(op_type: str, inputs: list[str], outputs: list[str], **attributes
 
 def write_decoder_onnx(weights: DecoderWeights, out: Path,
                        metadata: dict[str, str] | None = None, *,
-                       external: bool = True, accuracy_level: int | None = None
+                       external: bool = True, accuracy_level: int | None = None,
+                       attention: str = "auto", kv_cache_dtype: str = "float32"
                        ) -> OnnxExport:
     """Write the decoder of `weights` to `out` (graph) and, with `external`, its weights to
     `out.name + ".data"` as they are read; else every weight inside the one file (for a
-    model already in memory whose file stays under protobuf's 2 GB)."""
+    model already in memory whose file stays under protobuf's 2 GB).
+
+    `attention`: "fused" (GroupQueryAttention, per-layer cache updated in place; see
+    export.onnx.cache_io), "standard" (standard ops, stacked cache: any ONNX runtime) or
+    "auto" (fused where onnxruntime's kernel takes the head width). `kv_cache_dtype`:
+    "float32" or "float16" (fused only)."""
     onnx = require("onnx", "onnx", "ONNX export")
     from onnx import TensorProto, helper
 
     shape = weights.shape
+    layout = cache_layout(shape.head_dim, attention, kv_cache_dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         writer = stack.enter_context(ExternalDataWriter(out)) if external else None
         graph = GraphBuilder(writer)
-        writer_state = _DecoderWriter(weights, graph)
+        writer_state = _DecoderWriter(weights, graph, layout, kv_cache_dtype)
         writer_state.decoder()
     set_accuracy_level(graph.nodes, accuracy_level)
-    cache = list(shape.cache_shape())
-    inputs = [helper.make_tensor_value_info(INPUT_NAMES[0], TensorProto.INT64, [1, "tokens"]),
-              helper.make_tensor_value_info(INPUT_NAMES[1], TensorProto.INT64, [1]),
-              helper.make_tensor_value_info(INPUT_NAMES[2], TensorProto.FLOAT, cache),
-              helper.make_tensor_value_info(INPUT_NAMES[3], TensorProto.FLOAT, cache)]
-    outputs = [helper.make_tensor_value_info(OUTPUT_NAMES[0], TensorProto.FLOAT,
-                                             [1, "tokens", shape.vocab]),
-               helper.make_tensor_value_info(OUTPUT_NAMES[1], TensorProto.FLOAT, cache),
-               helper.make_tensor_value_info(OUTPUT_NAMES[2], TensorProto.FLOAT, cache)]
+    tokens = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "tokens"]),
+              helper.make_tensor_value_info("position", TensorProto.INT64, [1])]
+    logits = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                            [1, "tokens", shape.vocab])]
+    cache_type = TensorProto.FLOAT16 if kv_cache_dtype == "float16" else TensorProto.FLOAT
+    if layout == STACKED:
+        cache = list(shape.cache_shape())
+        inputs = tokens + [helper.make_tensor_value_info(name, cache_type, cache)
+                           for name in STACKED_INPUTS[2:]]
+        outputs = logits + [helper.make_tensor_value_info(name, cache_type, cache)
+                            for name in STACKED_OUTPUTS[1:]]
+    else:
+        layer_cache = [1, *shape.cache_shape()[1:]]
+        described = io_description(shape, PER_LAYER, kv_cache_dtype)
+        inputs = tokens + [helper.make_tensor_value_info(name, cache_type, layer_cache)
+                           for name in described["inputs"][2:]]
+        outputs = logits + [helper.make_tensor_value_info(name, cache_type, layer_cache)
+                            for name in described["outputs"][1:]]
     model = helper.make_model(
         helper.make_graph(graph.nodes, "decoder", inputs, outputs, graph.initializers),
         opset_imports=[helper.make_opsetid("", OPSET),
                        helper.make_opsetid("com.microsoft", 1)],
         producer_name="edge-toolkit", ir_version=IR_VERSION)
-    description = io_description(shape)
+    description = io_description(shape, layout, kv_cache_dtype)
     for key, value in {"edge_toolkit.llm": json.dumps(description), **(metadata or {})}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save_model(model, str(out))
     return OnnxExport(out, weights, writer_state.carried, writer_state.dropped, external)
+
+
+ATTENTIONS = ("auto", "fused", "standard")
+
+
+def cache_layout(head_dim: int, attention: str, kv_cache_dtype: str) -> str:
+    """The cache layout (export.onnx.cache_io) `attention` gives a model of this head
+    width; ExportError for a combination no file can carry."""
+    if attention not in ATTENTIONS:
+        raise ExportError(f"--onnx-attention {attention!r} must be one of {', '.join(ATTENTIONS)}")
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ExportError(f"--kv-cache {kv_cache_dtype!r} must be one of "
+                          f"{', '.join(KV_CACHE_DTYPES)}")
+    fits = head_dim % HEAD_DIM_MULTIPLE == 0
+    if attention == "fused" and not fits:
+        raise ExportError(f"--onnx-attention fused needs a head width that is a multiple of "
+                          f"{HEAD_DIM_MULTIPLE} (onnxruntime's GroupQueryAttention); this "
+                          f"model's is {head_dim}: use --onnx-attention standard")
+    layout = PER_LAYER if attention == "fused" or (attention == "auto" and fits) else STACKED
+    if kv_cache_dtype != "float32" and layout == STACKED:
+        raise ExportError(f"--kv-cache {kv_cache_dtype} needs the fused attention (a head "
+                          f"width that is a multiple of {HEAD_DIM_MULTIPLE}, and "
+                          "--onnx-attention auto or fused); drop --kv-cache")
+    return layout

@@ -40,8 +40,7 @@ class OnnxExporter(Exporter):
 
             weights = LazyDecoderWeights(artifact.lazy, options.max_context)
             _quantize_tables(weights, options)
-            return write_decoder_onnx(weights, out, metadata,
-                                      accuracy_level=options.accuracy_level)
+            return write_decoder_onnx(weights, out, metadata, **_graph_options(options))
         blocks = _blocks(artifact.module)
         if blocks is not None and not is_moe_mlp(blocks[0].mlp):
             from export.llm.decoder_weights import ModuleDecoderWeights
@@ -51,10 +50,14 @@ class OnnxExporter(Exporter):
             _quantize_tables(weights, options)
             return write_decoder_onnx(weights, out, metadata,
                                       external=weights.float32_bytes() > EXTERNAL_DATA_BYTES,
-                                      accuracy_level=options.accuracy_level)
+                                      **_graph_options(options))
         if options.embedding_bits:
             raise ExportError("--embedding-bits is not carried for mixture-of-experts "
                               "models yet: export without it")
+        if options.onnx_attention == "fused" or options.kv_cache_dtype != "float32":
+            raise ExportError("mixture-of-experts models are exported with the standard "
+                              "attention and a float32 cache: drop --onnx-attention fused "
+                              "and --kv-cache")
         return export_llm_onnx(artifact.module, out, max_context=options.max_context,
                                quantized=artifact.quantized, metadata=metadata,
                                accuracy_level=options.accuracy_level)
@@ -87,6 +90,11 @@ class OnnxExporter(Exporter):
         from export.onnx.vision import run_onnx_vision
 
         return run_onnx_vision(path, example)
+
+
+def _graph_options(options: ExportOptions) -> dict:
+    return {"accuracy_level": options.accuracy_level, "attention": options.onnx_attention,
+            "kv_cache_dtype": options.kv_cache_dtype}
 
 
 def _quantize_tables(weights, options: ExportOptions) -> None:

@@ -20,15 +20,15 @@ from pathlib import Path
 import torch
 
 from export.errors import ExportError, require
-from export.llm.decoder import DecoderShape
 from export.llm.decoder_weights import DecoderWeights
 from export.llm.export_decoder import ExportDecoder
+from export.onnx.cache_io import STACKED_INPUTS, STACKED_OUTPUTS, io_description
 from export.onnx.rewrite import carry_compression
 from export.onnx.weights import set_accuracy_level
 from export.records import LayerRecord
 
-INPUT_NAMES = ["input_ids", "position", "past_keys", "past_values"]
-OUTPUT_NAMES = ["logits", "present_keys", "present_values"]
+INPUT_NAMES = STACKED_INPUTS  # the traced exporter writes the stacked cache layout
+OUTPUT_NAMES = STACKED_OUTPUTS
 OPSET = 21  # UINT4 initializers (palettized indices) need opset 21
 # Protobuf caps one message at 2 GB: bigger models keep their weights in PATH.data.
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -92,10 +92,3 @@ def _torch_export(decoder: ExportDecoder):
         raise ExportError(f"torch.onnx could not export the decoder: "
                           f"{str(exc).splitlines()[0][:300]}") from exc
     return program.model_proto
-
-
-def io_description(shape: DecoderShape) -> dict:
-    """The file's contract, stored in its metadata (`edge_toolkit.llm`)."""
-    return {"inputs": INPUT_NAMES, "outputs": OUTPUT_NAMES,
-            "cache_shape": list(shape.cache_shape()), "max_context": shape.max_context,
-            "vocab": shape.vocab}

@@ -5,32 +5,16 @@ too large to hold is compared with PyTorch read one part at a time
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from export.errors import require
 from export.llm.check import LlmVerification, torch_greedy
 from export.llm.greedy import greedy_tokens
-from export.onnx.llm import INPUT_NAMES
+from export.onnx.llm_session import onnx_step
 from export.verify import agreement
-
-
-def onnx_step(path: Path, threads: int | None = None):
-    ort = require("onnxruntime", "onnx", "running ONNX files")
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(os.fspath(path), options,
-                                   providers=["CPUExecutionProvider"])
-
-    def step(ids, position, keys, values):
-        return session.run(None, dict(zip(INPUT_NAMES, (ids, position, keys, values),
-                                          strict=True)))
-    return step
 
 
 def verify_llm_onnx(path: Path, model: torch.nn.Module, prompt: Sequence[int],

@@ -53,18 +53,20 @@ def _contents(folder: Path) -> dict[str, str]:
 
 
 def _uncached_greedy(model: Path, prompt: list[int], new_tokens: int,
-                     cache_shape: list[int]) -> list[int]:
+                     signature: dict) -> list[int]:
     """Greedy tokens with the whole sequence re-run from an empty cache at every step:
-    no cache is carried between calls, unlike the generator under test."""
+    no cache is carried between calls, unlike the generator under test; a plain
+    `session.run` fed by the manifest's tensor names (no buffer binding)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(os.fspath(model), providers=["CPUExecutionProvider"])
-    empty = np.zeros(cache_shape, dtype=np.float32)
+    empty = {t["name"]: np.zeros(t["shape"], dtype=t["dtype"]) for t in signature["inputs"]
+             if t["role"] in ("past_keys", "past_values")}
+    logits_name = next(t["name"] for t in signature["outputs"] if t["role"] == "logits")
     sequence = list(prompt)
     for _ in range(new_tokens):
-        logits = session.run(["logits"], {"input_ids": np.asarray([sequence], dtype=np.int64),
-                                          "position": np.zeros(1, dtype=np.int64),
-                                          "past_keys": empty, "past_values": empty})[0]
+        logits = session.run([logits_name], {"input_ids": np.asarray([sequence], dtype=np.int64),
+                                             "position": np.zeros(1, dtype=np.int64), **empty})[0]
         sequence.append(int(logits[0, -1].argmax()))
     return sequence[len(prompt):]
 
@@ -120,7 +122,8 @@ def test_onnx_bundle_generates_the_verified_tokens_from_the_bundle_alone(onnx_bu
     assert len(prompt) == report["verification"]["prompt_tokens"]
     expected = report["verification"]["runtime_tokens"]
     assert generate_ids(bundle, prompt, 8) == expected == manifest["verification"]["tokens"]
-    assert _uncached_greedy(bundle.model_path, prompt, 8, manifest["cache"]["shape"]) == expected
+    assert _uncached_greedy(bundle.model_path, prompt, 8, manifest["signatures"]["main"]) \
+        == expected
     assert self_check(bundle) == {"tokenizer_matches": True, "tokens_match": True,
                                   "tokens": expected, "expected": expected}
 

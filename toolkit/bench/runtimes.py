@@ -15,7 +15,6 @@ Integer inputs of a fully quantized .tflite are quantized with the file's own sc
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,15 +45,13 @@ def load_onnx(path: Path, threads: int, prompt: Sequence[int]) -> Runnable:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    text = session.get_modelmeta().custom_metadata_map.get(LLM_METADATA_KEY)
-    if text:
-        meta = json.loads(text)
-        names = meta["inputs"]
+    if LLM_METADATA_KEY in session.get_modelmeta().custom_metadata_map:
+        # An LLM export: stepped through the file's own cache contract (a per-layer cache
+        # is updated in place, as an app's generation loop runs it).
+        from export.onnx.llm_session import OnnxDecoderSession
 
-        def call(ids, position, keys, values):
-            return session.run(None, dict(zip(names, (ids, position, keys, values),
-                                              strict=True)))
-        return _llm_runnable(call, meta["cache_shape"], meta["max_context"], prompt)
+        step = OnnxDecoderSession(session, path)
+        return _llm_runnable(step, step.cache_shape, step.max_context, prompt)
     feeds = {arg.name: fixed_input(arg.shape, arg.type) for arg in session.get_inputs()}
     return Runnable(step=lambda: session.run(None, feeds),
                     outputs=lambda: np.asarray(session.run(None, feeds)[0]))
