@@ -80,7 +80,8 @@ def describe_llm(exporter, artifact: Any, result: Any, out: Path,
         carried=dict(Counter(r.carried_as for r in result.carried)), dropped=dropped,
         lost=[what for what in (quant_lost, sparse_lost) if what],
         details={"max_context": result.decoder.shape.max_context,
-                 "carried_layers": len(result.carried), "pruned_sparsity": sparsity})
+                 "carried_layers": len(result.carried), "pruned_sparsity": sparsity,
+                 **getattr(result, "extra_details", {})})  # e.g. LiteRT's mapped palettes
 
 
 def verify_llm(exporter, artifact: Any, result: Any, out: Path, prompt: list[int],

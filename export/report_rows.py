@@ -19,6 +19,11 @@ def report_rows(report: ExportReport) -> list[list[str]]:
         rows.append(["float file", f"{float_bytes / 1e6:.2f} MB"])
     for how, count in report.carried.items():
         rows.append(["carried", f"{count} layers: {how}"])
+    mapped = report.details.get("mapped_palettes")
+    if mapped:  # palettes a target could only carry re-quantized (LiteRT)
+        rows.append(["mapped", f"{len(mapped)} palette layers, relative weight error "
+                               f"mean {sum(mapped.values()) / len(mapped):.3g}, max "
+                               f"{max(mapped.values()):.3g}"])
     for why, layers in _group_by_reason(report.dropped).items():
         named = layers[0] if len(layers) == 1 else f"{len(layers)} layers"
         rows.append(["dropped", f"{named}: {why}"])
@@ -63,4 +68,11 @@ def _llm_rows(check: dict) -> list[list[str]]:
                               f"{check['runtime_text']!r}"]]
     if not check["tokens_match"]:
         rows.append(["PyTorch tokens", repr(check["pytorch_text"])])
+    artifact = check.get("vs_artifact")
+    if artifact:  # the file against the artifact's own weights (a lossy mapping's cost)
+        logits = artifact["logits"]
+        same = "same" if artifact["tokens_match"] else "DIFFERENT"
+        rows.append(["logits vs artifact", f"max abs error {logits['max_abs_error']:.3g} "
+                                           f"(relative {logits['relative_error']:.2g}), "
+                                           f"tokens {same}"])
     return rows

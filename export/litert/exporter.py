@@ -1,12 +1,15 @@
 """The "tflite" export target (LiteRT): LLMs with prefill and decode signatures and the
-artifact's integer codes as weight-only DEQUANTIZE (export.litert.llm), vision models
-float or static int8 (export.vision); run by ai-edge-litert in a child process, since
-the interpreter can abort the process that hosts it."""
+artifact's integer codes as weight-only DEQUANTIZE (export.litert.llm), palettes mapped
+to blockwise affine codes (export.litert.palette_map), the table and head quantized at
+export with --embedding-bits (export.litert.tables); vision models float or static int8
+(export.vision); run by ai-edge-litert in a child process, since the interpreter can
+abort the process that hosts it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from export.errors import ExportError
 from export.options import ExportOptions
 from export.registry import Exporter, register_exporter
 
@@ -15,6 +18,7 @@ from export.registry import Exporter, register_exporter
 class LitertExporter(Exporter):
     suffix = ".tflite"
     runtime = "ai-edge-litert"
+    quantizes_tables = True  # --embedding-bits: GATHER over int codes + DEQUANTIZE head
     sparse_note = "litert-torch writes dense weights"
     vision_layout = "NHWC"  # LiteRT's native layout: no transposes around its convolutions
     vision_int8 = ("static int8: weights per channel, activations per tensor, int8 input and "
@@ -22,18 +26,33 @@ class LitertExporter(Exporter):
 
     def write_llm(self, artifact, out: Path, options: ExportOptions):
         from export.litert.llm import export_llm_litert
+        from export.litert.palette_map import mapped_layers
+        from export.litert.tables import quantize_tables
 
+        mapped = mapped_layers(artifact.quantized)
+        if options.require_carried and mapped:  # refused before converting anything
+            name, (palette, affine, loss) = next(iter(sorted(mapped.items())))
+            raise ExportError(
+                f"layer {name} is palettized ({palette.bits}-bit lookup table), which LiteRT "
+                f"can only carry mapped to int{affine.bits} affine codes (relative weight "
+                f"error {loss:.3g}), not exactly (--require-carried): drop --require-carried "
+                "to accept the mapping, or export to onnx or coreml, which carry palettes")
+        tables = None
+        if options.embedding_bits:
+            tables = quantize_tables(artifact.module, options.embedding_quantizer,
+                                     artifact.quantized)
         return export_llm_litert(artifact.module, out, max_context=options.max_context,
                                  prefill_tokens=min(options.prefill_tokens,
                                                     options.max_context),
-                                 quantized=artifact.quantized)
+                                 quantized=artifact.quantized, tables=tables, mapped=mapped)
 
     def verify_llm(self, result, out: Path, artifact, prompt: list[int],
                    options: ExportOptions):
         from export.litert.verify_llm import verify_llm_litert
 
         return verify_llm_litert(out, artifact.module, prompt, options.new_tokens,
-                                 result.decoder.shape.max_context)
+                                 result.decoder.shape.max_context, result.reference,
+                                 result.palettes)
 
     def prepare_vision(self, module):
         from export.portrait import for_litert

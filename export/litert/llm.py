@@ -7,8 +7,11 @@ keys/values: [layers, kv_heads, max_context, head_dim] float32 (export.llm.decod
 wants static shapes, so prefill takes exactly P tokens: longer prompts go in chunks, a
 shorter last chunk is padded (export.llm.greedy). litert-torch writes float32 weights;
 the artifact's integer codes are then put back as LiteRT weight-only int8/int4
-(export.litert.weights). Palette weights have no LiteRT op and stay float32, and the
-report lists every such layer.
+(export.litert.weights). Palette weights have no LiteRT op: each is mapped to blockwise
+affine codes of its width (export.litert.palette_map), with its loss in the report. With
+`tables` (export.litert.tables, --embedding-bits) the embedding table and head are
+carried quantized too; `reference` then holds every value the file computes with that
+differs from the artifact's, for the verification reference to swap in.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from pathlib import Path
 import torch
 
 from export.errors import ExportError, require
-from export.litert.weights import carry_weights
+from export.litert.palette_map import describe, mapped_layers
+from export.litert.weights import Carry, carry_weights
 from export.llm.export_decoder import ExportDecoder
+from export.llm.table_quant import QuantizedTables
 from export.quiet import captured_console
 from export.records import LayerRecord
 
@@ -35,10 +40,28 @@ class LitertExport:
     prefill_tokens: int
     carried: list[LayerRecord]
     dropped: list[LayerRecord]
+    # Parameter name -> packed values the file holds instead of the artifact's (tables
+    # quantized at export, mapped palettes): what the verification reference swaps in.
+    reference: QuantizedTables = dataclasses.field(
+        default_factory=lambda: QuantizedTables({}))
+    # Palette layer -> relative Frobenius error of its mapped weight (palette_map).
+    mapped: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Parameter name -> the palette's own packed form, for the comparison with the artifact.
+    palettes: QuantizedTables = dataclasses.field(default_factory=lambda: QuantizedTables({}))
+
+    @property
+    def extra_details(self) -> dict:
+        """Report fields beyond the common ones (export.llm_job.describe_llm)."""
+        if not self.mapped:
+            return {}
+        return {"mapped_palettes": {name: round(loss, 6) for name, loss in self.mapped.items()}}
 
 
 def export_llm_litert(source: torch.nn.Module, out: Path, *, max_context: int,
-                      prefill_tokens: int, quantized: dict | None = None) -> LitertExport:
+                      prefill_tokens: int, quantized: dict | None = None,
+                      tables: tuple[QuantizedTables, dict[str, Carry]] | None = None,
+                      mapped: dict | None = None) -> LitertExport:
+    """`mapped`: palette_map.mapped_layers(quantized) when the caller computed it already."""
     litert_torch = require("litert_torch", "litert", "LiteRT export")
     decoder = ExportDecoder.from_hf(source, max_context)
     if not 1 <= prefill_tokens <= max_context:
@@ -60,7 +83,22 @@ def export_llm_litert(source: torch.nn.Module, out: Path, *, max_context: int,
     except Exception as exc:
         raise ExportError(f"litert-torch could not convert the decoder: "
                           f"{str(exc).splitlines()[0][:300]}") from exc
-    layers = {name: (source.get_submodule(name).weight.detach().float().numpy(), packed)
-              for name, packed in (quantized or {}).items()}
+    mapped = mapped_layers(quantized) if mapped is None else mapped
+    layers: dict[str, tuple | Carry] = {}
+    for name, packed in (quantized or {}).items():
+        weight = source.get_submodule(name).weight.detach().float().numpy()
+        if name in mapped:
+            palette, affine, _ = mapped[name]
+            layers[name] = Carry(weight, affine, describe(palette))
+        else:
+            layers[name] = (weight, packed)
+    swapped, carries = tables or (QuantizedTables({}), {})
+    layers.update(carries)
     carried, dropped = carry_weights(out, layers)
-    return LitertExport(out, decoder, prefill_tokens, carried, dropped)
+    reference = {**swapped.by_name,
+                 **{f"{name}.weight": affine for name, (_, affine, _) in mapped.items()}}
+    palettes = {f"{name}.weight": palette for name, (palette, _, _) in mapped.items()}
+    return LitertExport(out, decoder, prefill_tokens, carried, dropped,
+                        QuantizedTables(reference),
+                        {name: loss for name, (_, _, loss) in mapped.items()},
+                        QuantizedTables(palettes))

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import ExportError
+from export.litert.gather import rewrite_gathers
 from export.records import LayerRecord
 from models.qformat import AffineQuantized
 
@@ -45,25 +46,45 @@ def digest(weight: np.ndarray) -> str:
 
 
 @dataclasses.dataclass
+class Carry:
+    """One weight to carry: its float32 values as exported [out, in] (found by content),
+    the packed form the file gets, a note for the report ("quantized at export", "palette
+    mapped, ..."), and for an embedding table the name of a head tied to it."""
+
+    weight: np.ndarray
+    packed: object
+    note: str = ""
+    tied_head: str | None = None
+
+
+@dataclasses.dataclass
 class _Layer:
     name: str
-    packed: AffineQuantized
+    carry: Carry
     codes_buffer: int = -1  # index of the shared int buffer, once written
+    gathers: int = 0  # GATHER_ND lookups rewritten to read the codes (export.litert.gather)
+    dequantized: bool = False  # a DEQUANTIZE feeds some other op (a matmul)
+
+    @property
+    def packed(self) -> AffineQuantized:
+        return self.carry.packed
 
 
-def carry_weights(path: Path, layers: dict[str, tuple[np.ndarray, object]]
+def carry_weights(path: Path, layers: dict[str, tuple[np.ndarray, object] | Carry]
                   ) -> tuple[list[LayerRecord], list[LayerRecord]]:
     """Rewrite the .tflite at `path` in place. `layers` maps a layer name to (its float32
-    weight [out, in] as exported, its packed form). Returns (carried, dropped)."""
+    weight [out, in] as exported, its packed form), or to a Carry. Returns (carried,
+    dropped)."""
     from ai_edge_litert import schema_py_generated as schema
 
     carried, dropped, wanted = [], [], {}
-    for name, (weight, packed) in layers.items():
-        if isinstance(packed, AffineQuantized):
-            wanted[digest(weight)] = _Layer(name, packed)
+    for name, entry in layers.items():
+        carry = entry if isinstance(entry, Carry) else Carry(*entry)
+        if isinstance(carry.packed, AffineQuantized):
+            wanted[digest(carry.weight)] = _Layer(name, carry)
         else:
             dropped.append(LayerRecord(name, f"float32: LiteRT has no op for "
-                                             f"{packed.scheme} weights"))
+                                             f"{carry.packed.scheme} weights"))
     if not wanted:
         return carried, dropped
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(path.read_bytes(), 0))
@@ -88,10 +109,25 @@ def carry_weights(path: Path, layers: dict[str, tuple[np.ndarray, object]]
                 rewriter.dequantize_weight(subgraph, tensor_index, layer)
     for index, layer in by_buffer.items():
         model.buffers[index].data = None  # the float copy is gone from the file
-        carried.append(LayerRecord(layer.name, _how(layer.packed)))
+        carried.extend(_records(layer))
     builder_bytes = rewriter.pack()
     path.write_bytes(builder_bytes)
     return carried, dropped
+
+
+def _records(layer: _Layer) -> list[LayerRecord]:
+    """One record per use: the matmul's DEQUANTIZE, and a table's row lookup (a tied head
+    is the table's DEQUANTIZE, named after the head)."""
+    note = f" ({layer.carry.note})" if layer.carry.note else ""
+    records = []
+    if layer.gathers:
+        packed = layer.packed
+        records.append(LayerRecord(layer.name, f"GATHER int{CONTAINER_BITS[packed.bits]} "
+                                               f"rows, block {packed.group_size}{note}"))
+    if layer.dequantized or not layer.gathers:
+        name = layer.carry.tied_head if layer.gathers and layer.carry.tied_head else layer.name
+        records.append(LayerRecord(name, _how(layer.packed) + note))
+    return records
 
 
 def _how(packed: AffineQuantized) -> str:
@@ -147,36 +183,40 @@ class _Rewriter:
         container = CONTAINER_BITS[packed.bits]
         if layer.codes_buffer < 0:
             data = pack_int4(codes) if container == 4 else codes.view(np.uint8).reshape(-1)
-            layer.codes_buffer = self._buffer(data)
+            layer.codes_buffer = self.add_buffer(data)
         weight = subgraph.tensors[weight_index]
+        weight.buffer = 0  # now computed from the codes by the ops below
+        # Short, readable names (the converter's own are long scope paths).
+        label = layer.name.encode()
+        layer.gathers += rewrite_gathers(self, subgraph, weight_index, layer.codes_buffer,
+                                         (codes, scales, zeros), container, label)
+        consumers = [i for i, op in enumerate(subgraph.operators) if weight_index in op.inputs]
+        if not consumers:  # every use reads the codes now
+            return
+        layer.dequantized = True
         quant = schema.QuantizationParametersT()
         quant.scale, quant.zeroPoint = scales.tolist(), zeros.tolist()
         quant.quantizedDimension = 0
-        # Short, readable names (the converter's own are long scope paths).
-        label = layer.name.encode()
-        codes_tensor = self._tensor(subgraph, label + b"/codes", list(codes.shape),
-                                    schema.TensorType.INT4 if container == 4
-                                    else schema.TensorType.INT8, layer.codes_buffer, quant)
-        consumers = [i for i, op in enumerate(subgraph.operators) if weight_index in op.inputs]
-        if not consumers:
-            return
-        weight.buffer = 0  # now computed by the ops below
+        codes_tensor = self.add_tensor(subgraph, label + b"/codes", list(codes.shape),
+                                       schema.TensorType.INT4 if container == 4
+                                       else schema.TensorType.INT8, layer.codes_buffer, quant)
         new_ops = []
         if codes.shape[0] == out:  # per channel: dequantize straight into the weight
-            new_ops.append(self._op(schema.BuiltinOperator.DEQUANTIZE, [codes_tensor],
-                                    [weight_index]))
+            new_ops.append(self.make_op(schema.BuiltinOperator.DEQUANTIZE, [codes_tensor],
+                                        [weight_index]))
         else:
-            flat = self._tensor(subgraph, label + b"/grouped", list(codes.shape),
-                                schema.TensorType.FLOAT32, 0)
-            shape = self._tensor(subgraph, label + b"/shape", [2],
-                                 schema.TensorType.INT32,
-                                 self._buffer(np.array([out, inp], np.int32).view(np.uint8)))
-            new_ops.append(self._op(schema.BuiltinOperator.DEQUANTIZE, [codes_tensor], [flat]))
+            flat = self.add_tensor(subgraph, label + b"/grouped", list(codes.shape),
+                                   schema.TensorType.FLOAT32, 0)
+            shape = self.add_tensor(subgraph, label + b"/shape", [2], schema.TensorType.INT32,
+                                    self.add_buffer(np.array([out, inp], np.int32)
+                                                    .view(np.uint8)))
+            new_ops.append(self.make_op(schema.BuiltinOperator.DEQUANTIZE, [codes_tensor],
+                                        [flat]))
             options = schema.ReshapeOptionsT()
             options.newShape = [out, inp]
-            new_ops.append(self._op(schema.BuiltinOperator.RESHAPE, [flat, shape],
-                                    [weight_index], schema.BuiltinOptions.ReshapeOptions,
-                                    options))
+            new_ops.append(self.make_op(schema.BuiltinOperator.RESHAPE, [flat, shape],
+                                        [weight_index], schema.BuiltinOptions.ReshapeOptions,
+                                        options))
         first = consumers[0]
         subgraph.operators[first:first] = new_ops
         if packed.input_scale is not None:
@@ -187,31 +227,31 @@ class _Rewriter:
         """x -> x / s before every op that multiplies by this weight (AWQ's W / s)."""
         schema = self.schema
         scale = packed.input_scale.numpy().astype(np.float32)
-        scale_tensor = self._tensor(subgraph, name.encode() + b"/awq_scale", [scale.size],
+        scale_tensor = self.add_tensor(subgraph, name.encode() + b"/awq_scale", [scale.size],
                                     schema.TensorType.FLOAT32,
-                                    self._buffer(scale.view(np.uint8)))
+                                    self.add_buffer(scale.view(np.uint8)))
         position = 0
         while position < len(subgraph.operators):
             op = subgraph.operators[position]
             if len(op.inputs) > 1 and op.inputs[1] == weight_index and op.inputs[0] >= 0:
                 source = subgraph.tensors[op.inputs[0]]
-                scaled = self._tensor(subgraph, name.encode() + b"/awq_input",
+                scaled = self.add_tensor(subgraph, name.encode() + b"/awq_input",
                                       list(source.shape), schema.TensorType.FLOAT32, 0)
                 options = schema.DivOptionsT()
-                divide = self._op(schema.BuiltinOperator.DIV, [op.inputs[0], scale_tensor],
+                divide = self.make_op(schema.BuiltinOperator.DIV, [op.inputs[0], scale_tensor],
                                   [scaled], schema.BuiltinOptions.DivOptions, options)
                 op.inputs = [scaled, *list(op.inputs)[1:]]  # unpacked arrays are read-only
                 subgraph.operators.insert(position, divide)
                 position += 1
             position += 1
 
-    def _buffer(self, data: np.ndarray) -> int:
+    def add_buffer(self, data: np.ndarray) -> int:
         buffer = self.schema.BufferT()
         buffer.data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
         self.model.buffers.append(buffer)
         return len(self.model.buffers) - 1
 
-    def _tensor(self, subgraph, name: bytes, shape: list[int], dtype: int, buffer: int,
+    def add_tensor(self, subgraph, name: bytes, shape: list[int], dtype: int, buffer: int,
                 quantization=None) -> int:
         tensor = self.schema.TensorT()
         tensor.name, tensor.shape, tensor.type, tensor.buffer = name, shape, dtype, buffer
@@ -219,15 +259,22 @@ class _Rewriter:
         subgraph.tensors.append(tensor)
         return len(subgraph.tensors) - 1
 
-    def _op(self, code: int, inputs: list[int], outputs: list[int], options_type: int = 0,
+    def make_op(self, code: int, inputs: list[int], outputs: list[int], options_type: int = 0,
             options=None):
         op = self.schema.OperatorT()
-        op.opcodeIndex = self._opcode(code)
+        op.opcodeIndex = self.opcode_index(code)
         op.inputs, op.outputs = inputs, outputs
         op.builtinOptionsType, op.builtinOptions = options_type, options
         return op
 
-    def _opcode(self, code: int) -> int:
+    def find_opcode(self, code: int) -> int | None:
+        """The index of builtin `code` among the file's operator codes, None if absent."""
+        for index, existing in enumerate(self.model.operatorCodes):
+            if existing.builtinCode == code and not existing.customCode:
+                return index
+        return None
+
+    def opcode_index(self, code: int) -> int:
         for index, existing in enumerate(self.model.operatorCodes):
             if existing.builtinCode == code and not existing.customCode:
                 return index

@@ -63,7 +63,8 @@ def test_a_prompt_past_the_context_fails_in_the_child_with_its_message(exported)
 
 def _compressed_fake():
     """fake-llama with every affine layout LiteRT carries, an AWQ layer and a palette layer
-    (which it cannot carry), written back dequantized as the loader does."""
+    (which it carries mapped to int4, export.litert.palette_map), written back dequantized
+    as the loader does."""
     loaded = create_model("fake-llama")
     generator = torch.Generator().manual_seed(0)
     packed = {}
@@ -108,10 +109,10 @@ def test_integer_weights_are_carried_as_weight_only_dequantize(compressed) -> No
                    "self_attn.q_proj": "DEQUANTIZE int4 block 32 (3-bit codes)",
                    "self_attn.v_proj": "DEQUANTIZE int4 block 32 + DIV by AWQ scales",
                    "self_attn.k_proj": "DEQUANTIZE int4 per channel",
-                   "self_attn.o_proj": "DEQUANTIZE int4 per channel"}
-    assert len(result.carried) == 2 * len(how)
-    assert {r.name for r in result.dropped} == {n for n in packed if "gate_proj" in n}
-    assert all("no op for palette" in r.carried_as for r in result.dropped)
+                   "self_attn.o_proj": "DEQUANTIZE int4 per channel",
+                   "mlp.gate_proj": "DEQUANTIZE int4 block 32 (mapped from a 4-bit palette)"}
+    assert len(result.carried) == 2 * len(how) and result.dropped == []
+    assert set(result.mapped) == {n for n in packed if "gate_proj" in n}
     # Codes replace float32 weights: 1 byte (int8) or half a byte (int4) instead of 4, plus
     # TFLite's quantization parameters (float32 scale, int64 zero point) per group, held
     # by each signature's codes tensor.
@@ -147,7 +148,8 @@ def test_file_holds_the_artifacts_codes_and_scales(compressed) -> None:
 
 def test_compressed_file_gives_pytorch_tokens(compressed) -> None:
     model, _, _, result = compressed
-    check = verify_llm_litert(result.path, model, PROMPT, 10, CONTEXT)
+    check = verify_llm_litert(result.path, model, PROMPT, 10, CONTEXT, result.reference,
+                              result.palettes)
     assert check.tokens_match, (check.pytorch_tokens, check.runtime_tokens)
     assert check.logits.relative_error < 1e-5
 
