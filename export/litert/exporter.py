@@ -34,9 +34,10 @@ class LitertExporter(Exporter):
             name, (palette, affine, loss) = next(iter(sorted(mapped.items())))
             raise ExportError(
                 f"layer {name} is palettized ({palette.bits}-bit lookup table), which LiteRT "
-                f"can only carry mapped to int{affine.bits} affine codes (relative weight "
-                f"error {loss:.3g}), not exactly (--require-carried): drop --require-carried "
-                "to accept the mapping, or export to onnx or coreml, which carry palettes")
+                f"carries only mapped to int{affine.bits} affine codes (relative weight error "
+                f"{loss:.3g}), not exactly (--require-carried), so nothing was written: drop "
+                "--require-carried to accept the mapping, or export to onnx or coreml, "
+                "which carry palettes")
         tables = None
         if options.embedding_bits:
             tables = quantize_tables(artifact.module, options.embedding_quantizer,

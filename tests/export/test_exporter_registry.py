@@ -171,7 +171,7 @@ def palettized_artifact(toolkit_cli, tmp_path_factory) -> Path:
     return out
 
 
-def test_require_carried_refuses_palettes_litert_writes_as_float(
+def test_require_carried_refuses_palettes_litert_only_maps(
         toolkit_cli, palettized_artifact, tmp_path, monkeypatch) -> None:
     pytest.importorskip("litert_torch")
     monkeypatch.chdir(tmp_path)
@@ -180,6 +180,6 @@ def test_require_carried_refuses_palettes_litert_writes_as_float(
                          "--max-context", "16", "--prefill-tokens", "4", "--quiet")
     assert result.code == 2
     assert len(result.err.strip().splitlines()) == 1, result.err
-    assert "carry none of: palettized weights (written as float32" in result.err
+    assert "is palettized (4-bit lookup table), which LiteRT carries only mapped" in result.err
     assert "--require-carried" in result.err and "nothing was written" in result.err
     assert not any(Path("out dir").iterdir())

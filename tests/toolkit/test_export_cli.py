@@ -62,19 +62,20 @@ def test_tflite_export_carries_integer_codes_as_weight_only(toolkit_cli, artifac
     assert "Run Decompositions" not in result.out + result.err  # converter logs kept quiet
 
 
-def test_tflite_export_lists_the_palettes_it_cannot_carry(toolkit_cli, artifacts, tmp_path):
+def test_tflite_export_maps_the_palettes_and_reports_the_loss(toolkit_cli, artifacts,
+                                                               tmp_path):
     result, data = _export_tflite(toolkit_cli, artifacts["palettize4"], tmp_path)
-    assert data["carried"] == {} and len(data["dropped"]) == 14
-    assert data["dropped"][0]["why"] == "float32: LiteRT has no op for palette weights"
-    assert "14 layers: float32: LiteRT has no op for palette weights" in result.out
-    assert data["verification"]["passed"]
-    # None of the palettes reached the file: the verdict says so, with the size it cost.
-    weights = sum(p.stat().st_size for p in artifacts["palettize4"].glob("*.safetensors"))
-    ratio = data["file_bytes"] / weights
-    assert ratio > 1.5
-    assert data["verdict"] == ("passed, but carried none of: palettized weights (written as "
-                               f"float32, {ratio:.1f}x the artifact's weights)")
-    assert "verdict            passed, but carried none of: palettized" in result.out
+    assert data["carried"] == {"DEQUANTIZE int4 block 32 (mapped from a 4-bit palette)": 14}
+    assert data["dropped"] == [] and data["lost"] == [] and data["verdict"] == "passed"
+    losses = data["mapped_palettes"]
+    assert len(losses) == 14 and all(0 < loss < 0.2 for loss in losses.values())
+    assert "14 palette layers, relative weight error mean" in result.out
+    # Passing means the file computes what the mapped weights give; the comparison with
+    # the artifact's palettes is reported beside it.
+    check = data["verification"]
+    assert check["passed"] and check["logits"]["relative_error"] < 1e-4
+    assert check["vs_artifact"]["logits"]["max_abs_error"] > 0
+    assert "logits vs artifact" in result.out
 
 
 def test_coreml_export_is_checked_without_running(toolkit_cli, artifacts, tmp_path):
@@ -168,9 +169,14 @@ def test_bad_embedding_quantization_is_refused(toolkit_cli, tmp_path, flags, nee
     assert list(tmp_path.iterdir()) == []
 
 
-def test_embedding_bits_are_refused_where_the_target_cannot_carry_them(toolkit_cli, tmp_path):
+def test_tflite_embedding_bits_carry_the_table_and_head(toolkit_cli, tmp_path):
     pytest.importorskip("litert_torch")
-    result = toolkit_cli("export", "tflite", "--model", "fake-llama", "--out",
-                         tmp_path / "m.tflite", "--embedding-bits", "8", *EXPORT)
-    assert result.code == 2 and "not carried by the tflite exporter" in result.err
-    assert len(result.err.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+    out, report = tmp_path / "m.tflite", tmp_path / "m.json"
+    result = toolkit_cli("export", "tflite", "--model", "fake-llama", "--out", out,
+                         "--embedding-bits", "8", "--prefill-tokens", "4", "--json", report,
+                         *EXPORT)
+    assert result.code == 0, result.err
+    data = json.loads(report.read_text())
+    assert data["carried"] == {"GATHER int8 rows, block 32 (quantized at export)": 1,
+                               "DEQUANTIZE int8 block 32 (quantized at export)": 1}
+    assert data["verification"]["passed"] and data["verification"]["tokens_match"]
