@@ -51,6 +51,10 @@ class ExportOptions:
     # ONNX: MatMulNBits' accuracy_level (export.onnx.weights.set_accuracy_level); None:
     # onnxruntime's default (0).
     accuracy_level: int | None = None
+    # Core ML LLMs: the decoder as this many packages run in sequence, each converted on
+    # its own (export.coreml.chunked); None: one package, or for a model read lazily as
+    # many as keep each conversion's memory bounded.
+    chunks: int | None = None
     # ONNX LLMs: "auto" | "fused" | "standard" attention (export.onnx.decoder_graph
     # .cache_layout) and the key/value cache dtype, "float32" or "float16" (fused only).
     onnx_attention: str = "auto"
@@ -71,6 +75,8 @@ class ExportOptions:
                                   ">= 16 (the runtimes' block sizes), e.g. 32")
             if self.embedding_quantizer is None:
                 raise ValueError("embedding_bits needs an embedding_quantizer")
+        if self.chunks is not None and (not isinstance(self.chunks, int) or self.chunks < 1):
+            raise ExportError(f"--chunks {self.chunks!r} must be a positive integer, e.g. 4")
         for name in ("max_context", "prefill_tokens", "new_tokens", "calibration_images"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:

@@ -1,12 +1,15 @@
 """The "coreml" export target: LLMs as an iOS 18 ML program with a stateful key/value
-cache and the artifact's packed weights as constexpr ops (export.coreml.llm), vision
-models float32, float16 or palettized (export.vision). Core ML runs only on macOS, so
-off it the saved package is opened and checked instead of run."""
+cache and the artifact's packed weights as constexpr ops (export.coreml.llm), or, for a
+model read lazily or with --chunks, as consecutive packages converted one at a time
+(export.coreml.chunked); vision models float32, float16 or palettized (export.vision).
+Core ML runs only on macOS, so off it the saved packages are opened and checked instead
+of run."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from export.llm.streamed import StreamedArtifact
 from export.options import ExportOptions
 from export.registry import Exporter, register_exporter
 
@@ -17,15 +20,45 @@ class CoremlExporter(Exporter):
     runtime = "coremltools"
     sparse_note = "quantized layers keep their pruned zeros as codes"
     vision_precision_options = True  # --fp16, --palettize-bits
+    streams = True  # chunk by chunk from a lazily read checkpoint (export.coreml.chunked)
+    quantizes_tables = True  # --embedding-bits: constexpr_blockwise_shift_scale table/head
+    writes_chunks = True  # --chunks
+
+    def companions(self, out: Path) -> list[Path]:
+        from export.coreml.chunked import chunk_siblings
+
+        return chunk_siblings(out)
 
     def write_llm(self, artifact, out: Path, options: ExportOptions):
+        quantizer = options.embedding_quantizer if options.embedding_bits else None
+        if isinstance(artifact, StreamedArtifact) or options.chunks is not None:
+            from export.coreml.chunked import export_chunked_coreml
+
+            if isinstance(artifact, StreamedArtifact):
+                from export.llm.lazy_weights import LazyDecoderWeights
+
+                weights = LazyDecoderWeights(artifact.lazy, options.max_context)
+            else:
+                from export.llm.decoder_weights import ModuleDecoderWeights
+
+                weights = ModuleDecoderWeights(artifact.module, options.max_context,
+                                               artifact.quantized)
+            progress = None if options.quiet else print
+            return export_chunked_coreml(weights, out, chunks=options.chunks,
+                                         table_quantizer=quantizer, progress=progress)
         from export.coreml.llm import export_llm_coreml
 
         return export_llm_coreml(artifact.module, out, max_context=options.max_context,
-                                 quantized=artifact.quantized)
+                                 quantized=artifact.quantized, table_quantizer=quantizer)
 
     def verify_llm(self, result, out: Path, artifact, prompt: list[int],
                    options: ExportOptions):
+        from export.coreml.chunked import ChunkedCoremlExport
+
+        if isinstance(result, ChunkedCoremlExport):
+            from export.coreml.verify_chunks import verify_chunked_coreml
+
+            return verify_chunked_coreml(result)
         from export.coreml.verify_llm import verify_coreml_llm
 
         return verify_coreml_llm(out, result)

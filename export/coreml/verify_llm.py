@@ -2,7 +2,8 @@
 output and states, the compressed ops it should hold, and that every compressed weight
 decompresses (with coremltools' reference implementation) to the weight the toolkit
 evaluated, in fp16, bit for bit (AWQ layers: after undoing their scales, to fp16
-rounding)."""
+rounding); an embedding table or head quantized at export (--embedding-bits) to its
+dequantized values. Chunked exports: export.coreml.verify_chunks."""
 
 from __future__ import annotations
 
@@ -46,11 +47,15 @@ def verify_coreml_llm(path: Path, result) -> dict:
 def _weights_check(path: Path, result) -> tuple[str, bool, str]:
     stored = [np.asarray(w, dtype=np.float16) for w in decompressed_weights(path).values()]
     unmatched = 0
+    tables = getattr(result, "tables", {})
     for record in result.carried:
-        export_name = next(e for e, s in result.decoder.source_names.items()
-                           if s == record.name)
-        dense = (result.decoder.get_parameter(f"{export_name}.weight_t").detach().t()
-                 .numpy().astype(np.float16))
+        if record.name in tables:  # quantized at export: the dequantized table or head
+            dense = tables[record.name].dequantize().numpy().astype(np.float16)
+        else:
+            export_name = next(e for e, s in result.decoder.source_names.items()
+                               if s == record.name)
+            dense = (result.decoder.get_parameter(f"{export_name}.weight_t").detach().t()
+                     .numpy().astype(np.float16))
         scale = result.input_scales.get(record.name)
         if scale is None:
             same = [w.shape == dense.shape and np.array_equal(w, dense) for w in stored]
