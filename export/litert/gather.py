@@ -28,10 +28,12 @@ import numpy as np
 
 def rewrite_gathers(rewriter, subgraph, weight_index: int, codes_buffer: int,
                     view: tuple[np.ndarray, np.ndarray, np.ndarray], container: int,
-                    label: bytes = b"table") -> int:
+                    label: bytes, shared: dict[str, int]) -> int:
     """Replace each GATHER_ND that reads the float table `weight_index` with the ops
     above; returns how many were replaced. `view`: (codes, scales, zero points) as
-    export.litert.weights.quantized_view gives them (rows of the [V * G, g] view)."""
+    export.litert.weights.quantized_view gives them (rows of the [V * G, g] view).
+    `shared`: the scale and zero buffers by name, kept by the caller across signatures
+    (each signature has its own tensors, all over one copy of the data)."""
     schema = rewriter.schema
     gather_nd = rewriter.find_opcode(schema.BuiltinOperator.GATHER_ND)
     if gather_nd is None:
@@ -51,7 +53,10 @@ def rewrite_gathers(rewriter, subgraph, weight_index: int, codes_buffer: int,
             position += 1
             continue
         if tables is None:  # one set of tensors per signature, over shared buffers
-            tables = _table_tensors(rewriter, subgraph, label, codes_buffer, scales, zeros,
+            if not shared:
+                shared.update(scales=_float_buffer(rewriter, scales),
+                              zeros=_float_buffer(rewriter, zeros))
+            tables = _table_tensors(rewriter, subgraph, label, codes_buffer, shared,
                                     (vocab, groups, group), container)
         lead = [int(d) for d in subgraph.tensors[ids].shape]  # [..., 1]
         new_ops = _row_ops(rewriter, subgraph, tables, ids, int(op.outputs[0]), lead,
@@ -62,8 +67,12 @@ def rewrite_gathers(rewriter, subgraph, weight_index: int, codes_buffer: int,
     return replaced
 
 
+def _float_buffer(rewriter, values: np.ndarray) -> int:
+    return rewriter.add_buffer(np.ascontiguousarray(values, np.float32).view(np.uint8))
+
+
 def _table_tensors(rewriter, subgraph, label: bytes, codes_buffer: int,
-                   scales: np.ndarray, zeros: np.ndarray, shape: tuple[int, int, int],
+                   shared: dict[str, int], shape: tuple[int, int, int],
                    container: int) -> tuple[int, int, int]:
     schema = rewriter.schema
     vocab, groups, group = shape
@@ -72,10 +81,9 @@ def _table_tensors(rewriter, subgraph, label: bytes, codes_buffer: int,
                                 codes_buffer)
     side = [vocab, groups, 1]
     scale = rewriter.add_tensor(subgraph, label + b"/row_scales", side,
-                                schema.TensorType.FLOAT32,
-                                rewriter.add_buffer(scales.astype(np.float32).view(np.uint8)))
+                                schema.TensorType.FLOAT32, shared["scales"])
     zero = rewriter.add_tensor(subgraph, label + b"/row_zeros", side, schema.TensorType.FLOAT32,
-                               rewriter.add_buffer(zeros.astype(np.float32).view(np.uint8)))
+                               shared["zeros"])
     return codes, scale, zero
 
 

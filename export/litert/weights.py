@@ -64,6 +64,7 @@ class _Layer:
     codes_buffer: int = -1  # index of the shared int buffer, once written
     gathers: int = 0  # GATHER_ND lookups rewritten to read the codes (export.litert.gather)
     dequantized: bool = False  # a DEQUANTIZE feeds some other op (a matmul)
+    lookup_buffers: dict = dataclasses.field(default_factory=dict)  # the lookup's scales
 
     @property
     def packed(self) -> AffineQuantized:
@@ -189,7 +190,8 @@ class _Rewriter:
         # Short, readable names (the converter's own are long scope paths).
         label = layer.name.encode()
         layer.gathers += rewrite_gathers(self, subgraph, weight_index, layer.codes_buffer,
-                                         (codes, scales, zeros), container, label)
+                                         (codes, scales, zeros), container, label,
+                                         layer.lookup_buffers)
         consumers = [i for i, op in enumerate(subgraph.operators) if weight_index in op.inputs]
         if not consumers:  # every use reads the codes now
             return
