@@ -17,21 +17,24 @@ Decode of a small LLM is bound by memory bandwidth: every token reads every weig
 Each file's bound is bytes read per decode token / bandwidth. Bytes per token: every
 initializer of the file except an embedding table that only a Gather reads (one row per
 token; a tied float head reads it whole, so then it counts; for LiteRT, whose tensors are
-not parsed here, the whole file), plus the fp32 key/value cache, which these graphs read
-whole at every step (2 x layers x kv heads x max context x head dim x 4 bytes). For
-llama.cpp: the GGUF's bytes (its head is the tied table; its fp16 cache, read only up to
-the current position, is left out). For PyTorch: 4 bytes per parameter.
+not parsed here, the whole file), plus the key/value cache rows the step reads: with the
+fused attention (per-layer cache, GroupQueryAttention) the rows up to the current position
+(2 x layers x kv heads x (prompt + 1) x head dim x 4 bytes, 2 for a float16 cache); the
+standard-ops graph reads its whole max-context cache at every step. For llama.cpp: the
+GGUF's bytes (its head is the tied table; its fp16 cache rows are left out). For PyTorch:
+4 bytes per parameter.
 
-The files: the dense model (fp32), GPTQ 4-bit g64 with the embedding/head left float, the
-same with the table and head at 8 and 4 bits (`--embedding-bits`), the 4-bit one with
-MatMulNBits `--accuracy-level 4` (int8 activations), and LiteRT's 4-bit file. Each is
-written and verified by `toolkit export` (greedy tokens equal to PyTorch's); the
-accuracy-level 4 file fails that check on this model (its int8 activations move the
-logits by several percent), so it is written with --no-verify and its tokens are compared
-here. `--large afm-3b` adds the ~3B rows: a synthetic checkpoint of that shape, RTN 4-bit,
-exported with the table and head at 4 bits, benchmarked the same way (random weights: speed
-and memory only). Results: benchmarks/results/llm_decode.json and the `llm-decode` section
-of BENCHMARKS.md.
+The files, each written and verified by `toolkit export` (greedy tokens equal to
+PyTorch's): the dense model (fp32); GPTQ 4-bit g64 with the standard-ops attention and
+stacked cache, float compute and a 4-bit table/head (last release's best layout); the
+fused attention (`--onnx-attention auto`, the default) with a float table, then a 4-bit
+table, at float compute (`--accuracy-level 0`); int8 compute (the default `auto` level,
+which keeps MatMulNBits' int8 kernels only when the verified tokens stay PyTorch's) with
+8- and 4-bit tables; the last with a float16 cache; and LiteRT's 4-bit file. The compute
+column reads the MatMulNBits accuracy level back from each file. `--large afm-3b` adds the
+~3B rows: a synthetic checkpoint of that shape, RTN 4-bit, exported with the table and
+head at 4 bits, benchmarked the same way (random weights: speed and memory only).
+Results: benchmarks/results/llm_decode.json and the `llm-decode` section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -55,13 +58,19 @@ SECTION = "llm-decode"
 MODEL = "smollm2-135m"
 ARTIFACT_FLAGS = ["--method", "gptq", "--bits", "4", "--group-size", "64"]
 # name -> (source: "dense" or "gptq4", target, export flags, verified by the export)
+F0, I8 = ["--accuracy-level", "0"], []  # float compute; auto (int8 compute if tokens hold)
+T4, T8 = ["--embedding-bits", "4"], ["--embedding-bits", "8"]
+FLOAT_TABLE = "gptq4, fused, float compute, float table.onnx"
 FILES = {
-    "dense fp32.onnx": ("dense", "onnx", [], True),
-    "gptq4.onnx (float table/head)": ("gptq4", "onnx", [], True),
-    "gptq4 + table/head 8-bit.onnx": ("gptq4", "onnx", ["--embedding-bits", "8"], True),
-    "gptq4 + table/head 4-bit.onnx": ("gptq4", "onnx", ["--embedding-bits", "4"], True),
-    "gptq4 + table/head 4-bit, accuracy 4.onnx": (
-        "gptq4", "onnx", ["--embedding-bits", "4", "--accuracy-level", "4"], False),
+    "dense fp32, fused.onnx": ("dense", "onnx", F0, True),
+    "gptq4, standard ops, float compute, 4-bit table.onnx": (
+        "gptq4", "onnx", ["--onnx-attention", "standard", *F0, *T4], True),
+    FLOAT_TABLE: ("gptq4", "onnx", F0, True),
+    "gptq4, fused, float compute, 4-bit table.onnx": ("gptq4", "onnx", [*F0, *T4], True),
+    "gptq4, fused, int8 compute, 8-bit table.onnx": ("gptq4", "onnx", [*I8, *T8], True),
+    "gptq4, fused, int8 compute, 4-bit table.onnx": ("gptq4", "onnx", [*I8, *T4], True),
+    "gptq4, fused, int8 compute, 4-bit table, fp16 cache.onnx": (
+        "gptq4", "onnx", [*I8, *T4, "--kv-cache", "float16"], True),
     "gptq4.tflite": ("gptq4", "tflite", ["--prefill-tokens", "64"], True),
 }
 PROMPT_TOKENS = 64
@@ -116,9 +125,16 @@ def onnx_bytes_per_token(path: Path) -> dict:
                 gathered_only.update(i for i in node.input if i in sizes and i != node.input[1])
     meta = _llm_metadata(model)
     layers, kv_heads, context, head_dim = meta["cache_shape"]
-    cache = 2 * layers * kv_heads * context * head_dim * 4
+    row = 2 * layers * kv_heads * head_dim * (2 if meta.get("cache_dtype") == "float16" else 4)
+    # A per-layer cache is read up to the current position (GroupQueryAttention); the
+    # stacked graph reads (and copies) every row of its cache at every step.
+    rows = PROMPT_TOKENS + 1 if meta.get("cache_layout") == "per_layer" else context
     weights = sum(size for name, size in sizes.items() if name not in gathered_only)
-    return {"weights": weights, "cache": cache, "total": weights + cache}
+    levels = sorted({a.i for node in model.graph.node if node.op_type == "MatMulNBits"
+                     for a in node.attribute if a.name == "accuracy_level"} or {0})
+    return {"weights": weights, "cache": row * rows, "total": weights + row * rows,
+            "accuracy_levels": levels if any(n.op_type == "MatMulNBits"
+                                             for n in model.graph.node) else []}
 
 
 def _llm_metadata(model) -> dict:
@@ -136,7 +152,7 @@ def verify_tokens(made: dict) -> None:
         if entry["export"].get("verification"):
             entry["tokens_match"] = entry["export"]["verification"]["tokens_match"]
             continue
-        twin = made["gptq4 + table/head 4-bit.onnx"]["export"]["verification"]
+        twin = made["gptq4, fused, float compute, 4-bit table.onnx"]["export"]["verification"]
         import onnx
 
         from export.options import DEFAULT_PROMPT
@@ -157,7 +173,7 @@ def bench(made: dict, threads: int, args, work: Path) -> dict:
     toolkit("bench", *paths, MODEL, "--threads", str(threads), "--runs", str(args.runs),
             "--min-seconds", str(args.min_seconds), "--prompt-tokens", str(PROMPT_TOKENS),
             "--max-context", str(args.max_context), "--reference",
-            made["gptq4.onnx (float table/head)"]["source"], "--json", str(report),
+            made[FLOAT_TABLE]["source"], "--json", str(report),
             "--quiet")
     return json.loads(report.read_text())
 
@@ -242,7 +258,7 @@ def run(args) -> dict:
     for entry in made.values():
         if entry["target"] == "onnx":
             entry["bytes_per_token"] = onnx_bytes_per_token(Path(entry["path"]))
-    cache = made["gptq4.onnx (float table/head)"]["bytes_per_token"]["cache"]
+    cache = made[FLOAT_TABLE]["bytes_per_token"]["cache"]
     for entry in made.values():
         if entry["target"] != "onnx":  # LiteRT: the whole file, table included
             size = Path(entry["path"]).stat().st_size
@@ -329,7 +345,9 @@ def markdown(data: dict) -> str:
         eager_tps = eager["llm"]["decode_tokens_per_s"]
         for name, entry in data["files"].items():
             model = next(m for path, m in models.items() if path.endswith(entry["file"]))
-            lines.append(_row(name, model, entry.get("bytes_per_token", {}).get("total"),
+            levels = entry.get("bytes_per_token", {}).get("accuracy_levels")
+            label = f"{name} (level {'/'.join(map(str, levels))})" if levels else name
+            lines.append(_row(label, model, entry.get("bytes_per_token", {}).get("total"),
                               gb_s, eager_tps, entry.get("tokens_match")))
         lines.append(_row("PyTorch eager fp32 (dense)", eager, None, gb_s, eager_tps, True,
                           params_bytes=data["pytorch_fp32_bytes"]))

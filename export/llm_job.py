@@ -95,8 +95,9 @@ def verify_llm(exporter, artifact: Any, result: Any, out: Path, prompt: list[int
     if isinstance(check, dict):  # structural checks only (the runtime cannot run here)
         return check
     data = check.to_dict()
-    data["rtol"] = options.rtol
-    data["passed"] = check.tokens_match and check.logits.relative_error <= options.rtol
+    rtol = check.rtol if check.rtol is not None and not options.rtol_given else options.rtol
+    data["rtol"] = rtol
+    data["passed"] = check.tokens_match and check.logits.relative_error <= rtol
     data["pytorch_text"] = artifact.tokenizer.decode(check.pytorch_tokens)
     data["runtime_text"] = artifact.tokenizer.decode(check.runtime_tokens)
     return data

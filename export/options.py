@@ -29,6 +29,10 @@ class ExportOptions:
     prompt: str = DEFAULT_PROMPT  # verification prompt for LLMs
     new_tokens: int = 16  # greedy tokens both runtimes generate to verify
     rtol: float | None = None  # None: FLOAT_RTOL, or INT8_RTOL with int8
+    # Whether the caller set rtol (filled in, and kept through dataclasses.replace): an
+    # exporter may apply its own default to a file it knows to be lossier (int8
+    # activations), never over the caller's choice.
+    rtol_given: bool | None = None
     int8: bool = False  # vision, tflite / onnx: static int8 calibrated on the family's images
     fp16: bool = False  # vision, coreml: float16 weights and compute
     palettize_bits: int | None = None  # vision, coreml: k-means palette of 2^B values
@@ -49,7 +53,8 @@ class ExportOptions:
     embedding_group_size: int = 32
     embedding_quantizer: Callable | None = None
     # ONNX: MatMulNBits' accuracy_level (export.onnx.weights.set_accuracy_level); None:
-    # onnxruntime's default (0).
+    # "auto" for LLMs (export.onnx.accuracy_choice: int8 compute when it keeps PyTorch's
+    # greedy tokens, else float).
     accuracy_level: int | None = None
     # Core ML LLMs: the decoder as this many packages run in sequence, each converted on
     # its own (export.coreml.chunked); None: one package, or for a model read lazily as
@@ -61,6 +66,8 @@ class ExportOptions:
     kv_cache_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.rtol_given is None:
+            self.rtol_given = self.rtol is not None
         if self.rtol is None:
             self.rtol = INT8_RTOL if self.int8 else FLOAT_RTOL
         if not 0 < self.rtol < 1:

@@ -21,6 +21,10 @@ class LlmVerification:
     runtime_tokens: list[int]
     prompt_tokens: int
     seconds: float
+    # The exporter's own tolerance for this file when the user gave none (e.g. int8
+    # activations, export.onnx.accuracy_choice), and what it chose, for the report.
+    rtol: float | None = None
+    notes: dict = dataclasses.field(default_factory=dict)
 
     @property
     def tokens_match(self) -> bool:
@@ -30,7 +34,7 @@ class LlmVerification:
         return {"runtime": self.runtime, "logits": self.logits.to_dict(),
                 "tokens_match": self.tokens_match, "pytorch_tokens": self.pytorch_tokens,
                 "runtime_tokens": self.runtime_tokens, "prompt_tokens": self.prompt_tokens,
-                "seconds": self.seconds}
+                "seconds": self.seconds, **self.notes}
 
 
 def torch_greedy(model: torch.nn.Module, prompt: Sequence[int],

@@ -60,21 +60,26 @@ class OnnxExporter(Exporter):
                               "and --kv-cache")
         return export_llm_onnx(artifact.module, out, max_context=options.max_context,
                                quantized=artifact.quantized, metadata=metadata,
-                               accuracy_level=options.accuracy_level)
+                               accuracy_level=_graph_options(options)["accuracy_level"])
 
     def verify_llm(self, result, out: Path, artifact, prompt: list[int],
                    options: ExportOptions):
+        from export.onnx.accuracy_choice import verify_choosing_level
         from export.onnx.verify_llm import verify_llm_onnx, verify_streamed_llm_onnx
 
         shape = result.decoder.shape
         # Tables quantized at export: the reference computes with the same values.
         tables = getattr(result.decoder, "tables", None) or QuantizedTables({})
-        if isinstance(artifact, StreamedArtifact):
-            return verify_streamed_llm_onnx(out, artifact.lazy, prompt, options.new_tokens,
-                                            shape.cache_shape(), shape.max_context, tables)
-        with tables.swapped_into(artifact.module):
-            return verify_llm_onnx(out, artifact.module, prompt, options.new_tokens,
-                                   shape.cache_shape(), shape.max_context)
+
+        def verify():
+            if isinstance(artifact, StreamedArtifact):
+                return verify_streamed_llm_onnx(out, artifact.lazy, prompt, options.new_tokens,
+                                                shape.cache_shape(), shape.max_context, tables)
+            with tables.swapped_into(artifact.module):
+                return verify_llm_onnx(out, artifact.module, prompt, options.new_tokens,
+                                       shape.cache_shape(), shape.max_context)
+        has_nbits = any(r.carried_as.startswith("MatMulNBits") for r in result.carried)
+        return verify_choosing_level(verify, out, options, has_nbits)
 
     def write_vision(self, wrapped, example, out: Path, meta: dict, coreml=None) -> None:
         from export.onnx.vision import write_onnx_vision
@@ -93,7 +98,9 @@ class OnnxExporter(Exporter):
 
 
 def _graph_options(options: ExportOptions) -> dict:
-    return {"accuracy_level": options.accuracy_level, "attention": options.onnx_attention,
+    from export.onnx.accuracy_choice import written_level
+
+    return {"accuracy_level": written_level(options), "attention": options.onnx_attention,
             "kv_cache_dtype": options.kv_cache_dtype}
 
 

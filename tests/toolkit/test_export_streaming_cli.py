@@ -77,7 +77,10 @@ def _onnx_run(path: Path, prompt: list[int], cache_shape: list[int]):
     graph = onnx.load(os.fspath(path), load_external_data=False).graph
     declared = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim]
                 for i in graph.input}
-    assert declared["past_keys"] == declared["past_values"] == cache_shape
+    # Head width 16: the fused attention, one [1, kv heads, context, head] cache per layer.
+    layer = [1, *cache_shape[1:]]
+    assert all(declared[f"past_{kind}.{i}"] == layer for kind in ("key", "value")
+               for i in range(cache_shape[0]))
     return greedy_tokens(onnx_step(path, threads=1), prompt, 8, cache_shape, MAX_CONTEXT)
 
 

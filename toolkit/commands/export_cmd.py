@@ -88,8 +88,18 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
                         "the whole head every token); default: keep them float")
     p.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS, metavar="L",
                    help="onnx: MatMulNBits compute precision: 4 quantizes activations to "
-                        "int8 (the fast CPU kernels), 0 keeps them float (onnxruntime's "
-                        "default); see BENCHMARKS.md for the measured trade")
+                        "int8 (the fast CPU kernels), 0 keeps them float. Default: auto = "
+                        "4 when the verified greedy tokens stay PyTorch's (checked at "
+                        "--rtol 0.1 unless given), else 0; 0 with --no-verify. See "
+                        "BENCHMARKS.md for the measured trade")
+    p.add_argument("--onnx-attention", choices=("auto", "fused", "standard"), default="auto",
+                   help="onnx LLMs: fused = onnxruntime's GroupQueryAttention with a "
+                        "per-layer cache updated in place (fast; head width a multiple of "
+                        "16); standard = standard ONNX ops, one stacked cache (any ONNX "
+                        "runtime); auto = fused where it fits (default)")
+    p.add_argument("--kv-cache", choices=("float32", "float16"), default="float32",
+                   help="onnx LLMs with the fused attention: the key/value cache dtype "
+                        "(float16 halves its memory and traffic)")
     p.add_argument("--chunks", type=positive_int, metavar="N",
                    help="coreml LLMs: split the decoder into N packages OUT_chunk1..N run "
                         "in sequence (first: table + layers, last: layers + norm + head; "
@@ -125,6 +135,7 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         require_carried=args.require_carried, quiet=args.quiet,
         embedding_bits=args.embedding_bits, embedding_group_size=args.embedding_group_size,
         embedding_quantizer=_table_quantizer(args), accuracy_level=args.accuracy_level,
+        onnx_attention=args.onnx_attention, kv_cache_dtype=args.kv_cache,
         chunks=_chunks(args))
 
 

@@ -1,0 +1,70 @@
+"""`--accuracy-level auto`, the default for LLMs: MatMulNBits with int8 activations
+(accuracy_level 4) when that keeps PyTorch's greedy tokens, else float compute (level 0).
+
+MatMulNBits' accuracy_level is the precision onnxruntime computes in, not the weights'
+(those stay the artifact's codes). At level 4 the activations are quantized to int8 per
+block of the weight's block size (symmetric, scale = max|a| / 127) and multiplied with
+the 4-bit codes in integer dot products (MLAS: AVX512-VNNI / AVX-VNNI / AVX2 kernels),
+as llama.cpp multiplies Q4 weights with Q8 activations. BENCHMARKS.md (`llm-decode`)
+measures it against level 0 on SmolLM2-135M in one run; there it is the faster file
+with the same tokens, so it is what `auto` writes.
+
+The cost is a few percent on the logits (about 5% of the largest logit on SmolLM2's
+verification prompt, cosine 0.999), more than the 1e-3 a float file is held to, so a
+level-4 file is verified at INT8_COMPUTE_RTOL unless --rtol is given; its greedy tokens
+must still equal PyTorch's. When they do not, `auto` rewrites the graph to level 0 (an
+attribute per node: the weights are untouched) and verifies again. Without verification
+there is no evidence either way and `auto` writes level 0.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from export.errors import require
+from export.llm.check import LlmVerification
+from export.onnx.weights import set_accuracy_level
+
+INT8_COMPUTE, FLOAT_COMPUTE = 4, 0
+INT8_COMPUTE_RTOL = 0.1
+
+
+def written_level(options) -> int | None:
+    """The level the file is first written with."""
+    if options.accuracy_level is not None:
+        return options.accuracy_level
+    return INT8_COMPUTE if options.verify else None
+
+
+def verify_choosing_level(verify: Callable[[], LlmVerification], out: Path, options,
+                          has_nbits: bool) -> LlmVerification:
+    """Run `verify` on the file at `out`; under `auto`, fall back to float compute when
+    int8 compute changed the greedy tokens (module docstring)."""
+    check = verify()
+    level = written_level(options)
+    if not has_nbits or level != INT8_COMPUTE:
+        return check
+    if options.accuracy_level is not None or check.tokens_match:
+        check.rtol = INT8_COMPUTE_RTOL
+        how = "given" if options.accuracy_level is not None else (
+            "auto: int8 compute kept PyTorch's greedy tokens")
+        check.notes = {"accuracy_level": INT8_COMPUTE, "accuracy_choice": how}
+        return check
+    rewrite_level(out, FLOAT_COMPUTE)
+    retried = verify()
+    retried.notes = {"accuracy_level": FLOAT_COMPUTE,
+                     "accuracy_choice": "auto: int8 compute changed the greedy tokens "
+                                        f"({check.runtime_tokens} vs PyTorch's "
+                                        f"{check.pytorch_tokens}), so float compute"}
+    return retried
+
+
+def rewrite_level(out: Path, level: int) -> None:
+    """Set every MatMulNBits node's accuracy_level in the graph file at `out` (its
+    external data file, if any, is not read or rewritten)."""
+    onnx = require("onnx", "onnx", "ONNX export")
+    model = onnx.load(os.fspath(out), load_external_data=False)
+    set_accuracy_level(model.graph.node, level)
+    onnx.save_model(model, os.fspath(out))
