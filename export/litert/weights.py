@@ -17,7 +17,12 @@ int4. TFLite keeps a float32 scale and an int64 zero point per group (12 bytes) 
 codes tensor's quantization parameters, and each signature has its own tensor: with two
 signatures, int4 in 64-weight groups costs 7 bits per weight in the file (4.31 in the
 artifact); per-channel codes cost their bit width. Palette (lookup-table) weights have no
-LiteRT op and stay float.
+LiteRT op: the caller maps them to affine codes first (export.litert.palette_map), and
+anything still not affine is listed as dropped, float32.
+
+A table read by a lookup (GATHER_ND, the embedding) is not dequantized whole: the lookup
+gathers its rows' codes and scales (export.litert.gather); a tied head's matmul still
+gets the DEQUANTIZE, over the same codes buffer.
 
 Layers are found by content: the float32 bytes of each compressed layer's weight are
 looked up among the file's constant buffers, so nothing depends on the converter's
