@@ -18,6 +18,7 @@ DEFAULT_PROMPT = "The capital of France is"
 FLOAT_RTOL = 1e-3
 INT8_RTOL = 0.05  # static int8 activations: a few percent is the expected cost
 EMBEDDING_BITS = (4, 8)
+PALETTE_MAP_BITS = (4, 8)  # the LiteRT containers a palette is re-quantized to
 
 
 @dataclasses.dataclass
@@ -64,6 +65,9 @@ class ExportOptions:
     # .cache_layout) and the key/value cache dtype, "float32" or "float16" (fused only).
     onnx_attention: str = "auto"
     kv_cache_dtype: str = "float32"
+    # LiteRT LLMs: palettized linears re-quantized to this many bits (4 or 8) per group of
+    # 32 (export.litert.palette_map); None: 4 for palettes of up to 4 bits, else 8.
+    palette_map_bits: int | None = None
 
     def __post_init__(self) -> None:
         if self.rtol_given is None:
@@ -84,6 +88,8 @@ class ExportOptions:
                 raise ValueError("embedding_bits needs an embedding_quantizer")
         if self.chunks is not None and (not isinstance(self.chunks, int) or self.chunks < 1):
             raise ExportError(f"--chunks {self.chunks!r} must be a positive integer, e.g. 4")
+        if self.palette_map_bits not in (None, *PALETTE_MAP_BITS):
+            raise ExportError(f"--palette-map-bits {self.palette_map_bits!r} must be 4 or 8")
         for name in ("max_context", "prefill_tokens", "new_tokens", "calibration_images"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:

@@ -19,6 +19,7 @@ class LitertExporter(Exporter):
     suffix = ".tflite"
     runtime = "ai-edge-litert"
     quantizes_tables = True  # --embedding-bits: GATHER over int codes + DEQUANTIZE head
+    maps_palettes = True  # no lookup-table op: palettes become affine codes (--palette-map-bits)
     sparse_note = "litert-torch writes dense weights"
     vision_layout = "NHWC"  # LiteRT's native layout: no transposes around its convolutions
     vision_int8 = ("static int8: weights per channel, activations per tensor, int8 input and "
@@ -29,7 +30,7 @@ class LitertExporter(Exporter):
         from export.litert.palette_map import mapped_layers
         from export.litert.tables import quantize_tables
 
-        mapped = mapped_layers(artifact.quantized)
+        mapped = mapped_layers(artifact.quantized, options.palette_map_bits)
         if options.require_carried and mapped:  # refused before converting anything
             name, (palette, affine, loss) = next(iter(sorted(mapped.items())))
             raise ExportError(

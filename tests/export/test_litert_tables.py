@@ -16,7 +16,7 @@ from compress.quant.palettize import palettize
 from compress.quant.rtn import rtn_quantize
 from export.errors import ExportError
 from export.litert.llm import export_llm_litert
-from export.litert.palette_map import SHRINKS, affine_grid_fit
+from export.litert.palette_map import SHRINKS, affine_grid_fit, mapped_layers
 from export.litert.tables import quantize_tables
 from export.litert.verify_llm import litert_greedy, verify_llm_litert
 from export.litert.weights import pack_int4
@@ -215,3 +215,20 @@ def test_require_carried_refuses_a_mapped_palette_before_converting(tmp_path) ->
     assert "layer model.layers.0.mlp.gate_proj is palettized (4-bit lookup table)" in message
     assert "int4" in message and "--require-carried" in message and "\n" not in message
     assert not out.exists()
+
+
+def test_palettes_map_to_int8_on_request_with_a_much_smaller_loss() -> None:
+    _, packed = _palettized("fake-llama")
+    as_int4, as_int8 = mapped_layers(packed), mapped_layers(packed, 8)
+    for name in packed:
+        assert as_int4[name][1].bits == 4 and as_int8[name][1].bits == 8
+        assert as_int8[name][1].group_size == 32
+        assert as_int8[name][2] < as_int4[name][2] / 5
+
+
+def test_palette_map_bits_is_refused_for_a_target_that_carries_palettes(
+        toolkit_cli, tmp_path) -> None:
+    result = toolkit_cli("export", "onnx", "--model", "fake-llama", "--out",
+                         tmp_path / "m.onnx", "--palette-map-bits", "8")
+    assert result.code == 2 and "--palette-map-bits is for tflite" in result.err
+    assert len(result.err.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []

@@ -78,6 +78,18 @@ def test_tflite_export_maps_the_palettes_and_reports_the_loss(toolkit_cli, artif
     assert "logits vs artifact" in result.out
 
 
+def test_tflite_palettes_map_to_int8_on_request(toolkit_cli, artifacts, tmp_path):
+    pytest.importorskip("litert_torch")
+    report = tmp_path / "m.json"
+    result = toolkit_cli("export", "tflite", "--model", artifacts["palettize4"], "--out",
+                         tmp_path / "m.tflite", "--palette-map-bits", "8", "--prefill-tokens",
+                         "4", "--no-verify", "--json", report, *EXPORT)
+    assert result.code == 0, result.err
+    data = json.loads(report.read_text())
+    assert data["carried"] == {"DEQUANTIZE int8 block 32 (mapped from a 4-bit palette)": 14}
+    assert max(data["mapped_palettes"].values()) < 0.02
+
+
 def test_coreml_export_is_checked_without_running(toolkit_cli, artifacts, tmp_path):
     pytest.importorskip("coremltools")
     out, report = tmp_path / "m.mlpackage", tmp_path / "m.json"

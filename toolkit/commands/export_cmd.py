@@ -17,7 +17,7 @@ from export import ExportOptions, check_output, export_model, exporter_names
 from export.bundle import check_bundle_dir, write_bundle
 from export.llm.streamed import open_streamed
 from export.onnx.weights import ACCURACY_LEVELS
-from export.options import DEFAULT_PROMPT, EMBEDDING_BITS
+from export.options import DEFAULT_PROMPT, EMBEDDING_BITS, PALETTE_MAP_BITS
 from export.registry import get_exporter
 from models import load_model
 from toolkit.commands.common import positive_int, write_json
@@ -106,6 +106,11 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
                         "each with its layers' cache state), converted one at a time; "
                         "default: one package, or for a model above --memory-budget as "
                         "many as keep each conversion near 5 GB")
+    p.add_argument("--palette-map-bits", type=int, choices=PALETTE_MAP_BITS, metavar="B",
+                   help="tflite LLMs: LiteRT has no lookup-table op, so palettized linears "
+                        "are re-quantized to B-bit affine codes in groups of 32 and the "
+                        "loss is reported: 4 keeps a 4-bit palette's size, 8 is near "
+                        "lossless (default: 4 for palettes of up to 4 bits, else 8)")
     p.add_argument("--embedding-group-size", type=positive_int, default=32, metavar="G",
                    help="inputs per scale for --embedding-bits, a power of two >= 16 "
                         "(default: %(default)s)")
@@ -136,7 +141,17 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         embedding_bits=args.embedding_bits, embedding_group_size=args.embedding_group_size,
         embedding_quantizer=_table_quantizer(args), accuracy_level=args.accuracy_level,
         onnx_attention=args.onnx_attention, kv_cache_dtype=args.kv_cache,
-        chunks=_chunks(args))
+        chunks=_chunks(args), palette_map_bits=_palette_map_bits(args))
+
+
+def _palette_map_bits(args: argparse.Namespace) -> int | None:
+    """--palette-map-bits, refused for a target that needs no palette mapping."""
+    bits = getattr(args, "palette_map_bits", None)
+    if bits is not None and not getattr(get_exporter(args.target), "maps_palettes", False):
+        raise UserError(f"--palette-map-bits is for tflite, which maps palettes to affine "
+                        f"codes; the {args.target} exporter carries palettes as they are: "
+                        "drop --palette-map-bits")
+    return bits
 
 
 def _chunks(args: argparse.Namespace) -> int | None:
