@@ -61,7 +61,9 @@ def export_llm_litert(source: torch.nn.Module, out: Path, *, max_context: int,
                       prefill_tokens: int, quantized: dict | None = None,
                       tables: tuple[QuantizedTables, dict[str, Carry]] | None = None,
                       mapped: dict | None = None) -> LitertExport:
-    """`mapped`: palette_map.mapped_layers(quantized) when the caller computed it already."""
+    """`tables`: export.litert.tables.quantize_tables' (reference values, carries) for
+    --embedding-bits; `mapped`: palette_map.mapped_layers(quantized) when the caller has
+    computed it already (None: computed here, at the palettes' own width)."""
     litert_torch = require("litert_torch", "litert", "LiteRT export")
     decoder = ExportDecoder.from_hf(source, max_context)
     if not 1 <= prefill_tokens <= max_context:
