@@ -21,9 +21,10 @@ import math
 from export.errors import ExportError
 
 # Float32 weight bytes one chunk may hold when the chunk count is chosen automatically (a
-# model read lazily, without --chunks). Conversion holds a chunk's weights about three
-# times (float32 module, the converter's fp16 constants, the compressed ops); 1.5 GB of
-# float32 weights keeps that near 5 GB.
+# model read lazily, without --chunks). Conversion holds a chunk's weights several times
+# (float32 module, torch.export's copy, the converter's constants, the compressed ops):
+# the afm-3b RTN-4 artifact in 8 chunks (at most 1.6 GB of float32 weights each) peaked
+# at 7.8 GB resident, so 1.5 GB keeps a conversion near 8 GB whatever the model's size.
 AUTO_CHUNK_FLOAT32_BYTES = 1_500_000_000
 
 

@@ -105,7 +105,7 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
                         "in sequence (first: table + layers, last: layers + norm + head; "
                         "each with its layers' cache state), converted one at a time; "
                         "default: one package, or for a model above --memory-budget as "
-                        "many as keep each conversion near 5 GB")
+                        "many as keep each conversion near 8 GB")
     p.add_argument("--palette-map-bits", type=int, choices=PALETTE_MAP_BITS, metavar="B",
                    help="tflite LLMs: LiteRT has no lookup-table op, so palettized linears "
                         "are re-quantized to B-bit affine codes in groups of 32 and the "
