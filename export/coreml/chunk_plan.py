@@ -8,7 +8,9 @@ converting, at layer boundaries, so that each conversion holds only its own laye
 
 The first chunk also holds the embedding table and the last the final norm and LM head
 (the table again when the head is tied, since a package cannot read another's weights),
-so the layers are shared out to even the weights per chunk, not the layer count:
+so the layers are shared out to even the parameters per chunk (what a conversion holds,
+in float32), not the layer count; the files then differ where the table is stored wider
+than the layers (an fp16 table beside 4-bit layers: use --embedding-bits to even them):
 boundary k is the layer at which the running weight total comes nearest k / N of the
 whole, with at least one layer per chunk.
 """
