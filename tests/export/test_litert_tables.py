@@ -16,7 +16,7 @@ from compress.quant.palettize import palettize
 from compress.quant.rtn import rtn_quantize
 from export.errors import ExportError
 from export.litert.llm import export_llm_litert
-from export.litert.palette_map import SHRINKS, affine_grid_fit, mapped_layers
+from export.litert.palette_map import SHRINKS, affine_grid_fit, map_palette, mapped_layers
 from export.litert.tables import quantize_tables
 from export.litert.verify_llm import litert_greedy, verify_llm_litert
 from export.litert.weights import pack_int4
@@ -232,3 +232,13 @@ def test_palette_map_bits_is_refused_for_a_target_that_carries_palettes(
                          tmp_path / "m.onnx", "--palette-map-bits", "8")
     assert result.code == 2 and "--palette-map-bits is for tflite" in result.err
     assert len(result.err.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_palette_whose_inputs_32_does_not_divide_maps_per_channel() -> None:
+    weight = torch.randn(16, 48, generator=torch.Generator().manual_seed(1))
+    palette = palettize(weight, 4, 16, 10)
+    mapped, loss = map_palette(palette)
+    assert mapped.group_size == 48 and mapped.bits == 4 and mapped.shape == (16, 48)
+    exact = palette.dequantize().numpy()
+    assert loss == pytest.approx(np.linalg.norm(mapped.dequantize().numpy() - exact)
+                                 / np.linalg.norm(exact), rel=1e-6)
