@@ -2,9 +2,10 @@
 (models.lazy.LazyCheckpoint) plus what the export job reads beside the weights.
 
 `toolkit export --engine streaming` (or `auto` above the memory budget) passes this
-instead of a models.LoadedModel. Only exporters that write weights one at a time accept
-it (`Exporter.streams`: ONNX, export.onnx.decoder_graph); the others convert a module held
-in memory and refuse it in one line.
+instead of a models.LoadedModel. Only exporters that read weights a part at a time accept
+it (`Exporter.streams`): ONNX (export.onnx.decoder_graph, one weight at a time) and Core
+ML (export.coreml.chunked, one chunk of layers at a time); LiteRT converts a module held
+in memory and refuses it in one line.
 """
 
 from __future__ import annotations
