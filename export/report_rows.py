@@ -11,7 +11,12 @@ if TYPE_CHECKING:
 
 
 def report_rows(report: ExportReport) -> list[list[str]]:
-    rows = [["file", report.path or "(not written: verification failed)"],
+    chunks = report.details.get("chunks") or []
+    if report.path and len(chunks) > 1:  # OUT itself is not written, its chunks are
+        where = f"{len(chunks)} packages: {chunks[0]['file']} .. {chunks[-1]['file']}"
+    else:
+        where = report.path or "(not written: verification failed)"
+    rows = [["file", where],
             ["size", f"{report.file_bytes / 1e6:.2f} MB (float32 weights: "
                      f"{report.float32_bytes / 1e6:.2f} MB)"]]
     float_bytes = report.details.get("float_file_bytes", report.file_bytes)

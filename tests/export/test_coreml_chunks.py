@@ -228,3 +228,18 @@ def test_cli_refuses_chunks_for_a_one_file_target(toolkit_cli, tmp_path) -> None
                          tmp_path / "m.onnx", "--chunks", "2")
     assert result.code == 2 and "--chunks splits Core ML packages" in result.err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_report_names_the_chunk_packages_not_the_unwritten_out_path() -> None:
+    from export.report import ExportReport
+    from export.report_rows import report_rows
+
+    chunks = [{"file": f"m_chunk{i}.mlpackage", "bytes": 1, "layers": [i, i], "cache": [],
+               "carried_layers": 0} for i in (1, 2, 3)]
+    report = ExportReport("coreml", "coremltools", "src", 3, 12, path="/x/m.mlpackage",
+                          details={"chunks": chunks})
+    assert report_rows(report)[0] == ["file", "3 packages: m_chunk1.mlpackage .. "
+                                              "m_chunk3.mlpackage"]
+    single = ExportReport("coreml", "coremltools", "src", 3, 12, path="/x/m.mlpackage",
+                          details={"chunks": chunks[:1]})
+    assert report_rows(single)[0] == ["file", "/x/m.mlpackage"]
