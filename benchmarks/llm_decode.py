@@ -58,7 +58,9 @@ SECTION = "llm-decode"
 MODEL = "smollm2-135m"
 ARTIFACT_FLAGS = ["--method", "gptq", "--bits", "4", "--group-size", "64"]
 # name -> (source: "dense" or "gptq4", target, export flags, verified by the export)
-F0, I8 = ["--accuracy-level", "0"], []  # float compute; auto (int8 compute if tokens hold)
+# float compute; the default `auto` level (int8 compute if the verified tokens hold, else
+# float: the table's "level" shows which the file got)
+F0, I8 = ["--accuracy-level", "0"], []
 T4, T8 = ["--embedding-bits", "4"], ["--embedding-bits", "8"]
 FLOAT_TABLE = "gptq4, fused, float compute, float table.onnx"
 FILES = {
@@ -67,11 +69,12 @@ FILES = {
         "gptq4", "onnx", ["--onnx-attention", "standard", *F0, *T4], True),
     FLOAT_TABLE: ("gptq4", "onnx", F0, True),
     "gptq4, fused, float compute, 4-bit table.onnx": ("gptq4", "onnx", [*F0, *T4], True),
-    "gptq4, fused, int8 compute, 8-bit table.onnx": ("gptq4", "onnx", [*I8, *T8], True),
-    "gptq4, fused, int8 compute, 4-bit table.onnx": ("gptq4", "onnx", [*I8, *T4], True),
-    "gptq4, fused, int8 compute, 4-bit table, fp16 cache.onnx": (
+    "gptq4, fused, auto level, 8-bit table.onnx": ("gptq4", "onnx", [*I8, *T8], True),
+    "gptq4, fused, auto level, 4-bit table.onnx": ("gptq4", "onnx", [*I8, *T4], True),
+    "gptq4, fused, auto level, 4-bit table, fp16 cache.onnx": (
         "gptq4", "onnx", [*I8, *T4, "--kv-cache", "float16"], True),
     "gptq4.tflite": ("gptq4", "tflite", ["--prefill-tokens", "64"], True),
+    "gptq4, 4-bit table.tflite": ("gptq4", "tflite", ["--prefill-tokens", "64", *T4], True),
 }
 PROMPT_TOKENS = 64
 
@@ -128,7 +131,8 @@ def onnx_bytes_per_token(path: Path) -> dict:
     row = 2 * layers * kv_heads * head_dim * (2 if meta.get("cache_dtype") == "float16" else 4)
     # A per-layer cache is read up to the current position (GroupQueryAttention); the
     # stacked graph reads (and copies) every row of its cache at every step.
-    rows = PROMPT_TOKENS + 1 if meta.get("cache_layout") == "per_layer" else context
+    rows = min(PROMPT_TOKENS + 1, context) if meta.get("cache_layout") == "per_layer" \
+        else context
     weights = sum(size for name, size in sizes.items() if name not in gathered_only)
     levels = sorted({a.i for node in model.graph.node if node.op_type == "MatMulNBits"
                      for a in node.attribute if a.name == "accuracy_level"} or {0})
@@ -337,7 +341,7 @@ def markdown(data: dict) -> str:
         lines += ["", f"**{threads} thread(s)**: read bandwidth {bandwidth[0]:.1f} GB/s "
                   f"before, {bandwidth[1]:.1f} after (the bound uses the lower).", "",
                   "| file | MB | MB read / token | bound tok/s | load ms | TTFT ms | "
-                  "prefill tok/s | decode tok/s | x PyTorch | % of bound | RSS MB | "
+                  "prefill tok/s | decode tok/s (p90 step) | x PyTorch | % of bound | RSS MB | "
                   "tokens = PyTorch | logit rel. error |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         models = {m["path"]: m for m in row["bench"]["models"]}
@@ -409,7 +413,8 @@ def _row(name, model, per_token, gb_s, eager_tps, tokens_match, params_bytes=Non
     size = model.get("file_bytes") or per_token
     return (f"| {name} | {size / 1e6:.1f} | "
             f"{per_token / 1e6:.1f} | {bound:.0f} | {1000 * model['load_seconds']:.0f} | "
-            f"{ttft:.0f} | {llm['prefill_tokens_per_s']:.0f} | **{decode:.1f}** | "
+            f"{ttft:.0f} | {llm['prefill_tokens_per_s']:.0f} | **{decode:.1f}** "
+            f"({1000 / model['latency']['p90_ms']:.1f}) | "
             f"{decode / eager_tps:.2f} | {100 * decode / bound:.0f}% | "
             f"{model.get('peak_rss_mb') or 0:.0f} | "
             f"{'yes' if tokens_match else 'no' if tokens_match is False else '-'} | "
@@ -422,7 +427,8 @@ def _anchor_row(anchor: dict, gguf_bytes: int, gb_s: float, eager_tps: float) ->
     return (f"| llama.cpp Q4_1 GGUF | {gguf_bytes / 1e6:.1f} | {gguf_bytes / 1e6:.1f} | "
             f"{bound:.0f} | {1000 * anchor['load_seconds']:.0f} | "
             f"{1000 * anchor['ttft_seconds']['median']:.0f} | "
-            f"{anchor['prefill_tokens_per_s']['median']:.0f} | **{decode:.1f}** | "
+            f"{anchor['prefill_tokens_per_s']['median']:.0f} | **{decode:.1f}** "
+            f"(min {anchor['decode_tokens_per_s']['min']:.1f}) | "
             f"{decode / eager_tps:.2f} | {100 * decode / bound:.0f}% | "
             f"{anchor.get('peak_rss_bytes', 0) / 1e6:.0f} | - | - |")
 

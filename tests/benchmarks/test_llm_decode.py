@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.llm_decode import onnx_bytes_per_token
+from benchmarks.llm_decode import PROMPT_TOKENS, onnx_bytes_per_token
 from export.llm.decoder_weights import ModuleDecoderWeights
 from export.onnx.decoder_graph import write_decoder_onnx
 from models import create_model
@@ -14,25 +14,30 @@ from models import create_model
 onnx = pytest.importorskip("onnx")
 
 
-def _write(tmp_path: Path, quantize: bool, external: bool):
+def _write(tmp_path: Path, quantize: bool, external: bool, attention: str = "auto"):
     from compress.quant.rtn import rtn_quantize
 
-    weights = ModuleDecoderWeights(create_model("fake-llama").module, 48)
+    weights = ModuleDecoderWeights(create_model("fake-llama").module, 128)
     if quantize:
         weights.quantize_tables(lambda w: rtn_quantize(w, 4, 16, symmetric=False))
     path = tmp_path / ("q.onnx" if quantize else "f.onnx")
-    write_decoder_onnx(weights, path, external=external)
+    write_decoder_onnx(weights, path, external=external, attention=attention)
     model = onnx.load(str(path))  # with its data: sizes counted independently here
     sizes = {t.name: onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer}
     return path, sizes, weights.shape
 
 
-@pytest.mark.parametrize("external", [False, True])
-def test_a_tied_float_table_counts_because_the_head_reads_it(tmp_path, external):
-    path, sizes, shape = _write(tmp_path, quantize=False, external=external)
+@pytest.mark.parametrize(("external", "attention"), [(False, "auto"), (True, "auto"),
+                                                    (False, "standard")])
+def test_a_tied_float_table_counts_because_the_head_reads_it(tmp_path, external, attention):
+    path, sizes, shape = _write(tmp_path, quantize=False, external=external,
+                                attention=attention)
     counted = onnx_bytes_per_token(path)
-    cache = 2 * 4 * shape.layers * shape.kv_heads * shape.max_context * shape.head_dim
-    assert counted["cache"] == cache
+    # The fused attention reads the cache rows up to the step's position; the standard
+    # graph reads its whole max-context cache.
+    rows = PROMPT_TOKENS + 1 if attention == "auto" else shape.max_context
+    assert rows < shape.max_context or attention == "standard"
+    assert counted["cache"] == 2 * 4 * shape.layers * shape.kv_heads * rows * shape.head_dim
     assert counted["weights"] == sum(sizes.values())
     assert sizes["model.embed_tokens.weight"] > 0
 
