@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from benchmarks.environment import environment
+from benchmarks.llm_scale_export import EXPORT_TARGETS, export_lines, export_rows
 from benchmarks.markdown_section import replace_section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,48 +167,6 @@ def synthesize(shape: str, layers: int | None, work: Path) -> Path:
     return source
 
 
-# --- export of a large artifact -----------------------------------------------------------
-def export_rows(shape: str, args, work: Path) -> list[dict]:
-    """RTN 4-bit of the synthetic `shape` (streaming), then `toolkit export onnx` of the
-    packed artifact read one weight at a time: once writing only (`--no-verify`: the
-    exporter's own peak), once with verification (onnxruntime loads the whole file, then
-    PyTorch is read one part at a time for the reference)."""
-    from models.large_shapes import shape_named
-
-    spec = shape_named(shape)
-    source = synthesize(shape, None, work)
-    group = 64 if all(n % 64 == 0 for n in (spec.hidden, spec.intermediate)) else 32
-    artifact, onnx_file = work / f"{shape}-rtn4", work / "export" / "model.onnx"
-    compress = measured(["compress", "--model", str(source), "--method", "rtn", "--bits", "4",
-                         "--group-size", str(group), "--out", str(artifact), "--overwrite",
-                         "--engine", "streaming", "--no-eval", "--quiet"], work)
-    rows = []
-    for verify in (False, True):
-        flags = ["--new-tokens", "8"] if verify else ["--no-verify"]
-        run = measured(["export", "onnx", "--model", str(artifact), "--engine", "streaming",
-                        "--out", str(onnx_file), "--overwrite", "--max-context",
-                        str(args.export_context), "--quiet", *flags], work)
-        report = run["report"]
-        verification = report.get("verification") or {}
-        rows.append({"shape": shape, "params": spec.param_count(),
-                     "recipe": f"rtn 4-bit g{group}", "verify": verify,
-                     "artifact_bytes": dir_bytes(artifact),
-                     "compress_peak_rss": compress["peak_rss"], "compress_wall": compress["wall"],
-                     "file_bytes": report["file_bytes"], "peak_rss": run["peak_rss"],
-                     "wall": run["wall"], "carried": report["carried"],
-                     "verdict": report["verdict"],
-                     "tokens_match": verification.get("tokens_match"),
-                     "logit_rel_error": (verification.get("logits") or {}).get(
-                         "relative_error"),
-                     "max_context": args.export_context})
-        print(json.dumps(rows[-1]), flush=True)
-    shutil.rmtree(onnx_file.parent, ignore_errors=True)
-    shutil.rmtree(artifact, ignore_errors=True)
-    if not args.keep:
-        shutil.rmtree(source, ignore_errors=True)
-    return rows
-
-
 # --- fp32 against bf16 calibration forwards ------------------------------------------------
 def dtype_rows(args, work: Path) -> list[dict]:
     """Wanda on the first blocks of afm-3b with fp32 and bf16 forwards, alternating: the
@@ -323,42 +282,8 @@ def markdown(data: dict) -> str:
             f"{total} | {row['block_median']:.1f} ({row['block_min']:.1f}-"
             f"{row['block_max']:.1f}) | {gb(row['read_bytes'])} | {gb(row['written_bytes'])} "
             f"| {shares(row['parts'])} |")
-    lines += _export_lines(data) + _smollm2_lines(data) + _dtype_lines(data)
+    lines += export_lines(data) + _smollm2_lines(data) + _dtype_lines(data)
     return "\n".join(lines)
-
-
-def _export_lines(data: dict) -> list[str]:
-    rows = data.get("export", [])
-    if not rows:
-        return []
-    lines = [
-        "",
-        "Exporting a large artifact: `toolkit compress --method rtn --bits 4 --engine "
-        "streaming` of the synthetic bf16 checkpoint, then `toolkit export onnx --engine "
-        "streaming` of the packed artifact (export.onnx.decoder_graph: each weight read, "
-        "converted and appended to the external data file, one at a time), max context "
-        f"{rows[0]['max_context']}. Each export ran twice in fresh processes: writing only "
-        "(`--no-verify`), and writing plus verification (onnxruntime loads the whole file "
-        "and decodes 8 greedy tokens; then PyTorch, read one part at a time, scores the "
-        "prompt and those tokens). Peak RSS is the process's ru_maxrss. Other jobs (test "
-        "runs, a llama.cpp build) shared the 2 cores while these ran: wall times are noisy, "
-        "peaks are not.",
-        "",
-        "| shape | artifact | artifact GB | compress peak RSS GB | ONNX file GB | carried "
-        "| export | peak RSS GB | wall s | verified |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        carried = ", ".join(f"{n} x {what}" for what, n in row["carried"].items())
-        verified = ("not run" if not row["verify"] else
-                    f"{row['verdict']}: tokens {'same' if row['tokens_match'] else 'differ'}, "
-                    f"logits rel. error {row['logit_rel_error']:.1e}")
-        lines.append(
-            f"| {row['shape']} | {row['recipe']} | {gb(row['artifact_bytes'])} | "
-            f"{gb(row['compress_peak_rss'])} | {gb(row['file_bytes'])} | {carried} | "
-            f"{'write + verify' if row['verify'] else 'write only'} | "
-            f"**{gb(row['peak_rss'])}** | {row['wall']:.0f} | {verified} |")
-    return lines
 
 
 def _smollm2_lines(data: dict) -> list[str]:
@@ -419,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--export-context", type=int, default=512,
                    help="--max-context of the exported ONNX files")
+    p.add_argument("--targets", default=",".join(EXPORT_TARGETS),
+                   help="export targets of --part export (default: %(default)s)")
     p.add_argument("--work", type=Path, help="folder for the synthetic checkpoints "
                    "(needs ~2.5x the bf16 size free; default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
@@ -445,8 +372,10 @@ def main(argv: list[str] | None = None) -> int:
             data["large"] += large_rows(shape, args, work)
             _save(data, args)
     if args.part in ("all", "export"):
-        kept = [r for r in data.get("export", []) if r["shape"] not in args.shapes.split(",")]
-        data["export"] = kept
+        targets = args.targets.split(",")
+        data["export"] = [r for r in data.get("export", [])
+                          if r["shape"] not in args.shapes.split(",")
+                          or r.get("target", "onnx") not in targets]
         for shape in args.shapes.split(","):
             data["export"] += export_rows(shape, args, work)
             _save(data, args)
