@@ -25,7 +25,8 @@ def test_rows_for_each_target_and_a_refusal() -> None:
     lines = export_lines({"export": rows})
     table = [line for line in lines if line.startswith("| afm-3b")]
     assert len(table) == 3
-    assert "| onnx (standard-ops graph, earlier run) |" in table[0] and "tokens same, logits rel. error 2.0e-06" in table[0]
+    assert "| onnx (standard-ops graph, earlier run) |" in table[0]
+    assert "tokens same, logits rel. error 2.0e-06" in table[0]
     assert "| coreml |" in table[1] and "chunks GB: 0.42, 0.23" in table[1]
     assert "passed (structural)" in table[1] and "**7.90**" in table[1]
     assert "| tflite | - | - | refused |" in table[2] and "converts the whole" in table[2]
