@@ -44,6 +44,11 @@ def load_onnx(path: Path, threads: int, prompt: Sequence[int]) -> Runnable:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Pool threads spin only while a step runs: an interleaved bench keeps every model's
+    # worker alive, and a finished step's spinning threads would take the cores of the
+    # next model's step (seen as slow, noisy 2-thread decode rows in BENCHMARKS.md's
+    # llm-decode run before this was set).
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
     if LLM_METADATA_KEY in session.get_modelmeta().custom_metadata_map:
         # An LLM export: stepped through the file's own cache contract (a per-layer cache
