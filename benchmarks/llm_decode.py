@@ -397,7 +397,11 @@ def _large_lines(large: dict | None) -> list[str]:
              f"random weights: speed and memory only): RTN 4-bit g{large['group_size']} "
              "artifact exported with `--engine streaming --embedding-bits 4` (export peak "
              f"RSS {large['export_peak_rss'] / 1e9:.2f} GB with verification, "
-             f"{large['export_wall']:.0f} s, verdict {large['verdict']}); "
+             f"{large['export_wall']:.0f} s, verdict {large['verdict']}; MatMulNBits level "
+             f"{'/'.join(map(str, large['bytes_per_token'].get('accuracy_levels') or ['-']))}: "
+             "the default `auto` keeps int8 compute only when the verified greedy tokens "
+             "stay PyTorch's; level 0 means they changed on these random weights, so the "
+             "file computes in float); "
              "one `toolkit bench` per thread count (5+ decode steps).", "",
              "| threads | GB | GB read / token | bandwidth GB/s | bound tok/s | load s | "
              "TTFT s | prefill tok/s | decode tok/s | % of bound | RSS GB |",

@@ -181,6 +181,22 @@ def test_bad_embedding_quantization_is_refused(toolkit_cli, tmp_path, flags, nee
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("model, flags, needle", [
+    ("fake-llama", ["--onnx-attention", "standard", "--kv-cache", "float16"],
+     "--kv-cache float16 needs the fused attention"),
+    ("fake-moe-llm", ["--onnx-attention", "fused"],
+     "mixture-of-experts models are exported with the standard attention"),
+    ("fake-llama", ["--kv-cache", "int8"], "invalid choice"),
+])
+def test_attention_and_cache_options_a_file_cannot_carry_are_refused(
+        toolkit_cli, tmp_path, model, flags, needle):
+    result = toolkit_cli("export", "onnx", "--model", model, "--out", tmp_path / "m.onnx",
+                         *flags, *EXPORT)
+    assert result.code == 2 and needle in result.err
+    assert len(result.err.strip().splitlines()) <= 2  # argparse adds its usage line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_tflite_embedding_bits_carry_the_table_and_head(toolkit_cli, tmp_path):
     pytest.importorskip("litert_torch")
     out, report = tmp_path / "m.tflite", tmp_path / "m.json"
