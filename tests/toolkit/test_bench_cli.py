@@ -27,8 +27,11 @@ def exported(toolkit_cli, fake_model_dir, tmp_path_factory):
     result = toolkit_cli("compress", "--model", fake_model_dir, "--method", "rtn", "--bits",
                          "4", "--group-size", "32", "--out", artifact, *SMALL)
     assert result.code == 0, result.err
+    # Float compute (not the default int8 activations): the accuracy check below then
+    # holds the file to 1e-4 of PyTorch.
     result = toolkit_cli("export", "onnx", "--model", artifact, "--out", onnx_file,
-                         "--max-context", "32", "--new-tokens", "4", "--quiet")
+                         "--max-context", "32", "--new-tokens", "4", "--accuracy-level", "0",
+                         "--quiet")
     assert result.code == 0, result.err
     tflite_file = tmp / "rtn4.tflite"
     result = toolkit_cli("export", "tflite", "--model", artifact, "--out", tflite_file,
