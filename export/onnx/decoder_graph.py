@@ -5,14 +5,18 @@ at a time, not the model).
 
 The traced exporter (export.onnx.llm) runs torch.onnx on export.llm.decoder.ExportDecoder,
 which needs every weight in memory (and a few copies during tracing); it stays for
-mixture-of-experts decoders. This writer builds the same graph by hand, with the same
-contract
+mixture-of-experts decoders. This writer builds the same graph by hand. With
+`attention="standard"` it has the same contract
 
     inputs:  input_ids [1, T] int64, position [1] int64,
              past_keys, past_values [layers, kv_heads, max_context, head_dim] float32
     outputs: logits [1, T, vocab], present_keys, present_values
 
-and the same arithmetic, per block (x: [T, hidden]; H heads, K kv heads, D head_dim):
+and by default (`"auto"`/`"fused"`, export.onnx.gqa_attention) one cache per layer and one
+GroupQueryAttention node per block instead of the attention below (both contracts:
+export.onnx.cache_io). The standard graph's arithmetic, per block (x: [T, hidden]; H
+heads, K kv heads, D head_dim; in both graphs q/k/v and gate/up that share a format are
+one stacked matmul, export.onnx.fused_linears):
 
     h = x / sqrt(mean(x^2) + eps) * g                     RMSNorm (fp32)
     q, k, v = h Wq^T, h Wk^T, h Wv^T  -> [H|K, T, D]       (+ bias where the model has one)
