@@ -12,22 +12,17 @@ mixture-of-experts decoders. This writer builds the same graph by hand. With
              past_keys, past_values [layers, kv_heads, max_context, head_dim] float32
     outputs: logits [1, T, vocab], present_keys, present_values
 
-and by default (`"auto"`/`"fused"`, export.onnx.gqa_attention) one cache per layer and one
-GroupQueryAttention node per block instead of the attention below (both contracts:
-export.onnx.cache_io). The standard graph's arithmetic, per block (x: [T, hidden]; H
-heads, K kv heads, D head_dim; in both graphs q/k/v and gate/up that share a format are
-one stacked matmul, export.onnx.fused_linears):
+and by default (`"auto"`/`"fused"`) one cache per layer (both contracts:
+export.onnx.cache_io). Per block (x: [T, hidden]):
 
     h = x / sqrt(mean(x^2) + eps) * g                     RMSNorm (fp32)
-    q, k, v = h Wq^T, h Wk^T, h Wv^T  -> [H|K, T, D]       (+ bias where the model has one)
-    q, k = q cos + rotate_half(q) sin, ...                 rotary at positions p .. p+T-1
-    keys' = keys with rows p .. p+T-1 set to k             (ScatterElements on axis 1)
-    a = softmax(q keys'^T * scaling + mask) values'        grouped: the H/K query heads of
-                                                           one kv head as one matmul
-    x = x + a Wo^T;  x = x + Wd (silu(h2 Wg^T) * h2 Wu^T)  h2 = RMSNorm(x)
+    x = x + attention(h)                                  export.onnx.gqa_attention (one
+                                                          GroupQueryAttention node) or
+                                                          export.onnx.standard_attention
+    x = x + Wd (silu(h2 Wg^T) * h2 Wu^T)                  h2 = RMSNorm(x)
     logits = RMSNorm(x) E^T (tied head, as Gemm with transB: E is stored once)
 
-`mask[t, c]` is 0 where c <= p + t and -1e4 elsewhere (export.llm.export_decoder.MASKED).
+q/k/v and gate/up that share a format are one stacked matmul (export.onnx.fused_linears).
 Packed linears go in as export.onnx.weights builds them (MatMulNBits, palette Gather);
 float ones as MatMul with the transposed weight. The norms are written as Pow, ReduceMean,
 Add, Sqrt, Div, Mul, the pattern onnxruntime fuses into SimplifiedLayerNormalization.
@@ -43,8 +38,7 @@ import numpy as np
 import torch
 
 from export.errors import ExportError, require
-from export.llm.decoder_weights import ATTENTION, MLP, DecoderWeights, LinearWeight
-from export.llm.export_decoder import MASKED
+from export.llm.decoder_weights import MLP, DecoderWeights, LinearWeight
 from export.onnx.cache_io import (
     KV_CACHE_DTYPES,
     PER_LAYER,
@@ -59,6 +53,7 @@ from export.onnx.fused_linears import fuse_linears
 from export.onnx.gqa_attention import HEAD_DIM_MULTIPLE, GqaAttention
 from export.onnx.graph_builder import GraphBuilder
 from export.onnx.llm import OPSET, OnnxExport
+from export.onnx.standard_attention import StandardAttention
 from export.onnx.weights import (
     compressed_weight,
     gather_block_quantized,
@@ -78,10 +73,6 @@ class _DecoderWriter:
         self.layout, self.cache_dtype = layout, cache_dtype
         self.carried: list[LayerRecord] = []
         self.dropped: list[LayerRecord] = []
-        shape = weights.shape
-        self.heads, self.kv_heads, self.head_dim = shape.heads, shape.kv_heads, shape.head_dim
-        self.scaling = shape.head_dim ** -0.5
-        self._rotate_half: str | None = None
 
     # --- pieces ----------------------------------------------------------------------------
 
@@ -138,77 +129,7 @@ class _DecoderWriter:
             self.g.node(node)
         self.carried.extend(LayerRecord(name, carried_as) for name in names)
 
-    def heads_first(self, x: str, heads: int) -> str:
-        """[T, heads * D] -> [heads, T, D]."""
-        g = self.g
-        split = g.op("Reshape", [x, g.const([-1, heads, self.head_dim])])
-        return g.op("Transpose", [split], perm=[1, 0, 2])
-
-    def rotary(self, x: str, cos: str, sin: str) -> str:
-        """x cos + rotate_half(x) sin, with rotate_half(x) = x R for the signed permutation
-        R (R[j + D/2, j] = -1, R[j, j + D/2] = 1): one small MatMul instead of Split, Neg
-        and Concat, exact (one non-zero term per output); at decode every node costs
-        dispatch time, so fewer nodes per layer is faster."""
-        g = self.g
-        if self._rotate_half is None:
-            half = self.head_dim // 2
-            rotation = np.zeros((self.head_dim, self.head_dim), dtype=np.float32)
-            rotation[np.arange(half) + half, np.arange(half)] = -1.0
-            rotation[np.arange(half), np.arange(half) + half] = 1.0
-            self._rotate_half = g.array("rotary.rotate_half", rotation)
-        rotated = g.op("MatMul", [x, self._rotate_half])
-        return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])])
-
     # --- the model -------------------------------------------------------------------------
-
-    def inputs(self) -> dict[str, str]:
-        """Token ids, positions, rotary tables, mask and the cache-write indices."""
-        g, shape = self.g, self.w.shape
-        ids = g.op("Reshape", ["input_ids", g.const([-1])], "ids")
-        count = g.op("Shape", [ids], "tokens")
-        steps = g.op("Range", [g.const(0), g.op("Squeeze", [count, g.const([0])]),
-                               g.const(1)])
-        positions = g.op("Add", ["position", steps], "positions")
-        column = g.op("Unsqueeze", [positions, g.const([1])])
-        freqs = g.op("Mul", [g.op("Cast", [column], to=1),  # FLOAT
-                             g.array("rotary.inv_freq", self.w.inv_freq.numpy()[None, :])])
-        angles = g.op("Concat", [freqs, freqs], axis=-1)
-        scale = self.f32(self.w.rope_scale)
-        cos = g.op("Mul", [g.op("Cos", [angles]), scale], "cos")
-        sin = g.op("Mul", [g.op("Sin", [angles]), scale], "sin")
-        slots = g.const(np.arange(shape.max_context)[None, :], hint="slots")
-        visible = g.op("LessOrEqual", [slots, column])
-        mask = g.op("Where", [visible, self.f32(0.0), self.f32(MASKED)], "mask")
-        index_shape = g.op("Concat", [g.const([self.kv_heads]), count,
-                                      g.const([self.head_dim])], axis=0)
-        write_at = g.op("Expand", [g.op("Reshape", [positions, g.const([1, -1, 1])]),
-                                   index_shape], "cache_rows")
-        return {"ids": ids, "cos": cos, "sin": sin, "mask": mask, "write_at": write_at}
-
-    def attention(self, h: str, index: int, linears: dict[str, str], at: dict[str, str]
-                  ) -> tuple[str, str, str]:
-        g, w = self.g, self.w
-        q, k, v = (self.linear(h, w.linear(linears[n])) for n in ATTENTION[:3])
-        q = self.rotary(self.heads_first(q, self.heads), at["cos"], at["sin"])
-        k = self.rotary(self.heads_first(k, self.kv_heads), at["cos"], at["sin"])
-        v = self.heads_first(v, self.kv_heads)
-        layer = g.const(index, hint="layer")
-        keys = g.op("ScatterElements", [g.op("Gather", ["past_keys", layer], axis=0),
-                                        at["write_at"], k], f"keys.{index}", axis=1)
-        values = g.op("ScatterElements", [g.op("Gather", ["past_values", layer], axis=0),
-                                          at["write_at"], v], f"values.{index}", axis=1)
-        context = w.shape.max_context
-        stacked = g.op("Reshape", [q, g.const([self.kv_heads, -1, self.head_dim])])
-        scores = g.op("MatMul", [stacked, g.op("Transpose", [keys], perm=[0, 2, 1])])
-        scores = g.op("Reshape", [scores, g.const([self.heads, -1, context])])
-        scores = g.op("Add", [g.op("Mul", [scores, self.f32(self.scaling)]), at["mask"]])
-        probs = g.op("Softmax", [scores], axis=-1)
-        probs = g.op("Reshape", [probs, g.const([self.kv_heads, -1, context])])
-        attended = g.op("MatMul", [probs, values])
-        attended = g.op("Reshape", [attended, g.const([self.heads, -1, self.head_dim])])
-        attended = g.op("Transpose", [attended], perm=[1, 0, 2])
-        attended = g.op("Reshape", [attended, g.const([-1, self.heads * self.head_dim])])
-        return self.linear(attended, w.linear(linears["o_proj"])), keys, values
 
     def mlp(self, h: str, linears: dict[str, str]) -> str:
         g, w = self.g, self.w
@@ -222,40 +143,31 @@ class _DecoderWriter:
         activated = g.op("Mul", [gate, g.op("Sigmoid", [gate])])  # silu
         return self.linear(g.op("Mul", [activated, up]), w.linear(linears[MLP[2]]))
 
-    def block(self, x: str, index: int, at: dict[str, str]) -> tuple[str, str, str]:
+    def block(self, x: str, index: int, attention) -> str:
         g, w = self.g, self.w
         linears = w.block_linear_names(index)
         prefix = w.block_prefix(index)
         before_attention, before_mlp = w.block_norms(index)
         h = self.rms_norm(x, before_attention, f"{prefix}.input_layernorm.weight")
-        if self.layout == PER_LAYER:
-            attended, keys, values = at["attention"](h, index, linears), None, None
-        else:
-            attended, keys, values = self.attention(h, index, linears, at)
-        x = g.op("Add", [x, attended], f"{prefix}.attn_residual")
+        x = g.op("Add", [x, attention(h, index, linears)], f"{prefix}.attn_residual")
         h = self.rms_norm(x, before_mlp, f"{prefix}.post_attention_layernorm.weight")
-        return g.op("Add", [x, self.mlp(h, linears)], f"{prefix}.out"), keys, values
+        return g.op("Add", [x, self.mlp(h, linears)], f"{prefix}.out")
 
     def decoder(self) -> None:
         g, w = self.g, self.w
+        ids = g.op("Reshape", ["input_ids", g.const([-1])], "ids")
         if self.layout == PER_LAYER:
-            ids = g.op("Reshape", ["input_ids", g.const([-1])], "ids")
-            at = {"ids": ids, "attention": GqaAttention(self, ids, per_layer_names(
-                w.n_blocks), self.cache_dtype)}
+            attention = GqaAttention(self, ids, per_layer_names(w.n_blocks), self.cache_dtype)
         else:
-            at = self.inputs()
+            attention = StandardAttention(self, ids)
         table = w.module_name(w.layout.embeddings)
         if w.embedding_packed is not None:
-            x = self.packed(gather_block_quantized, w.embedding_packed, at["ids"], table)
+            x = self.packed(gather_block_quantized, w.embedding_packed, ids, table)
         else:
             embed = g.row_blocks(w.embedding_name, w.embedding_shape(), w.embedding_blocks())
-            x = g.op("Gather", [embed, at["ids"]], "embeddings", axis=0)
-        all_keys, all_values = [], []
+            x = g.op("Gather", [embed, ids], "embeddings", axis=0)
         for index in range(w.n_blocks):
-            x, keys, values = self.block(x, index, at)
-            if self.layout == STACKED:
-                all_keys.append(g.op("Unsqueeze", [keys, g.const([0])]))
-                all_values.append(g.op("Unsqueeze", [values, g.const([0])]))
+            x = self.block(x, index, attention)
         x = self.rms_norm(x, w.float32(w.norm_name), w.norm_name)
         head_packed = w.embedding_packed if w.tied else w.head_packed
         if head_packed is not None:
@@ -265,9 +177,7 @@ class _DecoderWriter:
         else:
             logits = self.linear(x, w.linear(w.head_module))
         g.node(_make_node("Unsqueeze", [logits, g.const([0])], [STACKED_OUTPUTS[0]]))
-        if self.layout == STACKED:
-            g.node(_make_node("Concat", all_keys, [STACKED_OUTPUTS[1]], axis=0))
-            g.node(_make_node("Concat", all_values, [STACKED_OUTPUTS[2]], axis=0))
+        attention.finish()
 
 
 def _make_node(op_type: str, inputs: list[str], outputs: list[str], **attributes):

@@ -80,6 +80,9 @@ class GqaAttention:
         attended = g.op("Reshape", [out, g.const([-1, shape.heads * shape.head_dim])])
         return writer.linear(attended, w.linear(linears["o_proj"]))
 
+    def finish(self) -> None:
+        """Nothing to add: each block wrote its own present caches."""
+
     def _batched(self, x: str) -> str:
         """[T, width] -> [1, T, width] in the cache's dtype."""
         g = self.writer.g
