@@ -122,17 +122,18 @@ def _numel(shape) -> int:
 
 def choose_export_engine(model_spec: str, args: argparse.Namespace, target: str,
                          target_streams: bool) -> str:
-    """"memory" or "streaming" for `toolkit export TARGET`. A target that writes weights one
-    at a time (`target_streams`, ONNX) reads a dense decoder LM lazily when its in-memory
-    export would exceed the budget; any other target above the budget is refused in one
-    line rather than run out of memory half-way (`--engine memory` overrides)."""
+    """"memory" or "streaming" for `toolkit export TARGET`. A target that reads weights a
+    part at a time (`target_streams`: ONNX by weight, Core ML by chunk of layers) reads a
+    dense decoder LM lazily when its in-memory export would exceed the budget; any other
+    target above the budget is refused in one line rather than run out of memory half-way
+    (`--engine memory` overrides)."""
     choice = getattr(args, "engine", "memory")
     budget = budget_bytes(args)  # a bad --memory-budget is refused whichever engine runs
     streamable = is_streamable(model_spec, choice)
     if choice == "streaming":
         if not target_streams:
             raise UserError(f"the {target} exporter converts the whole model in memory: use "
-                            "--engine memory, or export to onnx, which streams")
+                            "--engine memory, or export to onnx or coreml, which stream")
         return "streaming"
     if choice == "memory" or not streamable:
         return "memory"
@@ -145,5 +146,6 @@ def choose_export_engine(model_spec: str, args: argparse.Namespace, target: str,
     if target_streams:
         return "streaming"
     raise UserError(f"exporting {model_spec} to {target} in memory needs about {gib(needed)} "
-                    f"but the memory budget is {gib(budget)}: export it to onnx (written one "
-                    "weight at a time), or pass --engine memory or a larger --memory-budget")
+                    f"but the memory budget is {gib(budget)}: export it to onnx (one weight at "
+                    "a time) or coreml (one chunk of layers at a time), or pass --engine "
+                    "memory or a larger --memory-budget")
