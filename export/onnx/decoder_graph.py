@@ -53,11 +53,13 @@ from export.onnx.fused_linears import fuse_linears
 from export.onnx.gqa_attention import HEAD_DIM_MULTIPLE, GqaAttention
 from export.onnx.graph_builder import GraphBuilder
 from export.onnx.llm import OPSET, OnnxExport
+from export.onnx.shared_table import SHARED_BITS, shared_lookup
 from export.onnx.standard_attention import StandardAttention
 from export.onnx.weights import (
     compressed_weight,
     gather_block_quantized,
     matmul_nbits,
+    matmul_nbits_block,
     set_accuracy_level,
 )
 from export.records import LayerRecord
@@ -120,6 +122,24 @@ class _DecoderWriter:
         self.add(built, [prefix], f"{built.carried_as} (quantized at export)")
         return y
 
+    def shared_table(self, ids: str, table: str) -> str:
+        """The tied table quantized at export, stored once as the head's MatMulNBits
+        tensors, its token rows read from them (export.onnx.shared_table)."""
+        w, packed = self.w, self.w.embedding_packed
+        head = matmul_nbits(packed, "unused", "unused", w.head_module)
+        for tensor in head.initializers:
+            self.g.initializer(tensor)
+        rows, width = packed.shape
+        block = matmul_nbits_block(packed.group_size)
+        zero_points = any(t.name.endswith(".zero_points") for t in head.initializers)
+        self.carried.append(LayerRecord(
+            table, f"rows of the head's MatMulNBits {packed.bits}-bit, block {block} "
+                   "(quantized at export)"))
+        self.carried.append(LayerRecord(w.head_module, f"{head.carried_as} (quantized at "
+                                                       "export, shared with the table)"))
+        return shared_lookup(self.g, ids, w.head_module, rows, width, packed.bits, block,
+                             zero_points)
+
     def add(self, built, names: list[str], carried_as: str) -> None:
         """The nodes and initializers of an export.onnx.weights builder, and the record
         of each source layer it carries."""
@@ -161,7 +181,10 @@ class _DecoderWriter:
         else:
             attention = StandardAttention(self, ids)
         table = w.module_name(w.layout.embeddings)
-        if w.embedding_packed is not None:
+        shared = w.tied and w.embedding_packed is not None and _shareable(w.embedding_packed)
+        if shared:
+            x = self.shared_table(ids, table)
+        elif w.embedding_packed is not None:
             x = self.packed(gather_block_quantized, w.embedding_packed, ids, table)
         else:
             embed = g.row_blocks(w.embedding_name, w.embedding_shape(), w.embedding_blocks())
@@ -170,7 +193,11 @@ class _DecoderWriter:
             x = self.block(x, index, attention)
         x = self.rms_norm(x, w.float32(w.norm_name), w.norm_name)
         head_packed = w.embedding_packed if w.tied else w.head_packed
-        if head_packed is not None:
+        if shared:  # the head's tensors are in the graph already (shared_table)
+            logits = g.fresh(f"{w.head_module}.out")
+            for node in matmul_nbits(head_packed, x, logits, w.head_module).nodes:
+                g.node(node)
+        elif head_packed is not None:
             logits = self.packed(matmul_nbits, head_packed, x, w.head_module)
         elif w.tied:  # E is [vocab, hidden]: Gemm transposes it without a second copy
             logits = g.op("Gemm", [x, embed], "head", transB=1)
@@ -178,6 +205,13 @@ class _DecoderWriter:
             logits = self.linear(x, w.linear(w.head_module))
         g.node(_make_node("Unsqueeze", [logits, g.const([0])], [STACKED_OUTPUTS[0]]))
         attention.finish()
+
+
+def _shareable(packed) -> bool:
+    """A table MatMulNBits holds as it is (no 2/3-bit widening, no input scales), so its
+    rows can be read back from the head's tensors."""
+    return (packed.bits in SHARED_BITS and packed.input_scale is None
+            and matmul_nbits_block(packed.group_size) is not None)
 
 
 def _make_node(op_type: str, inputs: list[str], outputs: list[str], **attributes):

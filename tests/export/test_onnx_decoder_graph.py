@@ -151,8 +151,9 @@ def _rtn(bits: int, group: int = 16):
 @pytest.mark.parametrize("name", ["fake-llama", "fake-mistral"])
 def test_quantized_table_and_head_equal_their_dequantized_values(name: str, bits: int,
                                                                   tmp_path: Path) -> None:
-    """GatherBlockQuantized and the MatMulNBits head compute with exactly the values the
-    reference swaps in (rows dequantized independently here), tied head or not."""
+    """The table lookup (GatherBlockQuantized; a tied table: the rows of the head's own
+    MatMulNBits tensors, export.onnx.shared_table) and the MatMulNBits head compute with
+    exactly the values the reference swaps in (rows dequantized independently here)."""
     from export.llm.decoder_weights import ModuleDecoderWeights
 
     loaded = create_model(name)
@@ -160,9 +161,21 @@ def test_quantized_table_and_head_equal_their_dequantized_values(name: str, bits
     tables = weights.quantize_tables(_rtn(bits))
     result = write_decoder_onnx(weights, tmp_path / "q.onnx", external=False)
     carried = {r.name: r.carried_as for r in result.carried}
-    assert carried["model.embed_tokens"] == (f"GatherBlockQuantized {bits}-bit, block 16 "
-                                             "(quantized at export)")
-    assert carried[weights.head_module] == f"MatMulNBits {bits}-bit, block 16 (quantized at export)"
+    if weights.tied:  # one copy of the codes: the lookup reads the head's MatMulNBits rows
+        assert carried["model.embed_tokens"] == (f"rows of the head's MatMulNBits {bits}-bit,"
+                                                 " block 16 (quantized at export)")
+        assert carried[weights.head_module] == (f"MatMulNBits {bits}-bit, block 16 (quantized"
+                                                " at export, shared with the table)")
+        codes_bytes = weights.shape.vocab * weights.embedding_shape()[1] * bits // 8
+        graph = onnx.load(str(result.path)).graph
+        sizes = [onnx.numpy_helper.to_array(i).nbytes for i in graph.initializer]
+        assert sizes.count(codes_bytes) == 1
+        assert "GatherBlockQuantized" not in {n.op_type for n in graph.node}
+    else:
+        assert carried["model.embed_tokens"] == (f"GatherBlockQuantized {bits}-bit, block 16 "
+                                                 "(quantized at export)")
+        assert carried[weights.head_module] == (f"MatMulNBits {bits}-bit, block 16 (quantized"
+                                                " at export)")
     assert set(tables.by_name) == ({"model.embed_tokens.weight"} if weights.tied else
                                    {"model.embed_tokens.weight", "lm_head.weight"})
     table = loaded.module.get_input_embeddings().weight.detach()

@@ -165,8 +165,8 @@ def test_embedding_bits_carry_the_table_and_head_quantized(toolkit_cli, artifact
     data = json.loads(report.read_text())
     assert data["carried"] == {
         "MatMulNBits 4-bit, block 32": 14,
-        "GatherBlockQuantized 4-bit, block 16 (quantized at export)": 1,
-        "MatMulNBits 4-bit, block 16 (quantized at export)": 1}
+        "rows of the head's MatMulNBits 4-bit, block 16 (quantized at export)": 1,
+        "MatMulNBits 4-bit, block 16 (quantized at export, shared with the table)": 1}
     assert data["verification"]["passed"] and data["verification"]["tokens_match"]
 
 
