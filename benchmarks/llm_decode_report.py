@@ -1,0 +1,146 @@
+"""The `llm-decode` section of BENCHMARKS.md from benchmarks/llm_decode.py's results: one
+table per thread count (each file against the DRAM bound and the bound at its own
+working set, PyTorch eager and llama.cpp), the quality cost of table quantization, and
+the ~3B rows. Rendering only: every number comes from the results file.
+"""
+
+from __future__ import annotations
+
+PROMPT_TOKENS = 64
+EAGER, LLAMACPP = "PyTorch eager fp32 (dense)", "llama.cpp Q4_1 GGUF"
+
+
+def markdown(data: dict) -> str:
+    env = data["environment"]
+    lines = [
+        "## Exported LLM decode against the memory-bandwidth bound",
+        "",
+        f"`python -m benchmarks.llm_decode` on {env['cpu']} ({env['cores']} cores), "
+        f"{env['date']}. SmolLM2-135M-Instruct; every file verified by `toolkit export` "
+        "(greedy tokens equal to PyTorch's) unless marked. One interleaved `toolkit bench` "
+        f"per thread count ({data['args']['runs']}+ timed decode steps, median), prompt "
+        f"{data['args']['prompt_tokens']} tokens, max context {data['args']['max_context']}. "
+        "Bound: bytes read per decode token / measured read bandwidth (module docstring); "
+        "% of bound = bound time / measured time, against the DRAM bandwidth (1 GiB probe) "
+        "and against the bandwidth measured at the row's own bytes per token (a SmolLM2 "
+        "file fits in part in the host's shared last-level cache, which reads faster: over "
+        "100% of the DRAM bound means exactly that). TTFT: the 64-token prefill. "
+        "Tokens = PyTorch: the export's verification (greedy tokens of the file equal "
+        "PyTorch's computing with the same weights, the quantized table included). Logit "
+        "rel. error: the bench prompt's logits against the GPTQ artifact in PyTorch with "
+        "its float table, so the dense rows show GPTQ's own change and the table rows the "
+        "table's quantization. llama.cpp: llama-cpp-python on the shipped Q4_1 GGUF, same "
+        "prompt ids.",
+    ]
+    for threads, row in data["threads"].items():
+        bandwidth = row["bandwidth"][0]["gb_per_s"], row["bandwidth"][1]["gb_per_s"]
+        gb_s = min(bandwidth)
+        lines += ["", f"**{threads} thread(s)**: read bandwidth {bandwidth[0]:.1f} GB/s "
+                  f"before, {bandwidth[1]:.1f} after (the bound uses the lower).", "",
+                  "| file | MB | MB read / token | bound tok/s | load ms | TTFT ms | "
+                  "prefill tok/s | decode tok/s (p90 step) | x PyTorch | "
+                  "% of bound (DRAM / at size) | RSS MB | tokens = PyTorch | logit rel. error |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        models = {m["path"]: m for m in row["bench"]["models"]}
+        eager = next(m for m in row["bench"]["models"] if m["runtime"] == "torch")
+        eager_tps = eager["llm"]["decode_tokens_per_s"]
+        at_size = row.get("working_set_gb_per_s", {})
+        for name, entry in data["files"].items():
+            model = next(m for path, m in models.items() if path.endswith(entry["file"]))
+            levels = entry.get("bytes_per_token", {}).get("accuracy_levels")
+            label = f"{name} (level {'/'.join(map(str, levels))})" if levels else name
+            lines.append(_row(label, model, entry.get("bytes_per_token", {}).get("total"),
+                              gb_s, eager_tps, entry.get("tokens_match"), at_size.get(name)))
+        lines.append(_row(EAGER, eager, None, gb_s, eager_tps, True, at_size.get(EAGER),
+                          params_bytes=data["pytorch_fp32_bytes"]))
+        anchor = row["llamacpp"]
+        lines.append(_anchor_row(anchor, data["gguf"]["bytes"], gb_s, eager_tps,
+                                 at_size.get(LLAMACPP)))
+    return "\n".join(lines + _quality_lines(data.get("table_quality"))
+                     + _large_lines(data.get("large")))
+
+
+def _quality_lines(rows: list[dict] | None) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "What `--embedding-bits` costs in quality: perplexity of the GPTQ 4-bit "
+             "artifact with its table and head as stored (float) and round-to-nearest at 8 "
+             "and 4 bits, groups of 32 (the toolkit's default evaluation protocol).", "",
+             "| table and head | Wikipedia ppl | news ppl |", "|---|---|---|"]
+    for row in rows:
+        name = "float (as stored)" if row["table_bits"] is None else f"{row['table_bits']}-bit"
+        lines.append(f"| {name} | {row['wikipedia']:.3f} | {row['news']:.3f} |")
+    return lines
+
+
+def _large_lines(large: dict | None) -> list[str]:
+    if not large:
+        return []
+    per_token = large["bytes_per_token"]["total"]
+    lines = ["", f"{large['shape']} ({large['params'] / 1e9:.2f}B parameters, synthetic "
+             f"random weights: speed and memory only): RTN 4-bit g{large['group_size']} "
+             "artifact exported with `--engine streaming --embedding-bits 4` (export peak "
+             f"RSS {large['export_peak_rss'] / 1e9:.2f} GB with verification, "
+             f"{large['export_wall']:.0f} s, verdict {large['verdict']}; MatMulNBits level "
+             f"{'/'.join(map(str, large['bytes_per_token'].get('accuracy_levels') or ['-']))}: "
+             "the default `auto` keeps int8 compute only when the verified greedy tokens "
+             "stay PyTorch's; level 0 means they changed on these random weights, so the "
+             "file computes in float); "
+             "one `toolkit bench` per thread count (5+ decode steps).", "",
+             "| threads | GB | GB read / token | bandwidth GB/s | bound tok/s | load s | "
+             "TTFT s | prefill tok/s | decode tok/s | % of bound | RSS GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for threads, row in large["threads"].items():
+        gb_s = min(b["gb_per_s"] for b in row["bandwidth"])
+        model = row["bench"]["models"][0]
+        llm = model["llm"]
+        bound = gb_s * 1e9 / per_token
+        decode = llm["decode_tokens_per_s"]
+        lines.append(
+            f"| {threads} | {(model.get('file_bytes') or 0) / 1e9:.2f} | "
+            f"{per_token / 1e9:.2f} | {gb_s:.1f} | {bound:.1f} | {model['load_seconds']:.1f} | "
+            f"{PROMPT_TOKENS / llm['prefill_tokens_per_s']:.1f} | "
+            f"{llm['prefill_tokens_per_s']:.1f} | **{decode:.2f}** | "
+            f"{100 * decode / bound:.0f}% | {(model.get('peak_rss_mb') or 0) / 1e3:.2f} |")
+    return lines
+
+
+def _bound_share(decode: float, per_token: float, gb_s: float, at_size: float | None) -> str:
+    """% of the DRAM bound, and of the bound at the row's own working set when measured."""
+    share = f"{100 * decode * per_token / (gb_s * 1e9):.0f}%"
+    if at_size:
+        share += f" / {100 * decode * per_token / (at_size * 1e9):.0f}%"
+    return share
+
+
+def _row(name, model, per_token, gb_s, eager_tps, tokens_match, at_size=None,
+         params_bytes=None) -> str:
+    llm = model["llm"]
+    per_token = per_token or params_bytes
+    bound = gb_s * 1e9 / per_token if per_token else None
+    decode = llm["decode_tokens_per_s"]
+    ttft = 1000 * PROMPT_TOKENS / llm["prefill_tokens_per_s"]
+    accuracy = model.get("accuracy") or {}
+    error = accuracy.get("relative_error")
+    size = model.get("file_bytes") or per_token
+    return (f"| {name} | {size / 1e6:.1f} | "
+            f"{per_token / 1e6:.1f} | {bound:.0f} | {1000 * model['load_seconds']:.0f} | "
+            f"{ttft:.0f} | {llm['prefill_tokens_per_s']:.0f} | **{decode:.1f}** "
+            f"({1000 / model['latency']['p90_ms']:.1f}) | "
+            f"{decode / eager_tps:.2f} | {_bound_share(decode, per_token, gb_s, at_size)} | "
+            f"{model.get('peak_rss_mb') or 0:.0f} | "
+            f"{'yes' if tokens_match else 'no' if tokens_match is False else '-'} | "
+            f"{'-' if error is None else f'{error:.1e}'} |")
+
+
+def _anchor_row(anchor: dict, gguf_bytes: int, gb_s: float, eager_tps: float,
+                at_size: float | None = None) -> str:
+    decode = anchor["decode_tokens_per_s"]["median"]
+    bound = gb_s * 1e9 / gguf_bytes
+    return (f"| llama.cpp Q4_1 GGUF | {gguf_bytes / 1e6:.1f} | {gguf_bytes / 1e6:.1f} | "
+            f"{bound:.0f} | {1000 * anchor['load_seconds']:.0f} | "
+            f"{1000 * anchor['ttft_seconds']['median']:.0f} | "
+            f"{anchor['prefill_tokens_per_s']['median']:.0f} | **{decode:.1f}** "
+            f"(min {anchor['decode_tokens_per_s']['min']:.1f}) | "
+            f"{decode / eager_tps:.2f} | {_bound_share(decode, gguf_bytes, gb_s, at_size)} | "
+            f"{anchor.get('peak_rss_bytes', 0) / 1e6:.0f} | - | - |")
