@@ -52,8 +52,8 @@ class DecoderWeights:
             raise ExportError("the model has no final norm or LM head: the LLM exporter "
                               "supports causal Llama-style decoders only")
         if is_moe_mlp(layout.blocks[0].mlp):
-            raise ExportError("mixture-of-experts models are exported from memory: pass "
-                              "--engine memory")
+            raise ExportError("mixture-of-experts models are exported whole, from memory: "
+                              "pass --engine memory and no --chunks")
         _check_blocks(layout.blocks, config)
         self.activation = getattr(config, "hidden_act", "silu")
         if self.activation not in SUPPORTED_ACTIVATIONS:
