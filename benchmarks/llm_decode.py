@@ -144,8 +144,10 @@ def onnx_bytes_per_token(path: Path) -> dict:
 
 
 def _llm_metadata(model) -> dict:
-    """The contract the exporter stored in the file (export.onnx.llm.io_description)."""
-    return json.loads({p.key: p.value for p in model.metadata_props}["edge_toolkit.llm"])
+    """The contract the exporter stored in the file (export.onnx.cache_io.io_description)."""
+    from export.onnx.cache_io import LLM_METADATA_KEY
+
+    return json.loads({p.key: p.value for p in model.metadata_props}[LLM_METADATA_KEY])
 
 
 def verify_tokens(made: dict) -> None:

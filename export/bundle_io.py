@@ -24,13 +24,12 @@ import os
 from pathlib import Path
 
 from export.errors import ExportError, require
+from export.onnx.cache_io import LLM_METADATA_KEY, PER_LAYER
 
 INPUT_ROLES = ("input_ids", "position", "past_keys", "past_values")
 OUTPUT_ROLES = ("logits", "present_keys", "present_values")
 CACHE_ROLES = ("past_keys", "past_values", "present_keys", "present_values")
 CACHE_DTYPES = ("float32", "float16")
-LLM_METADATA_KEY = "edge_toolkit.llm"
-PER_LAYER = "per_layer"  # export.onnx.cache_io (not imported: bundles stay runtime-light)
 TOKENS = "tokens"  # the symbolic token-count dimension of input_ids and logits
 ONNX_ENTRY = "main"
 PREFILL, DECODE = "prefill", "decode"

@@ -28,7 +28,7 @@ from torch import nn
 from export.coreml.chunk_plan import Chunk
 from export.llm.decoder import DecoderBlock, ExportLinear, RMSNorm
 from export.llm.decoder_weights import ATTENTION, MLP, DecoderWeights
-from export.llm.export_decoder import MASKED
+from export.llm.export_decoder import step_inputs
 
 
 class ChunkDecoder(nn.Module):
@@ -107,13 +107,8 @@ class ChunkDecoder(nn.Module):
 
     def run(self, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """`x`: input_ids [1, T] (first chunk) or hidden [1, T, hidden]."""
-        tokens = x.shape[1]
-        positions = position + torch.arange(tokens, dtype=position.dtype)
-        freqs = positions.to(torch.float32).unsqueeze(1) * self.inv_freq.unsqueeze(0)
-        angles = torch.cat((freqs, freqs), dim=-1)  # [T, D]
-        cos, sin = angles.cos() * self.rope_scale, angles.sin() * self.rope_scale
-        slots = torch.arange(self.shape.max_context, dtype=position.dtype)
-        mask = torch.where(slots.unsqueeze(0) <= positions.unsqueeze(1), 0.0, MASKED)
+        positions, cos, sin, mask = step_inputs(position, x.shape[1], self.inv_freq,
+                                                self.rope_scale, self.shape.max_context)
         h = self.embed[x[0]] if self.embed is not None else x[0].to(torch.float32)
         new_keys, new_values = [], []
         for index, layer in enumerate(self.layers):

@@ -73,14 +73,8 @@ class ExportDecoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position: torch.Tensor, keys: torch.Tensor,
                 values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        tokens = input_ids.shape[1]
-        positions = position + torch.arange(tokens, dtype=position.dtype)
-        freqs = positions.to(torch.float32).unsqueeze(1) * self.inv_freq.unsqueeze(0)
-        angles = torch.cat((freqs, freqs), dim=-1)  # [T, D]
-        cos, sin = angles.cos() * self.rope_scale, angles.sin() * self.rope_scale
-        slots = torch.arange(self.shape.max_context, dtype=position.dtype)
-        visible = slots.unsqueeze(0) <= positions.unsqueeze(1)  # [T, C]
-        mask = torch.where(visible, 0.0, MASKED)
+        positions, cos, sin, mask = step_inputs(position, input_ids.shape[1], self.inv_freq,
+                                                self.rope_scale, self.shape.max_context)
         x = self.embed[input_ids[0]]  # [T, hidden]
         new_keys, new_values = [], []
         for index, layer in enumerate(self.layers):
@@ -90,6 +84,20 @@ class ExportDecoder(nn.Module):
         x = self.norm(x)
         logits = x @ self.embed.t() if self.lm_head is None else self.lm_head(x)
         return logits.unsqueeze(0), torch.stack(new_keys), torch.stack(new_values)
+
+
+def step_inputs(position: torch.Tensor, tokens: int, inv_freq: torch.Tensor,
+                rope_scale: float, max_context: int):
+    """(positions [T], cos, sin [T, D], mask [T, max_context]) of a call that feeds
+    `tokens` tokens from `position`: the rotary tables at positions p .. p+T-1 and the
+    causal mask over the cache slots (0 where slot c <= p + t, MASKED elsewhere)."""
+    positions = position + torch.arange(tokens, dtype=position.dtype)
+    freqs = positions.to(torch.float32).unsqueeze(1) * inv_freq.unsqueeze(0)
+    angles = torch.cat((freqs, freqs), dim=-1)  # [T, D]
+    cos, sin = angles.cos() * rope_scale, angles.sin() * rope_scale
+    slots = torch.arange(max_context, dtype=position.dtype)
+    visible = slots.unsqueeze(0) <= positions.unsqueeze(1)  # [T, C]
+    return positions, cos, sin, torch.where(visible, 0.0, MASKED)
 
 
 def _decoder_shape(config, max_context: int) -> DecoderShape:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # runtime readers (the bundle reader) import this without torch
     from export.llm.decoder import DecoderShape
 
+LLM_METADATA_KEY = "edge_toolkit.llm"  # the metadata entry holding io_description's JSON
 STACKED, PER_LAYER = "stacked", "per_layer"
 STACKED_INPUTS = ["input_ids", "position", "past_keys", "past_values"]
 STACKED_OUTPUTS = ["logits", "present_keys", "present_values"]

@@ -41,6 +41,7 @@ from export.errors import ExportError, require
 from export.llm.decoder_weights import MLP, DecoderWeights, LinearWeight
 from export.onnx.cache_io import (
     KV_CACHE_DTYPES,
+    LLM_METADATA_KEY,
     PER_LAYER,
     STACKED,
     STACKED_INPUTS,
@@ -269,7 +270,7 @@ def write_decoder_onnx(weights: DecoderWeights, out: Path,
                        helper.make_opsetid("com.microsoft", 1)],
         producer_name="edge-toolkit", ir_version=IR_VERSION)
     description = io_description(shape, layout, kv_cache_dtype)
-    for key, value in {"edge_toolkit.llm": json.dumps(description), **(metadata or {})}.items():
+    for key, value in {LLM_METADATA_KEY: json.dumps(description), **(metadata or {})}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save_model(model, str(out))

@@ -22,7 +22,12 @@ import torch
 from export.errors import ExportError, require
 from export.llm.decoder_weights import DecoderWeights
 from export.llm.export_decoder import ExportDecoder
-from export.onnx.cache_io import STACKED_INPUTS, STACKED_OUTPUTS, io_description
+from export.onnx.cache_io import (
+    LLM_METADATA_KEY,
+    STACKED_INPUTS,
+    STACKED_OUTPUTS,
+    io_description,
+)
 from export.onnx.rewrite import carry_compression
 from export.onnx.weights import set_accuracy_level
 from export.records import LayerRecord
@@ -58,7 +63,7 @@ def export_llm_onnx(source: torch.nn.Module, out: Path, *, max_context: int,
                       if quantized and name in quantized}
     carried, dropped = carry_compression(model, by_initializer)
     set_accuracy_level(model.graph.node, accuracy_level)
-    for key, value in {"edge_toolkit.llm": json.dumps(io_description(decoder.shape)),
+    for key, value in {LLM_METADATA_KEY: json.dumps(io_description(decoder.shape)),
                        **(metadata or {})}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value

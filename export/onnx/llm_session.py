@@ -23,9 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import ExportError, require
-from export.onnx.cache_io import PER_LAYER, STACKED
-
-METADATA_KEY = "edge_toolkit.llm"
+from export.onnx.cache_io import LLM_METADATA_KEY, PER_LAYER, STACKED
 
 
 class OnnxDecoderSession:
@@ -35,9 +33,9 @@ class OnnxDecoderSession:
     def __init__(self, session, path: Path) -> None:
         self._ort = require("onnxruntime", "onnx", "running ONNX files")
         self.session = session
-        text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        text = session.get_modelmeta().custom_metadata_map.get(LLM_METADATA_KEY)
         if not text:
-            raise ExportError(f"{Path(path).name} has no {METADATA_KEY} metadata: it is not an "
+            raise ExportError(f"{Path(path).name} has no {LLM_METADATA_KEY} metadata: it is not an "
                               "Edge Toolkit LLM export; export it again with `toolkit export "
                               "onnx`")
         self.contract = json.loads(text)

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+# export.onnx.cache_io.LLM_METADATA_KEY, spelled out: importing `export` loads torch, which
+# a worker timing a vision file must not carry in its peak RSS.
 LLM_METADATA_KEY = "edge_toolkit.llm"
 
 
