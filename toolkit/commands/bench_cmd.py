@@ -56,7 +56,43 @@ def add_parser(subparsers) -> None:
                    help="write an HTML report with the latency distributions")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars (errors and the final table still print)")
+    device = p.add_argument_group(
+        "on a device", "--device browser|phone runs the same protocol in the web app "
+        "(apps/web, `make web`) with onnxruntime-web / LiteRT.js: PATH is then a bundle "
+        "folder (`toolkit export ... --bundle DIR`) or an .onnx / .tflite file. `browser`: "
+        "a local headless Chromium. `phone`: serves the page and waits for a phone on the "
+        "same network to open it (URL and QR code printed; https with a self-signed "
+        "certificate by default: trust it once from /bench/certificate.pem, iOS: install "
+        "the profile then enable it under General > About > Certificate Trust Settings; "
+        "Android: Settings > Security > Install a certificate > CA certificate).")
+    device.add_argument("--device", choices=("host", "browser", "phone"), default="host",
+                        help="where the models run (default: %(default)s)")
+    device.add_argument("--backend", choices=("auto", "wasm", "webgpu"), default="auto",
+                        help="browser backend; auto: WebGPU where the browser has it, else "
+                             "WASM (default: %(default)s)")
+    device.add_argument("--host", default="127.0.0.1",
+                        help="address the bench server binds to; 0.0.0.0 for a phone "
+                             "(default: %(default)s)")
+    device.add_argument("--port", type=_port, default=0,
+                        help="server port; 0 picks a free one (default: %(default)s)")
+    device.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None,
+                        help="serve https (default: on for phone, off for browser)")
+    device.add_argument("--cert", type=Path, help="PEM certificate for https (with --key) "
+                        "instead of the self-signed one")
+    device.add_argument("--key", type=Path, help="PEM private key of --cert")
+    device.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="seconds to wait for the page's results (default: 600 for "
+                             "browser, 1800 for phone)")
+    device.add_argument("--emulate", metavar="DEVICE",
+                        help="--device browser: Playwright's emulation of a phone, e.g. "
+                             "'iPhone 15' or 'Pixel 7' (viewport and user agent)")
     p.set_defaults(run=run)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a port number 0..65535")
+    return int(text)
 
 
 def _non_negative_int(text: str) -> int:
@@ -117,7 +153,7 @@ def check_model_file(spec: str, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from toolkit.bench.html_report import render_html
-    from toolkit.bench.session import BenchOptions, run_bench
+    from toolkit.bench.session import BenchOptions
 
     if not args.min_seconds >= 0:
         raise UserError(f"--min-seconds {args.min_seconds} must be >= 0")
@@ -126,10 +162,49 @@ def run(args: argparse.Namespace) -> int:
     if args.runtime == "coreml":
         raise UserError("--runtime coreml: Core ML runs only on Apple devices and is not "
                         "benchmarked here: bench the model's ONNX or tflite export instead")
-    targets = resolve_targets(args.paths, args.runtime)
     options = BenchOptions(threads=args.threads, warmup=args.warmup, runs=args.runs,
                            min_seconds=args.min_seconds, prompt_tokens=args.prompt_tokens,
                            max_context=args.max_context, reference=args.reference)
+    if args.device != "host":
+        report = _device_report(args, options)
+    else:
+        report = _host_report(args, options)
+    print(format_table(HEADERS, [table_row(m, report["models"][0]) for m in report["models"]]))
+    write_json(args.json, report)
+    if args.html:
+        write_text_atomic(args.html.expanduser(), render_html(report))
+    return 0
+
+
+def _device_report(args: argparse.Namespace, options) -> dict:
+    from toolkit.bench.device.run import DeviceOptions, run_device_bench
+
+    if args.runtime != "auto" or args.reference:
+        raise UserError(f"--device {args.device} runs each file in the browser's runtime and "
+                        "compares it with the same file on this machine: drop --runtime and "
+                        "--reference")
+    if args.timeout is not None and not args.timeout > 0:
+        raise UserError(f"--timeout {args.timeout} must be > 0 seconds")
+    if args.emulate and args.device != "browser":
+        raise UserError("--emulate is for --device browser (a phone is itself)")
+    tls = args.tls if args.tls is not None else args.device == "phone"
+    if (args.cert or args.key) and not tls:
+        raise UserError("--cert/--key are for https: drop --no-tls")
+    timeout = args.timeout or (1800.0 if args.device == "phone" else 600.0)
+    return run_device_bench(args.paths, options, DeviceOptions(
+        device=args.device, backend=args.backend, host=args.host, port=args.port, tls=tls,
+        cert=args.cert, key=args.key, timeout=timeout, emulate=args.emulate),
+        say=lambda text: print(text, flush=True))
+
+
+def _host_report(args: argparse.Namespace, options) -> dict:
+    from toolkit.bench.session import run_bench
+
+    for flag, given in (("--emulate", args.emulate), ("--cert", args.cert),
+                        ("--tls", args.tls), ("--timeout", args.timeout)):
+        if given:
+            raise UserError(f"{flag} is for --device browser|phone")
+    targets = resolve_targets(args.paths, args.runtime)
     progress = make_progress(args.quiet)
     try:
         report = run_bench(targets, options, progress)
@@ -138,11 +213,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()  # end the bars' lines before the table or an error
-    print(format_table(HEADERS, [table_row(m, report["models"][0]) for m in report["models"]]))
-    write_json(args.json, report)
-    if args.html:
-        write_text_atomic(args.html.expanduser(), render_html(report))
-    return 0
+    return report
 
 
 HEADERS = ["model", "runtime", "MB", "load ms", "first ms", "p50 ms", "p90 ms", "p99 ms",
@@ -158,7 +229,7 @@ def table_row(model: dict, first: dict) -> list:
             f"{lat['p50_ms']:.3f}", f"{lat['p90_ms']:.3f}", f"{lat['p99_ms']:.3f}",
             f"{lat['mean_ms']:.3f}±{lat['std_ms']:.3f}",
             f"{lat['p50_ms'] / first['latency']['p50_ms']:.2f}",
-            f"{model['peak_rss_mb']:.0f}",
+            f"{model['peak_rss_mb']:.0f}" if model.get("peak_rss_mb") is not None else "-",
             f"{llm['prefill_tokens_per_s']:.1f}" if llm else "-",
             f"{llm['decode_tokens_per_s']:.1f}" if llm else "-",
             f"{acc['max_abs_error']:.2e}" if acc else "-",
