@@ -16,88 +16,68 @@ one is complete, and a folder that is not a bundle is never replaced.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from export.bundle_files import (
+    BUNDLE_FORMAT,
+    BUNDLE_TARGETS,
+    BUNDLE_VERSION,
+    MANIFEST,
+    MODEL_STEM,
+    check_bundle_dir,
+    files_section,
+    model_files,
+    sha256,
+    staged_bundle,
+)
 from export.bundle_io import contract_summary, describe_entry_points
 from export.errors import ExportError
-from export.job import export_model
 from export.llm.streamed import StreamedArtifact
 from export.options import ExportOptions
 from export.registry import artifact_kind, get_exporter
 from export.report import ExportReport
-from models.staging import make_staging_dir, sweep_stale_staging
 
-BUNDLE_FORMAT = "edge-toolkit-bundle"
-BUNDLE_VERSION = 1
-MANIFEST = "bundle.json"
-MODEL_STEM = "model"
-BUNDLE_TARGETS = ("onnx", "tflite")  # the runtimes export.bundle_read can generate with
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_TARGETS", "BUNDLE_VERSION", "KIND", "MANIFEST",
+           "MODEL_STEM", "bundle_manifest", "check_bundle_dir", "files_section", "sha256",
+           "write_bundle"]
+KIND = "llm"  # the manifest's "kind" of a language-model bundle
 TOKENIZER_FILE = "tokenizer.json"
 GENERATION_FILE = "generation_config.json"
-HASH_CHUNK = 1 << 22
-
-
-def check_bundle_dir(target: str, bundle: Path, options: ExportOptions) -> Path:
-    """`bundle` made absolute, refused before any work when it cannot become the bundle."""
-    if target not in BUNDLE_TARGETS:
-        raise ExportError(f"--bundle is written for {' and '.join(BUNDLE_TARGETS)} (the "
-                          f"runtimes a bundle is read back with), not {target}: use --out "
-                          "for a single file")
-    given = Path(bundle).expanduser()
-    if given.exists() or given.is_symlink():
-        if not given.is_dir() or given.is_symlink():
-            raise ExportError(f"--bundle {given} exists and is not a folder: choose a new path")
-        if not options.overwrite:
-            raise ExportError(f"--bundle {given} exists: pass --overwrite or choose another "
-                              "path")
-        if any(given.iterdir()) and not (given / MANIFEST).is_file():
-            raise ExportError(f"--bundle {given} is a folder that holds no {MANIFEST}, so it "
-                              "is not a bundle --overwrite may replace: choose a new path")
-    return Path(os.path.abspath(given))
 
 
 def write_bundle(target: str, artifact: Any, bundle: Path,
                  options: ExportOptions | None = None) -> ExportReport:
-    """Export `artifact` (a models.LoadedModel or an export.llm.streamed.StreamedArtifact
-    of a decoder LM) to `target` as a bundle at `bundle`. A report whose verification
-    failed comes back with path None and nothing written, as from export_model."""
+    """Export `artifact` to `target` as a bundle at `bundle`: a decoder LM (a
+    models.LoadedModel or an export.llm.streamed.StreamedArtifact) with its tokenizer, or
+    a vision model (export.vision_bundle). A report whose verification failed comes back
+    with path None and nothing written, as from export_model."""
     options = options or ExportOptions()
-    bundle = check_bundle_dir(target, bundle, options)
+    if artifact_kind(artifact) != "llm":
+        from export.vision_bundle import write_vision_bundle
+
+        return write_vision_bundle(target, artifact, bundle, options)
+    check_bundle_dir(target, bundle, options)
     tokenizer = _checked_tokenizer(artifact)
-    bundle.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_staging(bundle.parent)
-    staging = make_staging_dir(bundle)
-    try:
-        model = staging / f"{MODEL_STEM}{get_exporter(target).suffix}"
-        report = export_model(target, artifact, model,
-                              dataclasses.replace(options, overwrite=False))
-        if not report.passed:
-            return report
+
+    def finish(staging: Path, model: Path, report: ExportReport) -> dict:
         extra = _write_tokenizer_files(staging, tokenizer)
         _write_generation_config(staging, artifact, tokenizer)
-        manifest = bundle_manifest(target, staging, model, artifact, tokenizer, report,
-                                   options, extra)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n",
-                                        encoding="utf-8")
-        _move_into_place(staging, bundle)
-        report.path = os.fspath(bundle)
-        report.details["bundle_files"] = sorted(manifest["files"]) + [MANIFEST]
-        return report
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return bundle_manifest(target, staging, model, artifact, tokenizer, report,
+                               options, extra)
+
+    return staged_bundle(target, artifact, bundle, options, finish)
 
 
 def _checked_tokenizer(artifact: Any):
     """The artifact's fast tokenizer; a one-line refusal for what cannot be bundled."""
-    if artifact_kind(artifact) != "llm" or getattr(artifact, "tokenizer", None) is None:
-        raise ExportError(f"--bundle packages a language model with its tokenizer; "
-                          f"{artifact.source} is not one: export it with --out")
+    if getattr(artifact, "tokenizer", None) is None:
+        raise ExportError(f"--bundle packages a language model with its tokenizer, or a "
+                          f"vision model; {artifact.source} has no tokenizer: export it "
+                          "with --out")
     tokenizer = artifact.tokenizer
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise ExportError(f"the tokenizer of {artifact.source} is not a fast (tokenizers) "
@@ -165,8 +145,7 @@ def bundle_manifest(target: str, staging: Path, model: Path, artifact: Any, toke
                     report: ExportReport, options: ExportOptions, extra: list[str]) -> dict:
     """bundle.json (see export.bundle_read for each key's meaning)."""
     exporter = get_exporter(target)
-    model_files = sorted(p.name for p in staging.iterdir()
-                         if p.name == model.name or p.name.startswith(model.name + "."))
+    files = model_files(staging, model)
     verification = None
     if report.verification is not None:
         check = report.verification
@@ -178,10 +157,10 @@ def bundle_manifest(target: str, staging: Path, model: Path, artifact: Any, toke
             "tokens": check.get("runtime_tokens"), "rtol": check.get("rtol"),
             "logits_relative_error": (check.get("logits") or {}).get("relative_error")}
     return {
-        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "target": target,
+        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "kind": KIND, "target": target,
         "runtime": exporter.runtime, "source": artifact.source,
-        "model": {"file": model.name, "files": model_files,
-                  "external_data": [name for name in model_files if name != model.name]},
+        "model": {"file": model.name, "files": files,
+                  "external_data": [name for name in files if name != model.name]},
         **contract_summary(describe_entry_points(exporter.runtime, model)),
         "tokenizer": {"file": TOKENIZER_FILE, "files": extra,
                       "chat_template": next((n for n in extra
@@ -193,36 +172,3 @@ def bundle_manifest(target: str, staging: Path, model: Path, artifact: Any, toke
         "verification": verification,
         "files": files_section(staging),
     }
-
-
-def files_section(folder: Path) -> dict[str, dict]:
-    """{relative name: {"bytes", "sha256"}} for every file under `folder` but the manifest."""
-    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
-
-
-def sha256(path: Path) -> str:
-    """The file's SHA-256, read in chunks (a 7B model's weights are several GB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _move_into_place(staging: Path, bundle: Path) -> None:
-    """Rename the complete `staging` to `bundle`; an existing bundle is set aside first and
-    removed only after the new one is in place (put back if the rename fails)."""
-    if not bundle.exists():
-        os.replace(staging, bundle)
-        return
-    retired = make_staging_dir(bundle, "old")
-    try:
-        os.replace(bundle, retired / "old")
-        try:
-            os.replace(staging, bundle)
-        except BaseException:
-            os.replace(retired / "old", bundle)
-            raise
-    finally:
-        shutil.rmtree(retired, ignore_errors=True)

@@ -1,10 +1,13 @@
 """A bundle (export.bundle) read back the way an app reads it: the manifest checked, every
 file's size and SHA-256 compared with it, then greedy generation with onnxruntime or
 LiteRT and the `tokenizers` library alone; neither models/ nor transformers is touched.
+A vision bundle (export.vision_bundle) instead runs its sample image and prints the
+error against the recorded outputs (export.bundle_read_vision).
 
     python -m export.bundle_read DIR [--prompt TEXT] [--new-tokens N] [--check] [--json]
 
-bundle.json, format "edge-toolkit-bundle", version 1:
+bundle.json, format "edge-toolkit-bundle", version 1, "kind" "llm" (absent in bundles
+written before vision bundles existed; read as "llm"):
 
     target, runtime        "onnx" / "onnxruntime" or "tflite" / "ai-edge-litert"
     model                  {"file", "files" (with external data), "external_data"}
@@ -29,6 +32,35 @@ bundle.json, format "edge-toolkit-bundle", version 1:
                            "logits_relative_error"} (null when exported with --no-verify)
     files                  {name: {"bytes", "sha256"}} for every file but bundle.json
 
+A vision bundle, "kind" "image-segmentation" or "image-classification", has target,
+runtime, source, quantization and files as above, and:
+
+    family                 the model family (portrait, vmoe, cnn)
+    model                  {"file", "files", "external_data", "signature"}: signature is
+                           the LiteRT signature key ("serving_default"), null for ONNX
+    inputs, outputs        read from the file: {"role", "name", "dtype", "shape"} where
+                           name is what the runtime binds (ONNX value name; LiteRT
+                           signature key, with the flatbuffer "tensor" name beside it) and
+                           an int8 tensor has "quantization": {"scale", "zero_point"};
+                           roles: "pixels"; "mask" or "logits"; "experts"
+    preprocessing          {"height", "width", "channels", "layout" (NCHW / NHWC), "color"
+                           (RGB / grayscale, with BT.601 weights), "dtype", "value_range"
+                           [0, 255], "normalization_folded": true, "mean", "std", "note";
+                           "quantize" for an int8 input; "dataset", "dataset_note"}: feed
+                           raw 0..255 pixels, the file normalises itself
+    postprocessing         segmentation: {"mask": {"output", "dtype", "shape"}, "value":
+                           "probability", "apply_sigmoid": false, "threshold": 0.5};
+                           classification: {"logits": {...}, "value": "logits",
+                           "apply_softmax", "labels"}; "dequantize" for an int8 output
+    experts                a per-image routed MoE: {"output", "dtype", "shape" [1, k],
+                           "top_k", "num_experts", "moe_blocks", "meaning"}; else null
+    verification           {"passed", "runtime", "reference", "rtol", "judged_on",
+                           "outputs": [{"role", "name", "relative_error", ...}]} or null
+    sample                 {"input": {"file", "dtype", "shape", "layout"}, "outputs":
+                           [{"role", "name", "file", "dtype", "shape"}], "byte_order":
+                           "little", "rtol", "judged_on"}: the verification image as raw
+                           values and the runtime's outputs on it, for an app's own tests
+
 A reader refuses a newer version; version 1 readers ignore keys they do not know.
 """
 
@@ -44,12 +76,20 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from export.bundle_read_vision import (
+    VISION_KINDS,
+    VISION_REQUIRED,
+    check_sample,
+    describe,
+    sample_files,
+)
 from export.errors import ExportError, require
 from export.llm.greedy import Step, prefill
 
 FORMAT = "edge-toolkit-bundle"
 SUPPORTED_VERSION = 1
 MANIFEST = "bundle.json"
+LLM = "llm"
 REQUIRED = ("target", "runtime", "model", "signatures", "cache", "max_context",
             "vocab_size", "prefill", "tokenizer", "special_tokens", "files")
 HASH_CHUNK = 1 << 22
@@ -113,10 +153,17 @@ def read_manifest(path: Path) -> dict:
     if version > SUPPORTED_VERSION:
         raise BundleError(f"{file} is bundle version {version}, newer than this reader's "
                           f"{SUPPORTED_VERSION}: upgrade Edge Toolkit")
-    missing = [key for key in REQUIRED if key not in manifest]
+    kind = manifest.get("kind", LLM)
+    if kind != LLM and kind not in VISION_KINDS:
+        raise BundleError(f"{file} is a {kind!r} bundle; this reader knows {LLM} and "
+                          f"{', '.join(VISION_KINDS)} ones: upgrade Edge Toolkit")
+    required = REQUIRED if kind == LLM else VISION_REQUIRED
+    missing = [key for key in required if key not in manifest]
     if missing:
         raise BundleError(f"{file} lacks {', '.join(missing)}: export the bundle again")
-    objects = ("model", "signatures", "cache", "prefill", "tokenizer", "special_tokens", "files")
+    objects = (("model", "signatures", "cache", "prefill", "tokenizer", "special_tokens",
+                "files") if kind == LLM else ("model", "preprocessing", "postprocessing",
+                                              "sample", "files"))
     wrong = [key for key in objects if not isinstance(manifest[key], dict)]
     wrong += [f"files[{name!r}]" for name, entry in manifest["files"].items()
               if not isinstance(entry, dict)] if "files" not in wrong else []
@@ -124,6 +171,11 @@ def read_manifest(path: Path) -> dict:
         raise BundleError(f"{file}: {', '.join(wrong)} must be JSON objects: export the "
                           "bundle again")
     return manifest
+
+
+def kind_of(manifest: dict) -> str:
+    """"llm", "image-segmentation" or "image-classification"."""
+    return manifest.get("kind", LLM)
 
 
 def _inside(folder: Path, name: str) -> Path:
@@ -142,7 +194,8 @@ def check_files(path: Path, manifest: dict) -> None:
 
     files = manifest["files"]
     needed = [*manifest["model"].get("files", [manifest["model"]["file"]]),
-              manifest["tokenizer"]["file"]]
+              *([manifest["tokenizer"]["file"]] if kind_of(manifest) == LLM
+                else sample_files(manifest))]
     for name in needed:
         if name not in files:
             raise BundleError(f"{path / MANIFEST} lists no checksum for {name}: export the "
@@ -276,12 +329,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", help="text to continue (default: the verification prompt)")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--check", action="store_true",
-                        help="re-run the recorded verification; exit 1 if it differs")
+                        help="re-run the recorded verification (vision: the sample); exit "
+                             "1 if it differs")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     try:
         bundle = open_bundle(args.bundle)
+        if kind_of(bundle.manifest) != LLM:  # run the sample; --check: exit 1 if it differs
+            result = check_sample(bundle.path, bundle.manifest, args.threads)
+            print(json.dumps(result) if args.json else describe(result))
+            return 0 if result["ok"] or not args.check else 1
         if args.check:
             result = self_check(bundle)
             ok = result["tokenizer_matches"] and result["tokens_match"]

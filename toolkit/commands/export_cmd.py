@@ -2,8 +2,9 @@
 compression carried in, verified on its runtime against PyTorch. The targets are the
 exporters registered in `export/` (export.registry); this command parses the arguments,
 loads the model once, calls export.export_model (or, with --bundle, export.bundle.write_bundle,
-which adds the tokenizer, generation config and a manifest around the verified file),
-prints its report and writes --json."""
+which adds the tokenizer, generation config and a manifest around the verified file, or
+for a vision model the pre/postprocessing and a sample: export.vision_bundle), prints its
+report and writes --json."""
 
 from __future__ import annotations
 
@@ -46,11 +47,13 @@ def add_parser(subparsers) -> None:
     where.add_argument("--out", type=Path, metavar="PATH",
                        help="file to write, e.g. model.onnx")
     where.add_argument("--bundle", type=Path, metavar="DIR",
-                       help="LLMs, onnx or tflite: write an app-ready folder instead: the "
-                            "model file(s), tokenizer.json, generation config, chat template "
-                            "and bundle.json (inputs, outputs, cache layout, max context, "
-                            "quantization, sha256 of every file); read it back with "
-                            "`python -m export.bundle_read DIR`")
+                       help="onnx or tflite: write an app-ready folder instead: the "
+                            "model file(s) and bundle.json (inputs, outputs, quantization, "
+                            "sha256 of every file); LLMs add tokenizer.json, generation "
+                            "config, chat template, cache layout and max context; vision "
+                            "models add pre/postprocessing, class labels, the V-MoE's "
+                            "expert choice as an output and a sample input with its "
+                            "outputs; read it back with `python -m export.bundle_read DIR`")
     _add_llm_options(p)
     _add_vision_options(p)
     add_engine_options(p, streaming="onnx and coreml: read one tensor at a time (coreml: "
