@@ -6,9 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+WEB_STAMP := apps/web/node_modules/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install web demo test test-slow lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11" >&2; exit 2; }
@@ -29,7 +30,22 @@ $(STAMP): pyproject.toml Makefile
 	    || echo "warning: Fashion-MNIST is missing: 'sudo apt-get install dataset-fashion-mnist' for toolkit train vmoe" >&2
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(WEB_STAMP)
+
+# The web app (apps/web): its npm packages, pinned by package-lock.json, from the npm
+# registry; and Debian's Chromium for `toolkit bench --device browser` and the browser
+# tests (Playwright drives it; no browser download). Each is skipped with a warning when
+# npm / root apt-get is missing: the browser tests then skip with one line.
+$(WEB_STAMP): apps/web/package.json apps/web/package-lock.json
+	@if command -v npm >/dev/null; then \
+	    cd apps/web && npm ci --no-audit --no-fund --silent && touch node_modules/.installed; \
+	else echo "warning: npm is missing: install Node.js for apps/web (its tests skip)" >&2; fi
+	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null \
+	    && { apt-get install -y -q chromium >/dev/null \
+	         || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; } ; } \
+	    || echo "warning: Chromium is missing: 'sudo apt-get install chromium' for toolkit bench --device browser" >&2
+
+web: $(WEB_STAMP)
 
 # Prune SmolLM2-135M-Instruct to 50% with Wanda on Wikipedia calibration text and print
 # the before/after table. The first run also caches the dequantized model (~30 s).
@@ -40,7 +56,7 @@ demo: $(STAMP)
 # NNCF compiles a C++ extension on first use (30-45 s on 2 cores) against a 60 s default.
 export NNCF_EXTENSION_LOAD_TIMEOUT ?= 600
 
-test: $(STAMP)
+test: $(STAMP) $(WEB_STAMP)
 	$(PY) -m pytest -q
 
 # Tests on the real model that take minutes (marked `slow`).

@@ -28,8 +28,6 @@ SCHEMA = "edge-toolkit-browser-bench"
 MAX_SAMPLES = 100_000
 MAX_OUTPUT_VALUES = 2_000_000
 BACKENDS = ("wasm", "webgpu", "litert-js", "litert-js-webgpu")
-DEVICE_KEYS = ("gpu_adapter", "user_agent", "platform", "mobile", "hardware_concurrency", "device_memory_gb",
-               "cross_origin_isolated", "webgpu", "screen")
 
 
 def check_results(document: dict, job) -> dict:

@@ -119,8 +119,9 @@ def _wait_for_phone(server: BenchServer, device: DeviceOptions, say) -> None:
     say(f"open {url} on the phone (same network), or scan:")
     say(terminal_qr(url))
     if device.tls and device.cert is None:
-        say(f"self-signed certificate: trust it once from {server.url(host, 'bench/certificate.pem')} "
-            "(see `toolkit bench --help`), or accept the browser's warning")
+        pem = server.url(host, "bench/certificate.pem")
+        say(f"self-signed certificate: trust it once from {pem} (see `toolkit bench "
+            "--help`), or accept the browser's warning")
     say(f"waiting up to {device.timeout:.0f} s for the results (Ctrl-C stops)")
     try:
         if not server.done.wait(device.timeout):
