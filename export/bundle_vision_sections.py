@@ -36,7 +36,7 @@ def preprocessing(vision, layout: str, pixels: dict) -> dict:
     section = {
         "height": height, "width": width, "channels": channels, "layout": layout,
         "color": {3: "RGB", 1: "grayscale"}.get(channels, f"{channels} channels"),
-        "dtype": "float32", "value_range": [0, 255],
+        "dtype": pixels["dtype"], "value_range": [0, 255],
         "normalization_folded": True, "folded": "(x / 255 - mean) / std",
         "mean": list(vision.mean), "std": list(vision.std),
         "resize": f"scale (or crop, then scale) the frame to {width}x{height}: the input "
@@ -48,11 +48,14 @@ def preprocessing(vision, layout: str, pixels: dict) -> dict:
         section["grayscale"] = {"weights_rgb": list(LUMA),
                                 "formula": "Y = 0.299 R + 0.587 G + 0.114 B (BT.601)"}
     quant = pixels.get("quantization")
-    if quant is not None:
+    if quant is not None:  # a fully int8 LiteRT file: it takes int8 codes of the pixels
         section["quantize"] = {
             **quant, "dtype": pixels["dtype"],
             "formula": "q = clip(round_half_even(x / scale) + zero_point, dtype min, max), "
                        "x the raw 0..255 pixel"}
+        section["note"] = ("take raw pixel values 0..255 (not 0..1, not normalised) and "
+                           f"quantize them to {pixels['dtype']} as `quantize` says: the "
+                           "file divides by 255 and applies mean/std itself")
     if getattr(vision, "dataset", None) == FASHION_MNIST:
         section["dataset"] = FASHION_MNIST
         section["dataset_note"] = ("trained on Fashion-MNIST: one centred garment, light "

@@ -274,3 +274,36 @@ def test_llm_bundles_say_kind_llm_and_still_generate(tmp_path_factory):
     bundle = open_bundle(llm_bundle(tmp_path_factory.mktemp("llm")))
     assert bundle.manifest["kind"] == "llm" and bundle.max_context == 48
     assert self_check(bundle)["tokens_match"]
+
+
+@pytest.mark.slow
+def test_int8_litert_bundle_says_how_to_quantize_the_pixels(toolkit_cli, tmp_path):
+    """A fully int8 LiteRT file takes int8 codes: the manifest gives the scale and zero
+    point, the sample stays raw pixels, and its dequantized output is within the int8
+    tolerance of PyTorch's (mean error, as the export judged it)."""
+    pytest.importorskip("ai_edge_quantizer")
+    bundle = tmp_path / "int8"
+    result = toolkit_cli("export", "tflite", "--model", "fake-cnn", "--bundle", bundle,
+                         "--int8", "--calibration-images", "8", "--quiet")
+    assert result.code == 0, result.err
+    manifest = _manifest(bundle)
+    (pixels,) = manifest["inputs"]
+    quantize = manifest["preprocessing"]["quantize"]
+    assert pixels["dtype"] == manifest["preprocessing"]["dtype"] == quantize["dtype"] == "int8"
+    assert quantize["scale"] == pixels["quantization"]["scale"] > 0
+    assert manifest["postprocessing"]["dequantize"]["dtype"] == "int8"
+    assert (manifest["sample"]["rtol"], manifest["sample"]["judged_on"]) == (0.05, "mean")
+    child = subprocess.run([sys.executable, "-m", "export.bundle_read", os.fspath(bundle),
+                            "--check", "--json"], capture_output=True, text=True,
+                           timeout=120, cwd=ROOT)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert json.loads(child.stdout.strip().splitlines()[-1])["ok"]
+    sample = manifest["sample"]
+    import models
+
+    loaded = models.load_model("fake-cnn")
+    x = torch.from_numpy(_raw(bundle, sample["input"]).copy()).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        want = loaded.module(loaded.vision.normalise(x)).numpy()
+    got = _raw(bundle, sample["outputs"][0])
+    assert np.abs(got - want).mean() / np.abs(want).max() < 0.05
