@@ -62,6 +62,11 @@ def test_browser_bench_runs_bundles_and_files_and_matches_python(toolkit_cli, ex
     assert cnn_onnx["accuracy"]["relative_error"] < 1e-5
     assert cnn_tflite["accuracy"]["relative_error"] < 1e-4
     assert "browser (wasm)" in result.out and (tmp_path / "report.html").is_file()
+    # page weight: each model file downloaded once (the bench needs no tokenizer), and
+    # the wasm runtimes
+    served = report["served_bytes"]
+    assert served["models"] == sum(m["file_bytes"] for m in report["models"])
+    assert served["runtime"] > 5e6 and served["app"] > 0
 
 
 def test_phone_emulation_reports_the_phone_browser(toolkit_cli, exported, tmp_path):

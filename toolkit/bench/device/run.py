@@ -82,6 +82,7 @@ def run_device_bench(paths: list[str], options: BenchOptions, device: DeviceOpti
             _run_headless(server, device, job)
         else:
             _wait_for_phone(server, device, say)
+        served = server.sent_by_kind()
     results = received["results"]
     if results.get("error"):
         raise UserError(f"the browser could not run the bench: {results['error']}")
@@ -91,6 +92,8 @@ def run_device_bench(paths: list[str], options: BenchOptions, device: DeviceOpti
             "options": {**dataclasses.asdict(options), "device": device.device,
                         "backend": device.backend},
             "wall_seconds": time.monotonic() - started,
+            # what the page downloaded before it posted its results (page weight)
+            "served_bytes": served,
             "models": report_models(results, job, host_outputs)}
 
 

@@ -51,6 +51,7 @@ class BenchServer:
         self.done = threading.Event()
         self.lock = threading.Lock()
         self.requests: list[str] = []  # "METHOD path status", for diagnostics and tests
+        self.sent: dict[str, int] = {}  # URL path -> body bytes sent (page weight)
         handler = _handler_class(self)
         self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
@@ -63,6 +64,19 @@ class BenchServer:
     @property
     def port(self) -> int:
         return self.httpd.server_address[1]
+
+    def sent_by_kind(self) -> dict[str, int]:
+        """Body bytes sent so far by what they were: the app's own files, the npm
+        runtimes (node_modules), the models, and the bench's job and inputs."""
+        kinds = dict.fromkeys(("app", "runtime", "models", "bench"), 0)
+        with self.lock:
+            for path, size in self.sent.items():
+                key = path.lstrip("/")
+                kind = ("models" if key.startswith("models/") else "bench"
+                        if key.startswith("bench/") else "runtime"
+                        if key.startswith("node_modules/") else "app")
+                kinds[kind] += size
+        return kinds
 
     def url(self, host: str, path: str = "") -> str:
         shown = f"[{host}]" if ":" in host else host
@@ -108,6 +122,11 @@ def _handler_class(server: BenchServer):
         def log_message(self, format, *args):  # noqa: A002 (the base class's name)
             pass  # the CLI prints progress; request logs would bury it
 
+        def _count(self, size: int) -> None:
+            with server.lock:
+                key = urllib.parse.urlsplit(self.path).path
+                server.sent[key] = server.sent.get(key, 0) + size
+
         def _headers(self, status: int, content_type: str, length: int,
                      no_store: bool = False) -> None:
             self.send_response(status)
@@ -140,6 +159,7 @@ def _handler_class(server: BenchServer):
                 self._headers(200, _type(key), len(body), no_store=True)
                 if self.command != "HEAD":
                     self.wfile.write(body)
+                    self._count(len(body))
                 return
             target = server.files.get(key)
             if target is None and not key.startswith(("models/", "bench/")):
@@ -165,6 +185,7 @@ def _handler_class(server: BenchServer):
                         self.wfile.write(chunk)
                     except (BrokenPipeError, ConnectionResetError):
                         return
+                    self._count(len(chunk))
 
         def do_POST(self):  # noqa: N802
             path = urllib.parse.urlsplit(self.path).path
