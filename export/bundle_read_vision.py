@@ -1,7 +1,8 @@
 """A vision bundle (export.vision_bundle) read back the way an app reads it: the sample
 image from its raw file, fed to onnxruntime or LiteRT by the names, dtypes and shapes
-the manifest lists, the outputs compared with the recorded sample outputs. Neither
-models/ nor torch is imported: what runs is the file and numpy.
+the manifest lists, the outputs compared with the recorded sample outputs. This code
+uses numpy and the runtime only, no model code (importing the `export` package itself
+still loads torch, as it does for the LLM reader).
 
     error per output = max |got - recorded| / max |recorded|   (float files; "max")
                        mean |got - recorded| / max |recorded|  (int8 files; "mean")
