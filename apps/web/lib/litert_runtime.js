@@ -31,6 +31,7 @@ export async function createLiteRtModel(litert, bytes, { name, accelerator = "wa
   }
   return {
     inputDetails: model.getInputDetails(),
+    outputDetails: model.getOutputDetails(),
     async run(inputs) {
       const tensors = inputs.map(({ data, shape }) => new litert.Tensor(data, shape));
       try {
