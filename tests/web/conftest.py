@@ -1,5 +1,5 @@
 """The web app's demo pages in a real browser: the system's Chromium driven by Playwright
-(one browser per test module, a fresh context per page so the phone emulation and the
+(one browser per test session, a fresh context per page so the phone emulation and the
 service worker start clean), the pages served by the device bench's own server
 (toolkit.bench.device.server.BenchServer: COOP/COEP headers, exactly the named model
 files) with tiny fake bundles from tests/web_fixtures.py mapped under models/<name>/.
@@ -82,7 +82,7 @@ def web_server(web_bundles):
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
     _skip_without_browser()
     from playwright.sync_api import sync_playwright
@@ -103,10 +103,12 @@ def browser():
 class OpenedPage:
     """A page in its own context, its uncaught errors and console errors collected."""
 
-    def __init__(self, browser, device: str | None):
+    def __init__(self, browser, device: str | None, service_workers: bool = False):
         settings = dict(browser.devices[device]) if device else {}
         settings.pop("default_browser_type", None)
-        self.context = browser.browser.new_context(**settings)
+        # the service worker precaches ~45 MB of runtimes: only the offline test wants it
+        self.context = browser.browser.new_context(
+            service_workers="allow" if service_workers else "block", **settings)
         self.page = self.context.new_page()
         self.messages: list[str] = []
         self.page.on("pageerror", lambda e: self.messages.append(f"page error: {e}"))
@@ -149,10 +151,11 @@ def open_page(browser, web_server, tmp_path):
     """open_page(path, device) -> OpenedPage at the served app's `path`."""
     opened: list[OpenedPage] = []
 
-    def make(path: str, device: str | None = None) -> OpenedPage:
-        page = OpenedPage(browser, device)
+    def make(path: str, device: str | None = None, service_workers: bool = False) -> OpenedPage:
+        """`path` on the module's server, or a full URL (a test's own server)."""
+        page = OpenedPage(browser, device, service_workers)
         opened.append(page)
-        return page.goto(web_server.url("127.0.0.1", path))
+        return page.goto(path if path.startswith("http") else web_server.url("127.0.0.1", path))
 
     yield make
     for page in opened:
