@@ -72,12 +72,14 @@ async function send(text) {
   busy();
   clearError();
   setBusy(true);
+  const before = state.messages.length;
   try {
     state.messages.push({ role: "user", content: text });
     line("prompt", `you: ${text}`);
     const prompt = renderPrompt(state.messages, state.tokenizer.template);
     element("template").textContent = prompt.note;
     const promptIds = state.tokenizer.encode(prompt.text);
+    window.__lastPrompt = { text: prompt.text, ids: promptIds, templated: prompt.templated };
     const reply = line("reply", "");
     const generated = [];
     say(`prefilling ${promptIds.length} tokens`);
@@ -98,6 +100,9 @@ async function send(text) {
     publish({ mode: "chat", prompt: prompt.text, templated: prompt.templated, prompt_ids: promptIds,
       tokens: result.tokens, text: answer, stopped_by: result.stoppedBy,
       ttft_ms: result.ttftMs, decode_tok_s: result.tokPerS });
+  } catch (error) {
+    state.messages.length = before; // a turn that failed is not part of the conversation
+    throw error;
   } finally {
     setBusy(false);
   }

@@ -68,8 +68,10 @@ def sample(bundle: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     section = manifest(bundle)["sample"]
     pixels = np.fromfile(bundle / section["input"]["file"], dtype="<f4").reshape(
         section["input"]["shape"])
-    outputs = {o["role"]: np.fromfile(bundle / o["file"], dtype=np.dtype(o["dtype"]).newbyteorder("<"))
-               .reshape(o["shape"]) for o in section["outputs"]}
+    outputs = {}
+    for o in section["outputs"]:
+        dtype = np.dtype(o["dtype"]).newbyteorder("<")
+        outputs[o["role"]] = np.fromfile(bundle / o["file"], dtype=dtype).reshape(o["shape"])
     return pixels, outputs
 
 
@@ -82,7 +84,8 @@ def picture(path: Path, width: int, height: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     base = np.stack([40 + 150 * x / max(1, width - 1), 60 + 120 * y / max(1, height - 1),
                      np.full_like(x, 90)], axis=-1)
-    cy, cx, r = height * rng.uniform(0.4, 0.6), width * rng.uniform(0.4, 0.6), min(width, height) / 3
+    cy, cx = height * rng.uniform(0.4, 0.6), width * rng.uniform(0.4, 0.6)
+    r = min(width, height) / 3
     inside = ((y - cy) ** 2 + (x - cx) ** 2) < r * r
     base[inside] = [230, 200, 180]
     pixels = np.clip(np.round(base), 0, 255).astype(np.uint8)

@@ -51,7 +51,7 @@ def test_portrait_sample_matches_python_and_mediapipe_runs_beside_it(
     assert "sample matches" in page.text("#check")
     # MediaPipe's selfie model ran with LiteRT.js on the page's 256x256 frame
     selfie = page.page.evaluate("window.__selfie")
-    frame = np.asarray(selfie["input"]["values"], dtype=np.float32).reshape(selfie["input"]["shape"])
+    frame = np.reshape(selfie["input"]["values"], selfie["input"]["shape"]).astype(np.float32)
     assert selfie["input"]["shape"] == [1, 256, 256, 3] and 0 <= frame.min() and frame.max() <= 1
     [python_selfie] = run_litert(web_server.app_root / SELFIE, frame)
     assert selfie["output"]["shape"] == list(python_selfie.shape) == [1, 256, 256, 1]
@@ -106,7 +106,8 @@ def vmoe_server(web_bundles, dense_copy):
         yield server, bundles
 
 
-VMOE_THREE = "vmoe.html?bundle=models/vmoe-dense/&bundle=models/vmoe-onnx/&bundle=models/vmoe-tflite/"
+VMOE_THREE = ("vmoe.html?bundle=models/vmoe-dense/&bundle=models/vmoe-onnx/"
+              "&bundle=models/vmoe-tflite/")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -158,7 +159,8 @@ def test_vmoe_drawing_is_classified_as_python_classifies_its_pixels(open_page, w
     mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.2)
     mouse.down()
     for t in np.linspace(0, 1, 12):
-        mouse.move(box["x"] + box["width"] * (0.3 + 0.4 * t), box["y"] + box["height"] * (0.2 + 0.6 * t))
+        mouse.move(box["x"] + box["width"] * (0.3 + 0.4 * t),
+                   box["y"] + box["height"] * (0.2 + 0.6 * t))
     mouse.up()
     page.page.click("#classify")
     page.page.wait_for_function("window.__lastOutput?.source === 'the drawing'")

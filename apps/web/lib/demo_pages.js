@@ -68,6 +68,8 @@ export function fail(error) {
   const message = String(error?.message ?? error);
   showError(message);
   window.__lastError = message;
+  const status = document.getElementById("status");
+  if (status) status.textContent = "stopped: see the message above";
   document.body.dataset.state = "failed";
 }
 
