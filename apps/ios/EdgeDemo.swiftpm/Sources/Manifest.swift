@@ -1,0 +1,259 @@
+import Foundation
+
+/// bundle.json of a vision bundle, as `toolkit export onnx|tflite --model M --bundle DIR`
+/// writes it (format "edge-toolkit-bundle", version 1; export/bundle_read.py's docstring
+/// lists every key). The iOS app takes from it what a Core ML file does not say: the
+/// input size and colour, the labels, the mask threshold, the expert meaning, the sample,
+/// and the SHA-256 of every file. Only the keys below are read; a version 1 reader
+/// ignores the others and refuses a newer version.
+///
+/// Every CodingKeys case spells its JSON key as a raw string on purpose:
+/// tests/apps/test_native_sources.py greps them and checks that the exporter writes each.
+struct Manifest: Decodable {
+    static let format = "edge-toolkit-bundle"
+    static let version = 1
+    static let segmentation = "image-segmentation"
+    static let classification = "image-classification"
+
+    let format: String
+    let version: Int
+    let kind: String?
+    let runtime: String
+    let source: String?
+    let family: String?
+    let model: ModelEntry
+    let inputs: [TensorSpec]
+    let outputs: [TensorSpec]
+    let preprocessing: Preprocessing
+    let postprocessing: Postprocessing
+    let experts: ExpertsSpec?
+    let sample: SampleSpec?
+    let verification: Verification?
+    let files: [String: FileEntry]
+
+    enum CodingKeys: String, CodingKey {
+        case format = "format"
+        case version = "version"
+        case kind = "kind"
+        case runtime = "runtime"
+        case source = "source"
+        case family = "family"
+        case model = "model"
+        case inputs = "inputs"
+        case outputs = "outputs"
+        case preprocessing = "preprocessing"
+        case postprocessing = "postprocessing"
+        case experts = "experts"
+        case sample = "sample"
+        case verification = "verification"
+        case files = "files"
+    }
+
+    /// The task, "llm" for manifests written before vision bundles existed.
+    var task: String { kind ?? "llm" }
+
+    /// The output the demo reads: the mask of a segmenter, the logits of a classifier.
+    var mainOutput: TensorSpec? {
+        let name = task == Manifest.segmentation ? postprocessing.mask?.output : postprocessing.logits?.output
+        return outputs.first { $0.name == name }
+    }
+
+    /// Parses and checks bundle.json; every failure is one BundleError line.
+    static func read(_ data: Data) throws -> Manifest {
+        let manifest: Manifest
+        do {
+            manifest = try JSONDecoder().decode(Manifest.self, from: data)
+        } catch {
+            throw BundleError("bundle.json is not a bundle manifest (\(error.localizedDescription)): export the bundle again with `toolkit export onnx --bundle DIR`")
+        }
+        guard manifest.format == format else {
+            throw BundleError("bundle.json is not an Edge Toolkit bundle (format \(manifest.format)): export one with `toolkit export onnx --bundle DIR`")
+        }
+        guard manifest.version <= version else {
+            throw BundleError("bundle.json is version \(manifest.version); this app reads version \(version): update the app")
+        }
+        guard manifest.task == segmentation || manifest.task == classification else {
+            throw BundleError("this bundle is a \"\(manifest.task)\" model; this app runs image-segmentation and image-classification bundles")
+        }
+        guard manifest.mainOutput != nil else {
+            throw BundleError("bundle.json names no output for its \(manifest.task) postprocessing: export the bundle again")
+        }
+        guard manifest.preprocessing.valueRange.first == 0, manifest.preprocessing.normalizationFolded == true else {
+            throw BundleError("this bundle's file does not take raw 0..255 pixels: export it with this version of Edge Toolkit")
+        }
+        guard manifest.preprocessing.channels == 1 || manifest.preprocessing.channels == 3 else {
+            throw BundleError("the model takes \(manifest.preprocessing.channels) channels; this app feeds RGB (3) or grey (1)")
+        }
+        return manifest
+    }
+}
+
+struct ModelEntry: Decodable {
+    let file: String
+
+    enum CodingKeys: String, CodingKey {
+        case file = "file"
+    }
+}
+
+/// An input or output as the ONNX or LiteRT file binds it; a Core ML file names its own.
+struct TensorSpec: Decodable {
+    let role: String
+    let name: String
+    let dtype: String
+    let shape: [Int]
+
+    enum CodingKeys: String, CodingKey {
+        case role = "role"
+        case name = "name"
+        case dtype = "dtype"
+        case shape = "shape"
+    }
+
+    var count: Int { shape.reduce(1, *) }
+}
+
+/// Scale the picture to width x height, take RGB or BT.601 grey, keep raw 0..255 values
+/// (the exported file divides by 255 and normalises itself).
+struct Preprocessing: Decodable {
+    let height: Int
+    let width: Int
+    let channels: Int
+    let layout: String
+    let color: String
+    let valueRange: [Double]
+    let normalizationFolded: Bool?
+    let grayscale: Grayscale?
+    let dataset: String?
+    let datasetNote: String?
+
+    enum CodingKeys: String, CodingKey {
+        case height = "height"
+        case width = "width"
+        case channels = "channels"
+        case layout = "layout"
+        case color = "color"
+        case valueRange = "value_range"
+        case normalizationFolded = "normalization_folded"
+        case grayscale = "grayscale"
+        case dataset = "dataset"
+        case datasetNote = "dataset_note"
+    }
+
+    /// ITU-R BT.601 luma unless the manifest gives other weights.
+    var lumaWeights: [Float] { grayscale?.weightsRGB ?? [0.299, 0.587, 0.114] }
+    var valueMax: Float { Float(valueRange.last ?? 255) }
+}
+
+struct Grayscale: Decodable {
+    let weightsRGB: [Float]
+
+    enum CodingKeys: String, CodingKey {
+        case weightsRGB = "weights_rgb"
+    }
+}
+
+struct Postprocessing: Decodable {
+    let mask: OutputRef?
+    let threshold: Float?
+    let logits: OutputRef?
+    let applySoftmax: Bool?
+    let labels: [String]?
+
+    enum CodingKeys: String, CodingKey {
+        case mask = "mask"
+        case threshold = "threshold"
+        case logits = "logits"
+        case applySoftmax = "apply_softmax"
+        case labels = "labels"
+    }
+}
+
+struct OutputRef: Decodable {
+    let output: String
+
+    enum CodingKeys: String, CodingKey {
+        case output = "output"
+    }
+}
+
+/// The V-MoE's routing: the expert indices its per-image router chose.
+struct ExpertsSpec: Decodable {
+    let output: String
+    let shape: [Int]
+    let topK: Int
+    let numExperts: Int
+    let moeBlocks: [Int]?
+
+    enum CodingKeys: String, CodingKey {
+        case output = "output"
+        case shape = "shape"
+        case topK = "top_k"
+        case numExperts = "num_experts"
+        case moeBlocks = "moe_blocks"
+    }
+}
+
+/// The export's verification image and the runtime's outputs on it, raw little-endian.
+struct SampleSpec: Decodable {
+    let input: SampleFile
+    let outputs: [SampleFile]
+    let byteOrder: String?
+    let rtol: Double
+    let judgedOn: String?
+
+    enum CodingKeys: String, CodingKey {
+        case input = "input"
+        case outputs = "outputs"
+        case byteOrder = "byte_order"
+        case rtol = "rtol"
+        case judgedOn = "judged_on"
+    }
+}
+
+struct SampleFile: Decodable {
+    let role: String
+    let file: String
+    let dtype: String
+    let shape: [Int]
+    let layout: String?
+
+    enum CodingKeys: String, CodingKey {
+        case role = "role"
+        case file = "file"
+        case dtype = "dtype"
+        case shape = "shape"
+        case layout = "layout"
+    }
+}
+
+struct Verification: Decodable {
+    let passed: Bool
+    let rtol: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case passed = "passed"
+        case rtol = "rtol"
+    }
+}
+
+struct FileEntry: Decodable {
+    let bytes: Int64
+    let sha256: String
+
+    enum CodingKeys: String, CodingKey {
+        case bytes = "bytes"
+        case sha256 = "sha256"
+    }
+}
+
+/// One line naming the problem and the fix, shown as it is.
+struct BundleError: LocalizedError {
+    let message: String
+
+    init(_ message: String) {
+        self.message = message
+    }
+
+    var errorDescription: String? { message }
+}
