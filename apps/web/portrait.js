@@ -17,7 +17,7 @@ import { fmt } from "./lib/ui.js";
 const { params, flag } = startPage();
 const status = element("status");
 const say = (text) => { status.textContent = text; };
-const state = { model: null, selfie: null, stream: null, running: false, times: { bundle: [], mediapipe: [] } };
+const state = { bundle: null, model: null, selfie: null, stream: null, times: { bundle: [], mediapipe: [] } };
 
 function recordMs(which, ms) {
   const list = state.times[which];

@@ -20,7 +20,7 @@ const say = (text) => { status.textContent = text; };
 const pad = drawingPad(element("draw"));
 const loaded = []; // {base, bundle, model, body}
 
-export function bundleList(searchParams) {
+function bundleList(searchParams) {
   let list = searchParams.getAll("bundle");
   if (!list.length && searchParams.get("bundles")) list = searchParams.get("bundles").split(/[,\n]/);
   list = list.map((s) => s.trim()).filter(Boolean);

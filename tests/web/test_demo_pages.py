@@ -81,6 +81,20 @@ def test_portrait_photo_is_preprocessed_as_the_manifest_says(open_page, web_bund
     page.screenshot(screenshots, f"portrait-photo-{name}")
 
 
+def test_portrait_camera_frames_run_both_models(open_page, screenshots):
+    """Chromium's fake camera (--use-fake-device-for-media-stream): frames go through the
+    bundle and MediaPipe's model, each timed."""
+    page = open_page(_portrait_url("portrait-tflite"), "Pixel 7")
+    assert page.settle(states=("ready", "failed")) == "ready", page.text("#error")
+    page.page.click("#camera")
+    page.page.wait_for_function("window.__lastOutput?.source === 'camera'", timeout=30_000)
+    assert float(page.text("#ms-bundle")) > 0 and float(page.text("#ms-mediapipe")) > 0
+    assert page.text("#camera") == "Stop camera"
+    page.screenshot(screenshots, "portrait-camera")
+    page.page.click("#camera")
+    assert page.text("#camera") == "Start camera"
+
+
 @pytest.fixture(scope="module")
 def dense_copy(web_bundles, tmp_path_factory):
     """The V-MoE ONNX bundle with its manifest's "experts" section removed, as a dense

@@ -67,7 +67,8 @@ def test_pages_work_offline_after_one_visit(open_page, web_bundles, screenshots)
             assert page.settle() == "done", page.text("#error")
             online[url] = page.output()
         for folder in ("portrait", "llm"):  # stored once its hash was checked (async)
-            page.page.wait_for_function(f"({CACHED})('models/{folder}/model.onnx')")
+            page.page.wait_for_function(
+                f"({CACHED})('models/{folder}/model.onnx').then((keys) => keys.length > 0)")
     finally:
         server.stop()
     # its hash differs from bundle.json: not kept
