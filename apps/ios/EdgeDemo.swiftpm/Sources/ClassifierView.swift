@@ -128,9 +128,10 @@ private struct ResultView: View {
                         .font(.footnote)
                 }
             }
-            ForEach(Array(result.top.enumerated()), id: \.offset) { _, entry in
-                Text(String(format: "%@  %.1f%%", entry.label, 100 * entry.probability)).font(.caption)
-                ProgressView(value: Double(entry.probability))
+            ForEach(result.top.indices, id: \.self) { i in
+                Text(String(format: "%@  %.1f%%", result.top[i].label, 100 * result.top[i].probability))
+                    .font(.caption)
+                ProgressView(value: Double(result.top[i].probability))
             }
             if let spec = manifest.experts {
                 if let experts = result.experts {

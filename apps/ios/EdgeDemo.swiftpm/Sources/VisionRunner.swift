@@ -55,15 +55,15 @@ final class VisionRunner: @unchecked Sendable {
         guard constraint.dataType == .float32 else {
             throw BundleError("the Core ML input is not float32; this app feeds float32 pixels: export without changing the input type")
         }
-        inputName = input.name
-        inputShape = constraint.shape.map { $0.intValue }
+        let shape = constraint.shape.map { $0.intValue }
         let (c, h, w) = (pre.channels, pre.height, pre.width)
-        if inputShape == [1, c, h, w] {
+        let layout: String
+        if shape == [1, c, h, w] {
             layout = "NCHW"
-        } else if inputShape == [1, h, w, c] {
+        } else if shape == [1, h, w, c] {
             layout = "NHWC"
         } else {
-            throw BundleError("the Core ML package takes \(inputShape), bundle.json says \(w)x\(h) with \(c) channels: export both from the same model")
+            throw BundleError("the Core ML package takes \(shape), bundle.json says \(w)x\(h) with \(c) channels: export both from the same model")
         }
         let outputs = model.modelDescription.outputDescriptionsByName.values.compactMap { d -> (String, Int)? in
             guard let shape = d.multiArrayConstraint?.shape else { return nil }
@@ -75,13 +75,16 @@ final class VisionRunner: @unchecked Sendable {
         else {
             throw BundleError("no Core ML output has the \(manifest.mainOutput?.count ?? 0) values of the bundle's \(manifest.mainOutput?.role ?? "main") output: export both from the same model")
         }
-        mainOutput = found.0
-        if let experts = manifest.experts {
-            let k = experts.shape.reduce(1, *)
-            expertsOutput = outputs.first(where: { $0.0 != found.0 && $0.1 == k })?.0
-        } else {
-            expertsOutput = nil
+        var experts: String?
+        if let spec = manifest.experts {
+            let k = spec.shape.reduce(1, *)
+            experts = outputs.first(where: { $0.0 != found.0 && $0.1 == k })?.0
         }
+        self.inputName = input.name
+        self.inputShape = shape
+        self.layout = layout
+        self.mainOutput = found.0
+        self.expertsOutput = experts
     }
 
     /// Compiles the .mlpackage (Core ML needs the compiled .mlmodelc) and loads it.
