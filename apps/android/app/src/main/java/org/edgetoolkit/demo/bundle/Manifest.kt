@@ -85,14 +85,14 @@ data class Manifest(
                     LogitsSpec(it.getString("output"), post.optBoolean("apply_softmax", true),
                         strings(post.optJSONArray("labels")))
                 },
-                experts = root.optJSONObject("experts")?.let(ExpertsSpec::read),
-                sample = root.optJSONObject("sample")?.let(SampleSpec::read),
+                experts = root.optJSONObject("experts")?.let { ExpertsSpec.read(it) },
+                sample = root.optJSONObject("sample")?.let { SampleSpec.read(it) },
                 files = fileEntries(root.getJSONObject("files")),
                 verifiedByExport = root.optJSONObject("verification")?.optBoolean("passed"),
-            ).also(::check)
+            ).also { validate(it) }
         }
 
-        private fun check(m: Manifest) {
+        private fun validate(m: Manifest) {
             if (m.inputs.none { it.role == "pixels" }) {
                 throw BundleException("bundle.json lists no \"pixels\" input: export the bundle again")
             }
