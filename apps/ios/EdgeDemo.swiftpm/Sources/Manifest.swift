@@ -64,7 +64,7 @@ struct Manifest: Decodable {
         do {
             manifest = try JSONDecoder().decode(Manifest.self, from: data)
         } catch {
-            throw BundleError("bundle.json is not a bundle manifest (\(error.localizedDescription)): export the bundle again with `toolkit export onnx --bundle DIR`")
+            throw BundleError("bundle.json is not a bundle manifest (\(describe(error))): export the bundle again with `toolkit export onnx --bundle DIR`")
         }
         guard manifest.format == format else {
             throw BundleError("bundle.json is not an Edge Toolkit bundle (format \(manifest.format)): export one with `toolkit export onnx --bundle DIR`")
@@ -85,6 +85,21 @@ struct Manifest: Decodable {
             throw BundleError("the model takes \(manifest.preprocessing.channels) channels; this app feeds RGB (3) or grey (1)")
         }
         return manifest
+    }
+
+    /// A decoding error as the JSON path it failed at (Foundation's own text names none).
+    private static func describe(_ error: Error) -> String {
+        func path(_ keys: [CodingKey]) -> String { keys.map(\.stringValue).joined(separator: ".") }
+        switch error as? DecodingError {
+        case .keyNotFound(let key, let context)?:
+            return "no key \(path(context.codingPath + [key]))"
+        case .typeMismatch(_, let context)?, .valueNotFound(_, let context)?:
+            return "unexpected value at \(path(context.codingPath))"
+        case .dataCorrupted(let context)?:
+            return context.debugDescription
+        default:
+            return error.localizedDescription
+        }
     }
 }
 
