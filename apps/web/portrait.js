@@ -84,7 +84,7 @@ async function runSample() {
   recordMs("bundle", ms);
   const mask = outputs.mask ?? Object.values(outputs)[0];
   const expected = sample.expected.mask;
-  const error = expected ? relativeError(mask.data, expected) : null;
+  const error = expected ? relativeError(mask.data, expected, sample.judgedOn) : null;
   const matches = error !== null && error <= sample.rtol;
   element("check").innerHTML = "";
   element("check").append(Object.assign(document.createElement("span"), {

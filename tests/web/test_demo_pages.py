@@ -202,18 +202,70 @@ def test_bad_bundles_are_named_on_the_page(open_page, screenshots, path, message
     page.screenshot(screenshots, "error")
 
 
-def test_a_manifest_missing_a_key_is_named(open_page, web_bundles, tmp_path):
+def _drop_preprocessing(described: dict) -> None:
+    del described["preprocessing"]
+
+
+def _int8_input(described: dict) -> None:
+    """As a fully int8 LiteRT export describes its input (LiteRT.js has no int8 tensors)."""
+    described["inputs"][0]["dtype"] = "int8"
+
+
+@pytest.mark.parametrize(("source", "edit", "messages"), [
+    ("portrait-onnx", _drop_preprocessing,
+     ['bundle.json has no "preprocessing"', "export the bundle again"]),
+    ("portrait-tflite", _int8_input,
+     ["model.tflite's tensor", "is int8, and LiteRT.js reads only float32, int32, uint8",
+      "export it without --int8"]),
+])
+def test_a_manifest_the_page_cannot_follow_is_named(open_page, web_bundles, tmp_path, source,
+                                                     edit, messages):
     from tests.web.conftest import served_files
     from toolkit.bench.device.run import web_app_root
     from toolkit.bench.device.server import BenchServer
 
-    folder = tmp_path / "old"
-    shutil.copytree(web_bundles["portrait-onnx"], folder)
+    folder = tmp_path / "edited"
+    shutil.copytree(web_bundles[source], folder)
     described = manifest(folder)
-    del described["preprocessing"]
+    edit(described)
     (folder / "bundle.json").write_text(json.dumps(described), encoding="utf-8")
-    with BenchServer(web_app_root(), served_files({"old": folder}), {}, lambda _d: False) as server:
-        page = open_page(server.url("127.0.0.1", _portrait_url("old")), "Pixel 7")
+    with BenchServer(web_app_root(), served_files({"e": folder}), {}, lambda _d: False) as server:
+        page = open_page(server.url("127.0.0.1", _portrait_url("e")), "Pixel 7")
         assert page.settle() == "failed"
-        assert 'bundle.json has no "preprocessing"' in page.text("#error")
-        assert "export the bundle again" in page.text("#error")
+        for message in messages:
+            assert message in page.text("#error")
+
+
+PREPROCESS = """async ([pre, rgba, width, height, invert, quant]) => {
+  const m = await import("./lib/demo_vision.js");
+  const image = new ImageData(new Uint8ClampedArray(rgba), width, height);
+  return {pixels: Array.from(m.imageToPixels(image, pre, {invert})),
+          quantized: Array.from(m.quantize(Float32Array.from(quant.values), quant))};
+}"""
+
+
+@pytest.mark.parametrize(("channels", "layout", "invert"), [
+    (1, "NCHW", True), (1, "NHWC", False), (3, "NHWC", True)])
+def test_the_pages_preprocessing_equals_numpys(open_page, channels, layout, invert):
+    """Grey (BT.601 luma, as a Fashion-MNIST bundle says), inverted, either layout, and
+    the int8/uint8 input quantization (round half to even), against numpy."""
+    height, width = 5, 7
+    rng = np.random.default_rng(channels)
+    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb, np.full((height, width, 1), 255, np.uint8)], -1)
+    pre = {"height": height, "width": width, "channels": channels, "layout": layout,
+           "grayscale": {"weights_rgb": [0.299, 0.587, 0.114]}}
+    # halves included: 2.5 -> 2 and 3.5 -> 4 under round-half-even, then the zero point
+    quant = {"scale": 0.5, "zero_point": -3, "dtype": "int8" if invert else "uint8",
+             "values": [1.25, 1.75, 0.0, 255.0, -80.0, 63.2, 2.0]}
+    page = open_page("index.html", "Pixel 7")
+    got = page.page.evaluate(PREPROCESS, [pre, rgba.ravel().tolist(), width, height, invert,
+                                          quant])
+    expected = layout_pixels(rgb, pre)
+    if invert:
+        expected = 255 - expected
+    np.testing.assert_allclose(np.reshape(got["pixels"], expected.shape), expected, atol=1e-3)
+    low, high = (-128, 127) if quant["dtype"] == "int8" else (0, 255)
+    codes = np.clip(np.round(np.asarray(quant["values"]) / quant["scale"]) + quant["zero_point"],
+                    low, high)
+    assert got["quantized"] == codes.astype(int).tolist()

@@ -11,7 +11,15 @@ export async function loadLiteRtJs(threads = 1) {
   if (!loading) {
     loading = (async () => {
       const litert = await import("@litertjs/core");
-      await litert.loadLiteRt(WASM_DIR, { threads: threads > 1 && globalThis.crossOriginIsolated });
+      const wantThreads = threads > 1 && Boolean(globalThis.crossOriginIsolated);
+      try {
+        await litert.loadLiteRt(WASM_DIR, { threads: wantThreads });
+      } catch (error) {
+        // LiteRT.js's threaded build needs relaxed SIMD, which Safari lacks today: it
+        // refuses before loading anything, and one thread is what such a browser gets
+        if (!wantThreads) throw error;
+        await litert.loadLiteRt(WASM_DIR);
+      }
       return litert;
     })();
   }
