@@ -60,25 +60,30 @@ def test_portrait_sample_matches_python_and_mediapipe_runs_beside_it(
     page.screenshot(screenshots, f"portrait-{name}-{device.replace(' ', '-')}")
 
 
-@pytest.mark.parametrize(("device", "name"), [("iPhone 15", "portrait-tflite"),
-                                              ("Pixel 7", "portrait-onnx")])
+@pytest.mark.parametrize(("device", "name", "effect"), [
+    ("iPhone 15", "portrait-tflite", "overlay"), ("Pixel 7", "portrait-onnx", "replace")])
 def test_portrait_photo_is_preprocessed_as_the_manifest_says(open_page, web_bundles, tmp_path,
-                                                             screenshots, device, name):
+                                                             screenshots, device, name, effect):
     bundle = web_bundles[name]
     pre = manifest(bundle)["preprocessing"]
     rgb = picture(tmp_path / "photo.png", pre["width"], pre["height"])
     page = open_page(_portrait_url(name, "&mediapipe=0"), device)
     assert page.settle(states=("ready", "failed")) == "ready", page.text("#error")
+    page.page.select_option("#effect", effect)
     page.page.set_input_files("#photo", str(tmp_path / "photo.png"))
     assert page.settle() == "done", page.text("#error")
     out = page.output()
+    drawn = page.page.evaluate("""() => { const c = document.getElementById("out-bundle");
+      const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+      return [c.width, c.height, d.reduce((a, b) => a + b, 0)]; }""")
+    assert drawn[:2] == [pre["width"], pre["height"]] and drawn[2] > 0  # the photo's size
     expected_input = layout_pixels(rgb, pre)
     assert out["input"]["shape"] == list(expected_input.shape)
     np.testing.assert_allclose(np.reshape(out["input"]["values"], expected_input.shape),
                                expected_input, atol=0.5)
     [python_mask] = run_bundle(bundle, expected_input)
     assert relative_error(out["values"], python_mask) < RTOL
-    page.screenshot(screenshots, f"portrait-photo-{name}")
+    page.screenshot(screenshots, f"portrait-photo-{name}-{effect}")
 
 
 def test_portrait_camera_frames_run_both_models(open_page, screenshots):
