@@ -2,6 +2,7 @@
 folder, everything a demo app or the device benchmark needs and nothing it must guess.
 
     DIR/model.onnx (+ model.onnx.data) | model.tflite   the verified file (export_model)
+        | model.mlpackage (or model_chunk1..N)           Core ML: export.coreml_bundle_llm
         tokenizer.json, tokenizer_config.json           the fast tokenizer, as saved
         chat_template.jinja                             when the tokenizer has one
         generation_config.json                          the model's, else bos/eos/pad ids
@@ -64,8 +65,12 @@ def write_bundle(target: str, artifact: Any, bundle: Path,
     tokenizer = _checked_tokenizer(artifact)
 
     def finish(staging: Path, model: Path, report: ExportReport) -> dict:
-        extra = _write_tokenizer_files(staging, tokenizer)
-        _write_generation_config(staging, artifact, tokenizer)
+        if target == "coreml":  # packages, cache as Core ML states: export.coreml_bundle_llm
+            from export.coreml_bundle_llm import coreml_llm_manifest
+
+            return coreml_llm_manifest(staging, model, artifact, tokenizer, report, options)
+        extra = write_tokenizer_files(staging, tokenizer)
+        write_generation_config(staging, artifact, tokenizer)
         return bundle_manifest(target, staging, model, artifact, tokenizer, report,
                                options, extra)
 
@@ -86,7 +91,7 @@ def _checked_tokenizer(artifact: Any):
     return tokenizer
 
 
-def _write_tokenizer_files(staging: Path, tokenizer) -> list[str]:
+def write_tokenizer_files(staging: Path, tokenizer) -> list[str]:
     """What the tokenizer saves (tokenizer.json, tokenizer_config.json, its chat template),
     moved from a scratch folder into `staging`; their names, tokenizer.json first."""
     scratch = staging / ".tokenizer"
@@ -105,7 +110,7 @@ def _write_tokenizer_files(staging: Path, tokenizer) -> list[str]:
     return sorted(names, key=lambda name: name != TOKENIZER_FILE)
 
 
-def _write_generation_config(staging: Path, artifact: Any, tokenizer) -> None:
+def write_generation_config(staging: Path, artifact: Any, tokenizer) -> None:
     """The model's generation config (the HF directory's file for a streamed checkpoint,
     the module's otherwise, non-default fields only); else the tokenizer's special ids."""
     path = staging / GENERATION_FILE

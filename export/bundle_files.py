@@ -33,7 +33,9 @@ BUNDLE_FORMAT = "edge-toolkit-bundle"
 BUNDLE_VERSION = 1
 MANIFEST = "bundle.json"
 MODEL_STEM = "model"
-BUNDLE_TARGETS = ("onnx", "tflite")  # the runtimes export.bundle_read can run
+# What export.bundle_read reads back: onnx and tflite bundles it runs; coreml bundles it
+# checks file by file (Core ML runs only on macOS, export.coreml_bundle).
+BUNDLE_TARGETS = ("onnx", "tflite", "coreml")
 HASH_CHUNK = 1 << 22
 
 # finish(staging, model file, report) -> the complete manifest, its "files" included.
@@ -43,8 +45,8 @@ Finish = Callable[[Path, Path, ExportReport], dict]
 def check_bundle_dir(target: str, bundle: Path, options: ExportOptions) -> Path:
     """`bundle` made absolute, refused before any work when it cannot become the bundle."""
     if target not in BUNDLE_TARGETS:
-        raise ExportError(f"--bundle is written for {' and '.join(BUNDLE_TARGETS)} (the "
-                          f"runtimes a bundle is read back with), not {target}: use --out "
+        raise ExportError(f"--bundle is written for {', '.join(BUNDLE_TARGETS)} (the "
+                          f"formats a bundle is read back in), not {target}: use --out "
                           "for a single file")
     given = Path(bundle).expanduser()
     if given.exists() or given.is_symlink():
@@ -86,9 +88,17 @@ def staged_bundle(target: str, artifact: Any, bundle: Path, options: ExportOptio
 
 
 def model_files(staging: Path, model: Path) -> list[str]:
-    """The model file and its companions (ONNX external data: model.onnx.data)."""
-    return sorted(p.name for p in staging.iterdir()
-                  if p.name == model.name or p.name.startswith(model.name + "."))
+    """The model file and its companions (ONNX external data: model.onnx.data); a package
+    folder (Core ML's model.mlpackage) as every file inside it, by relative path."""
+    entries = sorted(p for p in staging.iterdir()
+                     if p.name == model.name or p.name.startswith(model.name + "."))
+    return [name for entry in entries for name in folder_files(staging, entry)]
+
+
+def folder_files(root: Path, entry: Path) -> list[str]:
+    """`entry` (a file, or a folder's files in sorted order) relative to `root`, POSIX."""
+    files = sorted(p for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else [entry]
+    return [p.relative_to(root).as_posix() for p in files]
 
 
 def files_section(folder: Path) -> dict[str, dict]:

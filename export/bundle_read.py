@@ -9,7 +9,8 @@ error against the recorded outputs (export.bundle_read_vision).
 bundle.json, format "edge-toolkit-bundle", version 1, "kind" "llm" (absent in bundles
 written before vision bundles existed; read as "llm"):
 
-    target, runtime        "onnx" / "onnxruntime" or "tflite" / "ai-edge-litert"
+    target, runtime        "onnx" / "onnxruntime", "tflite" / "ai-edge-litert" or
+                           "coreml" / "coremltools" (below)
     model                  {"file", "files" (with external data), "external_data"}
     inputs, outputs        the decoder contract by role: name, dtype, shape ("tokens" is
                            the symbolic token count)
@@ -61,6 +62,30 @@ runtime, source, quantization and files as above, and:
                            "little", "rtol", "judged_on"}: the verification image as raw
                            values and the runtime's outputs on it, for an app's own tests
 
+A Core ML bundle (target "coreml", runtime "coremltools"; export.coreml_bundle for
+vision, export.coreml_bundle_llm for LLMs) has the keys above with these differences:
+
+    model                  {"file", "files": every file inside the package(s), by relative
+                           path ("model.mlpackage/Data/com.apple.CoreML/model.mlmodel"),
+                           "package": "mlpackage", "precision", "deployment_target",
+                           "spec_version"}; LLMs add "packages" (run order)
+    inputs, outputs        Core ML's feature names, dtypes and shapes from the spec; a
+                           flexible dimension is "tokens" with "shape_range"; an output
+                           whose shape the package does not declare has "shape_declared":
+                           false
+    verification           the export's structural checks, "ran": false (Core ML runs only
+                           on macOS); LLMs add "prompt", "prompt_ids", "reference_tokens"
+                           (PyTorch's greedy tokens) and "tokens": null
+    sample (vision)        "produced_by": "PyTorch": the outputs are the PyTorch model's,
+                           not a Core ML run's
+    chunks, signatures (LLM)  per package: the layers it holds, what it takes and gives
+                           (input_ids or hidden -> hidden_out or logits), its states
+    cache (LLM)            "state": true, "states": ["keys", "values"]: Core ML states each
+                           package keeps and updates, not tensors passed in and out
+
+This reader checks every listed file's size and SHA-256 (export.bundle_read_coreml) and
+says that it did not run the model; --check passes on the files.
+
 A reader refuses a newer version; version 1 readers ignore keys they do not know.
 """
 
@@ -76,6 +101,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from export.bundle_read_coreml import check_coreml, is_coreml
+from export.bundle_read_coreml import describe as describe_coreml
 from export.bundle_read_vision import (
     VISION_KINDS,
     VISION_REQUIRED,
@@ -336,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         bundle = open_bundle(args.bundle)
+        if is_coreml(bundle.manifest):  # files checked; Core ML runs only on macOS
+            result = check_coreml(bundle.path, bundle.manifest)
+            print(json.dumps(result) if args.json else describe_coreml(result))
+            return 0 if result["ok"] or not args.check else 1
         if kind_of(bundle.manifest) != LLM:  # run the sample; --check: exit 1 if it differs
             result = check_sample(bundle.path, bundle.manifest, args.threads)
             print(json.dumps(result) if args.json else describe(result))

@@ -92,6 +92,13 @@ def check_sample(path: Path, manifest: dict, threads: int | None = None) -> dict
     pixels = read_raw(path / sample["input"]["file"], sample["input"]["dtype"],
                       sample["input"]["shape"])
     got = run_model(path / manifest["model"]["file"], manifest, pixels, threads)
+    return compare(path, manifest, got)
+
+
+def compare(path: Path, manifest: dict, got: list) -> dict:
+    """A runtime's outputs (`got`, in the manifest's order) against the recorded sample:
+    check_sample's result."""
+    sample = manifest["sample"]
     rtol, judged = float(sample["rtol"]), sample.get("judged_on", "max")
     results = []
     for recorded, value in zip(sample["outputs"], got, strict=True):

@@ -2,7 +2,8 @@
 app-ready folder (the portrait segmenter, the Mobile V-MoE, the test CNN), staged,
 verified and moved into place exactly like an LLM bundle (export.bundle_files).
 
-    DIR/model.onnx | model.tflite        the verified file (export_model)
+    DIR/model.onnx | model.tflite        the verified file (export_model; Core ML:
+                                         export.coreml_bundle)
         sample_input.bin                 the verification image, float32 little-endian, in
                                          the file's layout
         sample_output_<role>.bin         what the runtime gave on it, one file per output
@@ -70,8 +71,12 @@ def write_vision_bundle(target: str, artifact: Any, bundle: Path,
     as a bundle at `bundle`; a failed verification comes back with path None and nothing
     written."""
     options = options or ExportOptions()
+    if target == "coreml":  # no runtime here: PyTorch's sample (export.coreml_bundle)
+        from export.coreml_bundle import write_coreml_vision_bundle
+
+        return write_coreml_vision_bundle(artifact, bundle, options)
     check_bundle_dir(target, bundle, options)
-    task = _task(artifact)
+    task = task_of(artifact)
     exported = with_expert_output(artifact)
 
     def finish(staging: Path, model: Path, report: ExportReport) -> dict:
@@ -81,7 +86,7 @@ def write_vision_bundle(target: str, artifact: Any, bundle: Path,
     return staged_bundle(target, exported, bundle, options, finish)
 
 
-def _task(artifact: Any) -> str:
+def task_of(artifact: Any) -> str:
     from models.family import family_named
 
     if artifact.family is None:
@@ -141,7 +146,7 @@ def write_sample(staging: Path, exporter, model: Path, vision, layout: str,
         example = example.permute(0, 2, 3, 1).contiguous()
     results = exporter.run_vision(model, example)
     pixels = example.numpy()
-    _raw(staging / SAMPLE_INPUT, pixels)
+    write_raw(staging / SAMPLE_INPUT, pixels)
     written = []
     for described, value in zip(outputs, results, strict=True):
         value = np.asarray(value)
@@ -152,7 +157,7 @@ def write_sample(staging: Path, exporter, model: Path, vision, layout: str,
         if described["role"] == "mask":
             check_mask(value, described["name"])
         name = f"sample_output_{described['role']}.bin"
-        _raw(staging / name, value)
+        write_raw(staging / name, value)
         written.append({"role": described["role"], "name": described["name"], "file": name,
                         "dtype": value.dtype.name, "shape": list(value.shape)})
     return {
@@ -168,7 +173,7 @@ def write_sample(staging: Path, exporter, model: Path, vision, layout: str,
     }
 
 
-def _raw(path: Path, values: np.ndarray) -> None:
+def write_raw(path: Path, values: np.ndarray) -> None:
     """C-order values, little-endian, no header (a JS typed array reads them as they are)."""
     values = np.ascontiguousarray(values)
     values.astype(values.dtype.newbyteorder("<"), copy=False).tofile(path)
