@@ -146,3 +146,42 @@ def test_a_bundle_template_file_is_rendered(open_page, web_bundles, tmp_path):
         expected, add_special_tokens=False).ids
     assert prompt["ids"] == ids
     assert f"the prompt is {len(ids)} tokens, the model's context 48" in page.text("#error")
+
+
+@pytest.mark.slow
+def test_smollm2s_tokenizer_and_template_in_the_page_equal_transformers(
+        open_page, smollm2_tokenizer, tmp_path):
+    """The real SmolLM2 tokenizer (49152 tokens, ChatML special tokens) in tokenizers.js
+    and its real chat template through the page's renderer give the ids and text
+    transformers gives with Jinja."""
+    smollm2_tokenizer.save_pretrained(tmp_path)
+    files = {name: json.loads((tmp_path / name).read_text(encoding="utf-8"))
+             for name in ("tokenizer.json", "tokenizer_config.json")}
+    template = smollm2_tokenizer.chat_template
+    conversations = [
+        [{"role": "user", "content": "What is the capital of France?"}],
+        [{"role": "system", "content": "Answer in French."},
+         {"role": "user", "content": "Hello, café ☕ — ünïcode?"},
+         {"role": "assistant", "content": "Bonjour !"},
+         {"role": "user", "content": "Et maintenant\n  avec des espaces"}],
+    ]
+    page = open_page("chat.html?bundle=models/llm/", "iPhone 15")
+    got = page.page.evaluate(
+        """async ([tokenizerJson, config, template, conversations]) => {
+             const { pageTokenizer } = await import("./lib/chat_tokenizer.js");
+             const { renderPrompt } = await import("./lib/chat_template.js");
+             const tokenizer = pageTokenizer(tokenizerJson, config, template);
+             return conversations.map((c) => {
+               const { text } = renderPrompt(c, tokenizer.template);
+               const ids = tokenizer.encode(text);
+               return { text, ids, decoded: tokenizer.decode(ids) };
+             });
+           }""", [files["tokenizer.json"], files["tokenizer_config.json"], template,
+                  conversations])
+    for conversation, result in zip(conversations, got, strict=True):
+        text = smollm2_tokenizer.apply_chat_template(conversation, tokenize=False,
+                                                     add_generation_prompt=True)
+        ids = smollm2_tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert result["text"] == text
+        assert result["ids"] == ids
+        assert result["decoded"] == smollm2_tokenizer.decode(ids, skip_special_tokens=True)

@@ -19,16 +19,25 @@ export async function loadTokenizer(bundle) {
   } else if (typeof config.chat_template === "string") {
     template = config.chat_template;
   }
-  let tokenizer;
   try {
-    tokenizer = new Tokenizer(json, config);
+    return pageTokenizer(json, config, template);
   } catch (error) {
     throw new BundleError(`${file} could not be read by tokenizers.js (${error.message}): ` +
       "export the bundle again with a fast tokenizer");
   }
+}
+
+/** {template, encode(text) -> ids, decode(ids) -> text} as the toolkit's Python side
+ * (transformers) does it: no special tokens added on encode (the template already
+ * holds them), special tokens skipped on decode, and spaces before punctuation kept
+ * unless tokenizer_config.json asks for clean-up (tokenizers.js would clean up by
+ * default, transformers 5 does not: "Bonjour !" must stay as the model wrote it). */
+export function pageTokenizer(json, config, template = null) {
+  const tokenizer = new Tokenizer(json, config);
+  const cleanUp = config.clean_up_tokenization_spaces ?? false;
   return {
     template,
     encode: (text) => tokenizer.encode(text, { add_special_tokens: false }).ids,
-    decode: (ids) => tokenizer.decode(ids, { skip_special_tokens: true }),
+    decode: (ids) => tokenizer.decode(ids, { skip_special_tokens: true, clean_up_tokenization_spaces: cleanUp }),
   };
 }
