@@ -47,9 +47,9 @@ def add_parser(subparsers) -> None:
     where.add_argument("--out", type=Path, metavar="PATH",
                        help="file to write, e.g. model.onnx")
     where.add_argument("--bundle", type=Path, metavar="DIR",
-                       help="onnx or tflite: write an app-ready folder instead: the "
-                            "model file(s) and bundle.json (inputs, outputs, quantization, "
-                            "sha256 of every file); LLMs add tokenizer.json, generation "
+                       help="write an app-ready folder instead: the model file(s) "
+                            "(coreml: the .mlpackage(s)) and bundle.json (inputs, "
+                            "outputs, quantization, sha256 of every file); LLMs add tokenizer.json, generation "
                             "config, chat template, cache layout and max context; vision "
                             "models add pre/postprocessing, class labels, the V-MoE's "
                             "expert choice as an output and a sample input with its "
