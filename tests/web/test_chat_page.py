@@ -75,6 +75,27 @@ def test_a_prompt_streams_the_tokens_onnxruntime_gives_in_python(open_page, web_
     page.screenshot(screenshots, "chat-prompt")
 
 
+def test_stop_ends_decoding_after_the_token_on_screen(open_page):
+    """Stop pressed while the second token is shown (a MutationObserver on the token
+    count clicks it): decoding ends there, said so, and the page can send again."""
+    page = open_page("chat.html?bundle=models/llm/", "iPhone 15")
+    assert page.settle(states=("ready", "failed")) == "ready", page.text("#error")
+    page.page.evaluate("""() => {
+      const count = document.getElementById("count");
+      new MutationObserver(() => {
+        if (count.textContent === "2") document.getElementById("stop").click();
+      }).observe(count, {childList: true, characterData: true, subtree: true});
+    }""")
+    page.page.fill("#max-new", "30")
+    page.page.fill("#prompt", "Hi")
+    page.page.click("#send")
+    assert page.settle() == "done", page.text("#error")
+    out = page.output()
+    assert out["stopped_by"] == "stop" and len(out["tokens"]) == 2
+    assert page.text("#status") == "done (stopped)"
+    assert page.page.is_enabled("#send") and not page.page.is_enabled("#stop")
+
+
 def test_the_chatml_renderer_agrees_with_jinja(open_page):
     import jinja2
 
