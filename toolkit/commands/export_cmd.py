@@ -49,8 +49,9 @@ def add_parser(subparsers) -> None:
     where.add_argument("--bundle", type=Path, metavar="DIR",
                        help="write an app-ready folder instead: the model file(s) "
                             "(coreml: the .mlpackage(s)) and bundle.json (inputs, "
-                            "outputs, quantization, sha256 of every file); LLMs add tokenizer.json, generation "
-                            "config, chat template, cache layout and max context; vision "
+                            "outputs, quantization, sha256 of every file); LLMs add "
+                            "tokenizer.json, generation config, chat template, cache "
+                            "layout and max context; vision "
                             "models add pre/postprocessing, class labels, the V-MoE's "
                             "expert choice as an output and a sample input with its "
                             "outputs; read it back with `python -m export.bundle_read DIR`")
