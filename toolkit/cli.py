@@ -27,6 +27,7 @@ from toolkit.commands import (
     export_cmd,
     models_cmd,
     run_cmd,
+    serve_cmd,
     synth_cmd,
     train_cmd,
 )
@@ -41,8 +42,8 @@ from toolkit.os_errors import (
 from toolkit.output_paths import check_output_paths, output_paths, shown
 from toolkit.quiet import quiet_libraries
 
-COMMANDS = (compress_cmd, run_cmd, eval_cmd, export_cmd, bench_cmd, models_cmd, train_cmd,
-            synth_cmd)
+COMMANDS = (compress_cmd, run_cmd, eval_cmd, export_cmd, bench_cmd, serve_cmd, models_cmd,
+            train_cmd, synth_cmd)
 EXIT_USER_ERROR = 2
 
 
