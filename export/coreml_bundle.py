@@ -137,7 +137,7 @@ def coreml_vision_manifest(staging: Path, model: Path, artifact: Any, exported: 
                   "note": "an ML program package (a folder): compile it on the device "
                           "(MLModel.compileModel) after checking every file in \"files\""},
         "inputs": inputs, "outputs": outputs,
-        "preprocessing": preprocessing(artifact.vision, layout, inputs[0]),
+        "preprocessing": _preprocessing(artifact.vision, layout, inputs[0]),
         "postprocessing": postprocessing(task, main, labels),
         "experts": experts,
         "quantization": {"carried": report.carried, "dropped": report.dropped,
@@ -146,6 +146,16 @@ def coreml_vision_manifest(staging: Path, model: Path, artifact: Any, exported: 
         "sample": sample,
         "files": files_section(staging),
     }
+
+
+def _preprocessing(vision, layout: str, pixels: dict) -> dict:
+    """The vision bundle's section; a --fp16 package takes its raw pixels as float16."""
+    section = preprocessing(vision, layout, pixels)
+    if pixels["dtype"] != "float32":
+        section["note"] = (f"feed raw pixel values 0..255 as {pixels['dtype']}, not 0..1 and "
+                           "not normalised: the package divides by 255 and applies mean/std "
+                           "itself")
+    return section
 
 
 def _limit(precision: str, options: ExportOptions) -> tuple[float, str]:

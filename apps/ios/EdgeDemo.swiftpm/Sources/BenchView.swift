@@ -7,7 +7,7 @@ import SwiftUI
 /// bundle's sample image (the model's exact input), so preprocessing is not in the
 /// numbers. The compute units (CPU, GPU, Neural Engine) are Core ML's choice to make
 /// within what is allowed here. "Check sample" compares Core ML's outputs on that image
-/// with what the bundle's runtime gave on the export machine.
+/// with the PyTorch outputs the bundle recorded at export (SampleCheck).
 struct BenchView: View {
     /// Which bundle, under which compute units: changing either compiles again.
     private struct LoadKey: Hashable {
@@ -82,8 +82,8 @@ struct BenchView: View {
                     }
                 }
                 if let check {
-                    Section(check.passed ? "Sample matches the export" : "Sample MISMATCH") {
-                        Text(String(format: "limit: relative error %g (the export's own)", check.rtol)).font(.footnote)
+                    Section(check.passed ? "Sample matches PyTorch" : "Sample MISMATCH") {
+                        Text(String(format: "limit: relative error %g against PyTorch's outputs (the bundle's sample.rtol)", check.rtol)).font(.footnote)
                         ForEach(check.lines) { line in
                             Text("\(line.role): \(line.text)")
                                 .foregroundStyle(line.passed ? Color.primary : Color.red)

@@ -11,8 +11,8 @@ struct BundleEntry: Identifiable, Hashable {
     var name: String { url.lastPathComponent }
 }
 
-/// A folder whose every file listed in bundle.json matched its size and SHA-256, and the
-/// Core ML package beside them.
+/// A folder whose every file listed in bundle.json (the Core ML package's files included)
+/// matched its size and SHA-256, and whose package holds no file the manifest does not list.
 struct VerifiedBundle {
     let url: URL
     let manifest: Manifest
@@ -24,17 +24,17 @@ struct VerifiedBundle {
 }
 
 /// Where bundles live and how they are trusted. A bundle here is the folder
-/// `toolkit export onnx --model M --bundle DIR` wrote, plus the Core ML package
-/// `toolkit export coreml --model M --out DIR/model.mlpackage` (there is no Core ML
-/// --bundle yet). Two places are searched:
+/// `toolkit export coreml --model M --bundle DIR` wrote: bundle.json, model.mlpackage/ and
+/// the sample files. Two places are searched:
 ///
 ///  - Documents/bundles/NAME/, filled by "Import bundle folder" (the Files app: AirDrop,
 ///    iCloud Drive or a Mac's Finder put the folder on the phone first);
 ///  - a folder reference named "bundles" inside the app, for an Xcode project that adds one.
 ///
-/// Nothing is loaded before `verify` compared every listed file with the manifest. The
-/// .mlpackage itself is not listed in bundle.json, so its integrity is not checked: the
-/// screens say so.
+/// Nothing is compiled before `verify` compared every listed file with the manifest: the
+/// package's files are listed one by one ("model.mlpackage/Data/com.apple.CoreML/
+/// model.mlmodel", ".../weights/weight.bin", ..), and a file inside the package that the
+/// manifest does not list refuses the bundle too, since MLModel.compileModel would read it.
 @MainActor
 final class BundleLibrary: ObservableObject {
     @Published private(set) var entries: [BundleEntry] = []
@@ -71,7 +71,7 @@ final class BundleLibrary: ObservableObject {
         defer { if scoped { picked.stopAccessingSecurityScopedResource() } }
         do {
             guard FileManager.default.fileExists(atPath: picked.appendingPathComponent("bundle.json").path) else {
-                throw BundleError("\(picked.lastPathComponent) has no bundle.json: pick the folder `toolkit export onnx --bundle DIR` wrote")
+                throw BundleError("\(picked.lastPathComponent) has no bundle.json: pick the folder `toolkit export coreml --bundle DIR` wrote")
             }
             let target = Self.documentsFolder.appendingPathComponent(picked.lastPathComponent, isDirectory: true)
             try FileManager.default.createDirectory(at: Self.documentsFolder, withIntermediateDirectories: true)
@@ -92,7 +92,8 @@ final class BundleLibrary: ObservableObject {
         return object["kind"] as? String ?? "llm"
     }
 
-    /// Parses bundle.json, checks every file it lists and finds the .mlpackage.
+    /// Parses bundle.json, checks every file it lists (the package's included) and that
+    /// the package holds nothing else.
     nonisolated static func verify(_ dir: URL) throws -> VerifiedBundle {
         let manifestURL = dir.appendingPathComponent("bundle.json")
         guard let data = try? Data(contentsOf: manifestURL) else {
@@ -102,11 +103,36 @@ final class BundleLibrary: ObservableObject {
         for name in manifest.files.keys.sorted() {
             try check(dir: dir, name: name, entry: manifest.files[name]!)
         }
-        let contents = (try? FileManager.default.contentsOfDirectory(at: dir, includingPropertiesForKeys: nil)) ?? []
-        guard let package = contents.first(where: { $0.pathExtension == "mlpackage" }) else {
-            throw BundleError("\(dir.lastPathComponent) has no .mlpackage: run `toolkit export coreml --model \(manifest.source ?? "M") --out \(dir.lastPathComponent)/model.mlpackage` and import the folder again")
+        let package = dir.appendingPathComponent(manifest.model.file, isDirectory: true)
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: package.path, isDirectory: &isFolder), isFolder.boolValue else {
+            throw BundleError("\(dir.lastPathComponent)/\(manifest.model.file) is not a package folder: import the whole bundle folder again")
+        }
+        let listed = Set(manifest.model.files ?? [])
+        for name in try packageFiles(package, prefix: manifest.model.file) where !listed.contains(name) {
+            throw BundleError("\(dir.lastPathComponent)/\(name) is inside the package but not in bundle.json: the package changed since export; import the bundle again")
         }
         return VerifiedBundle(url: dir, manifest: manifest, package: package)
+    }
+
+    /// Every regular file under `package`, as "<prefix>/<relative path>" (the manifest's
+    /// spelling: "model.mlpackage/Data/com.apple.CoreML/model.mlmodel").
+    private nonisolated static func packageFiles(_ package: URL, prefix: String) throws -> [String] {
+        guard let walker = FileManager.default.enumerator(
+            at: package, includingPropertiesForKeys: [.isRegularFileKey], options: [])
+        else {
+            throw BundleError("cannot read the package folder \(prefix): import the bundle again")
+        }
+        let root = package.standardizedFileURL.resolvingSymlinksInPath().path
+        var names: [String] = []
+        for case let url as URL in walker {
+            let values = try url.resourceValues(forKeys: [.isRegularFileKey])
+            guard values.isRegularFile == true else { continue }
+            let path = url.standardizedFileURL.resolvingSymlinksInPath().path
+            guard path.hasPrefix(root + "/") else { continue }
+            names.append(prefix + "/" + String(path.dropFirst(root.count + 1)))
+        }
+        return names
     }
 
     private nonisolated static func check(dir: URL, name: String, entry: FileEntry) throws {

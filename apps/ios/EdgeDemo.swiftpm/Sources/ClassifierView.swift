@@ -13,8 +13,8 @@ struct Classified {
 /// The classifier demo (the Mobile V-MoE, or any image-classification bundle): a photo
 /// or a drawing, scaled and converted as preprocessing says (28 x 28 grey for the
 /// Fashion-MNIST V-MoE), the class with its softmax probability and the next four, and
-/// for a per-image routed MoE the expert its router chose when the Core ML package has
-/// that output (a Core ML export has only the logits today: the screen says so).
+/// for a per-image routed MoE the expert its router chose (the bundle's "experts" output,
+/// int32 [1, k], computed inside the package by the router's own top-k).
 struct ClassifierView: View {
     @State private var selected: URL?
     @State private var state: LoadState = .idle
@@ -138,7 +138,7 @@ private struct ResultView: View {
                     Text("Router chose expert \(experts.map(String.init).joined(separator: ", ")) of \(spec.numExperts) (top-\(spec.topK); used by blocks \((spec.moeBlocks ?? []).map(String.init).joined(separator: ", ")))")
                         .font(.headline)
                 } else {
-                    Text("This model routes each image to \(spec.topK) of \(spec.numExperts) experts, but the Core ML package has only the logits output (Core ML exports have no expert output yet).")
+                    Text("This model routes each image to \(spec.topK) of \(spec.numExperts) experts, but this bundle's package gave no expert choice: export it again with `toolkit export coreml --bundle DIR`.")
                         .font(.footnote)
                 }
             } else {

@@ -41,7 +41,7 @@ struct BundlePicker: View {
         Section("Bundle") {
             let usable = library.entries.filter { kinds.contains($0.kind) }
             if usable.isEmpty {
-                Text("No \(kinds.sorted().joined(separator: " or ")) bundle yet. Import a folder holding bundle.json (from `toolkit export onnx --bundle DIR`) and model.mlpackage (from `toolkit export coreml --out DIR/model.mlpackage`); the README says how.")
+                Text("No \(kinds.sorted().joined(separator: " or ")) bundle yet. Import the folder `toolkit export coreml --model M --bundle DIR` wrote (bundle.json, model.mlpackage and the sample files); the README says how.")
                     .font(.footnote)
             }
             Picker("Bundle", selection: $selected) {
@@ -83,11 +83,12 @@ struct ModelStatusView: View {
         case .ready(let runner):
             let m = runner.manifest
             let pre = m.preprocessing
-            let verified = m.verification.map { $0.passed ? "export verification passed" : "export verification FAILED" }
+            // The export could only open the package and check its inputs and outputs.
+            let verified = m.verification.map { $0.passed ? "package checked at export (opened, not run)" : "export check FAILED" }
                 ?? "exported without verification"
             VStack(alignment: .leading, spacing: 4) {
                 Text("\(m.source ?? runner.bundle.name): \(pre.width)x\(pre.height) \(pre.color), Core ML input \(runner.layout)")
-                Text("\(m.files.count) files match bundle.json; \(runner.bundle.package.lastPathComponent) is not listed there, so not hash-checked")
+                Text("\(m.files.count) files match their SHA-256 in bundle.json, \(m.model.files?.count ?? 0) of them inside \(runner.bundle.package.lastPathComponent)")
                 Text(String(format: "compiled %.0f ms, loaded %.0f ms; %@", runner.compileMs, runner.loadMs, verified))
             }
             .font(.footnote)

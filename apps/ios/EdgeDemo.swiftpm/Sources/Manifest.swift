@@ -1,11 +1,14 @@
 import Foundation
 
-/// bundle.json of a vision bundle, as `toolkit export onnx|tflite --model M --bundle DIR`
-/// writes it (format "edge-toolkit-bundle", version 1; export/bundle_read.py's docstring
-/// lists every key). The iOS app takes from it what a Core ML file does not say: the
-/// input size and colour, the labels, the mask threshold, the expert meaning, the sample,
-/// and the SHA-256 of every file. Only the keys below are read; a version 1 reader
-/// ignores the others and refuses a newer version.
+/// bundle.json of a Core ML vision bundle, as `toolkit export coreml --model M --bundle DIR`
+/// writes it (format "edge-toolkit-bundle", version 1, target "coreml"; the docstrings of
+/// export/bundle_read.py and export/coreml_bundle.py list every key). The folder holds
+/// bundle.json, model.mlpackage/ and the sample files; "files" lists every one of them,
+/// each file inside the package by its relative path, with its size and SHA-256. The app
+/// takes from the manifest the Core ML feature names (read from the package's spec at
+/// export), the input size and colour, the labels, the mask threshold, the expert meaning
+/// and the sample. Only the keys below are read; a version 1 reader ignores the others
+/// and refuses a newer version.
 ///
 /// Every CodingKeys case spells its JSON key as a raw string on purpose:
 /// tests/apps/test_native_sources.py greps them and checks that the exporter writes each.
@@ -14,10 +17,14 @@ struct Manifest: Decodable {
     static let version = 1
     static let segmentation = "image-segmentation"
     static let classification = "image-classification"
+    static let target = "coreml"
+    static let runtime = "coremltools"
+    static let package = "mlpackage"
 
     let format: String
     let version: Int
     let kind: String?
+    let target: String?
     let runtime: String
     let source: String?
     let family: String?
@@ -35,6 +42,7 @@ struct Manifest: Decodable {
         case format = "format"
         case version = "version"
         case kind = "kind"
+        case target = "target"
         case runtime = "runtime"
         case source = "source"
         case family = "family"
@@ -58,22 +66,45 @@ struct Manifest: Decodable {
         return outputs.first { $0.name == name }
     }
 
+    /// The input the package takes: the raw pixels.
+    var pixelsInput: TensorSpec? { inputs.first { $0.role == "pixels" } }
+
+    /// The V-MoE's expert choice output, when the bundle has one.
+    var expertsOutput: TensorSpec? {
+        guard let name = experts?.output else { return nil }
+        return outputs.first { $0.name == name && $0.role == "experts" }
+    }
+
     /// Parses and checks bundle.json; every failure is one BundleError line.
     static func read(_ data: Data) throws -> Manifest {
         let manifest: Manifest
         do {
             manifest = try JSONDecoder().decode(Manifest.self, from: data)
         } catch {
-            throw BundleError("bundle.json is not a bundle manifest (\(describe(error))): export the bundle again with `toolkit export onnx --bundle DIR`")
+            throw BundleError("bundle.json is not a bundle manifest (\(describe(error))): export the bundle again with `toolkit export coreml --model M --bundle DIR`")
         }
         guard manifest.format == format else {
-            throw BundleError("bundle.json is not an Edge Toolkit bundle (format \(manifest.format)): export one with `toolkit export onnx --bundle DIR`")
+            throw BundleError("bundle.json is not an Edge Toolkit bundle (format \(manifest.format)): export one with `toolkit export coreml --model M --bundle DIR`")
         }
         guard manifest.version <= version else {
             throw BundleError("bundle.json is version \(manifest.version); this app reads version \(version): update the app")
         }
+        guard manifest.runtime == runtime, (manifest.target ?? target) == target else {
+            throw BundleError("this is a \(manifest.target ?? manifest.runtime) bundle; this app runs Core ML bundles: export one with `toolkit export coreml --model \(manifest.source ?? "M") --bundle DIR`")
+        }
         guard manifest.task == segmentation || manifest.task == classification else {
             throw BundleError("this bundle is a \"\(manifest.task)\" model; this app runs image-segmentation and image-classification bundles")
+        }
+        guard manifest.model.package == package, manifest.model.file.hasSuffix(".mlpackage") else {
+            throw BundleError("bundle.json names no .mlpackage as its model: export the bundle again with `toolkit export coreml --bundle DIR`")
+        }
+        guard let files = manifest.model.files, !files.isEmpty,
+              files.allSatisfy({ $0.hasPrefix(manifest.model.file + "/") && manifest.files[$0] != nil })
+        else {
+            throw BundleError("bundle.json does not list the files inside \(manifest.model.file) with their SHA-256: export the bundle again with this version of Edge Toolkit")
+        }
+        guard manifest.pixelsInput != nil else {
+            throw BundleError("bundle.json names no pixels input: export the bundle again")
         }
         guard manifest.mainOutput != nil else {
             throw BundleError("bundle.json names no output for its \(manifest.task) postprocessing: export the bundle again")
@@ -103,15 +134,24 @@ struct Manifest: Decodable {
     }
 }
 
+/// The package: its folder name, every file inside it (relative to the bundle), the
+/// precision it computes in ("float32", "float16", palettized).
 struct ModelEntry: Decodable {
     let file: String
+    let files: [String]?
+    let package: String?
+    let precision: String?
 
     enum CodingKeys: String, CodingKey {
         case file = "file"
+        case files = "files"
+        case package = "package"
+        case precision = "precision"
     }
 }
 
-/// An input or output as the ONNX or LiteRT file binds it; a Core ML file names its own.
+/// An input or output of the Core ML package, as its spec names it (read at export:
+/// "pixels"; the outputs keep the names coremltools gave them, e.g. "linear_9", "div_2").
 struct TensorSpec: Decodable {
     let role: String
     let name: String
@@ -216,6 +256,9 @@ struct SampleSpec: Decodable {
     let byteOrder: String?
     let rtol: Double
     let judgedOn: String?
+    /// "PyTorch": Core ML cannot run where the bundle is exported, so the recorded outputs
+    /// are the PyTorch model's, and this app's run is the first Core ML run they meet.
+    let producedBy: String?
 
     enum CodingKeys: String, CodingKey {
         case input = "input"
@@ -223,11 +266,13 @@ struct SampleSpec: Decodable {
         case byteOrder = "byte_order"
         case rtol = "rtol"
         case judgedOn = "judged_on"
+        case producedBy = "produced_by"
     }
 }
 
 struct SampleFile: Decodable {
     let role: String
+    let name: String?
     let file: String
     let dtype: String
     let shape: [Int]
@@ -235,6 +280,7 @@ struct SampleFile: Decodable {
 
     enum CodingKeys: String, CodingKey {
         case role = "role"
+        case name = "name"
         case file = "file"
         case dtype = "dtype"
         case shape = "shape"
@@ -242,13 +288,14 @@ struct SampleFile: Decodable {
     }
 }
 
+/// The export's check of the package: structural only (Core ML ran nowhere), "ran" false.
 struct Verification: Decodable {
     let passed: Bool
-    let rtol: Double?
+    let ran: Bool?
 
     enum CodingKeys: String, CodingKey {
         case passed = "passed"
-        case rtol = "rtol"
+        case ran = "ran"
     }
 }
 

@@ -1,15 +1,17 @@
 import Foundation
 
 /// The bundle's own test, run on the phone with Core ML: the export's verification image
-/// (sample_input.bin, raw 0..255 float32) through the .mlpackage, compared with what
-/// onnxruntime or LiteRT gave on the export machine (sample_output_ROLE.bin).
+/// (sample_input.bin, raw 0..255 float32, NCHW) through the .mlpackage, compared with
+/// sample_output_ROLE.bin. Core ML cannot run where bundles are exported (Linux), so those
+/// outputs are the PyTorch model's ("produced_by": "PyTorch"): this check is the first
+/// time the package's numbers meet a reference.
 ///
-///     error = max |Core ML - sample| / max |sample|
+///     error = max (or mean, as sample.judged_on says) |Core ML - sample| / max |sample|
 ///
-/// The sample outputs come from another runtime than Core ML, so the limit is the
-/// export's own (verification.rtol, 1e-3 against PyTorch) rather than the sample's 1e-4
-/// between two runs of one file. A float16 or palettized package differs by more: the
-/// number is shown either way. Integer outputs (expert indices) must be equal.
+/// The limit is the sample's rtol: 1e-3 on the max for a float32 package (the export's
+/// own limit against PyTorch); for float16 and palettized packages a looser limit on the
+/// mean that the exporter states as an expectation, not a measurement. The number is
+/// shown either way. Integer outputs (expert indices) must be equal.
 enum SampleCheck {
     struct Line: Identifiable {
         let role: String
@@ -39,18 +41,18 @@ enum SampleCheck {
         guard let sample = runner.manifest.sample, let values = try input(runner) else {
             throw BundleError("this bundle has no sample: export it again with this version of Edge Toolkit")
         }
-        let rtol = runner.manifest.verification?.rtol ?? 1e-3
+        let rtol = sample.rtol
         let got = try runner.run(values)
         var lines: [Line] = []
         for recorded in sample.outputs {
             let want = try floats(runner.bundle.file(recorded.file), recorded)
             if recorded.role == "experts" {
                 guard let experts = got.experts else {
-                    lines.append(Line(role: recorded.role, text: "not an output of the Core ML package (not compared)", passed: true))
+                    lines.append(Line(role: recorded.role, text: "no expert output was bound (not compared)", passed: false))
                     continue
                 }
                 let equal = experts.map { Float($0) } == want
-                lines.append(Line(role: recorded.role, text: equal ? "equal" : "DIFFERENT", passed: equal))
+                lines.append(Line(role: recorded.role, text: equal ? "equal to PyTorch's choice" : "DIFFERENT from PyTorch's choice \(want.map { Int($0) })", passed: equal))
             } else {
                 // A mask recorded as [1, 1, H, W] and Core ML's [1, 1, H, W] or [1, H, W, 1]
                 // hold one value per pixel in the same order.

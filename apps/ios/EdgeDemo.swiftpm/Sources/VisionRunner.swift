@@ -2,7 +2,7 @@ import CoreML
 import Foundation
 
 /// What one model call gave: the main output as floats (mask probabilities or logits),
-/// and the chosen experts when the Core ML file has that output.
+/// and the chosen experts when the bundle has that output.
 struct RunOutputs {
     let main: [Float]
     let experts: [Int]?
@@ -10,21 +10,23 @@ struct RunOutputs {
 
 /// The bundle's Core ML package, compiled on the device and called with raw pixels.
 ///
-/// What `toolkit export coreml --model M --out model.mlpackage` writes for a vision model
-/// (export/coreml/vision.py): an iOS 18 ML program with ONE input, a float32 MultiArray
-/// named "pixels" of shape [1, C, H, W] (NCHW; raw 0..255 values, the normalisation is
-/// folded in, as in the ONNX and LiteRT files), and ONE output whose name coremltools
-/// derives from the graph (e.g. "div_2", "linear_9"): the mask probability [1, 1, H, W]
-/// or the logits [1, classes]. The V-MoE's expert choice is an output only of bundles
-/// (export/bundle_experts.py), which Core ML does not have yet, so `experts` is nil unless
-/// the package has a second output of the manifest's experts shape.
+/// What `toolkit export coreml --model M --bundle DIR` writes for a vision model
+/// (export/coreml/vision.py, export/coreml_bundle.py): an iOS 18 ML program with ONE
+/// input, a float32 MultiArray "pixels" of shape [1, C, H, W] (NCHW; raw 0..255 values,
+/// the normalisation is folded in, as in the ONNX and LiteRT files), and the outputs the
+/// manifest lists by role with the names coremltools gave them (e.g. "div_2" for the
+/// portrait mask [1, 1, H, W], "linear_9" for V-MoE logits [1, classes]); a V-MoE's
+/// bundle has a second output, the router's expert choice, int32 [1, k].
 ///
-/// Outputs are therefore found by shape, never by name: the main output is the one with
-/// as many values as the manifest's mask or logits.
+/// Every feature is bound by the name bundle.json gives it (read from the package's spec
+/// at export), and its type and size are compared with the compiled model's own
+/// description before the first call: a mismatch refuses the bundle in one line.
 final class VisionRunner: @unchecked Sendable {
     let bundle: VerifiedBundle
     let inputName: String
     let inputShape: [Int]
+    /// Whether the package takes float16 pixels (exported with --fp16).
+    let inputHalf: Bool
     /// "NCHW" or "NHWC", read from the package's input shape.
     let layout: String
     let mainOutput: String
@@ -47,13 +49,15 @@ final class VisionRunner: @unchecked Sendable {
         let manifest = bundle.manifest
         let pre = manifest.preprocessing
         let inputs = model.modelDescription.inputDescriptionsByName
-        guard let input = inputs["pixels"] ?? (inputs.count == 1 ? inputs.values.first : nil),
+        guard let pixels = manifest.pixelsInput, let input = inputs[pixels.name],
               let constraint = input.multiArrayConstraint
         else {
-            throw BundleError("the Core ML package has no MultiArray input \"pixels\": export it again with `toolkit export coreml --out`")
+            throw BundleError("the Core ML package has no MultiArray input \"\(manifest.pixelsInput?.name ?? "pixels")\" as bundle.json says: export the bundle again with `toolkit export coreml --bundle DIR`")
         }
-        guard constraint.dataType == .float32 else {
-            throw BundleError("the Core ML input is not float32; this app feeds float32 pixels: export without changing the input type")
+        // A float32 package takes float32 pixels; a --fp16 one float16 (0..255 is exact
+        // in float16 for whole numbers, and a scaled photo's fractions round to 1/8).
+        guard constraint.dataType == .float32 || constraint.dataType == .float16 else {
+            throw BundleError("the Core ML input is neither float32 nor float16; this app feeds float pixels: export the bundle again")
         }
         let shape = constraint.shape.map { $0.intValue }
         let (c, h, w) = (pre.channels, pre.height, pre.width)
@@ -63,28 +67,40 @@ final class VisionRunner: @unchecked Sendable {
         } else if shape == [1, h, w, c] {
             layout = "NHWC"
         } else {
-            throw BundleError("the Core ML package takes \(shape), bundle.json says \(w)x\(h) with \(c) channels: export both from the same model")
+            throw BundleError("the Core ML package takes \(shape), bundle.json says \(w)x\(h) with \(c) channels: export the bundle again")
         }
-        let outputs = model.modelDescription.outputDescriptionsByName.values.compactMap { d -> (String, Int)? in
-            guard let shape = d.multiArrayConstraint?.shape else { return nil }
-            return (d.name, shape.reduce(1) { $0 * $1.intValue })
+        let outputs = model.modelDescription.outputDescriptionsByName
+        guard let main = manifest.mainOutput else {
+            throw BundleError("bundle.json names no output for its \(manifest.task) postprocessing: export the bundle again")
         }
-        guard let main = manifest.mainOutput,
-              let found = outputs.first(where: { $0.1 == main.count }) ?? (outputs.count == 1 ? outputs[0] : nil),
-              found.1 == main.count
-        else {
-            throw BundleError("no Core ML output has the \(manifest.mainOutput?.count ?? 0) values of the bundle's \(manifest.mainOutput?.role ?? "main") output: export both from the same model")
-        }
+        try Self.check(outputs[main.name], against: main)
         var experts: String?
-        if let spec = manifest.experts {
-            let k = spec.shape.reduce(1, *)
-            experts = outputs.first(where: { $0.0 != found.0 && $0.1 == k })?.0
+        if let spec = manifest.expertsOutput {
+            try Self.check(outputs[spec.name], against: spec)
+            experts = spec.name
         }
         self.inputName = input.name
+        self.inputHalf = constraint.dataType == .float16
         self.inputShape = shape
         self.layout = layout
-        self.mainOutput = found.0
+        self.mainOutput = main.name
         self.expertsOutput = experts
+    }
+
+    /// The compiled model's output `name` is a MultiArray of the manifest's type and size
+    /// (Core ML may report a flexible or missing shape: then only the type is compared).
+    private static func check(_ description: MLFeatureDescription?, against spec: TensorSpec) throws {
+        guard let description, let constraint = description.multiArrayConstraint else {
+            throw BundleError("the Core ML package has no MultiArray output \"\(spec.name)\" (\(spec.role)) as bundle.json says: export the bundle again")
+        }
+        let types: [String: MLMultiArrayDataType] = ["float32": .float32, "float16": .float16, "int32": .int32, "float64": .double]
+        guard types[spec.dtype] == constraint.dataType else {
+            throw BundleError("the Core ML output \(spec.name) is not \(spec.dtype) as bundle.json says: export the bundle again")
+        }
+        let count = constraint.shape.reduce(1) { $0 * $1.intValue }
+        guard constraint.shape.isEmpty || count == spec.count else {
+            throw BundleError("the Core ML output \(spec.name) holds \(count) values, bundle.json says \(spec.count) (\(spec.shape)): export the bundle again")
+        }
     }
 
     /// Compiles the .mlpackage (Core ML needs the compiled .mlmodelc) and loads it.
@@ -94,7 +110,7 @@ final class VisionRunner: @unchecked Sendable {
         do {
             compiled = try await MLModel.compileModel(at: bundle.package)
         } catch {
-            throw BundleError("Core ML could not compile \(bundle.package.lastPathComponent) (\(error.localizedDescription)): export it again with `toolkit export coreml`")
+            throw BundleError("Core ML could not compile \(bundle.package.lastPathComponent) (\(error.localizedDescription)): export the bundle again with `toolkit export coreml --bundle DIR`")
         }
         let compileMs = milliseconds(since: start)
         let config = MLModelConfiguration()
@@ -110,13 +126,16 @@ final class VisionRunner: @unchecked Sendable {
                                 loadMs: milliseconds(since: loadStart), computeUnits: computeUnits)
     }
 
-    /// Raw 0..255 pixels laid out as `layout`; the outputs as floats.
+    /// Raw 0..255 pixels laid out as `layout`; the outputs as floats (a float16 output is
+    /// widened to Float).
     func run(_ values: [Float]) throws -> RunOutputs {
         let expected = inputShape.reduce(1, *)
         guard values.count == expected else {
             throw BundleError("the input has \(values.count) values, the Core ML package takes \(expected) (\(inputShape))")
         }
-        let array = MLMultiArray(MLShapedArray<Float>(scalars: values, shape: inputShape))
+        let array = inputHalf
+            ? MLMultiArray(MLShapedArray<Float16>(scalars: values.map { Float16($0) }, shape: inputShape))
+            : MLMultiArray(MLShapedArray<Float>(scalars: values, shape: inputShape))
         let features = try MLDictionaryFeatureProvider(dictionary: [inputName: MLFeatureValue(multiArray: array)])
         lock.lock()
         defer { lock.unlock() }
