@@ -75,8 +75,20 @@ struct Manifest: Decodable {
         return outputs.first { $0.name == name && $0.role == "experts" }
     }
 
-    /// Parses and checks bundle.json; every failure is one BundleError line.
+    /// Parses and checks bundle.json; every failure is one BundleError line. The envelope
+    /// (format, version, kind, runtime) is checked first, so an LLM or ONNX bundle is
+    /// refused for what it is rather than for the vision keys it lacks.
     static func read(_ data: Data) throws -> Manifest {
+        if let envelope = try? JSONDecoder().decode(Envelope.self, from: data),
+           envelope.format == format, envelope.version <= version {
+            let kind = envelope.kind ?? "llm"
+            guard kind == segmentation || kind == classification else {
+                throw BundleError("this bundle is a \"\(kind)\" model; this app runs image-segmentation and image-classification bundles")
+            }
+            guard envelope.runtime == runtime else {
+                throw BundleError("this is a \(envelope.runtime ?? "non-Core ML") bundle; this app runs Core ML bundles: export one with `toolkit export coreml --model M --bundle DIR`")
+            }
+        }
         let manifest: Manifest
         do {
             manifest = try JSONDecoder().decode(Manifest.self, from: data)
@@ -131,6 +143,21 @@ struct Manifest: Decodable {
         default:
             return error.localizedDescription
         }
+    }
+}
+
+/// The keys that say what a bundle is, read before the rest.
+struct Envelope: Decodable {
+    let format: String
+    let version: Int
+    let kind: String?
+    let runtime: String?
+
+    enum CodingKeys: String, CodingKey {
+        case format = "format"
+        case version = "version"
+        case kind = "kind"
+        case runtime = "runtime"
     }
 }
 
