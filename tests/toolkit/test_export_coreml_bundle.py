@@ -177,7 +177,12 @@ def _contents(folder: Path) -> dict[str, str]:
             for p in folder.rglob("*") if p.is_file()}
 
 
-def test_existing_dir_is_refused_with_nothing_written(bundles_dir, tmp_path):
+def test_existing_dir_is_refused_and_a_failed_write_keeps_it(bundles_dir, tmp_path,
+                                                             monkeypatch):
+    import errno
+
+    import export.coreml_bundle
+
     existing = tmp_path / "b"
     shutil.copytree(coreml_bundle(bundles_dir, "fake-vmoe"), existing)
     before = _contents(existing)
@@ -186,6 +191,16 @@ def test_existing_dir_is_refused_with_nothing_written(bundles_dir, tmp_path):
     assert code == 2 and err.count("\n") == 1 and "exists: pass --overwrite" in err
     assert _contents(existing) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no staging left
+
+    def full(folder):
+        raise OSError(errno.ENOSPC, "No space left on device", os.fspath(folder / "x"))
+
+    monkeypatch.setattr(export.coreml_bundle, "files_section", full)
+    code, err = run_cli("export", "coreml", "--model", "fake-vmoe", "--bundle", existing,
+                        "--overwrite", "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err
+    assert _contents(existing) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
 def test_sample_limits_follow_the_package_precision():
@@ -260,3 +275,26 @@ def test_llm_bundle_reader_checks_every_package(bundles_dir, tmp_path, capsys):
     assert main([os.fspath(copy), "--check"]) == 2
     assert "model_chunk2.mlpackage/Data/com.apple.CoreML/model.mlmodel does not match" in \
         capsys.readouterr().err
+
+
+def test_streamed_llm_bundle_has_no_reference_tokens_and_says_why(tmp_path):
+    """--engine streaming (a checkpoint read one tensor at a time): one package, the
+    config's vocab, and no PyTorch tokens (the model is not held in memory to run)."""
+    import models
+
+    loaded = models.load_model("fake-llama")
+    checkpoint = tmp_path / "hf"
+    loaded.module.save_pretrained(checkpoint)
+    loaded.tokenizer.save_pretrained(checkpoint)
+    bundle = tmp_path / "b"
+    code, err = run_cli("export", "coreml", "--model", checkpoint, "--engine", "streaming",
+                        "--bundle", bundle, "--max-context", "48", "--new-tokens", "4",
+                        "--quiet")
+    assert code == 0, err
+    manifest = _manifest(bundle)
+    assert manifest["model"]["packages"] == ["model.mlpackage"]
+    assert manifest["vocab_size"] == loaded.module.config.vocab_size
+    check = manifest["verification"]
+    assert check["reference_tokens"] is None and "one tensor at a time" in check[
+        "reference_note"]
+    assert sorted(manifest["model"]["files"]) == sorted(_walk(bundle / "model.mlpackage"))
