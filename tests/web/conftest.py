@@ -10,6 +10,8 @@ executable is the one `--device browser` uses (chromium_path)."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -162,9 +164,17 @@ def open_page(browser, web_server, tmp_path):
         page.close()
 
 
+ARTIFACTS_ENV = "EDGE_TOOLKIT_TEST_ARTIFACTS"
+
+
 @pytest.fixture
-def screenshots(tmp_path) -> Path:
-    """Where a test's screenshots go (its pytest tmp folder)."""
-    folder = tmp_path / "screenshots"
-    folder.mkdir()
+def screenshots(request) -> Path:
+    """Where a test's screenshots go, kept after the run as test artifacts:
+    $EDGE_TOOLKIT_TEST_ARTIFACTS/web/<test>/, by default test-artifacts/ in the repository
+    (gitignored), one folder per test, emptied when the test starts."""
+    root = Path(os.environ.get(ARTIFACTS_ENV) or Path(__file__).resolve().parents[2]
+                / "test-artifacts")
+    folder = root / "web" / re.sub(r"[^A-Za-z0-9._-]+", "_", request.node.name)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     return folder

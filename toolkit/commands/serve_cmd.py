@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--duration {args.duration} must be > 0 seconds")
     if (args.cert or args.key) and not args.tls:
         raise UserError("--cert/--key are for https: add --tls")
-    root = web_app_root()
     bundles = served_bundles(args.bundles)
+    root = web_app_root()
     files = {url: path for bundle in bundles for url, path in bundle.files.items()}
     tls, blobs = None, {}
     if args.tls:

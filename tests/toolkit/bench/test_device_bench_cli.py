@@ -118,3 +118,15 @@ def test_bad_options_are_refused_in_one_line(toolkit_cli, exported, extra, messa
 def test_a_folder_that_is_not_a_bundle_is_refused(toolkit_cli, tmp_path):
     result = toolkit_cli("bench", "--device", "browser", tmp_path)
     assert result.code == 2 and "a folder without bundle.json" in result.err
+
+
+def test_a_core_ml_bundle_is_refused_for_the_browser(toolkit_cli, tmp_path):
+    pytest.importorskip("coremltools")
+    bundle = tmp_path / "cnn coreml"
+    result = toolkit_cli("export", "coreml", "--model", "fake-cnn", "--bundle", bundle,
+                         "--quiet")
+    assert result.code == 0, result.err
+    for argv in (("bench", "--device", "browser", bundle), ("serve", bundle, "--duration", "1")):
+        result = toolkit_cli(*argv)
+        assert result.code == 2 and len(result.err_lines) == 1, result.err
+        assert "bundle, which a browser cannot run" in result.err

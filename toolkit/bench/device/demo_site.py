@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from toolkit.bench.device.job import BUNDLE_MANIFEST
+from toolkit.bench.device.job import BUNDLE_MANIFEST, check_browser_runtime
 from toolkit.errors import UserError
 
 PAGE_OF_KIND = {"llm": "chat.html", "image-segmentation": "portrait.html",
@@ -39,6 +39,7 @@ def served_bundles(paths: list[str]) -> list[ServedBundle]:
         except (ValueError, KeyError, TypeError):
             raise UserError(f"{manifest_path} is not a readable bundle manifest: export the "
                             "bundle again") from None
+        check_browser_runtime(spec, manifest.get("runtime"))
         kind = manifest.get("kind", "llm")
         if kind not in PAGE_OF_KIND:
             raise UserError(f"{spec} is a {kind!r} bundle, which no demo page shows")

@@ -103,10 +103,12 @@ def _bundle_model(spec: str, folder: Path) -> ServedModel:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         listed = manifest["files"]
         model_file = manifest["model"]["file"]
-        runtime = RUNTIME_OF_BUNDLE[manifest["runtime"]]
+        bundle_runtime = manifest["runtime"]
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{manifest_path} is not a readable bundle manifest: export the "
                         "bundle again") from None
+    check_browser_runtime(spec, bundle_runtime)
+    runtime = RUNTIME_OF_BUNDLE[bundle_runtime]
     files = {}
     for name in listed:
         target = folder / name
@@ -122,6 +124,14 @@ def _bundle_model(spec: str, folder: Path) -> ServedModel:
     if manifest.get("kind", "llm") != "llm":
         model.inputs = _fixed_inputs(model)
     return model
+
+
+def check_browser_runtime(spec: str, runtime) -> None:
+    """A bundle a browser can run: ONNX or LiteRT, not Core ML (Apple devices only)."""
+    if runtime not in RUNTIME_OF_BUNDLE:
+        raise UserError(f"{spec} is a {runtime} bundle, which a browser cannot run: export "
+                        "an ONNX or tflite bundle of the model (`toolkit export onnx|tflite "
+                        "--bundle DIR`)")
 
 
 def _file_model(spec: str, path: Path) -> ServedModel:
