@@ -16,8 +16,10 @@ runtimes (`toolkit bench`), 1 thread.
 3. The Fashion-MNIST V-MoE, ms per image in onnxruntime-web: dense ViT, the
    super-class-routed MoE and the MoE with one expert in four dropped, interleaved
    (trained briefly here: speed only, the accuracy column is not the point).
-4. Page weight: the bytes each page downloaded before it posted its results (app,
-   npm runtimes, models), from the bench server's own count.
+4. Page weight: the bytes each demo page (chat, portrait, V-MoE) downloads before its
+   first result, counted by the server that serves it (`toolkit serve`'s), split into the
+   app, the npm runtimes and the bundles, with the time from opening the page to that
+   result; and what each bench page downloaded before it posted its results.
 
 Each group is one interleaved `toolkit bench` run in the browser and one on the host
 (the two cannot be interleaved with each other: one runs in Chromium, one in Python
@@ -88,6 +90,14 @@ def build(work: Path) -> dict[str, dict[str, str]]:
         if not out.exists():
             toolkit("export", "onnx", "--model", str(source), "--out", str(out), "--quiet")
         vmoe[name] = str(out)
+    portrait_bundle = work / "portrait-256-bundle"
+    if not (portrait_bundle / "bundle.json").exists():
+        toolkit("export", "tflite", "--model", "portrait-256", "--bundle", str(portrait_bundle),
+                "--quiet")
+    for source in (dense, moe, dropped):
+        folder = work / f"{source.name}-bundle"
+        if not (folder / "bundle.json").exists():
+            toolkit("export", "onnx", "--model", str(source), "--bundle", str(folder), "--quiet")
     return {"llm": {"SmolLM2-135M GPTQ 4-bit, 4-bit table (ONNX bundle)": str(bundle),
                     "SmolLM2-135M dense fp32 (ONNX bundle)": str(dense_bundle)},
             "portrait": {"ours: portrait-256 (.tflite)": str(portrait),
@@ -112,10 +122,51 @@ def host_path(path: str) -> str:
     return path
 
 
+STATE = "document.body.dataset.state"  # the demo pages' ready/running/done/failed
+DEMO_PAGES = {  # page -> (query, bundle folders under the work folder)
+    "chat (SmolLM2 4-bit, verify: 16 tokens)": ("chat.html?nosw=1&verify=1&threads=1&bundle=",
+                                                ["smollm2-gptq4-bundle"]),
+    "portrait (ours + MediaPipe, one sample)": ("portrait.html?nosw=1&sample=1&bundle=",
+                                                ["portrait-256-bundle"]),
+    "V-MoE (3 bundles, one sample each)": ("vmoe.html?nosw=1&sample=1&bundles=",
+                                           ["vmoe-dense-bundle", "vmoe-moe-bundle",
+                                            "vmoe-dropped-bundle"]),
+}
+
+
+def page_weights(work: Path) -> dict:
+    """Each demo page opened in headless Chromium (a fresh profile: nothing cached) on the
+    bundles, served as `toolkit serve` serves them: bytes served by kind until the page's
+    first result, and the seconds from opening it."""
+    import time
+
+    from toolkit.bench.device.browser import headless_page, wait_until
+    from toolkit.bench.device.demo_site import served_bundles
+    from toolkit.bench.device.run import web_app_root
+    from toolkit.bench.device.server import BenchServer
+
+    weights = {}
+    for page, (query, folders) in DEMO_PAGES.items():
+        bundles = served_bundles([str(work / f) for f in folders])
+        files = {url: path for b in bundles for url, path in b.files.items()}
+        links = ",".join(f"models/{b.name}/" for b in bundles)
+        with BenchServer(web_app_root(), files, {}, lambda document: False) as server:
+            start = time.monotonic()
+            with headless_page(server.url("127.0.0.1", query + links)) as (tab, messages):
+                if not wait_until(tab, lambda t=tab: t.evaluate(STATE) in ("done", "failed"),
+                                  900):
+                    raise RuntimeError(f"{page}: no result in 900 s ({messages[-3:]})")
+                if tab.evaluate(STATE) == "failed":
+                    raise RuntimeError(f"{page}: {tab.evaluate('window.__lastError')}")
+                seconds = time.monotonic() - start
+            weights[page] = {"served_bytes": server.sent_by_kind(), "seconds": seconds}
+    return weights
+
+
 def run(work: Path, runs: int, min_seconds: float) -> dict:
     groups = build(work)
     results = {"environment": environment(), "runs": runs, "min_seconds": min_seconds,
-               "groups": {}}
+               "groups": {}, "pages": page_weights(work)}
     for tag, files in groups.items():
         names, paths = list(files), list(files.values())
         print(f"{tag}: browser", flush=True)
@@ -184,8 +235,21 @@ def markdown(results: dict) -> str:
         for name, model in zip(groups["vmoe"]["names"], groups["vmoe"][side]["models"],
                                strict=True):
             lines.append(_vision_row(name, model))
-    lines += ["", "**Page weight** (bytes the bench page downloaded before it posted its "
-              "results, counted by the server):", "",
+    lines += ["", "**Page weight of the demos** (each page opened in a fresh headless Chromium "
+              "profile on its bundles, served as `toolkit serve` serves them: the bytes served "
+              "before its first result, and the time from opening the page to that result; "
+              "the service worker is off (`?nosw=1`): on a first visit it also stores the "
+              "pinned runtimes for offline use, in the background, not counted here):",
+              "", "| page | app | npm runtimes | bundles | total | seconds to first result |",
+              "|---|---|---|---|---|---|"]
+    for page, weight in results.get("pages", {}).items():
+        served = weight["served_bytes"]
+        total = sum(served.values())
+        lines.append(f"| {page} | {served['app'] / 1e3:.0f} kB | {served['runtime'] / 1e6:.1f} "
+                     f"MB | {served['models'] / 1e6:.1f} MB | {total / 1e6:.1f} MB | "
+                     f"{weight['seconds']:.1f} |")
+    lines += ["", "**Bench pages** (what each bench run above downloaded before it posted its "
+              "results):", "",
               "| page | app | npm runtimes | models | total |", "|---|---|---|---|---|"]
     for tag, title in (("llm", "SmolLM2 decode (2 models)"), ("portrait", "portrait (2 models)"),
                        ("vmoe", "V-MoE (3 models)")):

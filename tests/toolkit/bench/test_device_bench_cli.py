@@ -130,3 +130,40 @@ def test_a_core_ml_bundle_is_refused_for_the_browser(toolkit_cli, tmp_path):
         result = toolkit_cli(*argv)
         assert result.code == 2 and len(result.err_lines) == 1, result.err
         assert "bundle, which a browser cannot run" in result.err
+
+
+def test_phone_mode_over_https_with_an_emulated_iphone(exported, tmp_path):
+    """The whole phone flow: `--device phone --tls` serves https with its self-signed
+    certificate and waits; an iPhone-emulated Chromium opens the printed URL (accepting the
+    certificate, as a user does once) and its results end the command."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from toolkit.bench.device.browser import headless_page
+
+    skip_without_browser()
+    report = tmp_path / "phone.json"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "toolkit", "bench", "--device", "phone", "--tls", "--port", "0",
+         "--timeout", "120", exported / "cnn.onnx", *FAST, "--json", report],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = None
+        for line in child.stdout:
+            match = re.search(r"open (https://\S+) on the phone", line)
+            if match:
+                url = match.group(1)
+                break
+        assert url and url.startswith("https://127.0.0.1:"), url
+        with headless_page(url, device="iPhone 15", ignore_https_errors=True) as (page, _):
+            out, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    data = json.loads(report.read_text(encoding="utf-8"))
+    assert "iPhone" in data["environment"]["user agent"]
+    assert data["models"][0]["accuracy"]["relative_error"] < 1e-5
+    assert (tmp_path / "cache" / "edge-toolkit" / "bench-tls" / "cert.pem").is_file()
