@@ -28,6 +28,7 @@ from toolkit.commands import (
     models_cmd,
     run_cmd,
     serve_cmd,
+    sweep_cmd,
     synth_cmd,
     train_cmd,
 )
@@ -43,7 +44,7 @@ from toolkit.output_paths import check_output_paths, output_paths, shown
 from toolkit.quiet import quiet_libraries
 
 COMMANDS = (compress_cmd, run_cmd, eval_cmd, export_cmd, bench_cmd, serve_cmd, models_cmd,
-            train_cmd, synth_cmd)
+            train_cmd, synth_cmd, sweep_cmd)
 EXIT_USER_ERROR = 2
 
 
