@@ -1,22 +1,29 @@
-"""Diagnostic: which per-layer sensitivity makes mixed-bit palettization allocate well.
+"""Which per-layer sensitivity makes mixed-bit palettization allocate well (quick protocol).
 
-    python benchmarks/mixed_bits_sensitivity.py [--calib-samples 8] [--eval-windows 8]
+    OMP_NUM_THREADS=1 python benchmarks/mixed_bits_sensitivity.py [--calib-samples 8]
+        [--eval-windows 8] [--kl-windows 4] [--kl-tokens 256] [--write]
 
 Dense SmolLM2-135M; one forward over the calibration text collects every linear's
 H = sum_t x_t x_t^T (not block-sequential, unlike `toolkit compress`, so it is quick);
-every linear is palettized (weighted k-means, 16-row tables) at 2, 3 and 4 bits once; then
-`compress.quant.mixed_bits.allocate_bits` is run on two sensitivities:
-    absolute  s_l(b) = tr(dW H dW^T) / n           (what the palettizer uses today)
-    relative  s_l(b) = tr(dW H dW^T) / tr(W H W^T) (the layer's output noise-to-signal)
-and the resulting models' Wikipedia perplexity is printed beside uniform 3 and 4 bits.
-Prints a Markdown table; nothing is written.
+every linear is palettized (weighted k-means, 16-row tables) once per bit width it needs;
+then `compress.quant.mixed_bits.allocate_bits` is run with each sensitivity of
+`compress.quant.sensitivity` (the library's own functions, `OutputKL` included):
+    absolute  s_l(b) = tr(dW H dW^T) / n
+    relative  s_l(b) = tr(dW H dW^T) / tr(W H W^T)
+    measured  s_l(b) = mean next-token KL(dense || only layer l at b bits), 0 at the
+              case's largest choice, on the first kl-windows x kl-tokens calibration tokens
+and each allocation's Wikipedia perplexity is measured beside uniform 3 and 4 bits.
+Prints a Markdown table; --write also keeps the rows in
+benchmarks/results/mixed_bits_sensitivity.json after every case (a stopped run keeps what
+it finished) and the table in BENCHMARKS.md at the end (--render: from the JSON alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections import Counter
+import time
 from pathlib import Path
 
 import torch
@@ -24,7 +31,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CASES = ((3.01, (2, 3, 4)), (3.01, (2, 4)), (3.7, (2, 4)))
+from benchmarks.markdown_section import replace_section  # noqa: E402
+
+SECTION = "mixed_bits_sensitivity"
+RESULTS = ROOT / "benchmarks" / "results" / "mixed_bits_sensitivity.json"
+# (target bits, choices): the recipe's 3.7 with Apple's 2/4 first, then the rest.
+CASES = ((3.7, (2, 4)), (3.7, (2, 3, 4, 6)), (3.01, (2, 4)), (3.01, (2, 3, 4)))
+KINDS = ("absolute", "relative", "measured")
 
 
 def collect_hessians(model, linears: dict, calib: torch.Tensor) -> dict:
@@ -44,54 +57,169 @@ def collect_hessians(model, linears: dict, calib: torch.Tensor) -> dict:
     return hessians
 
 
-def main() -> int:
-    from compress.quant.mixed_bits import allocate_bits, output_error
-    from compress.quant.palettize import palettize
-    from models import load_model
-    from toolkit.data.streams import cached_streams
-    from toolkit.eval.perplexity import perplexity
+class Bench:
+    """Palettes, errors and KLs computed once, on demand, and allocations scored."""
 
+    def __init__(self, args) -> None:
+        from compress.quant.sensitivity import OutputKL, kl_windows
+        from models import load_model
+        from models.adapter import decoder_layout
+        from toolkit.data.streams import cached_streams
+
+        loaded = load_model("smollm2-135m")
+        self.model, streams, length = loaded.module.eval(), cached_streams(loaded.tokenizer), 512
+        self.windows = streams.wiki_eval[: args.eval_windows * length].view(-1, length)
+        calib = streams.calib_pool[: args.calib_samples * length].view(-1, length)
+        layout = decoder_layout(self.model)
+        self.block_of, self.linears = {}, {}
+        for index in range(len(layout.blocks)):
+            for name, linear in layout.block_linears(index).items():
+                self.block_of[name], self.linears[name] = index, linear
+        self.dense = {n: m.weight.data.clone() for n, m in self.linears.items()}
+        self.hessians = collect_hessians(self.model, self.linears, calib)
+        self.tokens = calib.numel()
+        start = time.perf_counter()
+        self.kl = OutputKL(self.model, layout, kl_windows(calib, args.kl_windows, args.kl_tokens),
+                           torch.device("cpu"), torch.float32, 4)
+        self.seconds = {"kl_reference": time.perf_counter() - start, "palettes": 0.0, "kl": 0.0}
+        self._palettes: dict = {}
+        self._kls: dict = {}
+
+    def palette(self, name: str, bits: int):
+        from compress.quant.palettize import palettize
+
+        if (name, bits) not in self._palettes:
+            start = time.perf_counter()
+            self._palettes[(name, bits)] = palettize(self.dense[name], bits, 16, 20,
+                                                     self.hessians[name].diagonal())
+            self.seconds["palettes"] += time.perf_counter() - start
+        return self._palettes[(name, bits)]
+
+    def sensitivity(self, kind: str, name: str, bits: int, largest: int) -> float:
+        from compress.quant.mixed_bits import output_error
+        from compress.quant.sensitivity import output_energy, relative_error
+
+        weight, hessian = self.dense[name], self.hessians[name]
+        if kind == "measured":
+            if bits == largest:
+                return 0.0
+            if (name, bits) not in self._kls:
+                start = time.perf_counter()
+                self._kls[(name, bits)] = self.kl.kl_with(
+                    self.block_of[name], self.linears[name], self.palette(name, bits).dequantize())
+                self.seconds["kl"] += time.perf_counter() - start
+            return self._kls[(name, bits)]
+        error = output_error(weight, self.palette(name, bits).dequantize(), hessian, self.tokens)
+        if kind == "relative":
+            return relative_error(error, output_energy(weight, hessian, self.tokens))
+        return error
+
+    def allocate(self, kind: str, target: float, choices: tuple[int, ...]) -> dict[str, int]:
+        from compress.quant.mixed_bits import allocate_bits
+
+        layers = []
+        for name, weight in self.dense.items():
+            options = {b: (self.sensitivity(kind, name, b, choices[-1]),
+                           8 * self.palette(name, b).storage_bytes() / weight.numel())
+                       for b in choices}
+            layers.append((name, weight.numel(), options))
+        return allocate_bits(layers, target)
+
+    def score(self, bits_of: dict[str, int]) -> dict:
+        from compress.quant.mixed_bits import allocation_by_type
+        from models.qformat import bits_per_weight
+        from toolkit.eval.perplexity import perplexity
+
+        for name in self.dense:
+            self.linears[name].weight.data.copy_(self.palette(name, bits_of[name]).dequantize())
+        ppl = perplexity(self.model, self.windows, batch_size=4).ppl
+        for name, weight in self.dense.items():
+            self.linears[name].weight.data.copy_(weight)
+        counts: dict[str, int] = {}
+        for bits in bits_of.values():
+            counts[str(bits)] = counts.get(str(bits), 0) + 1
+        stored = bits_per_weight({n: self.palette(n, b) for n, b in bits_of.items()})
+        return {"wiki_ppl": ppl, "bits_per_weight": stored,
+                "layers_per_bits": dict(sorted(counts.items())),
+                "by_type": allocation_by_type(bits_of)}
+
+
+def markdown(data: dict) -> str:
+    p = data["protocol"]
+    lines = [
+        "### Mixed-bit sensitivity: absolute, relative, measured (quick protocol)",
+        "",
+        f"`OMP_NUM_THREADS=1 python benchmarks/mixed_bits_sensitivity.py --write` on "
+        f"{p['model']}: Hessians from one dense forward over {p['calib_samples']} x 512 "
+        "calibration tokens (not block-sequential), each linear palettized once per width "
+        "(weighted k-means, 16-row tables), the allocation applied to the dense model; "
+        f"Wikipedia perplexity over {p['eval_windows']} windows x 512 tokens (not the "
+        f"quantization table's protocol). `measured`: next-token KL on the first "
+        f"{p['kl_windows']} x {p['kl_tokens']} calibration tokens with one layer "
+        "quantized. CPU, one thread.",
+        "",
+        "| sensitivity | target | choices | bits/weight | wiki ppl | layers per bits |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        choices = ",".join(map(str, row["choices"])) if row["choices"] else "-"
+        lines.append(f"| {row['sensitivity']} | {row['target']} | {choices} | "
+                     f"{row['bits_per_weight']:.3f} | {row['wiki_ppl']:.2f} | "
+                     f"{row['layers_per_bits']} |")
+    best = [r for r in data["rows"] if r["sensitivity"] in KINDS]
+    if best:
+        lines += ["", "Layers per type at 3.7 bits, choices 2,4:", ""]
+        for row in best:
+            if row["target"] == 3.7 and row["choices"] == [2, 4]:
+                lines.append(f"- {row['sensitivity']}: {row['by_type']}")
+    s = data["seconds"]
+    lines += ["", f"Seconds: palettes {s['palettes']:.0f}, KL reference {s['kl_reference']:.0f}, "
+              f"per-layer KLs {s['kl']:.0f} ({s['kl_count']} partial forwards), total "
+              f"{s['total']:.0f}."]
+    return "\n".join(lines)
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calib-samples", type=int, default=8)
     parser.add_argument("--eval-windows", type=int, default=8)
+    parser.add_argument("--kl-windows", type=int, default=4)
+    parser.add_argument("--kl-tokens", type=int, default=256)
+    parser.add_argument("--write", action="store_true",
+                        help="write BENCHMARKS.md's section and the results JSON")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite BENCHMARKS.md's section from the results JSON")
     args = parser.parse_args()
-    loaded = load_model("smollm2-135m")
-    model, streams, length = loaded.module, cached_streams(loaded.tokenizer), 512
-    windows = streams.wiki_eval[: args.eval_windows * length].view(-1, length)
-    calib = streams.calib_pool[: args.calib_samples * length].view(-1, length)
-    linears = {n: m for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and "lm_head" not in n}
-    dense = {n: m.weight.data.clone() for n, m in linears.items()}
-    hessians = collect_hessians(model, linears, calib)
-    tokens = calib.numel()
-    palettes = {(n, b): palettize(w, b, 16, 20, hessians[n].diagonal())
-                for n, w in dense.items() for b in (2, 3, 4)}
+    if args.render:
+        data = json.loads(RESULTS.read_text(encoding="utf-8"))
+        replace_section(ROOT / "BENCHMARKS.md", SECTION, markdown(data))
+        return 0
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    bench = Bench(args)
+    data = {"protocol": {"model": "smollm2-135m", "calib_samples": args.calib_samples,
+                         "eval_windows": args.eval_windows, "kl_windows": args.kl_windows,
+                         "kl_tokens": args.kl_tokens, "threads": 1},
+            "rows": [], "seconds": {}}
 
-    def score(bits_of: dict) -> str:
-        for n in dense:
-            linears[n].weight.data.copy_(palettes[(n, bits_of[n])].dequantize())
-        ppl = perplexity(model, windows, batch_size=4).ppl
-        for n, w in dense.items():
-            linears[n].weight.data.copy_(w)
-        return f"{ppl:.2f} | {dict(sorted(Counter(bits_of.values()).items()))}"
+    def add(kind: str, target, choices, bits_of) -> None:
+        row = {"sensitivity": kind, "target": target, "choices": list(choices),
+               **bench.score(bits_of)}
+        data["rows"].append(row)
+        data["seconds"] = {**bench.seconds, "kl_count": len(bench._kls),
+                           "total": time.perf_counter() - start}
+        print(f"| {kind} | {target} | {choices} | {row['bits_per_weight']:.3f} | "
+              f"{row['wiki_ppl']:.2f} | {row['layers_per_bits']} |", flush=True)
+        if args.write:  # the rows so far; BENCHMARKS.md once at the end (shared file)
+            RESULTS.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
-    print("| allocation | target | choices | wiki ppl | layers per bits |\n|---|---|---|---|---|")
     for bits in (3, 4):
-        print(f"| uniform | {bits} | - | {score(dict.fromkeys(dense, bits))} |")
-    for kind in ("absolute", "relative"):
-        layers = []
-        for n, w in dense.items():
-            energy = float(((w @ hessians[n]) * w).sum()) / tokens
-            options = {}
-            for b in (2, 3, 4):
-                error = output_error(w, palettes[(n, b)].dequantize(), hessians[n], tokens)
-                stored = 8 * palettes[(n, b)].storage_bytes() / w.numel()
-                options[b] = (error / energy if kind == "relative" else error, stored)
-            layers.append((n, w.numel(), options))
-        for target, choices in CASES:
-            subset = [(n, k, {b: o[b] for b in choices}) for n, k, o in layers]
-            print(f"| {kind} | {target} | {choices} | "
-                  f"{score(allocate_bits(subset, target))} |")
+        add("uniform", bits, (), dict.fromkeys(bench.dense, bits))
+    for target, choices in CASES:
+        for kind in KINDS:
+            add(kind, target, choices, bench.allocate(kind, target, choices))
+    if args.write:
+        replace_section(ROOT / "BENCHMARKS.md", SECTION, markdown(data))
     return 0
 
 

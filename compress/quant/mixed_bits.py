@@ -10,6 +10,9 @@ q_l(b) its stored bits per weight, tables included. Apple's on-device model mixe
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 import torch
 
 from compress.errors import CompressError
@@ -34,6 +37,20 @@ def average_bits(layers: list[LayerChoices], allocation: dict[str, int]) -> floa
     total = sum(numel for _, numel, _ in layers)
     used = sum(numel * options[allocation[name]][1] for name, numel, options in layers)
     return used / total if total else 0.0
+
+
+def layer_type(name: str) -> str:
+    """The linear's name inside its block: "model.layers.3.mlp.down_proj" -> "mlp.down_proj"."""
+    return re.sub(r"^.*?\.\d+\.", "", name)
+
+
+def allocation_by_type(layer_bits: dict[str, int]) -> dict[str, dict[str, int]]:
+    """How many layers of each type got each width, e.g. {"mlp.down_proj": {"2": 3, "4": 27}}
+    (string keys: the form JSON keeps)."""
+    counts: dict[str, Counter] = {}
+    for name, bits in layer_bits.items():
+        counts.setdefault(layer_type(name), Counter())[bits] += 1
+    return {kind: {str(b): n for b, n in sorted(c.items())} for kind, c in sorted(counts.items())}
 
 
 def allocate_bits(layers: list[LayerChoices], target: float,

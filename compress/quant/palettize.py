@@ -5,8 +5,10 @@
 
 as in Apple's on-device foundation model (arXiv 2407.21075): 4-bit palettes shared by
 groups of 16 rows, and a mix of 2- and 4-bit layers for about 3.5-3.7 bits per weight.
-With `target_bits`, a dense pre-pass measures every layer's output error at every choice
-of bits and `compress.quant.mixed_bits.allocate_bits` spends the budget where it helps most.
+With `target_bits`, a dense pre-pass measures every layer's sensitivity at every choice
+of bits (`compress.quant.sensitivity`: absolute or relative output error, or the measured
+KL of the next-token distributions) and `compress.quant.mixed_bits.allocate_bits` spends
+the budget where it helps most.
 """
 
 from __future__ import annotations
@@ -24,14 +26,28 @@ from compress.linalg import single_threaded
 from compress.quant.base import QuantConfig
 from compress.quant.engine import quantize_blockwise
 from compress.quant.kmeans import kmeans_1d
-from compress.quant.mixed_bits import LayerChoices, allocate_bits, average_bits, output_error
+from compress.quant.mixed_bits import (
+    LayerChoices,
+    allocate_bits,
+    allocation_by_type,
+    average_bits,
+    output_error,
+)
 from compress.quant.report import QuantReport
+from compress.quant.sensitivity import (
+    OutputKL,
+    check_sensitivity,
+    kl_windows,
+    output_energy,
+    relative_error,
+)
 from compress.stats import HESSIAN, SQ_NORM, LinearStats
 from compress.sweep import BlockSweep, Progress
 from models.qformat import PaletteQuantized
 
 # Index widths a palettized layer may use (those Core ML's palettization stores, but 1).
 PALETTE_BITS = (2, 3, 4, 6, 8)
+DEFAULT_SENSITIVITY = "absolute"
 
 
 @dataclasses.dataclass
@@ -55,6 +71,16 @@ class PalettizeConfig(QuantConfig):
     target_bits: float | None = None
     # The bit-widths mixed under target_bits (Apple mixes 2 and 4).
     bits_choices: tuple[int, ...] = (2, 4)
+    # How target_bits judges a layer at each choice (compress.quant.sensitivity):
+    # "absolute" output error tr(dW H dW^T)/n, "relative" = that / tr(W H W^T), or
+    # "measured" = KL of the next-token distributions with only that layer quantized.
+    # The default is the one that gave the lowest perplexity in
+    # benchmarks/mixed_bits_sensitivity.py (BENCHMARKS.md).
+    sensitivity: str = DEFAULT_SENSITIVITY
+    # "measured" runs the model on this many calibration windows of this many tokens,
+    # once per layer and choice but the largest: its cost grows with both.
+    sensitivity_windows: int = 4
+    sensitivity_tokens: int = 256
     # Weight each squared error by its input's second moment sum_t x_j^2 (the Hessian
     # diagonal), so the tables favour the weights that move the outputs most: sensitive
     # k-means (SqueezeLLM, arXiv 2306.07629; coremltools). Needs calibration data. On by
@@ -88,6 +114,11 @@ class PalettizeConfig(QuantConfig):
             raise CompressError(f"iters {self.iters!r} must be a positive integer, e.g. 20")
         if not isinstance(self.weighted, bool):
             raise CompressError(f"weighted {self.weighted!r} must be true or false")
+        check_sensitivity(self.sensitivity)
+        for knob, example in (("sensitivity_windows", 4), ("sensitivity_tokens", 256)):
+            if not _positive_int(getattr(self, knob)):
+                raise CompressError(f"{knob} {getattr(self, knob)!r} must be a positive "
+                                    f"integer, e.g. {example}")
         if self.target_bits is not None:
             self._check_target()
 
@@ -184,7 +215,13 @@ def palettize_model(model: nn.Module, config: PalettizeConfig, calib: torch.Tens
                         for lin in sweep.layout.block_linears(i).values())
     if not config.weighted and block_weights * len(config.bits_choices) <= _CACHE_LIMIT_BYTES:
         cache = {}
-    layers = measure_sensitivities(sweep, config, cache)
+    kl = None
+    if config.sensitivity == "measured":
+        start = time.perf_counter()
+        windows = kl_windows(calib, config.sensitivity_windows, config.sensitivity_tokens)
+        kl = OutputKL(model, sweep.layout, windows, sweep.device, forward_dtype, batch_size)
+        sweep.seconds["sensitivity_reference"] = time.perf_counter() - start
+    layers = measure_sensitivities(sweep, config, cache, kl)
     layer_bits = allocate_bits(layers, config.target_bits)
     main = dataclasses.replace(config, target_bits=None)  # the main pass needs no Hessian
     per_bits = {bits: dataclasses.replace(main, bits=bits) for bits in config.bits_choices}
@@ -200,28 +237,36 @@ def palettize_model(model: nn.Module, config: PalettizeConfig, calib: torch.Tens
     report.calib_tokens = int(calib.numel())
     report.allocation = {
         "target_bits": config.target_bits, "achieved_bits": average_bits(layers, layer_bits),
-        "choices": list(config.bits_choices), "layer_bits": layer_bits,
+        "choices": list(config.bits_choices), "sensitivity_kind": config.sensitivity,
+        "layer_bits": layer_bits, "by_type": allocation_by_type(layer_bits),
         "sensitivity": {name: {b: s for b, (s, _) in options.items()}
                         for name, _, options in layers},
     }
+    if kl is not None:
+        report.allocation["kl_tokens"] = int(kl.tokens.numel())
     return report
 
 
 def measure_sensitivities(sweep: BlockSweep, config: PalettizeConfig,
-                          cache: dict | None = None) -> list[LayerChoices]:
-    """The dense pre-pass: for every kept linear and every b in `bits_choices`, its output
-    error tr(dW_b H dW_b^T) / n_tokens and stored bits per weight. Nothing is changed.
+                          cache: dict | None = None,
+                          kl: OutputKL | None = None) -> list[LayerChoices]:
+    """The dense pre-pass: for every kept linear and every b in `bits_choices`, its
+    sensitivity (`config.sensitivity`, see compress.quant.sensitivity; "measured" needs
+    `kl`) and stored bits per weight. The model is dense again afterwards.
     With `cache`, each palette is kept under (name, bits) so the main pass need not
     cluster again (valid when clustering ignores the data, i.e. not `weighted`)."""
     start = time.perf_counter()
     method_before = sweep.seconds["method"]
     layers: list[LayerChoices] = []
 
-    def measure(_index: int, linears: dict[str, nn.Linear], stats) -> None:
+    largest = config.bits_choices[-1]
+
+    def measure(index: int, linears: dict[str, nn.Linear], stats) -> None:
         for name, linear in linears.items():
             weight = linear.weight.data.float()
             hessian, n_tokens = stats[name].hessian, stats[name].n_tokens
             importance = hessian.diagonal() if config.weighted else None
+            energy = output_energy(weight, hessian, n_tokens)
             options = {}
             for bits in config.bits_choices:
                 try:
@@ -231,6 +276,11 @@ def measure_sensitivities(sweep: BlockSweep, config: PalettizeConfig,
                 except CompressError as exc:  # the pure function does not know the name
                     raise CompressError(f"{name}: {exc}") from None
                 error = output_error(weight, palette.dequantize(), hessian, n_tokens)
+                if config.sensitivity == "relative":
+                    error = relative_error(error, energy)
+                elif config.sensitivity == "measured":
+                    error = 0.0 if bits == largest else kl.kl_with(  # type: ignore[union-attr]
+                        index, linear, palette.dequantize())
                 if cache is not None:
                     cache[(name, bits)] = palette
                 options[bits] = (error, 8 * palette.storage_bytes() / weight.numel())

@@ -79,6 +79,10 @@ def summary(manifest: dict, out: Path) -> str:
     metrics, timing = manifest["metrics"], manifest["timing_seconds"]
     quant = manifest.get("quantization")
     bits = quant["bits_per_weight"] if quant else None
+    lora = [s["report"] for s in manifest.get("stages", []) if s["kind"] == "lora"]
+    if lora and bits is not None:  # adapters counted apart: "3.70 + 0.19 (LoRA r16)"
+        bits = (f"{bits:.2f} + {lora[-1]['adapter_bits_per_weight']:.2f} "
+                f"(LoRA r{lora[-1]['rank']})")
     sparsity = manifest["sparsity"]["overall"]
     rows = []
     if "before" in metrics:
@@ -96,6 +100,12 @@ def summary(manifest: dict, out: Path) -> str:
              f"compression: {timing['compress_total']:.1f} s (forward {timing['forward']:.1f} s, "
              f"method {timing['method']:.1f} s); total {timing.get('wall_total', 0):.1f} s",
              f"output: {out}"]
+    allocation = (quant or {}).get("allocation")
+    if allocation:  # mixed bit-widths: what went where
+        lines.insert(-1, f"mixed bits ({allocation.get('sensitivity_kind', 'absolute')} "
+                         f"sensitivity): {allocation['achieved_bits']:.3f} bits per weight "
+                         f"(target {allocation['target_bits']:g}); layers per type and bits "
+                         f"{allocation.get('by_type')}")
     interop = interop_summary(manifest.get("interop"))  # whether transformers loads it
     if interop:
         lines.insert(-1, interop)
