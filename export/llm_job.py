@@ -12,6 +12,7 @@ from typing import Any
 from export.carried import lost_quantization, lost_sparsity, pruned_sparsity, read_manifest
 from export.errors import ExportError
 from export.llm.streamed import StreamedArtifact
+from export.lora_carry import lora_plan, model_as_written, note_lora
 from export.options import ExportOptions
 from export.report import ExportReport
 from export.sizes import written_bytes
@@ -37,12 +38,15 @@ def export_llm_artifact(exporter, artifact: Any, out: Path,
         raise ExportError(f"--embedding-bits is not carried by the {exporter.target} exporter "
                           "yet (onnx carries it): export without it")
     prompt = _prompt_ids(artifact, options)
-    result = exporter.write_llm(artifact, out, options)
-    report = describe_llm(exporter, artifact, result, out, options)
-    if options.require_carried and report.lost:  # refused before the verification run
-        raise report.lost_error()
-    if options.verify:
-        report.verification = verify_llm(exporter, artifact, result, out, prompt, options)
+    lora = lora_plan(exporter, artifact)
+    with model_as_written(lora, artifact):  # adapters a target drops: off for both steps
+        result = exporter.write_llm(artifact, out, options)
+        report = describe_llm(exporter, artifact, result, out, options)
+        note_lora(lora, report)
+        if options.require_carried and report.lost:  # refused before the verification run
+            raise report.lost_error()
+        if options.verify:
+            report.verification = verify_llm(exporter, artifact, result, out, prompt, options)
     return report
 
 

@@ -45,6 +45,9 @@ class Exporter:
     streams: bool = False
     # Whether it carries an embedding table and head quantized at export (--embedding-bits).
     quantizes_tables: bool = False
+    # Writes an artifact's LoRA adapters as side branches (export/lora_carry.py); a target
+    # that does not has them detached for writing and verification and reports them dropped.
+    carries_lora: bool = False
     # Why pruned zeros end up dense in this format (said in the report), when they do.
     sparse_note: str = "the format has no sparse weights"
 

@@ -18,11 +18,13 @@ import torch
 
 import compress
 from compress.distill import DistillConfig
-from compress.recovery import RecoverConfig
+from compress.quant import QuantConfig
+from compress.recovery import LoraConfig, RecoverConfig
 from compress.requirements import applicable_methods, unmet_need
 from models import LoadedModel
 from toolkit.artifacts import save_model_artifact
 from toolkit.errors import UserError
+from toolkit.lora_data import lora_windows
 from toolkit.manifest import library_versions, timestamp
 from toolkit.recipe import CalibrationSpec, Recipe
 from toolkit.workflows import CalibrationData, Workflow, workflow_for
@@ -63,6 +65,20 @@ def check_applies(loaded: LoadedModel, recipe: Recipe, workflow: Workflow) -> No
                 else "no compression method applies to it")
         raise UserError(f"method {config.method} does not apply to {loaded.source} "
                         f"({workflow.kind}): {reason}; {hint}")
+    _check_lora_order(loaded, recipe)
+
+
+def _check_lora_order(loaded: LoadedModel, recipe: Recipe) -> None:
+    """LoRA adapts the linears a quantization stage of the same recipe compressed: the
+    model before that stage is its teacher, so an already quantized input (whose
+    "before" is itself compressed) does not count. toolkit/recipe.py makes it last."""
+    for index, config in enumerate(recipe.stages):
+        if isinstance(config, LoraConfig) and not any(isinstance(c, QuantConfig)
+                                                      for c in recipe.stages[:index]):
+            raise UserError(f"lora needs linears compressed by an earlier stage of the recipe "
+                            f"(the model before it is the teacher), but {loaded.source} gets "
+                            "none: put a quantization stage (rtn, gptq, awq, palettize) first, "
+                            "e.g. --method palettize ... --recover lora")
 
 
 def run_compression(loaded: LoadedModel, run: CompressionRun) -> CompressionResult:
@@ -71,7 +87,8 @@ def run_compression(loaded: LoadedModel, run: CompressionRun) -> CompressionResu
     workflow = workflow_for(loaded)
     check_applies(loaded, run.recipe, workflow)
     data = workflow.calibration(loaded, run.recipe.calibration)
-    wants_teacher = any(isinstance(c, DistillConfig | RecoverConfig) for c in run.recipe.stages)
+    wants_teacher = any(isinstance(c, DistillConfig | RecoverConfig | LoraConfig)
+                        for c in run.recipe.stages)
     # The model as it was before the first stage: a distillation or recovery stage's
     # teacher, and what a family's evaluation compares the compressed model with.
     original = (copy.deepcopy(loaded.module).eval()
@@ -118,6 +135,10 @@ def _run_stages(loaded: LoadedModel, run: CompressionRun, data: CalibrationData,
         extra = {"teacher": original} if isinstance(config, DistillConfig) else {}
         if isinstance(config, RecoverConfig):  # trains the packed forms' scales in place
             extra = {"teacher": original, "quantized": quantized or loaded.quantized or {}}
+        if isinstance(config, LoraConfig):  # adapters on the packed linears, beside them
+            train, held = lora_windows(data, config, run.recipe.calibration.file is not None)
+            extra = {"teacher": original, "quantized": quantized or loaded.quantized or {},
+                     "train_tokens": train, "held_out_tokens": held}
         report = compress.apply(loaded.module, config, data.inputs, device=run.device,
                                 forward_dtype=run.forward_dtype, progress=run.progress,
                                 **data.options, **extra)
@@ -126,7 +147,7 @@ def _run_stages(loaded: LoadedModel, run: CompressionRun, data: CalibrationData,
                        "seconds": {"total": time.perf_counter() - stage_start,
                                    **report.seconds},
                        "forward_dtype": report.forward_dtype, "report": section})
-        if section["kind"] in ("quantize", "recover"):
+        if section["kind"] in ("quantize", "recover", "lora"):
             quantized = report.quantized
     return stages, quantized
 

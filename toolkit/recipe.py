@@ -20,7 +20,8 @@ directory.
 
 Unknown keys are errors that name the key. Quantization writes packed weights, so it
 must be the last stage (only `recover`, which trains the packed scales and keeps the codes,
-may follow it): a pruning stage after it would undo the packing. Distillation learns from
+may follow it, and `lora`, whose adapters sit beside the frozen packed weights and so
+must itself be last): a pruning stage after it would undo the packing. Distillation learns from
 the model before the first stage, so it cannot be the first stage.
 """
 
@@ -36,7 +37,7 @@ from compress.config import MethodConfig
 from compress.distill import DistillConfig
 from compress.errors import CompressError
 from compress.quant import QuantConfig
-from compress.recovery import RecoverConfig
+from compress.recovery import LoraConfig, RecoverConfig
 from toolkit.errors import UserError
 from toolkit.eval import EvalProtocol
 from toolkit.limits import check_seed
@@ -96,11 +97,16 @@ def check_stage_order(stages: list[MethodConfig]) -> None:
     for index, stage in enumerate(stages[:-1]):
         if isinstance(stage, QuantConfig):
             later = next((i for i in range(index + 1, len(stages))
-                          if not isinstance(stages[i], RecoverConfig)), None)
+                          if not isinstance(stages[i], RecoverConfig | LoraConfig)), None)
             if later is not None:
                 raise UserError(f"stage {later + 1} ({stages[later].method}) comes after "
                                 f"quantization ({stage.method}): quantization must be the "
-                                "last stage (only recover may follow it)")
+                                "last stage (only recover or lora may follow it)")
+    for index, stage in enumerate(stages[:-1], start=1):
+        if isinstance(stage, LoraConfig):  # adapters sit on the final packed weights
+            raise UserError(f"stage {index} is lora, which adapts the final compressed "
+                            f"weights, but {stages[index].method} follows it: make lora the "
+                            "last stage")
 
 
 def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:

@@ -2,7 +2,8 @@
 model: its shape, rotary tables, and each tensor on request, in float32 or in the
 artifact's packed form. Two sources give it:
 
-    ModuleDecoderWeights   a model held in memory (models.LoadedModel: module + packed dict)
+    ModuleDecoderWeights   a model held in memory (models.LoadedModel: module + packed dict,
+                           + the LoRA adapters attached to its linears)
     LazyDecoderWeights     a lazily opened checkpoint, one tensor read at a time
                            (export.llm.lazy_weights)
 
@@ -26,6 +27,7 @@ from export.llm.moe_mlp import is_moe_mlp
 from export.llm.table_quant import QuantizedTables, quantize_rows
 from models.adapter import DecoderLayout
 from models.qformat import AffineQuantized
+from models.qformat.lora import adapters_of
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -40,6 +42,9 @@ class LinearWeight:
     weight: torch.Tensor | None
     packed: object | None
     bias: torch.Tensor | None
+    # A LoRA adapter on it (models/qformat/lora.py): (A [r, in], B [out, r], scale s) in
+    # float32, y += s B (A x); None when it has none.
+    lora: tuple[torch.Tensor, torch.Tensor, float] | None = None
 
 
 class DecoderWeights:
@@ -158,6 +163,7 @@ class ModuleDecoderWeights(DecoderWeights):
         self.head_weight_name = self.head_module + ".weight"
         self.norm_name = self.module_name(self.layout.norm) + ".weight"
         self.tied = self.layout.head.weight is self.layout.embeddings.weight
+        self._lora = adapters_of(module)
 
     def float32(self, name: str) -> torch.Tensor:
         return self._params[name].detach().to(torch.float32)
@@ -168,9 +174,13 @@ class ModuleDecoderWeights(DecoderWeights):
     def linear(self, module_name: str) -> LinearWeight:
         bias = self._params.get(f"{module_name}.bias")
         bias = None if bias is None else bias.detach().to(torch.float32)
+        adapter = self._lora.get(module_name)
+        lora = None if adapter is None else (adapter.lora_A.detach().float(),
+                                             adapter.lora_B.detach().float(), adapter.scale)
         if module_name in self._quantized:
-            return LinearWeight(module_name, None, self._quantized[module_name], bias)
-        return LinearWeight(module_name, self.float32(f"{module_name}.weight"), None, bias)
+            return LinearWeight(module_name, None, self._quantized[module_name], bias, lora)
+        return LinearWeight(module_name, self.float32(f"{module_name}.weight"), None, bias,
+                            lora)
 
     def float32_bytes(self) -> int:
         return 4 * self.parameter_count()

@@ -111,9 +111,24 @@ class _DecoderWriter:
         if weight is not None:
             weight_t = g.array(f"{prefix}.weight_t", weight.t().contiguous().numpy())
             g.node(_make_node("MatMul", [x, weight_t], [y]))
+        if linear.lora is not None:
+            y = self.lora(x, y, linear)
         if linear.bias is not None:
             y = g.op("Add", [y, g.array(f"{prefix}.bias", linear.bias.numpy())])
         return y
+
+    def lora(self, x: str, y: str, linear: LinearWeight) -> str:
+        """y + s (x A^T) B^T: the LoRA side branch beside the linear's own op (LoRA,
+        arXiv 2106.09685), A^T and B^T stored in float32 (the fp16 values exactly)."""
+        g, prefix = self.g, linear.name
+        a, b, scale = linear.lora
+        a_t = g.array(f"{prefix}.lora_A_t", a.t().contiguous().numpy())
+        b_t = g.array(f"{prefix}.lora_B_t", b.t().contiguous().numpy())
+        low = g.op("MatMul", [x, a_t], f"{prefix}.lora_down")
+        up = g.op("Mul", [g.op("MatMul", [low, b_t], f"{prefix}.lora_up"), self.f32(scale)])
+        self.carried.append(LayerRecord(f"{prefix} (lora)", f"lora adapter r{a.shape[0]} "
+                                                            "(MatMul side branch)"))
+        return g.op("Add", [y, up], f"{prefix}.lora_out")
 
     def packed(self, build, weight, x: str, prefix: str) -> str:
         """A table or head quantized at export (export.llm.table_quant), built by `build`

@@ -20,6 +20,7 @@ class OnnxExporter(Exporter):
     sparse_note = "ONNX has no sparse weight format onnxruntime runs"
     streams = True  # export.onnx.decoder_graph writes a lazily read checkpoint
     quantizes_tables = True  # --embedding-bits: GatherBlockQuantized + MatMulNBits head
+    carries_lora = True  # LoRA adapters as MatMul side branches (export.onnx.decoder_graph)
     vision_int8 = ("static int8 QDQ: weights per channel (7-bit codes), uint8 activations per "
                    "tensor, float input and output")
 

@@ -9,7 +9,7 @@ an affine-quantized weight (codes, scales, zero points) are independent, so stac
 two quantized weights row-wise gives the quantized weight of the stack. It needs the
 parts to share the format: all float, or all affine with the same bits, group size and
 input scale (AWQ scales the input, which the parts must then share). Anything else
-(a palette, mixed formats) stays separate.
+(a palette, mixed formats) stays separate, and so do linears with LoRA adapters.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from models.qformat import AffineQuantized
 def fuse_linears(parts: list[LinearWeight], name: str) -> LinearWeight | None:
     """One LinearWeight named `name` computing the parts' outputs side by side, or None
     when they cannot be stacked (see the module docstring)."""
-    if len(parts) < 2:
-        return None
+    if len(parts) < 2 or any(p.lora is not None for p in parts):
+        return None  # a LoRA side branch reads its own linear's output (decoder_graph)
     biases = [p.bias for p in parts]
     if any(b is not None for b in biases):
         biases = [torch.zeros(_outputs(p)) if b is None else b for p, b in zip(parts, biases,

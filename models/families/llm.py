@@ -4,7 +4,9 @@ tokenizer, weights; quantized linears packed by models/families/llm_weights.py).
 
 It is the fallback family: a directory without toolkit.json, or a .gguf file, is an LLM
 unless a more specific family claims it. Its manifest section is empty: config.json and
-the weights' metadata say everything needed to rebuild it."""
+the weights' metadata say everything needed to rebuild it. LoRA recovery adapters
+(models/qformat/lora.py) are written beside the weights as `lora_adapters.safetensors`
+and attached again on read."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from models.families.llm_weights import interop_section, write_quantized_weights
 from models.family import Adapters, ModelFamily, register_family
 from models.gguf_loader import load_gguf
 from models.hf_loader import load_hf_directory
+from models.qformat.lora import LORA_FILE, adapters_of, attach_saved_adapters, save_adapters
 from models.registry import LoadedModel
 from models.upcycle import moe_layers
 
@@ -43,6 +46,8 @@ class LlmFamily(ModelFamily):
     def read(self, path: Path, manifest: dict | None) -> LoadedModel:
         loaded = load_gguf(path) if path.is_file() else load_hf_directory(path)
         loaded.family = self.name
+        if path.is_dir():
+            attach_saved_adapters(path, loaded.module)
         return loaded
 
     def write(self, staging: Path, loaded: LoadedModel, manifest: dict) -> None:
@@ -51,6 +56,9 @@ class LlmFamily(ModelFamily):
             manifest["interop"] = interop_section(loaded.quantized)  # who else loads it
         else:
             loaded.module.save_pretrained(staging, safe_serialization=True)
+        adapters = adapters_of(loaded.module)
+        if adapters:
+            save_adapters(staging / LORA_FILE, adapters)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(staging)
 

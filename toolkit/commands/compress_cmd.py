@@ -1,5 +1,6 @@
 """`toolkit compress`: one method from flags (a one-stage recipe, plus a distillation stage
-for `--recover kd` when the method has no recovery of its own), run by the same job as
+for `--recover kd` when the method has no recovery of its own, or a LoRA stage for
+`--recover lora`), run by the same job as
 `toolkit run` for every model family, saved as an artifact."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from compress.prune.base import LAYERWISE_CHOICES
 from compress.quant.base import BACKENDS
 from compress.quant.palettize import DEFAULT_SENSITIVITY
 from compress.quant.sensitivity import SENSITIVITIES
+from compress.recovery import LoraConfig
 from compress.structured import ALLOCATIONS, CHANNEL_CRITERIA
 from toolkit.commands.common import add_eval_options, add_runtime_options, positive_int
 from toolkit.commands.job import add_job_options, run_recipe
@@ -27,8 +29,10 @@ from toolkit.eval import EvalProtocol
 from toolkit.recipe import CalibrationSpec, Recipe
 
 DEFAULT_MODEL = "smollm2-135m"
-# `distill` is a recovery stage (--recover kd), not a method on its own: it needs a teacher.
-COMPRESSION_METHODS = sorted(set(registered_methods()) - {DistillConfig.method})
+# `distill` and `lora` are recovery stages (--recover kd / lora), not methods on their own:
+# they need a teacher.
+COMPRESSION_METHODS = sorted(set(registered_methods()) - {DistillConfig.method,
+                                                           LoraConfig.method})
 S = argparse.SUPPRESS  # method knobs appear in the namespace only when given
 
 
@@ -88,9 +92,11 @@ METHOD_FLAGS: list[tuple[str, dict]] = [
                     "group's experts to remove, e.g. 0.25 (default: 0.25)")),
     ("--rounds", dict(type=positive_int, metavar="K", help="drop-experts: 1 = one-shot; K "
                       "rounds re-score between drops (default: 1)")),
-    ("--recover", dict(choices=RECOVER_CHOICES, help="`kd`: recover by distilling from the "
-                       "model before compression (drop-experts: after each round; "
-                       "channel-prune: per-pixel KL of the 3-class maps) (default: none)")),
+    ("--recover", dict(choices=(*RECOVER_CHOICES, "lora"), help="`kd`: recover by distilling "
+                       "from the model before compression (drop-experts: after each round; "
+                       "channel-prune: per-pixel KL of the 3-class maps); `lora` (after "
+                       "quantization): rank-r adapters on the frozen quantized linears, "
+                       "distilled from the dense model, stored beside them (default: none)")),
     ("--allocation", dict(choices=ALLOCATIONS, help="channel-prune: the same share "
                           "of every block, one global ranking, or global-flops (least "
                           "importance per FLOP first; --sparsity is then the share of "
@@ -98,7 +104,10 @@ METHOD_FLAGS: list[tuple[str, dict]] = [
     ("--round-to", dict(type=positive_int, metavar="K", help="channel-prune: kept widths are "
                         "multiples of K, as phone kernels load 8 or 16 lanes (default: 8)")),
     ("--recover-steps", dict(type=positive_int, metavar="N", help="distillation steps with "
-                             "--recover kd, per round for drop-experts (default: 100)")),
+                             "--recover kd, per round for drop-experts (default: 100); "
+                             "adapter training steps with --recover lora (default: 200)")),
+    ("--lora-rank", dict(type=positive_int, metavar="R", help="--recover lora: adapter rank "
+                         "(default: 16); other knobs via a recipe ({method: lora, ...})")),
     ("--weighted", dict(action=argparse.BooleanOptionalAction, help="palettize: weight "
                         "k-means by each input's activation energy (sensitive k-means); "
                         "--no-weighted clusters the weights alone, data-free (default: on)")),
@@ -159,8 +168,12 @@ def build_stages(args: argparse.Namespace) -> list[MethodConfig]:
     config_type = registered_methods()[args.method]
     fields = {f.name for f in dataclasses.fields(config_type)}
     recovery = None
-    if "recover" not in fields:
-        recovery = _recovery_stage(knobs.pop("recover", "none"), knobs.pop("recover_steps", None))
+    rank = knobs.pop("lora_rank", None)
+    if rank is not None and knobs.get("recover") != "lora":
+        raise UserError("--lora-rank needs --recover lora")
+    if "recover" not in fields or knobs.get("recover") == "lora":
+        recovery = _recovery_stage(knobs.pop("recover", "none"), knobs.pop("recover_steps", None),
+                                   rank)
     for key in knobs:
         if key not in fields:
             flags = sorted("--" + f.replace("_", "-") for f in fields)
@@ -175,12 +188,15 @@ def build_stages(args: argparse.Namespace) -> list[MethodConfig]:
     return [config] if recovery is None else [config, recovery]
 
 
-def _recovery_stage(recover: str, steps: int | None) -> DistillConfig | None:
+def _recovery_stage(recover: str, steps: int | None,
+                    rank: int | None = None) -> MethodConfig | None:
     if recover == "none":
         if steps is not None:
-            raise UserError("--recover-steps needs --recover kd")
+            raise UserError("--recover-steps needs --recover kd or --recover lora")
         return None
-    return DistillConfig() if steps is None else DistillConfig(steps=steps)
+    config_type = LoraConfig if recover == "lora" else DistillConfig
+    knobs = {"steps": steps, "rank": rank}
+    return config_type(**{k: v for k, v in knobs.items() if v is not None})
 
 
 def run(args: argparse.Namespace) -> int:

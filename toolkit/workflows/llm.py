@@ -79,6 +79,10 @@ def summary(manifest: dict, out: Path) -> str:
     metrics, timing = manifest["metrics"], manifest["timing_seconds"]
     quant = manifest.get("quantization")
     bits = quant["bits_per_weight"] if quant else None
+    lora = [s["report"] for s in manifest.get("stages", []) if s["kind"] == "lora"]
+    if lora and bits is not None:  # adapters counted apart: "3.70 + 0.19 (LoRA r16)"
+        bits = (f"{bits:.2f} + {lora[-1]['adapter_bits_per_weight']:.2f} "
+                f"(LoRA r{lora[-1]['rank']})")
     sparsity = manifest["sparsity"]["overall"]
     rows = []
     if "before" in metrics:
