@@ -3,7 +3,7 @@
 Importing this package registers every method; `compress.apply` dispatches on the config.
 """
 
-from compress import experts, prune, quant, recovery, structured  # noqa: F401  (registers every method)
+from compress import experts, prune, quant, recovery, rotate, structured  # noqa: F401  (registers every method)
 from compress.api import apply
 from compress.config import MethodConfig, registered_methods
 from compress.errors import CompressError

@@ -24,7 +24,8 @@ class MethodConfig:
     method: ClassVar[str] = ""
     # The adapter the method reaches a model through (compress/requirements.py), so a
     # caller can tell which methods apply to a model before any work: "decoder_layout"
-    # (a decoder LM's blocks and linears), "moe_groups", "channel_groups", or None for a
+    # (a decoder LM's blocks and linears), "residual_stream" (the same plus where each
+    # block reads and writes the residual stream), "moe_groups", "channel_groups", or None for a
     # method that works on any model (distillation).
     adapter: ClassVar[str | None] = "decoder_layout"
 

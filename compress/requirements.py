@@ -12,7 +12,7 @@ from collections.abc import Callable
 from torch import nn
 
 from compress.config import MethodConfig, registered_methods
-from models.adapter import decoder_layout
+from models.adapter import decoder_layout, residual_blocks
 from models.channel_groups import channel_prunable
 from models.errors import ModelError
 from models.moe_groups import moe_groups
@@ -27,9 +27,21 @@ def _decoder_layout(model: nn.Module) -> None:
                          "fake-llama, smollm2-135m or a Llama-family HF directory)") from None
 
 
+def _residual_stream(model: nn.Module) -> None:
+    """A decoder whose every block is a known pre-norm attention + MLP (rotations rewrite
+    every tensor that reads or writes the residual stream, so none may be unknown)."""
+    _decoder_layout(model)
+    try:
+        residual_blocks(decoder_layout(model))
+    except ModelError as exc:
+        raise ModelError(f"{exc}; rotate applies to Llama-shaped decoders (e.g. fake-llama, "
+                         "smollm2-135m), not to mixture-of-experts blocks") from None
+
+
 # need -> a check that raises ModelError naming what the model lacks.
 _CHECKS: dict[str, Callable[[nn.Module], object]] = {
     "decoder_layout": _decoder_layout,
+    "residual_stream": _residual_stream,
     "moe_groups": moe_groups,
     "channel_groups": channel_prunable,
 }

@@ -85,3 +85,81 @@ def _find_block_list(model: nn.Module, decoder: nn.Module,
         )
     blocks = max(candidates, key=len)
     return names[id(blocks)], blocks
+
+
+@dataclasses.dataclass
+class ResidualSite:
+    """One branch of a pre-norm block: `readers` take `norm(h)` of the residual stream h,
+    `writer`'s output is added back to h."""
+
+    norm: nn.Module
+    readers: list[nn.Linear]
+    writer: nn.Linear
+
+
+@dataclasses.dataclass
+class ResidualBlock:
+    """A pre-norm decoder block as two residual branches (attention, then MLP), plus the
+    value projection and head size that a per-head rotation of the values needs."""
+
+    attention: ResidualSite
+    mlp: ResidualSite
+    value: nn.Linear
+    head_dim: int
+
+
+# Attribute paths of a Llama-shaped block (Llama, Mistral, Qwen2, Gemma): the two norms,
+# the attention linears and the gated MLP. A block that holds any other parameter (a
+# router, stacked experts, q/k norms, Gemma2's extra norms) is refused by
+# `residual_blocks`, so a method that rewrites the residual stream never skips a tensor
+# that reads or writes it.
+_ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+_MLP = ("mlp.gate_proj", "mlp.up_proj")
+
+
+def residual_blocks(layout: DecoderLayout) -> list[ResidualBlock]:
+    """Where every block of `layout` reads and writes the residual stream; ModelError when
+    a block is not a plain pre-norm attention + gated MLP of nn.Linear layers."""
+    return [_residual_block(layout, index) for index in range(len(layout.blocks))]
+
+
+def _residual_block(layout: DecoderLayout, index: int) -> ResidualBlock:
+    block = layout.blocks[index]
+    where = f"{layout.blocks_name}.{index}"
+
+    def part(path: str, kind: type) -> nn.Module:
+        module = block.get_submodule(path) if _has(block, path) else None
+        if not isinstance(module, kind):
+            raise ModelError(f"{where} has no {kind.__name__} {path}: only Llama-shaped "
+                             "blocks (pre-norm attention + gated MLP) have a known residual "
+                             "layout")
+        return module
+
+    attention = ResidualSite(part("input_layernorm", nn.Module),
+                             [part(p, nn.Linear) for p in _ATTENTION],
+                             part("self_attn.o_proj", nn.Linear))
+    mlp = ResidualSite(part("post_attention_layernorm", nn.Module),
+                       [part(p, nn.Linear) for p in _MLP], part("mlp.down_proj", nn.Linear))
+    known = {id(p) for site in (attention, mlp)
+             for module in (site.norm, *site.readers, site.writer)
+             for p in module.parameters()}
+    for name, param in block.named_parameters():
+        if id(param) not in known:
+            raise ModelError(f"{where}.{name} is a parameter outside the attention and MLP "
+                             "linears and the two norms (a mixture-of-experts or otherwise "
+                             "non-Llama block): its residual layout is unknown")
+    value = attention.readers[2]
+    head_dim = getattr(block.self_attn, "head_dim", None)
+    if not isinstance(head_dim, int) or head_dim <= 0 or value.out_features % head_dim \
+            or attention.writer.in_features % head_dim:
+        raise ModelError(f"{where}.self_attn has no head_dim dividing its value and output "
+                         "projections")
+    return ResidualBlock(attention, mlp, value, head_dim)
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True

@@ -22,7 +22,9 @@ Unknown keys are errors that name the key. Quantization writes packed weights, s
 must be the last stage (only `recover`, which trains the packed scales and keeps the codes,
 may follow it, and `lora`, whose adapters sit beside the frozen packed weights and so
 must itself be last): a pruning stage after it would undo the packing. Distillation learns from
-the model before the first stage, so it cannot be the first stage.
+the model before the first stage, so it cannot be the first stage. A rotation (`rotate`)
+rewrites every weight, so it must be the first stage: after pruning it would fill the
+zeros, after quantization it would undo the grid.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from compress.distill import DistillConfig
 from compress.errors import CompressError
 from compress.quant import QuantConfig
 from compress.recovery import LoraConfig, RecoverConfig
+from compress.rotate import RotateConfig
 from toolkit.errors import UserError
 from toolkit.eval import EvalProtocol
 from toolkit.limits import check_seed
@@ -94,6 +97,11 @@ def check_stage_order(stages: list[MethodConfig]) -> None:
         raise UserError("stage 1 is distill, which learns from the model before the first "
                         "stage: put a compression stage (e.g. channel-prune, drop-experts, "
                         "wanda) before it")
+    for index, stage in enumerate(stages[1:], start=2):
+        if isinstance(stage, RotateConfig):
+            raise UserError(f"stage {index} is rotate, which rewrites every weight (it would "
+                            "fill pruned zeros and undo a quantization grid): make rotate "
+                            "the first stage")
     for index, stage in enumerate(stages[:-1]):
         if isinstance(stage, QuantConfig):
             later = next((i for i in range(index + 1, len(stages))

@@ -1,0 +1,274 @@
+"""`rotate`: fold the RMSNorm scales into the linears and rotate the residual stream by an
+orthogonal matrix, so weight outliers are spread over all input channels before a
+quantization stage (rtn, gptq, awq, palettize) rounds them. QuaRot (Ashkboos et al., arXiv
+2404.00456) and SpinQuant (Liu et al., arXiv 2405.16406), the fusable rotations only.
+
+Row vectors, nn.Linear y = x W^T (W is [out, in]). A pre-norm block reads the residual
+stream h through RMSNorm(h) = h / rms(h) * s and adds its writers' outputs back to h.
+
+1. Fold (QuaRot section 3, "computational invariance"): every linear reading norm(h)
+   takes the scale, W <- W diag(s), and s becomes 1 (input_layernorm -> q, k, v;
+   post_attention_layernorm -> gate, up; the final norm -> lm_head).
+2. R1, one orthogonal Q of the hidden size: with unit scales RMSNorm(h Q) = RMSNorm(h) Q
+   (an orthogonal Q keeps rms), so the rotated stream h' = h Q is carried exactly by
+
+       embeddings            E <- E Q
+       readers (q, k, v, gate, up, lm_head)   W <- W Q
+       writers (o_proj, down_proj)            W <- Q^T W,  b <- Q^T b
+
+3. R2 (SpinQuant's per-head rotation, fused; on by default): one orthogonal R of the head
+   size per block rotates every value head, v_h' = v_h R. Attention mixes value rows
+   linearly, so the attention output heads are rotated alike, and
+
+       v_proj  W_h <- R^T W_h,  b_h <- R^T b_h   (each of the key/value heads)
+       o_proj  W[:, head] <- W[:, head] R          (each of the query heads)
+
+   GQA shares a value head between query heads; the same R serves them all.
+
+Q and R are seeded randomized Hadamard matrices (H diag(+-1) / sqrt(n)) or, with
+`kind: random`, QR of a seeded Gaussian (compress/rotate/hadamard.py). The network's
+function is unchanged up to rounding; what changes is the weights' incoherence
+mu(W) = max|W_ij| / rms(W) (QuaRot's motivation: a Hadamard spreads an outlier input
+channel over all of them), which the stage report gives before and after.
+
+Not done here, on purpose: QuaRot's online rotations (R3 on queries/keys after RoPE, R4 a
+Hadamard before down_proj) need a Hadamard transform at run time; the artifact formats and
+export files hold weights only, so they could not carry it. SpinQuant's learned (Cayley
+SGD) rotations are not done either: the rotation is random, seeded.
+
+A tied LM head (the embedding table) stops being tied: the final norm's scale is folded
+into the head but not into the embeddings, so the head is untied (the model's
+`tie_word_embeddings` is set to false) and the artifact holds one more [vocab, hidden]
+matrix; the report says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from compress.config import MethodConfig, register_handler
+from compress.errors import CompressError
+from compress.rotate.hadamard import KINDS, orthogonal
+from compress.sweep import dtype_name
+from models.adapter import ResidualBlock, decoder_layout, residual_blocks
+from models.errors import ModelError
+
+# Half-width of the band a probed norm's behaviour must fall in (relative): the probe
+# runs in the model's dtype (bf16 has ~3 significant digits) and through its epsilon.
+_PROBE_TOLERANCE = 2e-2
+
+
+@dataclasses.dataclass
+class RotateConfig(MethodConfig):
+    method: ClassVar[str] = "rotate"
+    # The residual layout (norms, readers, writers) of every block, not just its linears.
+    adapter: ClassVar[str | None] = "residual_stream"
+
+    # "hadamard": randomized Hadamard (QuaRot; spreads any single outlier channel evenly);
+    # "random": QR of a Gaussian (works at every size, a little less even).
+    kind: str = "hadamard"
+    # Seed of the random signs / Gaussian: the same seed gives the same artifact.
+    seed: int = 0
+    # SpinQuant's R2: rotate each value head (v_proj outputs, o_proj inputs) too.
+    head_rotation: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise CompressError(f"rotation kind {self.kind!r} is unknown: choose one of "
+                                f"{', '.join(KINDS)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise CompressError(f"seed {self.seed!r} must be a non-negative integer")
+        if not isinstance(self.head_rotation, bool):
+            raise CompressError(f"head_rotation {self.head_rotation!r} must be true or false")
+
+
+@dataclasses.dataclass
+class RotateReport:
+    kind: str
+    seed: int
+    hidden_size: int
+    head_dim: int | None  # None when head_rotation is off
+    untied_head: bool
+    head_bytes_added: int  # the untied head's size in the model's dtype, 0 when none
+    linears: int  # linears rewritten (block linears + head)
+    incoherence_before: dict[str, float]
+    incoherence_after: dict[str, float]
+    forward_dtype: str
+    seconds: dict[str, float]
+
+    def manifest_section(self) -> dict[str, Any]:
+        return {"kind": "rotate", "rotation": self.kind, "seed": self.seed,
+                "hidden_size": self.hidden_size, "head_dim": self.head_dim,
+                "untied_head": self.untied_head, "head_bytes_added": self.head_bytes_added,
+                "linears": self.linears,
+                "incoherence": {"measure": "max|W| / rms(W) over the block linears and head",
+                                "before": self.incoherence_before,
+                                "after": self.incoherence_after}}
+
+
+def incoherence(weight: torch.Tensor) -> float:
+    """mu(W) = max|W_ij| / rms(W): 1 for a flat matrix, large when a few entries dominate."""
+    w = weight.detach().double()
+    rms = w.pow(2).mean().sqrt()
+    return float(w.abs().max() / rms) if rms > 0 else 0.0
+
+
+def incoherence_summary(weights: list[torch.Tensor]) -> dict[str, float]:
+    values = [incoherence(w) for w in weights]
+    return {"mean": sum(values) / len(values), "max": max(values)}
+
+
+def norm_offset(norm: nn.Module) -> float:
+    """0 when the norm computes x / rms(x) * w (Llama), 1 when x / rms(x) * (1 + w) (Gemma);
+    CompressError when it is not an elementwise-scaled RMS norm (e.g. a LayerNorm, which
+    subtracts the mean and does not commute with a rotation).
+
+    Probed, not looked up by class: run with w = 0 and w = 1 on a non-centred input."""
+    weight = getattr(norm, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 1 \
+            or set(dict(norm.named_parameters())) != {"weight"}:
+        raise CompressError(f"{type(norm).__name__} is not an RMSNorm with one scale vector: "
+                            "rotate needs RMSNorm blocks (Llama, Mistral, Qwen2, Gemma)")
+    x = torch.linspace(-1.0, 3.0, weight.numel(), dtype=torch.float64)[None, :]
+    unit = x / x.pow(2).mean().sqrt()
+    saved = weight.detach().clone()
+    outputs = []
+    with torch.no_grad():
+        for value in (0.0, 1.0):
+            weight.fill_(value)
+            outputs.append(norm(x.to(weight.dtype).to(weight.device)).double().cpu())
+        weight.copy_(saved)
+    slope = outputs[1] - outputs[0]  # d output / d w: must be x / rms(x)
+    if not torch.allclose(slope, unit, rtol=_PROBE_TOLERANCE, atol=_PROBE_TOLERANCE):
+        raise CompressError(f"{type(norm).__name__} is not an RMSNorm (its output is not "
+                            "x / rms(x) times its weight): rotate needs RMSNorm blocks")
+    for offset in (0.0, 1.0):
+        if torch.allclose(outputs[0], offset * unit, rtol=_PROBE_TOLERANCE,
+                          atol=_PROBE_TOLERANCE):
+            return offset
+    raise CompressError(f"{type(norm).__name__} scales by neither w nor 1 + w: rotate "
+                        "cannot fold it")
+
+
+def fold_norm(norm: nn.Module, readers: list[nn.Linear]) -> None:
+    """W <- W diag(s) for every reader, then the norm's scale s = 1."""
+    offset = norm_offset(norm)
+    scale = offset + norm.weight.detach().double()
+    for linear in readers:
+        _set(linear.weight, linear.weight.detach().double() * scale.to(linear.weight.device))
+    with torch.no_grad():
+        norm.weight.fill_(1.0 - offset)
+
+
+def rotate_input(linear: nn.Linear, q: torch.Tensor) -> None:
+    """A reader of the rotated stream: W <- W Q."""
+    _set(linear.weight, linear.weight.detach().double() @ q.to(linear.weight.device))
+
+
+def rotate_output(linear: nn.Linear, q: torch.Tensor) -> None:
+    """A writer into the rotated stream: W <- Q^T W, b <- Q^T b."""
+    q = q.to(linear.weight.device)
+    _set(linear.weight, q.T @ linear.weight.detach().double())
+    if linear.bias is not None:
+        _set(linear.bias, q.T @ linear.bias.detach().double())
+
+
+def rotate_heads(block: ResidualBlock, r: torch.Tensor) -> None:
+    """SpinQuant R2: v_proj W_h <- R^T W_h (b_h <- R^T b_h), o_proj W[:, head] <- W[:, head] R."""
+    value, out, d = block.value, block.attention.writer, block.head_dim
+    r = r.to(value.weight.device)
+    w = value.weight.detach().double()
+    _set(value.weight, (r.T @ w.reshape(-1, d, w.shape[1])).reshape(w.shape))
+    if value.bias is not None:
+        b = value.bias.detach().double()
+        _set(value.bias, (b.reshape(-1, d) @ r).reshape(b.shape))  # (R^T b_h)^T = b_h^T R
+    w = out.weight.detach().double()
+    _set(out.weight, (w.reshape(w.shape[0], -1, d) @ r).reshape(w.shape))
+
+
+def _set(param: torch.Tensor, value: torch.Tensor) -> None:
+    with torch.no_grad():
+        param.copy_(value.to(param.dtype))
+
+
+def untie_head(model: nn.Module, embeddings: nn.Module, head: nn.Linear) -> bool:
+    """Give the head its own copy of a shared embedding table; True when it was shared."""
+    if head.weight is not embeddings.weight:
+        return False
+    head.weight = nn.Parameter(embeddings.weight.detach().clone(),
+                               requires_grad=embeddings.weight.requires_grad)
+    config = getattr(model, "config", None)
+    if config is not None:
+        # A saved config that still says "tied" would make loaders re-tie the head to the
+        # embeddings and silently drop the folded final norm.
+        config.tie_word_embeddings = False
+        text_config = getattr(config, "get_text_config", None)
+        if callable(text_config) and text_config() is not config:
+            text_config().tie_word_embeddings = False
+    return True
+
+
+def rotate_model(model: nn.Module, config: RotateConfig) -> dict[str, Any]:
+    """Fold and rotate `model` in place (see the module docstring); returns the report's
+    fields. CompressError, before any weight changes, when the model has no known residual
+    layout or a size has no Hadamard construction."""
+    try:
+        layout = decoder_layout(model)
+        blocks = residual_blocks(layout)
+    except ModelError as exc:
+        raise CompressError(f"rotate: {exc}") from None
+    embeddings, head, final_norm = layout.embeddings, layout.head, layout.norm
+    if not isinstance(embeddings, nn.Embedding) or not isinstance(head, nn.Linear) \
+            or final_norm is None:
+        raise CompressError("rotate needs token embeddings, a final norm and a linear LM head "
+                            f"in {type(model).__name__}")
+    hidden = embeddings.weight.shape[1]
+    for norm in [final_norm] + [site.norm for b in blocks for site in (b.attention, b.mlp)]:
+        norm_offset(norm)  # refuse a non-RMS norm before anything is changed
+    generator = torch.Generator().manual_seed(config.seed)
+    q = orthogonal(hidden, config.kind, generator)
+    head_dims = {b.head_dim for b in blocks}
+    heads = [orthogonal(b.head_dim, config.kind, generator) for b in blocks] \
+        if config.head_rotation else []
+
+    linears = [lin for b in blocks for site in (b.attention, b.mlp)
+               for lin in (*site.readers, site.writer)] + [head]
+    before = incoherence_summary([lin.weight for lin in linears])
+    untied = untie_head(model, embeddings, head)
+    for block in blocks:
+        for site in (block.attention, block.mlp):
+            fold_norm(site.norm, site.readers)
+    fold_norm(final_norm, [head])
+    _set(embeddings.weight, embeddings.weight.detach().double() @ q.to(embeddings.weight.device))
+    for block in blocks:
+        for site in (block.attention, block.mlp):
+            for reader in site.readers:
+                rotate_input(reader, q)
+            rotate_output(site.writer, q)
+    rotate_input(head, q)
+    for block, r in zip(blocks, heads, strict=False):  # heads is empty without R2
+        rotate_heads(block, r)
+    return {"kind": config.kind, "seed": config.seed, "hidden_size": hidden,
+            "head_dim": (head_dims.pop() if len(head_dims) == 1 else None)
+            if config.head_rotation else None,
+            "untied_head": untied,
+            "head_bytes_added": head.weight.numel() * head.weight.element_size() if untied
+            else 0,
+            "linears": len(linears), "incoherence_before": before,
+            "incoherence_after": incoherence_summary([lin.weight for lin in linears])}
+
+
+@register_handler(RotateConfig)
+def rotate_stage(model: nn.Module, config: RotateConfig, _calib: torch.Tensor | None, *,
+                 forward_dtype: torch.dtype = torch.float32, **_options: Any) -> RotateReport:
+    """Data-free: the calibration tokens are not read."""
+    start = time.perf_counter()
+    fields = rotate_model(model, config)
+    return RotateReport(**fields, forward_dtype=dtype_name(forward_dtype),
+                        seconds={"method": time.perf_counter() - start})
+
