@@ -42,7 +42,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="points run at once on this machine (default: %(default)s)")
     p.add_argument("--threads", type=positive_int, metavar="N",
-                   help="torch threads per point (default: CPU cores / --jobs)")
+                   help="torch threads per point (default: CPU cores / --jobs; 1 per Ray "
+                        "task, which reserves that many CPUs)")
     p.add_argument("--bench", choices=BENCH_FORMATS, metavar="FORMAT",
                    help="also export each point (onnx or tflite) and time it with "
                         "`toolkit bench` (the spec's `bench:` settings); coreml files run "
@@ -118,11 +119,11 @@ def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("matplotlib") is None:
         raise UserError("toolkit sweep plots with matplotlib: pip install "
                         "'edge-toolkit[sweep]'")
-    if args.ray:
-        from toolkit.sweep.ray_run import import_ray
-
-        import_ray()
     points = resolve_points(spec, resolve_model(model), out.absolute())
+    if args.ray:
+        from toolkit.sweep.ray_run import reachable_cluster
+
+        args.ray = reachable_cluster(args.ray, args.ray_timeout)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch()
     lock = _lock(out)
@@ -141,7 +142,8 @@ def _sweep(args, spec, points, out: Path, budget) -> int:
     from toolkit.sweep.rows import failed_row, point_row
 
     bench_dir = bench_dir_name(args.bench, spec.bench) if args.bench else None
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    # Locally the cores are shared by --jobs points; a Ray task reserves what it uses.
+    threads = args.threads or (1 if args.ray else max(1, (os.cpu_count() or 1) // args.jobs))
     todo = [p for p in points if needs_work(p, bench_dir)]
     for point in points:
         if point not in todo:
@@ -169,7 +171,7 @@ def _sweep(args, spec, points, out: Path, budget) -> int:
 
         token = secrets.token_hex(16)
         write_text_atomic(out / TOKEN, token + "\n")
-        run_ray(work, args.ray, args.ray_timeout, out / TOKEN, token, on_done)
+        run_ray(work, args.ray, threads, out / TOKEN, token, on_done)
     elif work:
         run_local(work, args.jobs, on_done)
     rows = [failed_row(p, errors[p.key]) if p.key in errors else point_row(p, bench_dir)

@@ -1,9 +1,10 @@
 """Points as Ray tasks (`toolkit sweep --ray auto|ADDRESS`).
 
 Each task starts the same worker process as the local pool, on whichever node Ray
-chooses, one CPU per task. The nodes must see `--out` at the same path (a shared file
-system): the driver writes a random token into it and a task that cannot read the same
-token fails in one line saying so, instead of writing its artifacts where nobody looks.
+chooses, reserving as many CPUs as the point's torch threads (1 by default). The nodes
+must see `--out` at the same path (a shared file system): the driver writes a random
+token into it and a task that cannot read the same token fails in one line saying so,
+instead of writing its artifacts where nobody looks.
 
 A cluster that does not answer is found by connecting to its address for at most
 `--ray-timeout` seconds before `ray.init` (which would otherwise retry for minutes).
@@ -39,9 +40,8 @@ def cluster_address(address: str) -> str:
 
     try:
         found = canonicalize_bootstrap_address("auto")
-    except (ConnectionError, ValueError) as exc:
-        raise UserError(f"--ray auto: {str(exc).splitlines()[0]}: start a cluster "
-                        "(`ray start --head`) or pass --ray HOST:PORT") from None
+    except (ConnectionError, ValueError):
+        found = None
     if found is None:
         raise UserError("--ray auto: no running Ray cluster found (RAY_ADDRESS is unset and "
                         "`ray start` was not run on this machine): start one or pass "
@@ -88,14 +88,22 @@ def _point_task(point_dir: str, key: str, token_file: str, token: str) -> Outcom
     return run_worker(point_dir, key)
 
 
-def run_ray(work: Iterable[tuple[str, str]], address: str, timeout: float,
-            token_file: Path, token: str, on_done: Callable[[Outcome], None]) -> list[Outcome]:
+def reachable_cluster(address: str, timeout: float) -> str:
+    """The cluster's address once it answers (checked before the sweep writes anything)."""
+    import_ray()
+    found = cluster_address(address)
+    wait_for_answer(found, timeout)
+    return found
+
+
+def run_ray(work: Iterable[tuple[str, str]], address: str, threads: int, token_file: Path,
+            token: str, on_done: Callable[[Outcome], None]) -> list[Outcome]:
+    """Run (point_dir, key) pairs as Ray tasks on the cluster at `address` (as
+    `reachable_cluster` returned it), each reserving the CPUs its torch threads use."""
     ray = import_ray()
-    address = cluster_address(address)
-    wait_for_answer(address, timeout)
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
-        task = ray.remote(num_cpus=1, max_retries=0)(_point_task)
+        task = ray.remote(num_cpus=threads, max_retries=0)(_point_task)
         pending = [task.remote(point_dir, key, str(token_file), token)
                    for point_dir, key in work]
         outcomes = []

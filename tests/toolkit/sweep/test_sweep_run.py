@@ -20,7 +20,8 @@ from tests.toolkit.sweep.helpers import (
     staircase_front,
     write_spec,
 )
-from toolkit.sweep.points import ARTIFACT, COMPRESS, DONE, EVAL as EVAL_FILE, LOG
+from toolkit.sweep.points import ARTIFACT, COMPRESS, DONE, LOG
+from toolkit.sweep.points import EVAL as EVAL_FILE
 
 
 @pytest.fixture(scope="module")
