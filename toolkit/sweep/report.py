@@ -2,8 +2,8 @@
 
     results.json   {"spec", "model", "eval", "bench", "rows": [...], "pareto": [...]}
                    one row per point (toolkit/sweep/rows.py): name, recipe, size_mb,
-                   bits_per_weight (+ adapter_bits_per_weight, adapter_mb), wiki_ppl and
-                   news_ppl with *_ci, closed_book_pct / open_book_pct / mmlu_pct with
+                   bits_per_weight (+ adapter_bits_per_weight, adapter_mb, adapter_rank),
+                   wiki_ppl and news_ppl with *_ci, closed_book_pct / open_book_pct / mmlu_pct with
                    *_ci_pct (95% Wilson), latency_ms (with --bench), compress_seconds,
                    compress_wall_seconds, peak_rss_mb; a failed point has `error`
     results.md     the table printed at the end
@@ -40,7 +40,7 @@ def _pct(row: dict, column: str) -> str:
 def _bits(row: dict) -> str:
     text = _num(row.get("bits_per_weight"))
     if row.get("adapter_bits_per_weight") is not None:
-        text += f" + {row['adapter_bits_per_weight']:.2f} (adapters)"
+        text += f" + {row['adapter_bits_per_weight']:.2f} (LoRA r{row['adapter_rank']})"
     return text
 
 

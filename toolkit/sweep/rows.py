@@ -4,8 +4,8 @@ Sizes are decimal megabytes (1e6 bytes, as `toolkit bench` reports them) of ever
 the artifact on disk. Bits per weight are the manifest's (decoder-block linears, scales,
 zero points and tables included); an artifact without quantization stores float weights,
 whose bits are read from its safetensors headers (32 for the in-memory engine's fp32).
-Adapters (low-rank recovery) are reported apart when the manifest has an `adapters`
-section, at the top level or under `quantization`, with `bits_per_weight` and/or `bytes`.
+Low-rank adapters (a `lora` stage) are reported apart: their bits per base weight and
+rank from the stage's report, and the bytes of their file; the base bits exclude them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from models.qformat.lora import LORA_FILE
 from toolkit.sweep.points import ARTIFACT, COMPRESS, EVAL, Point
 
 DTYPE_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "F8_E4M3": 8, "F8_E5M2": 8}
@@ -55,14 +56,17 @@ def float_bits(artifact: Path, weight_files: list[str]) -> float | None:
     return bits / elements if elements else None
 
 
-def _adapters(manifest: dict[str, Any]) -> dict[str, Any]:
-    quant = manifest.get("quantization") or {}
-    found = manifest.get("adapters") or quant.get("adapters")
-    if not isinstance(found, dict):
-        return {"adapter_bits_per_weight": None, "adapter_mb": None}
-    size = found.get("bytes")
-    return {"adapter_bits_per_weight": found.get("bits_per_weight"),
-            "adapter_mb": size / 1e6 if isinstance(size, int | float) else None}
+def _adapters(manifest: dict[str, Any], artifact: Path) -> dict[str, Any]:
+    """Low-rank adapters (a `lora` stage) apart from the base weights: the stage report's
+    bits per base weight and rank, and the adapter file's bytes."""
+    reports = [stage.get("report") or {} for stage in manifest.get("stages", [])
+               if stage.get("kind") == "lora"]
+    if not reports:
+        return {"adapter_bits_per_weight": None, "adapter_mb": None, "adapter_rank": None}
+    adapter_file = artifact / LORA_FILE
+    return {"adapter_bits_per_weight": reports[-1].get("adapter_bits_per_weight"),
+            "adapter_mb": adapter_file.stat().st_size / 1e6 if adapter_file.is_file() else None,
+            "adapter_rank": reports[-1].get("rank")}
 
 
 def point_row(point: Point, bench_dir: str | None) -> dict[str, Any]:
@@ -80,7 +84,7 @@ def point_row(point: Point, bench_dir: str | None) -> dict[str, Any]:
         "weights_mb": files.get("weights_bytes", 0) / 1e6,
         "bits_per_weight": bits if bits is not None
         else float_bits(artifact, files.get("weights", [])),
-        **_adapters(manifest),
+        **_adapters(manifest, artifact),
         "sparsity": (manifest.get("sparsity") or {}).get("overall"),
     }
     scores = (_read_json(point.directory / EVAL) or {}).get("scores", {})
