@@ -157,3 +157,45 @@ def test_lora_on_a_dense_model_or_first_or_with_bad_knobs_exits_2(toolkit_cli,
     result = toolkit_cli("run", recipe, "--model", fake_model_dir, "--out", tmp_path / "e")
     assert result.code == 2 and "lora rank -1 must be an integer >= 1" in result.err
     assert not any((tmp_path / n).exists() for n in "abcde")
+
+
+def test_streaming_engines_refuse_lora_in_one_line(lora_artifact, toolkit_cli,
+                                                   fake_model_dir, tmp_path):
+    result = toolkit_cli("compress", "--model", fake_model_dir, *LORA, "--engine",
+                         "streaming", "--out", tmp_path / "s", *SMALL)
+    assert result.code == 2 and len(result.err_lines) == 1, result.err
+    assert "method lora works on the whole model at once" in result.err
+    assert not (tmp_path / "s").exists()
+    out, _, _ = lora_artifact
+    result = toolkit_cli("eval", out, "--engine", "streaming", "--eval-windows", "1",
+                         "--eval-seq-len", "16")
+    assert result.code == 2 and "streaming evaluation does not apply" in result.err
+
+
+@pytest.mark.slow
+def test_tflite_drops_the_adapters_and_verifies_against_the_model_without_them(
+        lora_artifact, toolkit_cli, tmp_path):
+    out, _, _ = lora_artifact
+    big = tmp_path / "big"
+    shutil.copytree(out, big)
+    loaded = models.load_model(str(out))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for adapter in adapters_of(loaded.module).values():
+            adapter.lora_B.copy_(torch.randn(adapter.lora_B.shape, generator=g).half().float())
+    from models.qformat.lora import save_adapters
+
+    (big / LORA_FILE).unlink()
+    save_adapters(big / LORA_FILE, adapters_of(loaded.module))
+    report = tmp_path / "export.json"
+    result = toolkit_cli("export", "tflite", "--model", big, "--out", tmp_path / "m.tflite",
+                         "--json", report, "--quiet")
+    assert result.code == 0, result.err
+    data = json.loads(report.read_text(encoding="utf-8"))
+    # Large adapters: passing means the reference was the model without them, as stated.
+    assert data["verification"]["passed"]
+    assert data["verdict"] == ("passed, but carried none of: LoRA adapters (verified against "
+                               "the model without them)")
+    assert {"layer": "lora adapters", "why": "the tflite writer has no LoRA side branch yet "
+            "(onnx carries them)"} in data["dropped"]
+    assert data["verified_against"] == "the compressed model without its LoRA adapters"
