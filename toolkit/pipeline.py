@@ -79,6 +79,9 @@ def _check_lora_order(loaded: LoadedModel, recipe: Recipe) -> None:
                             f"(the model before it is the teacher), but {loaded.source} gets "
                             "none: put a quantization stage (rtn, gptq, awq, palettize) first, "
                             "e.g. --method palettize ... --recover lora")
+        if isinstance(config, LoraConfig) and loaded.family != "llm":
+            raise UserError(f"lora adapters are stored by the dense LLM family only, and "
+                            f"{loaded.source} is a {loaded.family} model: use --recover kd")
 
 
 def run_compression(loaded: LoadedModel, run: CompressionRun) -> CompressionResult:

@@ -109,6 +109,12 @@ def summary(manifest: dict, out: Path) -> str:
     interop = interop_summary(manifest.get("interop"))  # whether transformers loads it
     if interop:
         lines.insert(-1, interop)
+    if lora:
+        lines.insert(-1, f"LoRA adapters: {lora[-1]['linears']} linears, rank "
+                         f"{lora[-1]['rank']}, held-out KL to the dense model "
+                         f"{lora[-1]['kl_before']:.4g} -> {lora[-1]['kl_after']:.4g}; stored in "
+                         "lora_adapters.safetensors (Edge Toolkit re-attaches them, "
+                         "transformers loads the base weights only)")
     return "\n".join(lines)
 
 
