@@ -68,8 +68,9 @@ METHOD_FLAGS: list[tuple[str, dict]] = [
                                "`channel` for one scale per output row (default: 64)")),
     ("--symmetric", dict(action="store_true", help="rtn/gptq/awq: symmetric grid, no zero "
                          "points (default: asymmetric)")),
-    ("--act-order", dict(action="store_true", help="gptq: quantize columns by decreasing "
-                         "Hessian diagonal")),
+    ("--act-order", dict(action=argparse.BooleanOptionalAction, help="gptq: quantize columns "
+                         "by decreasing Hessian diagonal; --no-act-order for the input order "
+                         "(default: on)")),
     ("--backend", dict(choices=BACKENDS, help="rtn/gptq/awq: `nncf` runs NNCF's "
                        "compress_weights instead, for comparison (default: toolkit)")),
     ("--group-rows", dict(type=_none_or_int("tensor"), metavar="R|tensor",
