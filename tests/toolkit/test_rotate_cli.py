@@ -108,13 +108,20 @@ def test_onnx_export_of_the_untied_rotated_model_verifies(rotated_artifact, tool
     assert json.loads(report.read_text(encoding="utf-8"))["verdict"] == "passed"
 
 
-def test_compress_runs_rotate_as_one_stage(toolkit_cli, tmp_path):
+def test_compress_runs_rotate_alone_and_it_exports(toolkit_cli, tmp_path):
     out = tmp_path / "rot"
     result = toolkit_cli("compress", "--model", "fake-llama", "--method", "rotate",
                          "--option", "kind=random", "--out", out, *SMALL)
     assert result.code == 0, result.err
     manifest = json.loads((out / "toolkit.json").read_text(encoding="utf-8"))
     assert manifest["stages"][0]["report"]["rotation"] == "random"
+    pytest.importorskip("onnxruntime")
+    report = tmp_path / "export.json"
+    result = toolkit_cli("export", "onnx", "--model", out, "--out", tmp_path / "m.onnx",
+                         "--json", report, "--max-context", "48", "--new-tokens", "8",
+                         "--quiet")
+    assert result.code == 0, result.err  # the untied float head is its own tensor
+    assert json.loads(report.read_text(encoding="utf-8"))["verdict"] == "passed"
 
 
 @pytest.mark.parametrize("stages, model, needle", [
