@@ -89,8 +89,9 @@ class RotateConfig(MethodConfig):
         if self.kind not in KINDS:
             raise CompressError(f"rotation kind {self.kind!r} is unknown: choose one of "
                                 f"{', '.join(KINDS)}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise CompressError(f"seed {self.seed!r} must be a non-negative integer")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed < 2**63:  # torch.Generator takes a signed 64-bit seed
+            raise CompressError(f"seed {self.seed!r} must be an integer in [0, 2^63)")
         if not isinstance(self.head_rotation, bool):
             raise CompressError(f"head_rotation {self.head_rotation!r} must be true or false")
 
@@ -100,7 +101,7 @@ class RotateReport:
     kind: str
     seed: int
     hidden_size: int
-    head_dim: int | None  # None when head_rotation is off
+    head_dim: int | None  # None when head_rotation is off (or blocks' head sizes differ)
     untied_head: bool
     head_bytes_added: int  # the untied head's size in the model's dtype, 0 when none
     linears: int  # linears rewritten (block linears + head)

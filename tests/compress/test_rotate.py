@@ -241,6 +241,7 @@ def test_rotate_then_rtn4_beats_rtn4_on_a_planted_outlier():
 
 @pytest.mark.parametrize("knobs, word", [
     ({"kind": "fourier"}, "fourier"), ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"),
+    ({"seed": 2**64}, "seed"),
     ({"head_rotation": "yes"}, "head_rotation"),
 ])
 def test_bad_knobs_are_refused_in_one_line(knobs, word):
