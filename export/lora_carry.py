@@ -1,9 +1,9 @@
 """Whether an export carries an artifact's LoRA recovery adapters (models/qformat/lora.py),
 and keeping verification honest when it does not.
 
-    ONNX (in memory)        carried: MatMul x A^T, MatMul . B^T, Mul s, Add, beside each
-                            linear's MatMulNBits / palette lookup (export.onnx.decoder_graph)
-    other targets, streamed dropped: the writer has no side branch; the adapters are
+    ONNX (in memory or      carried: MatMul x A^T, MatMul . B^T, Mul s, Add, beside each
+    streamed)               linear's MatMulNBits / palette lookup (export.onnx.decoder_graph)
+    other targets           dropped: the writer has no side branch; the adapters are
                             detached while the file is written AND verified, so the file is
                             compared with the model it really holds (the compressed model
                             without adapters), and the report says so
@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from export.llm.streamed import StreamedArtifact
@@ -32,9 +31,14 @@ class LoraPlan:
 
 def lora_plan(exporter: Any, artifact: Any) -> LoraPlan:
     if isinstance(artifact, StreamedArtifact):
-        present = (Path(artifact.source) / LORA_FILE).is_file()
-        return LoraPlan(int(present), False, "the streamed writer reads packed weights only "
-                        "and carries no LoRA side branch yet (export with --engine memory)")
+        # The streamed ONNX writer and its reference read the adapter file themselves
+        # (export.llm.lazy_weights, export.llm.streamed_reference); no other target does.
+        path = artifact.lazy.path
+        count = int(path.is_dir() and (path / LORA_FILE).is_file())
+        if artifact.family == "llm" and getattr(exporter, "carries_lora", False):
+            return LoraPlan(count, True)
+        return LoraPlan(count, False, f"the streamed {exporter.target} writer has no LoRA "
+                        "side branch yet (onnx carries them)")
     module = getattr(artifact, "module", None)
     count = len(adapters_of(module)) if module is not None else 0
     if getattr(exporter, "carries_lora", False):

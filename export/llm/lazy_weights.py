@@ -19,6 +19,7 @@ import torch
 from export.llm.decoder_weights import ATTENTION, MLP, DecoderWeights, LinearWeight
 from models.lazy.packed_source import PackedSource
 from models.lazy.skeleton import StreamingDecoder
+from models.qformat.lora import LORA_FILE, read_adapters
 
 __all__ = ["ATTENTION", "MLP", "LazyDecoderWeights", "LinearWeight"]
 
@@ -38,6 +39,10 @@ class LazyDecoderWeights(DecoderWeights):
         self.head_weight_name = stored(self.head_module + ".weight")
         self.norm_name = stored(self.module_name(self.layout.norm) + ".weight")
         self.tied = self.head_weight_name == self.embedding_name
+        # LoRA adapters beside the packed weights (small: read whole, checked against the
+        # skeleton's linears); carried as side branches like the in-memory writer's.
+        self._lora = (read_adapters(lazy.path / LORA_FILE, self.skeleton.model)
+                      if lazy.path.is_dir() and (lazy.path / LORA_FILE).is_file() else {})
 
     def quantized_layers(self) -> dict[str, dict]:
         """Packed linear -> its layout entry (scheme, bits, ...); empty for float weights."""
@@ -69,7 +74,11 @@ class LazyDecoderWeights(DecoderWeights):
         infos = self.lazy.source.infos()
         bias_name = f"{module_name}.bias"
         bias = self.float32(bias_name) if bias_name in infos else None
+        adapter = self._lora.get(module_name)
+        lora = None if adapter is None else (adapter.lora_A.detach().float(),
+                                             adapter.lora_B.detach().float(), adapter.scale)
         if module_name in self._packed:
-            return LinearWeight(module_name, None, self.lazy.source.packed(module_name), bias)
+            return LinearWeight(module_name, None, self.lazy.source.packed(module_name), bias,
+                                lora)
         weight = self.float32(self.skeleton.stored_name(f"{module_name}.weight"))
-        return LinearWeight(module_name, weight, None, bias)
+        return LinearWeight(module_name, weight, None, bias, lora)

@@ -7,7 +7,8 @@ final norm reads its weights just before it runs, and a forward hook frees them 
 after, so one ordinary call of the base model computes the in-memory function with one
 part resident at a time. The embedding table and the head, the largest single tensors
 (Llama 3.2 3B: 128256 x 3072, 1.6 GB in float32), are read by rows: the prompt's rows,
-and the head in blocks.
+and the head in blocks. LoRA adapters stored beside the weights (models/qformat/lora.py)
+are attached to the skeleton's linears, so the reference is the recovered model.
 
 Greedy decoding from this would read the whole model once per token. Instead the runtime
 decodes first, and the reference runs once over the prompt plus the runtime's tokens
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.lazy.skeleton import StreamingDecoder
+from models.qformat.lora import attach_saved_adapters
 
 HEAD_BLOCK_BYTES = 256 << 20  # float32 bytes of head rows applied at once
 
@@ -39,6 +41,8 @@ def streamed_logits(lazy, tokens: Sequence[int], tables=None) -> np.ndarray:
     `tables` (export.llm.table_quant.QuantizedTables): the table and head values an
     export quantized, used in place of the stored ones."""
     decoder = StreamingDecoder(lazy.source, lazy.config)
+    if lazy.path.is_dir():  # LoRA adapters act as forward hooks on the skeleton's linears
+        attach_saved_adapters(lazy.path, decoder.model)
     layout = decoder.layout
     base = decoder.model.get_decoder()
     parts = [*layout.blocks, layout.norm]

@@ -76,11 +76,11 @@ def test_reload_gives_identical_logits_and_eval_uses_the_adapters(lora_artifact,
     assert f"{wiki:.4g}" in result.out
 
 
-def test_onnx_export_carries_the_adapters_and_matches_pytorch_with_them(lora_artifact,
-                                                                        toolkit_cli,
-                                                                        tmp_path):
-    out, _, _ = lora_artifact
-    # Make the adapters large, so a file without them could not pass verification.
+def _with_large_adapters(out, tmp_path):
+    """A copy of the artifact whose adapters' B are large random fp16 values, so a file
+    without the adapters (or a reference without them) could not match."""
+    from models.qformat.lora import save_adapters
+
     big = tmp_path / "big"
     shutil.copytree(out, big)
     loaded = models.load_model(str(out))
@@ -88,25 +88,40 @@ def test_onnx_export_carries_the_adapters_and_matches_pytorch_with_them(lora_art
     with torch.no_grad():
         for adapter in adapters_of(loaded.module).values():
             adapter.lora_B.copy_(torch.randn(adapter.lora_B.shape, generator=g).half().float())
-    from models.qformat.lora import save_adapters
-
     (big / LORA_FILE).unlink()
     save_adapters(big / LORA_FILE, adapters_of(loaded.module))
+    return big
+
+
+@pytest.mark.parametrize("engine", ["memory", "streaming"])
+def test_onnx_export_carries_the_adapters_and_matches_pytorch_with_them(lora_artifact,
+                                                                        toolkit_cli,
+                                                                        tmp_path, engine):
+    out, _, _ = lora_artifact
+    big = _with_large_adapters(out, tmp_path)
     report = tmp_path / "export.json"
     result = toolkit_cli("export", "onnx", "--model", big, "--out", tmp_path / "m.onnx",
-                         "--json", report, "--quiet")
+                         "--engine", engine, "--json", report, "--quiet")
     assert result.code == 0, result.err
     data = json.loads(report.read_text(encoding="utf-8"))
     assert data["verdict"] == "passed"
     assert data["carried"]["lora adapter r4 (MatMul side branch)"] == 14
-    # The file holds one side branch per linear; verification ran it in onnxruntime against
-    # PyTorch WITH the (large) adapters, which a file without them could not match.
     import onnx
 
     graph = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False).graph
     assert sum(1 for i in graph.initializer if i.name.endswith(".lora_A_t")) == 14
+    # Verification ran the file in onnxruntime against PyTorch WITH the (large) adapters
+    # (streamed: the lazily read reference attaches them too).
     verification = data["verification"]
     assert verification["passed"] and verification["tokens_match"]
+    # The adapters move the logits far more than the file's error: it carries them.
+    loaded = models.load_model(str(big))
+    tokens = torch.tensor([[3, 17, 42, 7, 99]])
+    with torch.no_grad():
+        with_adapters = loaded.module(input_ids=tokens).logits[0, -1]
+        detach_adapters(loaded.module)
+        without = loaded.module(input_ids=tokens).logits[0, -1]
+    assert (with_adapters - without).abs().max() > 100 * verification["logits"]["max_abs_error"]
 
 
 def test_truncated_or_misshapen_adapter_file_is_refused_in_one_line(lora_artifact,
@@ -176,17 +191,7 @@ def test_streaming_engines_refuse_lora_in_one_line(lora_artifact, toolkit_cli,
 def test_tflite_drops_the_adapters_and_verifies_against_the_model_without_them(
         lora_artifact, toolkit_cli, tmp_path):
     out, _, _ = lora_artifact
-    big = tmp_path / "big"
-    shutil.copytree(out, big)
-    loaded = models.load_model(str(out))
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for adapter in adapters_of(loaded.module).values():
-            adapter.lora_B.copy_(torch.randn(adapter.lora_B.shape, generator=g).half().float())
-    from models.qformat.lora import save_adapters
-
-    (big / LORA_FILE).unlink()
-    save_adapters(big / LORA_FILE, adapters_of(loaded.module))
+    big = _with_large_adapters(out, tmp_path)
     report = tmp_path / "export.json"
     result = toolkit_cli("export", "tflite", "--model", big, "--out", tmp_path / "m.tflite",
                          "--json", report, "--quiet")
