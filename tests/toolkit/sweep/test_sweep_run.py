@@ -14,13 +14,12 @@ from safetensors.torch import load_file
 from tests.toolkit.sweep.helpers import (
     EVAL,
     NAMES,
-    SPEC,
     brute_force_best,
     results,
     staircase_front,
     write_spec,
 )
-from toolkit.sweep.points import ARTIFACT, COMPRESS, DONE, LOG
+from toolkit.sweep.points import ARTIFACT, COMPRESS, DONE
 from toolkit.sweep.points import EVAL as EVAL_FILE
 
 
@@ -186,17 +185,3 @@ def test_budget_nothing_fits_prints_the_closest(sweep, toolkit_cli, tmp_path):
     assert f"the closest is {smallest['name']}: size {smallest['size_mb']:.2f} MB, " \
            f"{over:.2f} MB" in result.err
     assert not list(out.glob("best-*.yaml"))
-
-
-def test_a_point_that_fails_is_reported_and_the_others_finish(toolkit_cli, tmp_path):
-    data = {**SPEC, "grid": {"stages": [{"method": "rtn", "bits": 4, "group_size": 48}]},
-            "points": []}
-    data.pop("points")
-    out = tmp_path / "out"
-    result = toolkit_cli("sweep", write_spec(tmp_path, data), "--out", out)
-    assert result.code == 2
-    assert len(result.err_lines) == 1 and "1 of 1 points failed (first: rtn:" in result.err
-    row = results(out)["rows"][0]
-    assert row["name"] == "rtn" and "48" in row["error"]
-    assert (out / "points" / row["key"] / LOG).is_file()
-    assert not (out / "points" / row["key"] / DONE).exists()
