@@ -31,8 +31,11 @@ class LoraConfig(MethodConfig):
     """Every knob of LoRA recovery; `__post_init__` rejects values that cannot train."""
 
     method: ClassVar[str] = "lora"
-    # Needs the decoder's linears (to find the compressed ones) and its next-token logits.
-    adapter: ClassVar[str | None] = "decoder_layout"
+    # Like distillation, not a method on its own: it needs a teacher and linears that an
+    # earlier quantization stage compressed, which the job checks before any work
+    # (toolkit/pipeline.py); None keeps it out of the standalone methods
+    # (compress/requirements.py). It reaches the linears through the decoder layout.
+    adapter: ClassVar[str | None] = None
 
     # Adapter rank r. 16 is Apple's choice for its 3.7-bit model: at SmolLM2-135M's widths
     # (576/1536) it adds about 0.9 bits per weight, at 3B widths about 0.2.
