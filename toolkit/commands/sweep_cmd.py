@@ -182,7 +182,7 @@ def _sweep(args, spec, points, out: Path, budget) -> int:
 def _finish(args, spec, rows, out: Path, budget, errors, points) -> int:
     from toolkit.sweep.report import write_reports
 
-    header = {"spec": str(args.spec), "model": rows and points[0].recipe["model"],
+    header = {"spec": str(args.spec), "model": points[0].recipe["model"],
               "calibration": spec.calibration, "eval": spec.eval.to_dict(),
               "bench": None if not args.bench else {"format": args.bench,
                                                     **dataclasses.asdict(spec.bench)}}

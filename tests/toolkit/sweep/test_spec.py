@@ -165,3 +165,11 @@ def test_cli_refuses_a_folder_that_is_not_a_sweep(toolkit_cli, tmp_path):
 def test_cli_refuses_a_missing_spec(toolkit_cli, tmp_path):
     result = toolkit_cli("sweep", tmp_path / "nope.yaml", "--out", tmp_path / "o")
     assert result.code == 2 and "does not exist" in result.err and len(result.err_lines) == 1
+
+
+def test_help_renders_and_lists_every_option(toolkit_cli):
+    result = toolkit_cli("sweep", "--help")
+    assert result.code == 0
+    for flag in ("--out", "--model", "--jobs", "--threads", "--bench", "--ray",
+                 "--ray-timeout", "--budget", "--quiet"):
+        assert flag in result.out, flag
