@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from tests.toolkit.sweep.helpers import (
     EVAL,
     NAMES,
+    SPEC,
     brute_force_best,
     results,
     staircase_front,
@@ -185,3 +186,17 @@ def test_budget_nothing_fits_prints_the_closest(sweep, toolkit_cli, tmp_path):
     assert f"the closest is {smallest['name']}: size {smallest['size_mb']:.2f} MB, " \
            f"{over:.2f} MB" in result.err
     assert not list(out.glob("best-*.yaml"))
+
+
+def test_model_flag_overrides_the_spec(sweep, toolkit_cli, tmp_path):
+    _, original, _ = sweep
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    elsewhere = write_spec(tmp_path, {**SPEC, "model": "no-such-model"})
+    refused = toolkit_cli("sweep", elsewhere, "--out", out)
+    assert refused.code == 2 and "no-such-model is neither" in refused.err
+    # The same recipes on the same model have the same keys: every point is reused.
+    again = toolkit_cli("sweep", elsewhere, "--out", out, "--model", "fake-llama")
+    assert again.code == 0, again.err
+    assert again.out.count("reused") == 3
+    assert {r["recipe"]["model"] for r in results(out)["rows"]} == {"fake-llama"}
