@@ -207,8 +207,10 @@ def _pick(args, rows, out: Path, budget) -> int:
             raise UserError(f"--budget {budget.text}: no point has the measurements it needs")
         raise UserError(f"--budget {budget.text}: no point fits ({budget.describe()}); the "
                         f"closest is {near['name']}: {over_text(near, budget)}")
+    closed = best.get("closed_book_pct")
     print(f"best within {budget.describe()}: {best['name']} (wiki ppl {best['wiki_ppl']:.3f}, "
-          f"closed-book {best['closed_book_pct']:.1f}%, {best['size_mb']:.2f} MB"
+          + (f"closed-book {closed:.1f}%, " if closed is not None else "")
+          + f"{best['size_mb']:.2f} MB"
           + (f", {best['latency_ms']:.3f} ms" if best.get("latency_ms") else "") + ")")
     if not best["recipe"]["stages"]:
         print("the dense model fits the budget: no compression recipe to write")

@@ -47,7 +47,7 @@ def test_an_address_that_does_not_answer_is_refused_within_the_wait(toolkit_cli,
     assert result.code == 2
     assert len(result.err_lines) == 1 and "does not answer" in result.err
     assert "after 2 s" in result.err
-    assert 2 <= elapsed < 10
+    assert 2 <= elapsed < 15  # the wait, plus importing ray and reading the spec
     assert not out.exists()
 
 
