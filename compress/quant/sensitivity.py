@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compress.block_io import BlockInputs, capture_block0_inputs, run_block
+from compress.block_io import BlockInputs, _autocast, capture_block0_inputs, run_block
 from compress.errors import CompressError
 from models.adapter import DecoderLayout
 
@@ -92,7 +92,8 @@ class OutputKL:
                 inputs = run_block(block, inputs, forward_dtype, keep_outputs=True)
             self.reference = [torch.log_softmax(self._logits(h), dim=-1)
                               for h in inputs.hidden]
-            self._check_rebuild(model, batch_size, device)
+            with _autocast(forward_dtype, device):  # as the blocks ran
+                self._check_rebuild(model, batch_size, device)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.layout.norm is not None:

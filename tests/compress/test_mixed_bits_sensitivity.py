@@ -172,3 +172,11 @@ def test_streaming_refuses_the_measured_pre_pass_in_one_line() -> None:
         stage_for(config, n_blocks=2, calib_tokens=96, forward_dtype=torch.float32,
                   seconds={})
     assert "\n" not in str(info.value) and "--engine memory" in str(info.value)
+
+
+def test_sensitivity_knobs_round_trip_through_the_recipe_form() -> None:
+    config = PalettizeConfig(target_bits=3.7, sensitivity="measured", sensitivity_windows=2,
+                             sensitivity_tokens=128)
+    again = compress.MethodConfig.from_dict(config.to_dict())
+    assert again == config and again.sensitivity == "measured"
+    assert again.sensitivity_windows == 2 and again.sensitivity_tokens == 128
