@@ -23,8 +23,10 @@ Cost of `measured`, on top of the pre-pass: one dense forward of W windows x T t
 keep every block's inputs (blocks x W x T x hidden floats) and the dense log-probabilities
 (W x T x vocab floats), then for every quantized linear and every choice but the largest
 one forward from that linear's block to the logits: about (choices - 1) x linears / 2
-full forwards of W x T tokens (SmolLM2-135M, 210 linears, choices [2, 4], 4 x 256 tokens:
-~210 partial forwards, ~4.5 minutes on one CPU thread).
+full forwards of W x T tokens. Measured (benchmarks/mixed_bits_sensitivity.py): SmolLM2-135M,
+210 linears, choices [2, 4], 4 x 256 tokens: 210 partial forwards in 658 s on one thread of
+a shared 2-core CPU (about 1.3 s each when the core is free), against 543 s for the
+palettes themselves.
 """
 
 from __future__ import annotations
