@@ -41,9 +41,9 @@ When it helps (measured on SmolLM2-135M, 4-bit groups of 64, Wikipedia perplexit
 22.89; off: 26.85 -> 23.83), before round-to-nearest it hurts (26.57 -> 38.24). Folding
 alone (Q = I) already gives 34.05 with RTN: the norm scales vary a lot across channels,
 and once folded they are rounded with the weights inside each group instead of staying
-in floating point; the rotation then mixes
-every channel into every group. GPTQ's error feedback over the Hessian absorbs this; RTN
-cannot. Use rotate before gptq (recipes/rotate-gptq4.yaml), not before rtn.
+in floating point; the rotation then mixes every channel into every group. GPTQ's error
+feedback over the Hessian absorbs this; RTN cannot. Use rotate before gptq
+(recipes/rotate-gptq4.yaml), not before rtn.
 
 A tied LM head (the embedding table) stops being tied: the final norm's scale is folded
 into the head but not into the embeddings, so the head is untied (the model's
