@@ -12,9 +12,10 @@
 
 key = sha256 of the resolved recipe (every knob with its default, calibration, perplexity
 protocol, model), the model's identity (a registered name; a path with its files' names,
-sizes and mtimes), the calibration file's bytes, the kick protocol and the toolkit and
-suite versions. A point's name is not in it: two sweeps that share a recipe share its
-folder.
+sizes and mtimes), the calibration file's bytes, the kick protocol, the toolkit and suite
+versions, and the source of each stage's method (the modules of its config and handler),
+so editing a method recomputes the points that use it and no others. A point's name is
+not in it: two sweeps that share a recipe share its folder.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
+from compress.config import handler_for
 from models.registry import is_registered
 from toolkit.errors import UserError
 from toolkit.eval.kick import SUITE_VERSION
+from toolkit.recipe import Recipe
 from toolkit.sweep.spec import BenchSpec, EvalSpec, SweepSpec
 
 POINTS_DIR = "points"
@@ -104,9 +108,26 @@ def point_recipe(spec_point, spec: SweepSpec, model: str) -> dict[str, Any]:
     return recipe.to_dict()
 
 
-def point_key(recipe: dict[str, Any], evaluation: EvalSpec) -> str:
+def method_sources(recipe: Recipe | None) -> str | None:
+    """sha256 of the source files of the recipe's methods (config and handler modules)."""
+    if recipe is None:
+        return None
+    files = set()
+    for stage in recipe.stages:
+        for thing in (type(stage), handler_for(stage)):
+            source = inspect.getsourcefile(thing)
+            if source:
+                files.add(source)
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        digest.update(Path(file).read_bytes())
+    return digest.hexdigest()
+
+
+def point_key(recipe: dict[str, Any], evaluation: EvalSpec, sources: str | None) -> str:
     data = recipe.get("calibration", {}).get("data")
     payload = {"recipe": recipe, "model": model_identity(recipe["model"]),
+               "method_sources": sources,
                "calibration_sha256": _file_sha256(Path(data)) if data else None,
                "kick": evaluation.to_dict(), "suite": SUITE_VERSION,
                "toolkit": _code_version()}
@@ -122,7 +143,7 @@ def resolve_points(spec: SweepSpec, model: str, out: Path) -> list[Point]:
                 recipe["calibration"]["data"]).is_file():
             raise UserError(f"sweep {spec.path}: calibration data "
                             f"{recipe['calibration']['data']} does not exist: fix the path")
-        key = point_key(recipe, spec.eval)
+        key = point_key(recipe, spec.eval, method_sources(spec_point.recipe))
         if key in by_key:
             raise UserError(f"sweep {spec.path}: points {by_key[key]!r} and "
                             f"{spec_point.name!r} are the same recipe: drop one")
