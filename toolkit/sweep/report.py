@@ -22,6 +22,8 @@ from typing import Any
 from toolkit.data.cache import write_text_atomic
 from toolkit.sweep.pareto import Front, fronts, plot_png, write_bytes_atomic
 
+FRONT_NOTE = ("front: the Pareto fronts the point is on (wiki = Wikipedia perplexity, closed = "
+              "closed-book factoid accuracy; against size, and latency with --bench)")
 HEADERS = ["point", "MB", "bits/w", "wiki ppl", "news ppl", "closed-book % [95%]",
            "open-book % [95%]", "p50 ms", "compress s", "peak RSS MB", "front"]
 
@@ -65,7 +67,7 @@ def markdown_table(rows: list[dict], found: list[Front]) -> str:
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
               for cells in table_cells(rows, found)]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + FRONT_NOTE + "\n"
 
 
 def write_reports(out: Path, header: dict[str, Any], rows: list[dict]) -> str:
