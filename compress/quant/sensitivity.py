@@ -40,8 +40,13 @@ from models.adapter import DecoderLayout
 
 SENSITIVITIES = ("absolute", "relative", "measured")
 # The dense logits rebuilt from the blocks must match the model's own within this
-# relative error, or the measured KLs would carry the mismatch of every choice.
-_REBUILD_TOLERANCE = 1e-3
+# relative error, or the measured KLs would carry the mismatch of every choice. Under a
+# 16-bit forward the two paths round differently (bf16 has 8 significant bits: 1.8e-3 was
+# measured on SmolLM2-135M with the same blocks), so the bound there is looser; a layout
+# that misses a part of the model (a scaled embedding, a soft-capped head) is off by far
+# more than either.
+_REBUILD_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-3}
+_REBUILD_TOLERANCE_16_BIT = 3e-2
 
 
 def output_energy(weight: torch.Tensor, hessian: torch.Tensor, n_tokens: int) -> float:
@@ -107,7 +112,8 @@ class OutputKL:
             logits = model(input_ids=batch.to(device), use_cache=False).logits.float()
             rebuilt = torch.log_softmax(logits, dim=-1)
             error = float((rebuilt - reference).norm() / reference.norm().clamp_min(1e-12))
-            if not error <= _REBUILD_TOLERANCE:
+            bound = _REBUILD_TOLERANCE.get(self.forward_dtype, _REBUILD_TOLERANCE_16_BIT)
+            if not error <= bound:
                 raise CompressError(
                     f"measured sensitivity: the logits rebuilt from the model's blocks, final "
                     f"norm and head differ from its own by {error:.1e} (relative), so this "
