@@ -1,7 +1,10 @@
 """`--budget size=150MB,latency=40ms`: the best point inside a budget, as a recipe.
 
 Best = the lowest Wikipedia perplexity among the points within every limit, ties broken
-by the higher closed-book factoid accuracy. When no point fits, the closest is the one
+by the higher closed-book factoid accuracy. `size` is what a device downloads: the
+exported file when the sweep ran with --bench (quantized embeddings and head included
+when the spec's `bench: {embedding_bits: ...}` asks for them), else the artifact on disk
+(whose embeddings stay float). When no point fits, the closest is the one
 whose largest relative excess over a limit is smallest.
 """
 
@@ -18,6 +21,13 @@ from toolkit.errors import UserError
 UNITS = {"size": {"kB": 1e-3, "KB": 1e-3, "MB": 1.0, "GB": 1e3},  # to MB (decimal)
          "latency": {"ms": 1.0, "s": 1e3}}  # to ms
 COLUMNS = {"size": ("size_mb", "MB"), "latency": ("latency_ms", "ms")}
+
+
+def value_of(row: dict[str, Any], kind: str) -> float | None:
+    """The row's measure for a limit: size is the exported file's when there is one."""
+    if kind == "size" and row.get("file_mb") is not None:
+        return row["file_mb"]
+    return row.get(COLUMNS[kind][0])
 _ITEM = re.compile(r"^\s*([a-z]+)\s*=\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([A-Za-z]+)\s*$")
 EXAMPLE = "e.g. --budget size=150MB,latency=40ms (size in kB/MB/GB, latency in ms/s)"
 
@@ -62,14 +72,14 @@ def parse_budget(text: str) -> Budget:
 
 def _candidates(rows: list[dict[str, Any]], budget: Budget) -> list[dict[str, Any]]:
     return [row for row in rows if not row.get("error") and row.get("wiki_ppl") is not None
-            and all(row.get(COLUMNS[kind][0]) is not None for kind in budget.limits)]
+            and all(value_of(row, kind) is not None for kind in budget.limits)]
 
 
 def excess(row: dict[str, Any], budget: Budget) -> dict[str, float]:
     """kind -> how far over the limit, in the limit's unit (only the limits exceeded)."""
     over = {}
     for kind, limit in budget.limits.items():
-        value = row[COLUMNS[kind][0]]
+        value = value_of(row, kind)
         if value > limit:
             over[kind] = value - limit
     return over
@@ -88,7 +98,7 @@ def closest(rows: list[dict[str, Any]], budget: Budget) -> dict[str, Any] | None
         return None
 
     def worst_ratio(row: dict[str, Any]) -> float:
-        return max(row[COLUMNS[kind][0]] / limit for kind, limit in budget.limits.items())
+        return max(value_of(row, kind) / limit for kind, limit in budget.limits.items())
 
     return min(candidates, key=lambda r: (worst_ratio(r), r["wiki_ppl"]))
 
@@ -97,7 +107,7 @@ def over_text(row: dict[str, Any], budget: Budget) -> str:
     parts = []
     for kind, amount in excess(row, budget).items():
         limit, unit = budget.limits[kind], COLUMNS[kind][1]
-        parts.append(f"{kind} {row[COLUMNS[kind][0]]:.2f} {unit}, {amount:.2f} {unit} "
+        parts.append(f"{kind} {value_of(row, kind):.2f} {unit}, {amount:.2f} {unit} "
                      f"({100 * amount / limit:.1f}%) over")
     return "; ".join(parts)
 
@@ -105,7 +115,8 @@ def over_text(row: dict[str, Any], budget: Budget) -> str:
 def recipe_text(row: dict[str, Any], budget: Budget, spec: str) -> str:
     """The best point's recipe, re-runnable by `toolkit run`, with where it came from."""
     notes = [f"# The best point of `toolkit sweep {spec}` within {budget.describe()}:",
-             f"#   {row['name']}: wiki ppl {row['wiki_ppl']:.3f}, size {row['size_mb']:.2f} MB"
+             f"#   {row['name']}: wiki ppl {row['wiki_ppl']:.3f}, "
+             f"size {value_of(row, 'size'):.2f} MB"
              + (f", latency {row['latency_ms']:.3f} ms" if row.get("latency_ms") else ""),
              "#   toolkit run THIS.yaml --out DIR"]
     return "\n".join(notes) + "\n" + yaml.safe_dump(row["recipe"], sort_keys=False)

@@ -1,9 +1,10 @@
 """Pareto fronts of a sweep and their plots.
 
 A point is on the front of (cost, score) when no other point costs no more and scores no
-worse, and is strictly better in one of the two. Costs: size on disk, latency (with
---bench). Scores: Wikipedia perplexity (lower is better) and closed-book factoid
-accuracy (higher is better; perplexity can hide lost knowledge, arXiv 2310.01382).
+worse, and is strictly better in one of the two. Costs: size on disk, and with --bench
+the exported file's size and the latency. Scores: Wikipedia perplexity (lower is better)
+and closed-book factoid accuracy (higher is better; perplexity can hide lost knowledge,
+arXiv 2310.01382).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 COSTS = {"size_mb": ("size", "size on disk (MB)"),
+         "file_mb": ("file", "exported file, what a device downloads (MB)"),
          "latency_ms": ("latency", "decode latency p50 (ms)")}
 SCORES = {"wiki_ppl": ("wiki-ppl", "Wikipedia perplexity (lower is better)", False),
           "closed_book_pct": ("closed-book", "closed-book factoid % (higher is better)", True)}

@@ -24,7 +24,7 @@ from toolkit.sweep.pareto import Front, fronts, plot_png, write_bytes_atomic
 
 FRONT_NOTE = ("front: the Pareto fronts the point is on (wiki = Wikipedia perplexity, closed = "
               "closed-book factoid accuracy; against size, and latency with --bench)")
-HEADERS = ["point", "MB", "bits/w", "wiki ppl", "news ppl", "closed-book % [95%]",
+HEADERS = ["point", "MB", "file MB", "bits/w", "wiki ppl", "news ppl", "closed-book % [95%]",
            "open-book % [95%]", "p50 ms", "compress s", "peak RSS MB", "front"]
 
 
@@ -56,7 +56,8 @@ def table_cells(rows: list[dict], found: list[Front]) -> list[list[str]]:
         if row.get("error"):
             cells.append([row["name"], "failed: " + row["error"]] + [""] * (len(HEADERS) - 2))
             continue
-        cells.append([row["name"], _num(row["size_mb"]), _bits(row), _num(row["wiki_ppl"]),
+        cells.append([row["name"], _num(row["size_mb"]), _num(row.get("file_mb")), _bits(row),
+                      _num(row["wiki_ppl"]),
                       _num(row["news_ppl"]), _pct(row, "closed_book"), _pct(row, "open_book"),
                       _num(row["latency_ms"], 3), _num(row["compress_seconds"], 1),
                       _num(row["peak_rss_mb"], 0), " ".join(marks[row["name"]]) or "-"])

@@ -109,10 +109,11 @@ def point_row(point: Point, bench_dir: str | None) -> dict[str, Any]:
 def _bench(directory: Path | None) -> dict[str, Any]:
     report = _read_json(directory / "bench.json") if directory else None
     if not report:
-        return {"latency_ms": None, "bench": None}
+        return {"latency_ms": None, "file_mb": None, "bench": None}
     model = report["models"][0]
     llm = model.get("llm") or {}
     return {"latency_ms": model["latency"]["p50_ms"],
+            "file_mb": (model.get("file_bytes") or 0) / 1e6 or None,
             "bench": {"format": directory.name.split("-")[1], "runtime": model["runtime"],
                       "file_mb": (model.get("file_bytes") or 0) / 1e6,
                       "p90_ms": model["latency"]["p90_ms"],

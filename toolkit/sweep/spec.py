@@ -34,7 +34,8 @@ from toolkit.sweep.grid import expand_grid
 
 TOP_LEVEL_KEYS = ("model", "calibration", "eval", "bench", "grid", "points")
 EVAL_KEYS = ("windows", "seq_len", "kick_questions", "mmlu_questions")
-BENCH_KEYS = ("runs", "warmup", "min_seconds", "threads", "prompt_tokens", "max_context")
+BENCH_KEYS = ("runs", "warmup", "min_seconds", "threads", "prompt_tokens", "max_context",
+              "embedding_bits")
 POINT_KEYS = ("name", "stages")
 
 
@@ -63,6 +64,10 @@ class BenchSpec:
     threads: int = 1
     prompt_tokens: int = 64
     max_context: int = 512
+    # `toolkit export --embedding-bits`: 4 or 8 quantizes the embedding table and LM head
+    # in the exported file (null keeps them float). On a small LLM they are most of the
+    # file (SmolLM2-135M: 113 MB of fp32), so a size budget is decided by this.
+    embedding_bits: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +183,11 @@ def _bench(data: dict, where: str) -> BenchSpec:
         if field.name not in data:
             continue
         value = data[field.name]
-        if field.name == "min_seconds":
+        if field.name == "embedding_bits":
+            if value is not None and (isinstance(value, bool) or value not in (4, 8)):
+                raise UserError(f"{where}: bench embedding_bits must be 4, 8 or null, "
+                                f"not {value!r}")
+        elif field.name == "min_seconds":
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise UserError(f"{where}: bench min_seconds must be a number >= 0")
             value = float(value)

@@ -108,8 +108,10 @@ def bench(point: Path, job: dict) -> None:
     shutil.rmtree(staging, ignore_errors=True)  # a killed bench starts over
     staging.mkdir()
     model_file = staging / f"model{EXPORT_SUFFIX[spec['format']]}"
+    embedding = (["--embedding-bits", spec["embedding_bits"]]
+                 if spec.get("embedding_bits") else [])
     toolkit("export", spec["format"], "--model", point / ARTIFACT, "--out", model_file,
-            "--max-context", spec["max_context"], "--quiet",
+            "--max-context", spec["max_context"], "--quiet", *embedding,
             "--json", staging / "export.json")
     toolkit("bench", model_file, "--quiet", "--runs", spec["runs"], "--warmup",
             spec["warmup"], "--min-seconds", spec["min_seconds"], "--threads",

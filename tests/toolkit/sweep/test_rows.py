@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from models.qformat.lora import LORA_FILE
-from toolkit.sweep.budget import closest, excess, parse_budget
+from toolkit.sweep.budget import best_within, closest, excess, parse_budget
 from toolkit.sweep.points import ARTIFACT, COMPRESS, DONE, EVAL, Point
 from toolkit.sweep.rows import point_row
 
@@ -71,3 +71,15 @@ def test_closest_is_the_smallest_worst_relative_excess():
     assert closest(rows, budget)["name"] == "both"
     assert parse_budget("size=1.5GB,latency=0.04s").limits == {"size": 1500.0,
                                                                "latency": 40.0}
+
+
+def test_a_size_budget_counts_the_exported_file_when_there_is_one():
+    # A benched row ships its exported file (embeddings quantized or not); an unbenched
+    # row only has its artifact on disk.
+    budget = parse_budget("size=100MB")
+    rows = [{"name": "artifact-only", "size_mb": 90.0, "file_mb": None, "wiki_ppl": 30.0},
+            {"name": "big-artifact-small-file", "size_mb": 170.0, "file_mb": 80.0,
+             "wiki_ppl": 25.0},
+            {"name": "big-file", "size_mb": 95.0, "file_mb": 120.0, "wiki_ppl": 20.0}]
+    assert best_within(rows, budget)["name"] == "big-artifact-small-file"
+    assert excess(rows[2], budget) == {"size": 20.0}

@@ -88,6 +88,8 @@ def test_shipped_sweeps_parse(path):
      "eval: unknown key 'questions': valid keys are windows, seq_len, kick_questions"),
     ({**BASE, "bench": {"runz": 3}, "grid": {"stages": [{"method": "rtn"}]}},
      "bench: unknown key 'runz'"),
+    ({**BASE, "bench": {"embedding_bits": 3}, "grid": {"stages": [{"method": "rtn"}]}},
+     "bench embedding_bits must be 4, 8 or null, not 3"),
     ({**BASE, "grid": {"stage": []}}, "grid: unknown key 'stage': valid keys are stages"),
     ({**BASE, "points": [{"name": "a", "stages": [], "notes": "x"}]},
      "point 1: unknown key 'notes': valid keys are name, stages"),
