@@ -37,8 +37,9 @@ class LoraConfig(MethodConfig):
     # (compress/requirements.py). It reaches the linears through the decoder layout.
     adapter: ClassVar[str | None] = None
 
-    # Adapter rank r. 16 is Apple's choice for its 3.7-bit model: at SmolLM2-135M's widths
-    # (576/1536) it adds about 0.9 bits per weight, at 3B widths about 0.2.
+    # Adapter rank r. 16 is Apple's choice for its 3.7-bit model: 16 r (in + out) / (in out)
+    # bits per weight, 0.74 at SmolLM2-135M's narrow widths (576/1536, k/v 192), about
+    # 0.2 at 3B widths.
     rank: int = 16
     # s = alpha / rank scales the adapter's output (arXiv 2106.09685, section 4.1), so the
     # learning rate need not change with the rank. None = alpha equal to the rank (s = 1).
