@@ -1,0 +1,181 @@
+"""The recovery sweep in BENCHMARKS.md: SmolLM2-135M, one sweep, its Pareto plots, the
+recipes it recommends for a size budget, and the accuracy-recovery goals checked on its rows.
+
+    toolkit sweep sweeps/smollm2-recovery.yaml --out runs/sweep-smollm2-recovery \\
+        --bench onnx --jobs 2 --threads 1
+    python benchmarks/sweep_recovery.py [--sweep runs/sweep-smollm2-recovery]
+
+Reads the sweep's results.json (nothing is recomputed), picks the best point within
+150 MB and within 100 MB with the sweep's own budget code (`toolkit sweep --budget`),
+copies the Pareto plots to benchmarks/results/sweep_recovery/ beside the recommended
+recipes, and writes benchmarks/results/sweep_recovery.json and the `sweep_recovery`
+section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SPEC = "sweeps/smollm2-recovery.yaml"
+BUDGETS = ("size=150MB", "size=100MB")
+RESULTS = ROOT / "benchmarks" / "results"
+FILES = RESULTS / "sweep_recovery"
+
+
+def _row(rows: list[dict], name: str) -> dict | None:
+    found = [r for r in rows if r["name"] == name and not r.get("error")]
+    return found[0] if found else None
+
+
+def _bits(row: dict) -> float:
+    return row["bits_per_weight"] + (row.get("adapter_bits_per_weight") or 0.0)
+
+
+def goals(rows: list[dict]) -> list[dict]:
+    """Each goal of the recovery work, decided on the rows, with the numbers it used."""
+    dense, rtn = _row(rows, "dense"), _row(rows, "rtn-4b-g64")
+    out = []
+
+    def add(goal: str, met: bool | None, evidence: str) -> None:
+        out.append({"goal": goal, "met": met, "evidence": evidence})
+
+    mixed = _row(rows, "palettize-mixed-3.7+lora")
+    if mixed and rtn:
+        ppl_ok = mixed["wiki_ppl"] < rtn["wiki_ppl"]
+        cb_ok = mixed["closed_book_pct"] >= rtn["closed_book_ci_pct"][0]
+        add("3.7-bit mixed palettes + LoRA beat RTN 4-bit g64 on Wikipedia perplexity and "
+            "closed-book factoid (within its interval or better), at fewer bits",
+            ppl_ok and cb_ok and mixed["bits_per_weight"] < rtn["bits_per_weight"],
+            f"ppl {mixed['wiki_ppl']:.2f} vs {rtn['wiki_ppl']:.2f}; closed-book "
+            f"{mixed['closed_book_pct']:.0f}% vs {rtn['closed_book_pct']:.0f}% "
+            f"[{rtn['closed_book_ci_pct'][0]:.0f}-{rtn['closed_book_ci_pct'][1]:.0f}]; bits "
+            f"{mixed['bits_per_weight']:.2f} base + "
+            f"{mixed.get('adapter_bits_per_weight') or 0:.2f} adapters = {_bits(mixed):.2f} "
+            f"vs {rtn['bits_per_weight']:.2f}")
+    else:
+        add("3.7-bit mixed palettes + LoRA beat RTN 4-bit g64", None, "point missing")
+    for name in ("rotate+gptq-4b-g64", "rotate+gptq-4b-g64+lora"):
+        row = _row(rows, name)
+        if row and dense:
+            ratio = row["wiki_ppl"] / dense["wiki_ppl"]
+            low, high = dense["closed_book_ci_pct"]
+            add(f"{name}: perplexity within 10% of dense and closed-book within the dense "
+                "interval", ratio <= 1.10 and low <= row["closed_book_pct"] <= high,
+                f"ppl {row['wiki_ppl']:.2f} = {ratio:.3f}x dense {dense['wiki_ppl']:.2f}; "
+                f"closed-book {row['closed_book_pct']:.0f}% vs dense [{low:.0f}-{high:.0f}]")
+        else:
+            add(f"{name}: within 10% of dense", None, "point missing")
+    for name in ("wanda50", "wanda50+lora"):
+        row = _row(rows, name)
+        if row and dense:
+            ratio = row["wiki_ppl"] / dense["wiki_ppl"]
+            add(f"{name}: perplexity at most 1.5x dense" if "lora" in name
+                else f"{name} (the baseline LoRA should recover)", ratio <= 1.5,
+                f"ppl {row['wiki_ppl']:.2f} = {ratio:.2f}x dense")
+        else:
+            add(f"{name}: perplexity at most 1.5x dense", None, "point missing or failed")
+    return out
+
+
+def budget_picks(rows: list[dict]) -> list[dict]:
+    from toolkit.sweep.budget import best_within, closest, over_text, parse_budget, recipe_text
+
+    picks = []
+    for text in BUDGETS:
+        budget = parse_budget(text)
+        best = best_within(rows, budget)
+        if best is None:
+            near = closest(rows, budget)
+            picks.append({"budget": text, "best": None,
+                          "closest": near and near["name"],
+                          "over": near and over_text(near, budget)})
+            continue
+        recipe = FILES / f"best-{budget.slug}.yaml"
+        recipe.write_text(recipe_text(best, budget, SPEC), encoding="utf-8")
+        picks.append({"budget": text, "best": best["name"], "wiki_ppl": best["wiki_ppl"],
+                      "file_mb": best.get("file_mb"), "size_mb": best["size_mb"],
+                      "recipe": str(recipe.relative_to(ROOT))})
+    return picks
+
+
+def render(result: dict) -> str:
+    ev, bench = result["eval"], result.get("bench") or {}
+    lines = [
+        "## Accuracy recovery and the device budget: one sweep over SmolLM2-135M",
+        "",
+        f"Generated by `toolkit sweep {SPEC} --bench onnx` then `python "
+        f"benchmarks/sweep_recovery.py`, on {result['environment']['cpu']}, "
+        f"{result['environment']['date']}. Every point is its own `toolkit run` on "
+        f"{result['calibration']['samples']} x {result['calibration']['seq_len']} Wikipedia "
+        f"calibration tokens (seed {result['calibration']['seed']}), then `toolkit eval "
+        f"--suite kick` (perplexity on {ev['windows']} windows x {ev['seq_len']} per stream, "
+        f"{ev['kick_questions']} factoid questions, 95% Wilson intervals). MB is the artifact "
+        "on disk (embeddings float); `file MB` is the exported ONNX file (4-bit codes as "
+        f"MatMulNBits, embedding table and head {bench.get('embedding_bits') or 'float'}-bit,"
+        f" LoRA adapters as side branches), which a size budget counts; p50 ms is one "
+        f"decode step at position {bench.get('prompt_tokens', '-')} in onnxruntime, "
+        f"{bench.get('threads', '-')} thread (`toolkit bench`, {bench.get('runs', '-')}+ runs). "
+        "bits/w: stored bits per weight of the decoder linears, LoRA adapters apart.",
+        "",
+        result["table"].strip(),
+        "",
+        "Goals of the recovery work, decided on these rows:",
+        "",
+        "| goal | met | evidence |",
+        "|---|---|---|",
+    ]
+    for goal in result["goals"]:
+        met = {True: "yes", False: "**no**", None: "not measured"}[goal["met"]]
+        lines.append(f"| {goal['goal']} | {met} | {goal['evidence']} |")
+    lines += ["", "Recommended recipes (`toolkit sweep ... --budget`, the same code):", ""]
+    for pick in result["budgets"]:
+        if pick["best"]:
+            size = pick["file_mb"] if pick["file_mb"] is not None else pick["size_mb"]
+            lines.append(f"- `{pick['budget']}`: **{pick['best']}** (wiki ppl "
+                         f"{pick['wiki_ppl']:.2f}, {size:.1f} MB), recipe "
+                         f"`{pick['recipe']}`")
+        else:
+            lines.append(f"- `{pick['budget']}`: nothing fits; the closest is "
+                         f"{pick['closest']} ({pick['over']})")
+    lines += [""]
+    for plot in result["plots"]:
+        lines.append(f"![{plot}](benchmarks/results/sweep_recovery/{plot})")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", type=Path, default=ROOT / "runs" / "sweep-smollm2-recovery")
+    args = parser.parse_args()
+    from benchmarks.environment import environment
+    from benchmarks.markdown_section import replace_section
+
+    results = json.loads((args.sweep / "results.json").read_text(encoding="utf-8"))
+    rows = results["rows"]
+    FILES.mkdir(parents=True, exist_ok=True)
+    plots = sorted(p.name for p in args.sweep.glob("pareto-*.png"))
+    for plot in plots:
+        shutil.copyfile(args.sweep / plot, FILES / plot)
+    table = (args.sweep / "results.md").read_text(encoding="utf-8")
+    result = {"spec": SPEC, "model": results["model"], "calibration": results["calibration"],
+              "eval": results["eval"], "bench": results.get("bench"),
+              "environment": environment(), "rows": rows, "pareto": results["pareto"],
+              "table": table, "goals": goals(rows), "budgets": budget_picks(rows),
+              "plots": plots}
+    (RESULTS / "sweep_recovery.json").write_text(json.dumps(result, indent=1) + "\n",
+                                                 encoding="utf-8")
+    text = render(result)
+    replace_section(ROOT / "BENCHMARKS.md", "sweep_recovery", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
