@@ -36,14 +36,14 @@ Hadamard before down_proj) need a Hadamard transform at run time; the artifact f
 export files hold weights only, so they could not carry it. SpinQuant's learned (Cayley
 SGD) rotations are not done either: the rotation is random, seeded.
 
-When it helps (measured on SmolLM2-135M, 4-bit groups of 64, Wikipedia perplexity over
-4 windows of 512 tokens; dense 20.76): before GPTQ it helps (act_order on: 24.65 ->
-22.89; off: 26.85 -> 23.83), before round-to-nearest it hurts (26.57 -> 38.24). Folding
-alone (Q = I) already gives 34.05 with RTN: the norm scales vary a lot across channels,
-and once folded they are rounded with the weights inside each group instead of staying
-in floating point; the rotation then mixes every channel into every group. GPTQ's error
-feedback over the Hessian absorbs this; RTN cannot. Use rotate before gptq
-(recipes/rotate-gptq4.yaml), not before rtn.
+When it helps (SmolLM2-135M, 4-bit groups of 64; the recovery sweep in BENCHMARKS.md,
+`toolkit sweep sweeps/smollm2-recovery.yaml`): rotate + GPTQ gives Wikipedia perplexity
+23.44 against round-to-nearest's 26.87 and GPTQ's own 25.15 (dense 21.04). Before
+round-to-nearest it hurt in development checks (not a committed benchmark): SmolLM2's
+norm scales vary a lot across channels, and once folded they are rounded with the
+weights inside each group instead of staying in floating point; the rotation then mixes
+every channel into every group. GPTQ's error feedback over the Hessian absorbs this; RTN
+cannot. Use rotate before gptq (recipes/rotate-gptq4.yaml), not before rtn.
 
 A tied LM head (the embedding table) stops being tied: the final norm's scale is folded
 into the head but not into the embeddings, so the head is untied (the model's
