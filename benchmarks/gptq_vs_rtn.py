@@ -110,14 +110,50 @@ def q41_grid_share(weights: dict[str, torch.Tensor]) -> float:
     return on_grid / total
 
 
-def main() -> int:
+def quantizers(calib_stats: dict[str, InputStats]) -> dict:
+    """label -> (linear name, dense weight) -> stored form: the variants under test."""
     from compress.quant.gptq import gptq_quantize
     from compress.quant.rtn import rtn_quantize
-    from models import load_model
-    from toolkit.data.calibration import sample_calibration
-    from toolkit.data.streams import cached_streams
+
+    def gptq(n, w, group=GROUP, **knobs):
+        return gptq_quantize(w, calib_stats[n].all.float(), 4, group, False, **knobs)
+
+    return {
+        "rtn g64": lambda n, w: rtn_quantize(w, 4, GROUP, False),
+        "gptq g64": gptq,
+        "gptq g64, massive tokens left out of H": lambda n, w: gptq_quantize(
+            w, calib_stats[n].ordinary.float(), 4, GROUP, False),
+        "gptq g64, act_order": lambda n, w: gptq(n, w, act_order=True),
+        "gptq g64, dampening 0.1": lambda n, w: gptq(n, w, dampening=0.1),
+        "rtn g32": lambda n, w: rtn_quantize(w, 4, 32, False),
+        "gptq g32": lambda n, w: gptq(n, w, group=32),
+    }
+
+
+def score_variant(label: str, quantize, model, linears: dict, dense: dict,
+                  calib_stats: dict, held_stats: dict, evaluation: torch.Tensor) -> dict:
+    """Quantize every linear with `quantize`, record its errors on calibration and
+    held-out tokens and the model's perplexity, then put the dense weights back."""
     from toolkit.eval.perplexity import perplexity
 
+    t0 = time.time()
+    ordinary, massive, calib_err = [], [], []
+    for n, w in dense.items():
+        w_hat = quantize(n, w).dequantize().float()
+        held = held_stats[n]
+        ordinary.append(error(w, w_hat, held.ordinary, held.n_all - held.n_massive))
+        massive.append(error(w, w_hat, held.massive, held.n_massive))
+        calib_err.append(error(w, w_hat, calib_stats[n].all, calib_stats[n].n_all))
+        linears[n].weight.data.copy_(w_hat)
+    ppl = perplexity(model, evaluation).ppl
+    for n, w in dense.items():
+        linears[n].weight.data.copy_(w)
+    print(f"{label}: ppl {ppl:.2f} ({time.time() - t0:.0f} s)", flush=True)
+    return dict(variant=label, ppl=ppl, calib_error=calib_err, heldout_ordinary=ordinary,
+                heldout_massive=massive, seconds=time.time() - t0)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--heldout-windows", type=int, default=8)
@@ -125,10 +161,18 @@ def main() -> int:
     parser.add_argument("--massive-ratio", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    from models import load_model
+    from toolkit.data.calibration import sample_calibration
+    from toolkit.data.streams import cached_streams
+    from toolkit.eval.perplexity import perplexity
+
+    args = parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
-
     loaded = load_model("smollm2-135m")
     model, streams = loaded.module, cached_streams(loaded.tokenizer)
     model.eval()
@@ -141,53 +185,21 @@ def main() -> int:
                if isinstance(m, torch.nn.Linear) and ".layers." in n}
     dense = {n: m.weight.data.clone() for n, m in linears.items()}
 
-    grid_share = q41_grid_share(dense)
     calib_stats = collect(model, linears, calib, args.massive_ratio)
     held_stats = collect(model, linears, heldout, args.massive_ratio)
-    share = {n: float(s.massive.trace() / s.all.trace()) for n, s in calib_stats.items()}
-    massive_tokens = {n: s.n_massive for n, s in calib_stats.items()}
-
-    def gptq(n, w, group=GROUP, **knobs):
-        return gptq_quantize(w, calib_stats[n].all.float(), 4, group, False, **knobs)
-
-    variants = {
-        "rtn g64": lambda n, w: rtn_quantize(w, 4, GROUP, False),
-        "gptq g64": gptq,
-        "gptq g64, massive tokens left out of H": lambda n, w: gptq_quantize(
-            w, calib_stats[n].ordinary.float(), 4, GROUP, False),
-        "gptq g64, act_order": lambda n, w: gptq(n, w, act_order=True),
-        "gptq g64, dampening 0.1": lambda n, w: gptq(n, w, dampening=0.1),
-        "rtn g32": lambda n, w: rtn_quantize(w, 4, 32, False),
-        "gptq g32": lambda n, w: gptq(n, w, group=32),
-    }
     dense_ppl = perplexity(model, evaluation).ppl
-    rows = []
-    for label, quantize in variants.items():
-        t0 = time.time()
-        ordinary, massive, calib_err = [], [], []
-        for n, w in dense.items():
-            w_hat = quantize(n, w).dequantize().float()
-            held = held_stats[n]
-            ordinary.append(error(w, w_hat, held.ordinary, held.n_all - held.n_massive))
-            massive.append(error(w, w_hat, held.massive, held.n_massive))
-            calib_err.append(error(w, w_hat, calib_stats[n].all, calib_stats[n].n_all))
-            linears[n].weight.data.copy_(w_hat)
-        ppl = perplexity(model, evaluation).ppl
-        for n, w in dense.items():
-            linears[n].weight.data.copy_(w)
-        rows.append(dict(variant=label, ppl=ppl, calib_error=calib_err,
-                         heldout_ordinary=ordinary, heldout_massive=massive,
-                         seconds=time.time() - t0))
-        print(f"{label}: ppl {ppl:.2f} ({time.time() - t0:.0f} s)", flush=True)
-
+    rows = [score_variant(label, quantize, model, linears, dense, calib_stats, held_stats,
+                          evaluation)
+            for label, quantize in quantizers(calib_stats).items()]
     result = dict(
         protocol=dict(calib_samples=args.calib_samples, seq_len=SEQ_LEN, seed=0,
                       heldout_windows=args.heldout_windows, eval_windows=args.eval_windows,
                       massive_ratio=args.massive_ratio, threads=args.threads),
-        linears=list(dense), q41_grid_share=grid_share, dense_ppl=dense_ppl,
-        massive_share_of_trace=share, massive_tokens_in_calibration=massive_tokens,
-        calibration_tokens=calib.numel(), variants=rows,
-        seconds=time.time() - started)
+        linears=list(dense), q41_grid_share=q41_grid_share(dense), dense_ppl=dense_ppl,
+        massive_share_of_trace={n: float(s.massive.trace() / s.all.trace())
+                                for n, s in calib_stats.items()},
+        massive_tokens_in_calibration={n: s.n_massive for n, s in calib_stats.items()},
+        calibration_tokens=calib.numel(), variants=rows, seconds=time.time() - started)
     text = render(result)
     print(text)
     if not args.no_write:

@@ -235,7 +235,14 @@ def markdown(results: dict) -> str:
         for name, model in zip(groups["vmoe"]["names"], groups["vmoe"][side]["models"],
                                strict=True):
             lines.append(_vision_row(name, model))
-    lines += ["", "**Page weight of the demos** (each page opened in a fresh headless Chromium "
+    lines += _page_weight_lines(results)
+    return "\n".join(lines) + "\n"
+
+
+def _page_weight_lines(results: dict) -> list[str]:
+    """The two page-weight tables: each demo page's first result, and each bench page."""
+    groups = results["groups"]
+    lines = ["", "**Page weight of the demos** (each page opened in a fresh headless Chromium "
               "profile on its bundles, served as `toolkit serve` serves them: the bytes served "
               "before its first result, and the time from opening the page to that result; "
               "the service worker is off (`?nosw=1`): on a first visit it also stores the "
@@ -257,7 +264,7 @@ def markdown(results: dict) -> str:
         total = served["app"] + served["runtime"] + served["models"] + served["bench"]
         lines.append(f"| {title} | {served['app'] / 1e3:.0f} kB | {served['runtime'] / 1e6:.1f} "
                      f"MB | {served['models'] / 1e6:.1f} MB | {total / 1e6:.1f} MB |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _spread(model: dict) -> str:

@@ -113,107 +113,114 @@ class BenchServer:
         return target
 
 
-def _handler_class(server: BenchServer):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "EdgeToolkitBench"
-        sys_version = ""
+class _BenchHandler(http.server.BaseHTTPRequestHandler):
+    """One request to the bench server; `bench` is the BenchServer it serves for (set on a
+    subclass per server by `_handler_class`, since the http.server base class builds a
+    handler per request from a class)."""
 
-        def log_message(self, format, *args):  # noqa: A002 (the base class's name)
-            pass  # the CLI prints progress; request logs would bury it
+    bench: BenchServer
+    protocol_version = "HTTP/1.1"
+    server_version = "EdgeToolkitBench"
+    sys_version = ""
 
-        def _count(self, size: int) -> None:
-            with server.lock:
-                key = urllib.parse.urlsplit(self.path).path
-                server.sent[key] = server.sent.get(key, 0) + size
+    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+        pass  # the CLI prints progress; request logs would bury it
 
-        def _headers(self, status: int, content_type: str, length: int,
-                     no_store: bool = False) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(length))
-            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-            self.send_header("Cross-Origin-Resource-Policy", "same-origin")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            if no_store:
-                self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            with server.lock:
-                server.requests.append(f"{self.command} {self.path} {status}")
+    def _count(self, size: int) -> None:
+        with self.bench.lock:
+            key = urllib.parse.urlsplit(self.path).path
+            self.bench.sent[key] = self.bench.sent.get(key, 0) + size
 
-        def _text(self, status: int, text: str) -> None:
-            body = text.encode("utf-8")
-            self._headers(status, "text/plain; charset=utf-8", len(body), no_store=True)
+    def _headers(self, status: int, content_type: str, length: int,
+                 no_store: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if no_store:
+            self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        with self.bench.lock:
+            self.bench.requests.append(f"{self.command} {self.path} {status}")
+
+    def _text(self, status: int, text: str) -> None:
+        body = text.encode("utf-8")
+        self._headers(status, "text/plain; charset=utf-8", len(body), no_store=True)
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self):  # noqa: N802 (http.server's naming)
+        self.do_GET()
+
+    def do_GET(self):  # noqa: N802
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        key = path.lstrip("/")
+        if key in self.bench.blobs:
+            body = self.bench.blobs[key]
+            self._headers(200, _type(key), len(body), no_store=True)
             if self.command != "HEAD":
                 self.wfile.write(body)
+                self._count(len(body))
+            return
+        target = self.bench.files.get(key)
+        if target is None and not key.startswith(("models/", "bench/")):
+            target = self.bench.resolve_app_path(path)
+        if target is None:
+            self._text(404, f"not served: {path}")
+            return
+        self._send_file(target, no_store=key.startswith("models/"))
 
-        def do_HEAD(self):  # noqa: N802 (http.server's naming)
-            self.do_GET()
-
-        def do_GET(self):  # noqa: N802
-            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-            key = path.lstrip("/")
-            if key in server.blobs:
-                body = server.blobs[key]
-                self._headers(200, _type(key), len(body), no_store=True)
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-                    self._count(len(body))
+    def _send_file(self, target: Path, no_store: bool) -> None:
+        try:
+            handle = target.open("rb")
+        except OSError:
+            self._text(404, "not readable")
+            return
+        with handle:
+            size = target.stat().st_size
+            self._headers(200, _type(target.name), size, no_store=no_store)
+            if self.command == "HEAD":
                 return
-            target = server.files.get(key)
-            if target is None and not key.startswith(("models/", "bench/")):
-                target = server.resolve_app_path(path)
-            if target is None:
-                self._text(404, f"not served: {path}")
-                return
-            self._send_file(target, no_store=key.startswith("models/"))
-
-        def _send_file(self, target: Path, no_store: bool) -> None:
-            try:
-                handle = target.open("rb")
-            except OSError:
-                self._text(404, "not readable")
-                return
-            with handle:
-                size = target.stat().st_size
-                self._headers(200, _type(target.name), size, no_store=no_store)
-                if self.command == "HEAD":
+            while chunk := handle.read(CHUNK):
+                try:
+                    self.wfile.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):
                     return
-                while chunk := handle.read(CHUNK):
-                    try:
-                        self.wfile.write(chunk)
-                    except (BrokenPipeError, ConnectionResetError):
-                        return
-                    self._count(len(chunk))
+                self._count(len(chunk))
 
-        def do_POST(self):  # noqa: N802
-            path = urllib.parse.urlsplit(self.path).path
-            if path != "/bench/results":
-                self._text(404, f"nothing accepts a POST at {path}")
-                return
-            length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit():
-                self._text(411, "a results post needs a Content-Length")
-                return
-            if int(length) > MAX_RESULTS_BYTES:
-                self.close_connection = True
-                self._text(413, f"results over {MAX_RESULTS_BYTES} bytes are refused")
-                return
-            raw = self.rfile.read(int(length))
-            try:
-                document = json.loads(raw)
-                if not isinstance(document, dict):
-                    raise ResultsRejected("the results are not a JSON object")
-                complete = server.accept(document)
-            except ValueError as exc:  # JSONDecodeError and ResultsRejected
-                self._text(400, f"results refused: {exc}")
-                return
-            self._text(200, "ok")
-            if complete:
-                server.done.set()
+    def do_POST(self):  # noqa: N802
+        path = urllib.parse.urlsplit(self.path).path
+        if path != "/bench/results":
+            self._text(404, f"nothing accepts a POST at {path}")
+            return
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self._text(411, "a results post needs a Content-Length")
+            return
+        if int(length) > MAX_RESULTS_BYTES:
+            self.close_connection = True
+            self._text(413, f"results over {MAX_RESULTS_BYTES} bytes are refused")
+            return
+        raw = self.rfile.read(int(length))
+        try:
+            document = json.loads(raw)
+            if not isinstance(document, dict):
+                raise ResultsRejected("the results are not a JSON object")
+            complete = self.bench.accept(document)
+        except ValueError as exc:  # JSONDecodeError and ResultsRejected
+            self._text(400, f"results refused: {exc}")
+            return
+        self._text(200, "ok")
+        if complete:
+            self.bench.done.set()
 
-    return Handler
+
+
+def _handler_class(server: BenchServer) -> type[_BenchHandler]:
+    return type("Handler", (_BenchHandler,), {"bench": server})
 
 
 def _type(name: str) -> str:
