@@ -18,6 +18,7 @@ import torch
 
 import compress
 from compress.distill import DistillConfig
+from compress.prune import PruneConfig
 from compress.quant import QuantConfig
 from compress.recovery import LoraConfig, RecoverConfig
 from compress.requirements import applicable_methods, unmet_need
@@ -69,16 +70,17 @@ def check_applies(loaded: LoadedModel, recipe: Recipe, workflow: Workflow) -> No
 
 
 def _check_lora_order(loaded: LoadedModel, recipe: Recipe) -> None:
-    """LoRA adapts the linears a quantization stage of the same recipe compressed: the
-    model before that stage is its teacher, so an already quantized input (whose
-    "before" is itself compressed) does not count. toolkit/recipe.py makes it last."""
+    """LoRA adapts the linears a quantization or pruning stage of the same recipe
+    compressed: the model before that stage is its teacher, so an already compressed input
+    (whose "before" is itself compressed) does not count. toolkit/recipe.py makes it last."""
     for index, config in enumerate(recipe.stages):
-        if isinstance(config, LoraConfig) and not any(isinstance(c, QuantConfig)
+        if isinstance(config, LoraConfig) and not any(isinstance(c, QuantConfig | PruneConfig)
                                                       for c in recipe.stages[:index]):
             raise UserError(f"lora needs linears compressed by an earlier stage of the recipe "
                             f"(the model before it is the teacher), but {loaded.source} gets "
-                            "none: put a quantization stage (rtn, gptq, awq, palettize) first, "
-                            "e.g. --method palettize ... --recover lora")
+                            "none: put a quantization (rtn, gptq, awq, palettize) or pruning "
+                            "(wanda, sparsegpt, magnitude) stage first, e.g. --method wanda "
+                            "... --recover lora")
         if isinstance(config, LoraConfig) and loaded.family != "llm":
             raise UserError(f"lora adapters are stored by the dense LLM family only, and "
                             f"{loaded.source} is a {loaded.family} model: use --recover kd")
@@ -133,15 +135,16 @@ def run_compression(loaded: LoadedModel, run: CompressionRun) -> CompressionResu
 def _run_stages(loaded: LoadedModel, run: CompressionRun, data: CalibrationData,
                 original: torch.nn.Module | None) -> tuple[list[dict], dict]:
     stages, quantized = [], {}
+    pruned: set[str] = set()  # linears a pruning stage of this recipe pruned
     for config in run.recipe.stages:
         stage_start = time.perf_counter()
         extra = {"teacher": original} if isinstance(config, DistillConfig) else {}
         if isinstance(config, RecoverConfig):  # trains the packed forms' scales in place
             extra = {"teacher": original, "quantized": quantized or loaded.quantized or {}}
-        if isinstance(config, LoraConfig):  # adapters on the packed linears, beside them
+        if isinstance(config, LoraConfig):  # adapters beside the packed or pruned linears
             train, held = lora_windows(data, config, run.recipe.calibration.file is not None)
             extra = {"teacher": original, "quantized": quantized or loaded.quantized or {},
-                     "train_tokens": train, "held_out_tokens": held}
+                     "pruned": sorted(pruned), "train_tokens": train, "held_out_tokens": held}
         report = compress.apply(loaded.module, config, data.inputs, device=run.device,
                                 forward_dtype=run.forward_dtype, progress=run.progress,
                                 **data.options, **extra)
@@ -152,6 +155,8 @@ def _run_stages(loaded: LoadedModel, run: CompressionRun, data: CalibrationData,
                        "forward_dtype": report.forward_dtype, "report": section})
         if section["kind"] in ("quantize", "recover", "lora"):
             quantized = report.quantized
+        if section["kind"] == "prune":
+            pruned |= set(section["per_layer"])
     return stages, quantized
 
 

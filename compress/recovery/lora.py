@@ -1,8 +1,8 @@
 """The knobs of LoRA accuracy recovery (`{method: lora, rank: 16, ...}` in a recipe,
 `toolkit compress ... --recover lora`).
 
-After quantization, every compressed linear gets a rank-r adapter (LoRA, arXiv
-2106.09685) that trains while the packed weights stay frozen:
+After quantization or pruning, every compressed linear gets a rank-r adapter (LoRA, arXiv
+2106.09685) that trains while the compressed weights stay frozen:
 
     y = W_q x + s B (A x),   s = alpha / r,   A ~ small random, B = 0  (start = W_q x)
 
@@ -11,9 +11,13 @@ distributions (Hinton et al., arXiv 1503.02531):
 
     loss = T^2 KL(softmax(z_dense / T) || softmax(z_lora / T)),  averaged over tokens
 
+W_q is the packed weight of a quantized linear, or the dense masked weight of one that was
+only pruned (Wanda, SparseGPT, magnitude, N:M): its zeros stay zeros, the adapter is a side
+branch and is never merged into it.
+
 Apple's on-device model recovers its 2/4-bit palettized weights (3.7 bits per weight)
 this way, with rank-16 adapters (arXiv 2407.21075, section 5). The adapters are stored
-in fp16 beside the packed weights and counted in bits per weight separately.
+in fp16 beside the compressed weights and counted in bits per weight separately.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ class LoraConfig(MethodConfig):
 
     method: ClassVar[str] = "lora"
     # Like distillation, not a method on its own: it needs a teacher and linears that an
-    # earlier quantization stage compressed, which the job checks before any work
+    # earlier quantization or pruning stage compressed, which the job checks before any work
     # (toolkit/pipeline.py); None keeps it out of the standalone methods
     # (compress/requirements.py). It reaches the linears through the decoder layout.
     adapter: ClassVar[str | None] = None

@@ -1,6 +1,8 @@
-"""LoRA recovery as a recipe stage: attach rank-r adapters to the compressed linears and
-train only them by distillation from the dense model (compress/recovery/lora.py has the
-formulas and knobs; models/qformat/lora.py the adapter and its file).
+"""LoRA recovery as a recipe stage: attach rank-r adapters to the compressed linears (those
+a quantization stage packed, or a pruning stage pruned) and train only them by distillation
+from the dense model (compress/recovery/lora.py has the formulas and knobs;
+models/qformat/lora.py the adapter and its file). A pruned linear keeps its dense masked
+float weight, frozen with its zeros: the adapter is a side branch, never merged into it.
 
     A_0 ~ U(-1/sqrt(in), 1/sqrt(in)) (seeded),  B_0 = 0   ->  the start is the compressed model
     for each step: batch_size windows, micro_batch rows at a time:
@@ -18,6 +20,7 @@ import dataclasses
 import math
 import re
 import time
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -53,18 +56,36 @@ class LoraReport:
         return self.section
 
 
-def lora_targets(model: nn.Module, quantized: dict[str, QuantizedWeight],
+def lora_targets(model: nn.Module, compressed: Collection[str],
                  config: LoraConfig) -> list[str]:
-    """The compressed linears (those with a packed form) of the decoder blocks whose names
-    match `config.targets` (all of them when it is empty), in module order."""
+    """The compressed linears (named in `compressed`: those with a packed form, or pruned)
+    of the decoder blocks whose names match `config.targets` (all of them when it is
+    empty), in module order."""
     layout = decoder_layout(model)
     names = []
     for index in range(len(layout.blocks)):
         for name in layout.block_linears(index):
-            if name in quantized and (not config.targets
-                                      or any(re.search(t, name) for t in config.targets)):
+            if name in compressed and (not config.targets
+                                       or any(re.search(t, name) for t in config.targets)):
                 names.append(name)
     return names
+
+
+def base_bits(modules: dict[str, nn.Module], quantized: dict[str, QuantizedWeight],
+              names: list[str]) -> float:
+    """Stored bits per weight of the base the adapters sit on: the packed forms' (scales
+    and tables included) when every adapted linear is quantized; otherwise each adapted
+    linear's packed bits, or its float weight's bits for a linear that was only pruned
+    (a pruned weight is stored dense, its zeros as zeros)."""
+    if all(n in quantized for n in names):
+        return bits_per_weight(quantized)
+    bits = numel = 0
+    for name in names:
+        weight = modules[name].weight
+        numel += weight.numel()
+        bits += (8 * quantized[name].storage_bytes() if name in quantized
+                 else 8 * weight.element_size() * weight.numel())
+    return bits / numel if numel else 0.0
 
 
 def init_adapter(linear: nn.Linear, config: LoraConfig,
@@ -80,30 +101,35 @@ def init_adapter(linear: nn.Linear, config: LoraConfig,
 def lora_stage(model: nn.Module, config: LoraConfig, calib: torch.Tensor | None, *,
                teacher: nn.Module | None = None,
                quantized: dict[str, QuantizedWeight] | None = None,
+               pruned: Collection[str] = (),
                train_tokens: torch.Tensor | None = None,
                held_out_tokens: torch.Tensor | None = None,
                device: str | torch.device = "cpu", progress: Progress | None = None,
                **_options: Any) -> LoraReport:
     """Attach and train adapters on `model` in place. `train_tokens` [N, L] (default: the
     calibration windows `calib`) and `held_out_tokens` (default: the first calibration
-    windows) are token ids; `quantized` names the compressed linears."""
+    windows) are token ids; `quantized` (packed forms) and `pruned` (names of linears a
+    pruning stage pruned) name the compressed linears."""
     start = time.perf_counter()
     quantized = dict(quantized or {})
     if teacher is None or teacher is model:
         raise CompressError("lora needs the dense model as teacher: put it in a recipe after "
-                            "a quantization stage (the model before it is the teacher)")
+                            "a quantization or pruning stage (the model before it is the "
+                            "teacher)")
     train = calib if train_tokens is None else train_tokens
     if train is None or train.ndim != 2 or train.shape[0] == 0 or train.shape[1] < 2:
         raise CompressError("lora needs training token ids of shape [N, L] with L >= 2")
     held = train[:config.eval_samples] if held_out_tokens is None else held_out_tokens
     if adapters_of(model):
         raise CompressError("the model already has LoRA adapters: use one lora stage")
-    names = lora_targets(model, quantized, config)
+    compressed = set(quantized) | set(pruned)
+    names = lora_targets(model, compressed, config)
     if not names:
         raise CompressError("lora found no compressed linears to adapt: put it after a "
-                            "quantization stage (rtn, gptq, awq or palettize)"
+                            "quantization stage (rtn, gptq, awq or palettize) or a pruning "
+                            "stage (wanda, sparsegpt or magnitude)"
                             + (f", or widen targets {list(config.targets)}"
-                               if config.targets and quantized else ""))
+                               if config.targets and compressed else ""))
     device = torch.device(device)
     model.to(device).eval()
     teacher.to(device).eval()
@@ -117,14 +143,16 @@ def lora_stage(model: nn.Module, config: LoraConfig, calib: torch.Tensor | None,
     losses = _train(model, teacher, adapters, train, config, device, progress)
     round_to_storage(adapters)
     kl_after = held_out_kl(model, teacher, held, config.micro_batch, device)
-    weights = sum(quantized[n].shape[0] * quantized[n].shape[1] for n in names)
+    weights = sum(modules[n].in_features * modules[n].out_features for n in names)
     section = {"kind": "lora", "method": LoraConfig.method, **adapter_summary(adapters),
                "alpha": config.alpha if config.alpha is not None else config.rank,
                "steps": config.steps, "lr": config.lr, "seq_len": int(train.shape[1]),
                "train_windows": int(train.shape[0]), "train_tokens": int(train.numel()),
                "held_out_windows": int(held.shape[0]),
                "kl_before": kl_before, "kl_after": kl_after, "losses": losses,
-               "base_bits_per_weight": bits_per_weight(quantized),
+               "base": ("quantized" if all(n in quantized for n in names) else "pruned"
+                        if not any(n in quantized for n in names) else "mixed"),
+               "base_bits_per_weight": base_bits(modules, quantized, names),
                "adapter_bits_per_weight": adapter_bits_per_weight(adapters, weights)}
     seconds = {"method": time.perf_counter() - start}
     return LoraReport(quantized, section, seconds)

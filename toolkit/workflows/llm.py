@@ -80,8 +80,11 @@ def summary(manifest: dict, out: Path) -> str:
     quant = manifest.get("quantization")
     bits = quant["bits_per_weight"] if quant else None
     lora = [s["report"] for s in manifest.get("stages", []) if s["kind"] == "lora"]
-    if lora and bits is not None:  # adapters counted apart: "3.70 + 0.19 (LoRA r16)"
-        bits = (f"{bits:.2f} + {lora[-1]['adapter_bits_per_weight']:.2f} "
+    # Adapters counted apart: "3.70 + 0.19 (LoRA r16)"; on linears that were only pruned
+    # the base is their float weights' bits, e.g. "32.00 + 0.74 (LoRA r16)".
+    base = bits if bits is not None or not lora else lora[-1].get("base_bits_per_weight")
+    if lora and base is not None:
+        bits = (f"{base:.2f} + {lora[-1]['adapter_bits_per_weight']:.2f} "
                 f"(LoRA r{lora[-1]['rank']})")
     sparsity = manifest["sparsity"]["overall"]
     rows = []
