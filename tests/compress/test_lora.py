@@ -1,6 +1,7 @@
 """LoRA recovery (compress/recovery/lora*.py, models/qformat/lora.py): the adapted linear
 computes W_q x + s B A x, the start equals the compressed model, training lowers the KL to
-the dense teacher on held-out data, it is deterministic, and bad inputs are refused."""
+the dense teacher on held-out data, it is deterministic, and bad inputs are refused. On
+linears that were only pruned the same holds, and the pruned weights stay as they were."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 
 import compress
 from compress.errors import CompressError
+from compress.prune import WandaConfig
 from compress.quant import RTNConfig
 from compress.recovery import LoraConfig
 from models import create_model
@@ -135,3 +137,85 @@ def test_a_model_without_compressed_linears_is_refused():
     with pytest.raises(CompressError, match="widen targets"):
         compress.apply(model, LoraConfig(steps=1, seq_len=16, targets=("nothing",)),
                        tokens, teacher=teacher, quantized=quantized)
+
+
+def _pruned(sparsity: float = 0.5):
+    """fake-llama after Wanda: dense masked float weights, no packed form."""
+    loaded = create_model("fake-llama")
+    teacher = copy.deepcopy(loaded.module).eval()
+    vocab = loaded.module.config.vocab_size
+    calib = torch.randint(0, vocab, (8, 32), generator=torch.Generator().manual_seed(0))
+    report = compress.apply(loaded.module, WandaConfig(sparsity=sparsity), calib)
+    names = sorted(report.manifest_section()["per_layer"])
+    return loaded.module, teacher, names, vocab
+
+
+def _weights(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    modules = dict(model.named_modules())
+    return {n: modules[n].weight.detach().clone() for n in names}
+
+
+def test_pruned_linears_get_adapters_and_their_weights_and_zeros_stay_frozen():
+    model, teacher, pruned, vocab = _pruned()
+    before = _weights(model, pruned)
+    assert len(pruned) == 14 and all(
+        abs(float((w == 0).float().mean()) - 0.5) < 0.01 for w in before.values())
+    train = _tokens(vocab, 64, 32, 5)
+    held = _tokens(vocab, 8, 32, 99)
+    kl_start = _kl(model, teacher, held)
+    config = LoraConfig(rank=8, steps=60, lr=3e-3, batch_size=8, micro_batch=4, seq_len=32,
+                        seed=7)
+    report = compress.apply(model, config, None, teacher=teacher, quantized={},
+                            pruned=pruned, train_tokens=train, held_out_tokens=held)
+    section = report.manifest_section()
+    adapters = adapters_of(model)
+    assert sorted(adapters) == pruned and report.quantized == {}
+    # Training moved the adapters and lowered the KL to the dense model, measured here.
+    kl_end = _kl(model, teacher, held)
+    assert kl_end < 0.8 * kl_start, (kl_start, kl_end)
+    assert abs(section["kl_before"] - kl_start) < 1e-4 * max(1.0, kl_start)
+    assert abs(section["kl_after"] - kl_end) < 1e-3 * max(1.0, kl_end)
+    assert section["losses"][-1] < section["losses"][0]
+    # The pruned weights are untouched (so is their zero pattern): not merged, not trained.
+    after = _weights(model, pruned)
+    assert all(torch.equal(after[n], before[n]) for n in pruned)
+    # The adapted linear is W_pruned x + s B A x, by hand.
+    name = "model.layers.0.self_attn.q_proj"
+    linear, adapter = dict(model.named_modules())[name], adapters[name]
+    assert bool(adapter.lora_B.abs().sum() > 0)
+    x = torch.randn(3, linear.in_features, generator=torch.Generator().manual_seed(4))
+    expected = (x @ before[name].t() + config.scale * (x @ adapter.lora_A.detach().t())
+                @ adapter.lora_B.detach().t())
+    with torch.no_grad():
+        assert torch.allclose(linear(x), expected, atol=1e-5)
+    # Bits: the base is the float weights (fp32 here), the adapters counted apart.
+    modules = dict(model.named_modules())
+    weights = sum(modules[n].weight.numel() for n in pruned)
+    params = sum(8 * (modules[n].in_features + modules[n].out_features) for n in pruned)
+    assert section["base"] == "pruned" and section["base_bits_per_weight"] == 32.0
+    assert section["adapter_bits_per_weight"] == pytest.approx(16 * params / weights)
+
+
+def test_lora_after_pruning_then_quantization_adapts_the_packed_linears():
+    model, teacher, pruned, vocab = _pruned()
+    calib = _tokens(vocab, 4, 16, 2)
+    quantized = compress.apply(model, RTNConfig(bits=4, group_size=16), calib).quantized
+    config = LoraConfig(rank=4, steps=1, batch_size=2, seq_len=16)
+    report = compress.apply(model, config, calib, teacher=teacher, quantized=quantized,
+                            pruned=pruned)
+    section = report.manifest_section()
+    assert sorted(adapters_of(model)) == sorted(quantized) and section["base"] == "quantized"
+    assert section["base_bits_per_weight"] == pytest.approx(
+        8 * sum(q.storage_bytes() for q in quantized.values())
+        / sum(q.shape[0] * q.shape[1] for q in quantized.values()))
+
+
+def test_targets_narrow_the_pruned_linears_too():
+    model, teacher, pruned, vocab = _pruned()
+    config = LoraConfig(rank=2, steps=1, batch_size=2, seq_len=16, targets=("mlp",))
+    compress.apply(model, config, _tokens(vocab, 4, 16, 2), teacher=teacher, pruned=pruned)
+    assert sorted(adapters_of(model)) == [n for n in pruned if ".mlp." in n]
+    model, teacher, pruned, vocab = _pruned()
+    with pytest.raises(CompressError, match="widen targets"):
+        compress.apply(model, LoraConfig(steps=1, seq_len=16, targets=("nothing",)),
+                       _tokens(vocab, 2, 16, 0), teacher=teacher, pruned=pruned)

@@ -160,10 +160,15 @@ def test_lora_on_a_dense_model_or_first_or_with_bad_knobs_exits_2(toolkit_cli,
                       encoding="utf-8")
     result = toolkit_cli("run", recipe, "--model", fake_model_dir, "--out", tmp_path / "b")
     assert result.code == 2 and "make lora the last stage" in result.err
-    result = toolkit_cli("compress", "--model", fake_model_dir, "--method", "wanda",
-                         "--recover", "lora", "--out", tmp_path / "c", *SMALL)
+    # Rotation alone compresses nothing (a pruning or quantization stage would count:
+    # tests/toolkit/test_lora_pruned_cli.py).
+    recipe.write_text("stages:\n  - {method: rotate}\n  - {method: lora, steps: 2}\n",
+                      encoding="utf-8")
+    result = toolkit_cli("run", recipe, "--model", fake_model_dir, "--out", tmp_path / "c",
+                         "--quiet")
     assert result.code == 2 and len(result.err_lines) == 1, result.err
     assert "lora needs linears compressed" in result.err
+    assert "quantization (rtn, gptq, awq, palettize) or pruning (wanda" in result.err
     result = toolkit_cli("compress", "--model", fake_model_dir, "--method", "rtn",
                          "--lora-rank", "4", "--out", tmp_path / "d", *SMALL)
     assert result.code == 2 and "--lora-rank needs --recover lora" in result.err

@@ -1,6 +1,6 @@
 """Slower sweep checks (`make test-slow`): a sweep killed with SIGKILL resumes, a point
-that fails is reported while the others finish, and --bench onnx adds latencies, the
-latency fronts and a latency budget."""
+that fails is reported while the others finish (and is retried by a rerun), and --bench
+onnx adds latencies, the latency fronts and a latency budget."""
 
 from __future__ import annotations
 
@@ -56,6 +56,13 @@ def test_a_point_that_fails_is_reported_and_the_others_finish(toolkit_cli, tmp_p
     failed = out / "points" / rows["rtn"]["key"]
     assert (failed / LOG).is_file() and not (failed / DONE).exists()
     assert "failed:" in (out / "results.md").read_text()
+    # A rerun retries the failed point (it has no done.json) and reuses the finished one.
+    (failed / LOG).write_text("stale\n", encoding="utf-8")
+    again = toolkit_cli("sweep", write_spec(tmp_path, data), "--out", out, "--jobs", "2")
+    assert again.code == 2 and "1 of 2 points failed (first: rtn:" in again.err
+    assert "[sweep] wanda50: finished earlier, reused" in again.out
+    assert "[sweep] 1/1 rtn: failed:" in again.out
+    assert "stale" not in (failed / LOG).read_text(encoding="utf-8")  # it ran again
 
 
 def test_bench_onnx_adds_latency_fronts_and_a_latency_budget(toolkit_cli, tmp_path):
