@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 def report_rows(report: ExportReport) -> list[list[str]]:
     chunks = report.details.get("chunks") or []
     if report.path and len(chunks) > 1:  # OUT itself is not written, its chunks are
-        where = f"{len(chunks)} packages: {chunks[0]['file']} .. {chunks[-1]['file']}"
+        kind = "packages" if chunks[0]["file"].endswith(".mlpackage") else "files"
+        where = f"{len(chunks)} {kind}: {chunks[0]['file']} .. {chunks[-1]['file']}"
     else:
         where = report.path or "(not written: verification failed)"
     rows = [["file", where],
@@ -68,11 +69,14 @@ def _llm_rows(check: dict) -> list[list[str]]:
     rows = [["logits vs PyTorch", f"max abs error {logits['max_abs_error']:.3g} "
                                   f"(relative {logits['relative_error']:.2g}, limit "
                                   f"{check['rtol']:g}), cosine {logits['cosine']:.6f}"],
-            ["greedy tokens", f"{'same' if check['tokens_match'] else 'DIFFERENT'} "
+            ["greedy tokens", f"{_token_verdict(check)} "
                               f"({len(check['pytorch_tokens'])} tokens): "
                               f"{check['runtime_text']!r}"]]
     if not check["tokens_match"]:
         rows.append(["PyTorch tokens", repr(check["pytorch_text"])])
+    forced = check.get("teacher_forced")
+    if forced:
+        rows.append(["teacher-forced", _teacher_forced(forced)])
     artifact = check.get("vs_artifact")
     if artifact:  # the file against the artifact's own weights (a lossy mapping's cost)
         logits = artifact["logits"]
@@ -81,3 +85,23 @@ def _llm_rows(check: dict) -> list[list[str]]:
                                            f"(relative {logits['relative_error']:.2g}), "
                                            f"tokens {same}"])
     return rows
+
+
+def _token_verdict(check: dict) -> str:
+    if check["tokens_match"]:
+        return "same"
+    if check.get("tokens_agree"):
+        return "same up to near ties"
+    return "DIFFERENT"
+
+
+def _teacher_forced(forced: dict) -> str:
+    """PyTorch fed the runtime's tokens: where its choice differs, and by how much it
+    preferred its own token there (export.llm.near_ties)."""
+    places = ", ".join(f"token {p} (PyTorch's margin {m:g})" for p, m in
+                       zip(forced["teacher_forced_disagreements"], forced["pytorch_margins"],
+                           strict=True))
+    ties = len(forced["near_ties"])
+    return (f"PyTorch differs at {places}; {ties} of "
+            f"{len(forced['teacher_forced_disagreements'])} near ties (margin < "
+            f"{forced['tie_margin']:g})")

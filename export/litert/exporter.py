@@ -3,7 +3,9 @@ artifact's integer codes as weight-only DEQUANTIZE (export.litert.llm), palettes
 to blockwise affine codes (export.litert.palette_map), the table and head quantized at
 export with --embedding-bits (export.litert.tables); vision models float or static int8
 (export.vision); run by ai-edge-litert in a child process, since the interpreter can
-abort the process that hosts it."""
+abort the process that hosts it. A model read lazily (--engine streaming) or --chunks N
+is written as consecutive files OUT_chunk1..N.tflite converted one at a time, its 4-bit
+linears as int4 blockwise FCs that run without a float copy (export.litert.chunked)."""
 
 from __future__ import annotations
 
@@ -20,12 +22,23 @@ class LitertExporter(Exporter):
     runtime = "ai-edge-litert"
     quantizes_tables = True  # --embedding-bits: GATHER over int codes + DEQUANTIZE head
     maps_palettes = True  # no lookup-table op: palettes become affine codes (--palette-map-bits)
+    streams = True  # chunk by chunk from a lazily read checkpoint (export.litert.chunked)
+    writes_chunks = True  # --chunks
     sparse_note = "litert-torch writes dense weights"
     vision_layout = "NHWC"  # LiteRT's native layout: no transposes around its convolutions
     vision_int8 = ("static int8: weights per channel, activations per tensor, int8 input and "
                    "output")
 
+    def companions(self, out: Path) -> list[Path]:
+        from export.coreml.chunked import chunk_siblings
+
+        return chunk_siblings(out)
+
     def write_llm(self, artifact, out: Path, options: ExportOptions):
+        from export.llm.streamed import StreamedArtifact
+
+        if isinstance(artifact, StreamedArtifact) or options.chunks is not None:
+            return _write_chunks(artifact, out, options)
         from export.litert.llm import export_llm_litert
         from export.litert.palette_map import mapped_layers
         from export.litert.tables import quantize_tables
@@ -50,6 +63,12 @@ class LitertExporter(Exporter):
 
     def verify_llm(self, result, out: Path, artifact, prompt: list[int],
                    options: ExportOptions):
+        from export.litert.chunked import ChunkedLitertExport
+
+        if isinstance(result, ChunkedLitertExport):
+            from export.litert.verify_chunks import verify_chunked_litert
+
+            return verify_chunked_litert(result, artifact, prompt, options.new_tokens)
         from export.litert.verify_llm import verify_llm_litert
 
         return verify_llm_litert(out, artifact.module, prompt, options.new_tokens,
@@ -75,3 +94,25 @@ class LitertExporter(Exporter):
         from export.litert.vision import run_litert_vision
 
         return run_litert_vision(path, example)
+
+
+def _write_chunks(artifact, out: Path, options: ExportOptions):
+    from export.litert.chunked import export_chunked_litert
+    from export.llm.streamed import StreamedArtifact
+
+    if options.embedding_bits:
+        raise ExportError("--embedding-bits is not carried by the chunked tflite export yet "
+                          "(the table and head stay float32): export without it")
+    if isinstance(artifact, StreamedArtifact):
+        from export.llm.lazy_weights import LazyDecoderWeights
+
+        weights = LazyDecoderWeights(artifact.lazy, options.max_context)
+    else:
+        from export.llm.decoder_weights import ModuleDecoderWeights
+
+        weights = ModuleDecoderWeights(artifact.module, options.max_context,
+                                       artifact.quantized)
+    return export_chunked_litert(weights, out, chunks=options.chunks,
+                                 prefill_tokens=min(options.prefill_tokens,
+                                                    options.max_context),
+                                 progress=None if options.quiet else print)

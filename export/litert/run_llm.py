@@ -3,6 +3,8 @@ interpreter can abort the whole process (seen: SIGABRT in allocate_tensors), so 
 sees an exit code instead of dying with it.
 
     python -m export.litert.run_llm MODEL.tflite --prompt 1,2,3 --new-tokens 8 --out R.npz
+
+MODEL may be one chunk of a chunked export (OUT_chunk1.tflite): all its chunks run.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ def signature_steps(path: str, threads: int | None = None):
     cache_shape = [int(d) for d in details[inputs[2]]["shape"]]
 
     def make(runner):
+        first = runner.get_input_details()[inputs[0]]["dtype"]  # int ids, or a chunk's hidden
+
         def step(ids, position, keys, values):
-            out = runner(**dict(zip(inputs, (ids.astype(np.int32), position.astype(np.int32),
+            out = runner(**dict(zip(inputs, (ids.astype(first), position.astype(np.int32),
                                              keys, values), strict=True)))
             return [out[name] for name in sorted(out)]  # output_0 logits, _1 keys, _2 values
         return step
@@ -43,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-context", type=int, required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    prefill, decode, chunk, cache_shape = signature_steps(args.model)
+    from export.litert.run_chunks import chained_steps, chunk_files
+
+    files = chunk_files(args.model)
+    prefill, decode, chunk, cache_shape = (signature_steps(args.model) if len(files) == 1
+                                           else chained_steps(files))
     prompt = [int(t) for t in args.prompt.split(",")]
     tokens, logits = greedy_tokens(decode, prompt, args.new_tokens, cache_shape,
                                    args.max_context, prefill_step=prefill, prefill_tokens=chunk)

@@ -226,7 +226,7 @@ def test_cli_streams_a_checkpoint_into_chunks(toolkit_cli, fake_model_dir, tmp_p
 def test_cli_refuses_chunks_for_a_one_file_target(toolkit_cli, tmp_path) -> None:
     result = toolkit_cli("export", "onnx", "--model", "fake-llama", "--out",
                          tmp_path / "m.onnx", "--chunks", "2")
-    assert result.code == 2 and "--chunks splits Core ML packages" in result.err
+    assert result.code == 2 and "--chunks splits Core ML and LiteRT LLMs" in result.err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -105,11 +105,11 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
                    help="onnx LLMs with the fused attention: the key/value cache dtype "
                         "(float16 halves its memory and traffic)")
     p.add_argument("--chunks", type=positive_int, metavar="N",
-                   help="coreml LLMs: split the decoder into N packages OUT_chunk1..N run "
-                        "in sequence (first: table + layers, last: layers + norm + head; "
-                        "each with its layers' cache state), converted one at a time; "
-                        "default: one package, or for a model above --memory-budget as "
-                        "many as keep each conversion near 8 GB")
+                   help="coreml and tflite LLMs: split the decoder into N files "
+                        "OUT_chunk1..N run in sequence (first: table + layers, last: layers "
+                        "+ norm + head; each with its layers' cache), converted one at a "
+                        "time; default: one file, or for a model above --memory-budget as "
+                        "many as keep each chunk under 1.5 GB of float32 weights")
     p.add_argument("--palette-map-bits", type=int, choices=PALETTE_MAP_BITS, metavar="B",
                    help="tflite LLMs: LiteRT has no lookup-table op, so palettized linears "
                         "are re-quantized to B-bit affine codes in groups of 32 and the "
@@ -162,7 +162,7 @@ def _chunks(args: argparse.Namespace) -> int | None:
     """--chunks, refused for a target that writes one file."""
     if args.chunks is not None and not getattr(get_exporter(args.target), "writes_chunks",
                                                False):
-        raise UserError(f"--chunks splits Core ML packages; the {args.target} exporter "
+        raise UserError(f"--chunks splits Core ML and LiteRT LLMs; the {args.target} exporter "
                         "writes one file: drop --chunks")
     return args.chunks
 

@@ -133,7 +133,7 @@ def choose_export_engine(model_spec: str, args: argparse.Namespace, target: str,
     if choice == "streaming":
         if not target_streams:
             raise UserError(f"the {target} exporter converts the whole model in memory: use "
-                            "--engine memory, or export to onnx or coreml, which stream")
+                            "--engine memory, or export to onnx, coreml or tflite, which stream")
         return "streaming"
     if choice == "memory" or not streamable:
         return "memory"

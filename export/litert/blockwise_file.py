@@ -1,0 +1,77 @@
+"""Put int4 blockwise codes into a written .tflite: each FULLY_CONNECTED weight that holds a
+BlockwiseLinear's s'(c - h) in float32 (found by content, as export.litert.weights finds
+its layers) is retyped in place to the form ai-edge-quantizer writes for dynamic int4
+blockwise quantization:
+
+    weight tensor   INT4 [out, in], buffer = the codes, two per byte (low nibble first)
+    quantization    BlockwiseQuantization(scales = a FLOAT16 [out, in / block] tensor,
+                    zeroPoints = -1, blockSize = block), quantizedDimension 0
+
+so the FC reads the codes directly (no DEQUANTIZE op, no float weight at run time). Each
+signature's tensor gets its own scales tensor over one shared scales buffer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from export.errors import ExportError
+from export.litert.blockwise import BlockwiseWeight
+from export.litert.weights import _Rewriter, digest, pack_int4
+from export.records import LayerRecord
+
+FLATBUFFER_LIMIT = 2 << 30  # a .tflite without external buffers cannot exceed 2 GiB
+
+
+def carry_blockwise(path: Path, mapped: dict[str, BlockwiseWeight]) -> list[LayerRecord]:
+    """Rewrite the .tflite at `path` in place; one record per carried layer."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    if not mapped:
+        return []
+    wanted = {digest(m.main_weight().numpy()): (name, m) for name, m in mapped.items()}
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(path.read_bytes(), 0))
+    by_buffer = {}
+    for index, buffer in enumerate(model.buffers):
+        if buffer.data is not None and len(buffer.data) >= 64:
+            found = wanted.get(hashlib.sha256(np.asarray(buffer.data).tobytes()).hexdigest())
+            if found is not None:
+                by_buffer[index] = found
+    missing = sorted(set(mapped) - {name for name, _ in by_buffer.values()})
+    if missing:
+        raise ExportError(f"int4 blockwise weights not found in the LiteRT file: {missing[:3]}")
+    rewriter = _Rewriter(model, schema)
+    scales_buffers = {}
+    for index, (_, weight) in by_buffer.items():
+        model.buffers[index].data = pack_int4(weight.codes.numpy())
+        scales_buffers[index] = rewriter.add_buffer(
+            weight.scales.numpy().astype(np.float16).view(np.uint8).reshape(-1))
+    for subgraph in model.subgraphs:
+        for tensor in list(subgraph.tensors):
+            found = by_buffer.get(tensor.buffer)
+            if found is None:
+                continue
+            name, weight = found
+            groups = weight.scales.shape[1]
+            scales = rewriter.add_tensor(subgraph, name.encode() + b"/scales",
+                                         [weight.codes.shape[0], groups],
+                                         schema.TensorType.FLOAT16,
+                                         scales_buffers[tensor.buffer])
+            details = schema.BlockwiseQuantizationT()
+            details.scales, details.zeroPoints = scales, -1
+            details.blockSize = weight.group_size
+            quant = schema.QuantizationParametersT()
+            quant.detailsType = schema.QuantizationDetails.BlockwiseQuantization
+            quant.details, quant.quantizedDimension = details, 0
+            tensor.type, tensor.quantization = schema.TensorType.INT4, quant
+    data = rewriter.pack()
+    if len(data) >= FLATBUFFER_LIMIT:
+        raise ExportError(f"{path.name} would be {len(data) / 1e9:.2f} GB, over the 2 GB "
+                          "flatbuffer limit: pass a larger --chunks")
+    path.write_bytes(data)
+    return [LayerRecord(name, f"FULLY_CONNECTED int4 blockwise {weight.group_size}, "
+                              "dynamic int8 input")
+            for name, weight in by_buffer.values()]
