@@ -2,7 +2,8 @@
 and keeping verification honest when it does not.
 
     ONNX (in memory or      carried: MatMul x A^T, MatMul . B^T, Mul s, Add, beside each
-    streamed)               linear's MatMulNBits / palette lookup (export.onnx.decoder_graph)
+    streamed)               linear's MatMulNBits / palette lookup / float MatMul of a
+                            pruned-only linear (export.onnx.decoder_graph)
     other targets           dropped: the writer has no side branch; the adapters are
                             detached while the file is written AND verified, so the file is
                             compared with the model it really holds (the compressed model

@@ -20,11 +20,11 @@ directory.
 
 Unknown keys are errors that name the key. Quantization writes packed weights, so it
 must be the last stage (only `recover`, which trains the packed scales and keeps the codes,
-may follow it, and `lora`, whose adapters sit beside the frozen packed weights and so
-must itself be last): a pruning stage after it would undo the packing. Distillation learns from
-the model before the first stage, so it cannot be the first stage. A rotation (`rotate`)
-rewrites every weight, so it must be the first stage: after pruning it would fill the
-zeros, after quantization it would undo the grid.
+may follow it, and `lora`, whose adapters sit beside the frozen packed or pruned weights
+and so must itself be last): a pruning stage after it would undo the packing.
+Distillation learns from the model before the first stage, so it cannot be the first
+stage. A rotation (`rotate`) rewrites every weight, so it must be the first stage: after
+pruning it would fill the zeros, after quantization it would undo the grid.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ Apple ships them on 2/4-bit palettized weights (arXiv 2407.21075, section 5):
 
     y = W_q x + s * B (A x),    A [r, in], B [out, r], s = alpha / r
 
-W_q stays exactly what the packed form means; only A and B are extra. An adapter is
+W_q stays exactly what the packed form means (or, on a linear that was only pruned, its
+masked float weight, zeros included); only A and B are extra. An adapter is
 attached to its `nn.Linear` as a forward hook (`attach_adapter`), so the module's state
 dict, its weight names and everything that reads them (writers, exporters' weight
 readers, `decoder_layout`) are unchanged, and `copy.deepcopy` of the model copies the

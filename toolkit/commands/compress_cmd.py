@@ -96,8 +96,9 @@ METHOD_FLAGS: list[tuple[str, dict]] = [
     ("--recover", dict(choices=(*RECOVER_CHOICES, "lora"), help="`kd`: recover by distilling "
                        "from the model before compression (drop-experts: after each round; "
                        "channel-prune: per-pixel KL of the 3-class maps); `lora` (after "
-                       "quantization): rank-r adapters on the frozen quantized linears, "
-                       "distilled from the dense model, stored beside them (default: none)")),
+                       "quantization or pruning): rank-r adapters beside the frozen "
+                       "quantized or pruned linears, distilled from the dense model, "
+                       "stored beside them (default: none)")),
     ("--allocation", dict(choices=ALLOCATIONS, help="channel-prune: the same share "
                           "of every block, one global ranking, or global-flops (least "
                           "importance per FLOP first; --sparsity is then the share of "
