@@ -157,8 +157,11 @@ def verify_tokens(made: dict) -> None:
     from export.onnx.verify_llm import onnx_step
 
     for entry in made.values():
-        if entry["export"].get("verification"):
-            entry["tokens_match"] = entry["export"]["verification"]["tokens_match"]
+        verification = entry["export"].get("verification")
+        if verification:
+            entry["tokens_match"] = verification["tokens_match"]
+            if verification.get("tokens_agree") and not verification["tokens_match"]:
+                entry["near_ties"] = len(verification["teacher_forced"]["near_ties"])
             continue
         twin = made["gptq4, fused, float compute, 4-bit table.onnx"]["export"]["verification"]
         import onnx

@@ -26,7 +26,10 @@ def markdown(data: dict) -> str:
         "file fits in part in the host's shared last-level cache, which reads faster: over "
         "100% of the DRAM bound means exactly that). TTFT: the 64-token prefill. "
         "Tokens = PyTorch: the export's verification (greedy tokens of the file equal "
-        "PyTorch's computing with the same weights, the quantized table included). Logit "
+        "PyTorch's computing with the same weights, the quantized table included; `yes, N "
+        "near tie`: a file computing in int8 took the other token where PyTorch's two best "
+        "were within 0.1 in logit, and PyTorch fed the file's own continuation chose as it "
+        "did everywhere else). Logit "
         "rel. error: the bench prompt's logits against the GPTQ artifact in PyTorch with "
         "its float table, so the dense rows show GPTQ's own change and the table rows the "
         "table's quantization. llama.cpp: llama-cpp-python on the shipped Q4_1 GGUF, same "
@@ -50,7 +53,7 @@ def markdown(data: dict) -> str:
             levels = entry.get("bytes_per_token", {}).get("accuracy_levels")
             label = f"{name} (level {'/'.join(map(str, levels))})" if levels else name
             lines.append(_row(label, model, entry.get("bytes_per_token", {}).get("total"),
-                              gb_s, eager_tps, entry.get("tokens_match"), at_size.get(name)))
+                              gb_s, eager_tps, _tokens(entry), at_size.get(name)))
         lines.append(_row(EAGER, eager, None, gb_s, eager_tps, True, at_size.get(EAGER),
                           params_bytes=data["pytorch_fp32_bytes"]))
         anchor = row["llamacpp"]
@@ -113,6 +116,14 @@ def _bound_share(decode: float, per_token: float, gb_s: float, at_size: float | 
     return share
 
 
+def _tokens(entry: dict) -> bool | str | None:
+    """The tokens column: True, False, None (not checked) or 'yes, N near tie(s)'."""
+    ties = entry.get("near_ties")
+    if ties:
+        return f"yes, {ties} near tie{'s' if ties > 1 else ''}"
+    return entry.get("tokens_match")
+
+
 def _row(name, model, per_token, gb_s, eager_tps, tokens_match, at_size=None,
          params_bytes=None) -> str:
     llm = model["llm"]
@@ -129,8 +140,14 @@ def _row(name, model, per_token, gb_s, eager_tps, tokens_match, at_size=None,
             f"({1000 / model['latency']['p90_ms']:.1f}) | "
             f"{decode / eager_tps:.2f} | {_bound_share(decode, per_token, gb_s, at_size)} | "
             f"{model.get('peak_rss_mb') or 0:.0f} | "
-            f"{'yes' if tokens_match else 'no' if tokens_match is False else '-'} | "
+            f"{_yes_no(tokens_match)} | "
             f"{'-' if error is None else f'{error:.1e}'} |")
+
+
+def _yes_no(tokens_match) -> str:
+    if isinstance(tokens_match, str):
+        return tokens_match
+    return "yes" if tokens_match else "no" if tokens_match is False else "-"
 
 
 def _anchor_row(anchor: dict, gguf_bytes: int, gb_s: float, eager_tps: float,

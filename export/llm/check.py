@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from export.llm.near_ties import TokenAgreement, generated_rows, teacher_forced_agreement
 from export.verify import OutputAgreement
 from models.kv_cache import cache_kwargs, returned_cache
 
@@ -25,16 +26,44 @@ class LlmVerification:
     # activations, export.onnx.accuracy_choice), and what it chose, for the report.
     rtol: float | None = None
     notes: dict = dataclasses.field(default_factory=dict)
+    # PyTorch's choices teacher-forced on the runtime's tokens (export.llm.near_ties),
+    # computed when the free-running tokens differ; near ties count as agreement only
+    # where the exporter allows it (int8 compute).
+    agreement: TokenAgreement | None = None
+    allow_near_ties: bool = False
 
     @property
     def tokens_match(self) -> bool:
         return self.pytorch_tokens == self.runtime_tokens
 
+    @property
+    def tokens_agree(self) -> bool:
+        """The tokens match, or (where allowed) differ only after a near tie."""
+        if self.tokens_match:
+            return True
+        return (self.allow_near_ties and self.agreement is not None
+                and self.agreement.only_near_ties)
+
     def to_dict(self) -> dict:
-        return {"runtime": self.runtime, "logits": self.logits.to_dict(),
-                "tokens_match": self.tokens_match, "pytorch_tokens": self.pytorch_tokens,
+        data = {"runtime": self.runtime, "logits": self.logits.to_dict(),
+                "tokens_match": self.tokens_match, "tokens_agree": self.tokens_agree,
+                "pytorch_tokens": self.pytorch_tokens,
                 "runtime_tokens": self.runtime_tokens, "prompt_tokens": self.prompt_tokens,
                 "seconds": self.seconds, **self.notes}
+        if self.agreement is not None:
+            data["teacher_forced"] = self.agreement.to_dict()
+        return data
+
+
+def torch_agreement(model: torch.nn.Module, prompt: Sequence[int],
+                    runtime_tokens: Sequence[int]) -> TokenAgreement:
+    """PyTorch teacher-forced on prompt + runtime_tokens (one forward pass), compared
+    with the runtime's tokens (export.llm.near_ties)."""
+    sequence = list(prompt) + list(runtime_tokens[:-1])
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([sequence])).logits[0].float().numpy()
+    return teacher_forced_agreement(generated_rows(logits, len(prompt), len(runtime_tokens)),
+                                    runtime_tokens)
 
 
 def torch_greedy(model: torch.nn.Module, prompt: Sequence[int],

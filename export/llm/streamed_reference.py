@@ -108,8 +108,16 @@ def teacher_forced_greedy(lazy, prompt: Sequence[int], runtime_tokens: Sequence[
                           tables=None) -> tuple[list[int], np.ndarray]:
     """(PyTorch's greedy token after each prefix of prompt + runtime_tokens, its prompt
     logits [len(prompt), vocab]) from one pass (module docstring)."""
+    prompt_logits, rows = teacher_forced_rows(lazy, prompt, runtime_tokens, tables)
+    return [int(row.argmax()) for row in rows], prompt_logits
+
+
+def teacher_forced_rows(lazy, prompt: Sequence[int], runtime_tokens: Sequence[int],
+                        tables=None) -> tuple[np.ndarray, np.ndarray]:
+    """(PyTorch's prompt logits, its logit rows predicting each runtime token) from one
+    pass over prompt + runtime_tokens[:-1]."""
+    from export.llm.near_ties import generated_rows
+
     sequence = list(prompt) + list(runtime_tokens[:-1])
     logits = streamed_logits(lazy, sequence, tables)
-    start = len(prompt) - 1
-    greedy = [int(row.argmax()) for row in logits[start:start + len(runtime_tokens)]]
-    return greedy, logits[:len(prompt)]
+    return logits[:len(prompt)], generated_rows(logits, len(prompt), len(runtime_tokens))

@@ -1,7 +1,7 @@
 """One decoder block's attention as onnxruntime's com.microsoft GroupQueryAttention, the
 per-layer cache layout of export.onnx.cache_io.
 
-For a block with H query heads and K key/value heads of width D (x: [T, hidden], the
+For a block with H query heads and K key/value heads of width D (x: [1, T, hidden], the
 tokens at positions p .. p+T-1):
 
     qkv = x [Wq; Wk; Wv]^T (+ bias)             one MatMulNBits (export.onnx.fused_linears)
@@ -77,17 +77,15 @@ class GqaAttention:
                      rotary_interleaved=0, scale=float(shape.head_dim ** -0.5)))
         if self.half:
             out = g.op("Cast", [out], to=FLOAT)
-        attended = g.op("Reshape", [out, g.const([-1, shape.heads * shape.head_dim])])
-        return writer.linear(attended, w.linear(linears["o_proj"]))
+        return writer.linear(out, w.linear(linears["o_proj"]))  # [1, T, heads * D]
 
     def finish(self) -> None:
         """Nothing to add: each block wrote its own present caches."""
 
     def _batched(self, x: str) -> str:
-        """[T, width] -> [1, T, width] in the cache's dtype."""
-        g = self.writer.g
-        x = g.op("Unsqueeze", [x, g.const([0])])
-        return g.op("Cast", [x], to=FLOAT16) if self.half else x
+        """x [1, T, width] (the writer keeps a per-layer graph batched) in the cache's
+        dtype."""
+        return self.writer.g.op("Cast", [x], to=FLOAT16) if self.half else x
 
 
 def _node(op_type: str, inputs: list[str], outputs: list[str], **attributes):

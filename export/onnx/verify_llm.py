@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from export.llm.check import LlmVerification, torch_greedy
+from export.llm.check import LlmVerification, torch_agreement, torch_greedy
 from export.llm.greedy import greedy_tokens
 from export.onnx.llm_session import onnx_step
 from export.verify import agreement
@@ -24,9 +24,11 @@ def verify_llm_onnx(path: Path, model: torch.nn.Module, prompt: Sequence[int],
     reference_tokens, reference_logits = torch_greedy(model, prompt, new_tokens)
     tokens, logits = greedy_tokens(onnx_step(path), prompt, new_tokens, cache_shape,
                                    max_context)
+    forced = (torch_agreement(model, prompt, tokens) if tokens != reference_tokens
+              else None)
     return LlmVerification("onnxruntime", agreement("logits", logits, reference_logits),
                            reference_tokens, tokens, len(prompt),
-                           time.perf_counter() - start)
+                           time.perf_counter() - start, agreement=forced)
 
 
 def verify_streamed_llm_onnx(path: Path, lazy, prompt: Sequence[int], new_tokens: int,
@@ -35,13 +37,19 @@ def verify_streamed_llm_onnx(path: Path, lazy, prompt: Sequence[int], new_tokens
     """As verify_llm_onnx, with the reference read lazily from `lazy` (LazyCheckpoint);
     `tables` (export.llm.table_quant.QuantizedTables) replace what was quantized at
     export."""
-    from export.llm.streamed_reference import teacher_forced_greedy
+    from export.llm.near_ties import teacher_forced_agreement
+    from export.llm.streamed_reference import teacher_forced_rows
 
     start = time.perf_counter()
     step = onnx_step(path)
     tokens, logits = greedy_tokens(step, prompt, new_tokens, cache_shape, max_context)
     del step  # the session's weights go before the reference reads its own
-    reference_tokens, reference_logits = teacher_forced_greedy(lazy, prompt, tokens, tables)
+    reference_logits, rows = teacher_forced_rows(lazy, prompt, tokens, tables)
+    # PyTorch's choice after each prefix of the runtime's own tokens (so the comparison
+    # is teacher-forced already; see export.llm.streamed_reference)
+    reference_tokens = [int(row.argmax()) for row in rows]
+    forced = (teacher_forced_agreement(rows, tokens) if tokens != reference_tokens
+              else None)
     return LlmVerification("onnxruntime", agreement("logits", logits, reference_logits),
                            reference_tokens, tokens, len(prompt),
-                           time.perf_counter() - start)
+                           time.perf_counter() - start, agreement=forced)

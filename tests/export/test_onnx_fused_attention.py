@@ -235,3 +235,59 @@ def test_given_level_or_rtol_is_never_overridden(files, tmp_path) -> None:
     assert verify_choosing_level(lambda: _check([1, 2, 3], 0.0), path, ExportOptions(),
                                  False).rtol is None
     assert ExportOptions(rtol=0.01).rtol_given and not ExportOptions().rtol_given
+
+
+def _near_tie_check(margin: float) -> LlmVerification:
+    """Runtime tokens that part from PyTorch's at token 1, where PyTorch preferred its
+    own by `margin`, teacher-forced agreement everywhere else."""
+    from export.llm.near_ties import teacher_forced_agreement
+
+    check = _check([1, 7, 8], 0.05)
+    rows = np.full((3, 10), -5.0)
+    for i, token in enumerate([1, 2, 8]):  # PyTorch fed the runtime's tokens
+        rows[i, token] = 4.0
+    rows[1, 7] = 4.0 - margin
+    check.agreement = teacher_forced_agreement(rows, [1, 7, 8])
+    return check
+
+
+def test_auto_accuracy_keeps_int8_compute_past_a_near_tie_only(files, tmp_path) -> None:
+    path = tmp_path / "auto.onnx"
+    path.write_bytes(files["fused"].path.read_bytes())
+    check = verify_choosing_level(lambda: _near_tie_check(0.05), path, ExportOptions(), True)
+    assert check.tokens_agree and check.notes["accuracy_level"] == INT8_COMPUTE
+    assert "near ties at tokens [1]" in check.notes["accuracy_choice"]
+    assert _levels(path) == set()
+    calls = []
+
+    def verify():
+        calls.append(1)
+        return _near_tie_check(0.5) if len(calls) == 1 else _check([1, 2, 3], 1e-6)
+    check = verify_choosing_level(verify, path, ExportOptions(), True)
+    assert len(calls) == 2 and check.notes["accuracy_level"] == FLOAT_COMPUTE
+    assert _levels(path) == {FLOAT_COMPUTE}
+
+
+def test_fused_graph_feeds_attention_straight_from_the_matmul_and_fuses_residual_norms(
+        files) -> None:
+    """[1, T, hidden] throughout: nothing between the qkv MatMulNBits and
+    GroupQueryAttention or between it and o_proj; each residual add + RMSNorm is one
+    SkipSimplifiedLayerNormalization (2 per block, the final norm included)."""
+    model = onnx.load(str(files["fused"].path))
+    producer = {out: node for node in model.graph.node for out in node.output}
+    layers = files["fused"].decoder.shape.layers
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("SkipSimplifiedLayerNormalization") == 2 * layers
+    last_norm = len(ops) - 1 - ops[::-1].index("SkipSimplifiedLayerNormalization")
+    blocks = ops[ops.index("MatMulNBits"):last_norm]
+    assert "Unsqueeze" not in blocks and "Reshape" not in blocks
+    for node in model.graph.node:
+        if node.op_type == "GroupQueryAttention":
+            assert producer[node.input[0]].op_type == "MatMulNBits"
+            assert producer[node.input[0]].input[0] in {
+                n.output[0] for n in model.graph.node
+                if n.op_type == "SkipSimplifiedLayerNormalization"} or node is next(
+                n for n in model.graph.node if n.op_type == "GroupQueryAttention")
+    # the tied float head is a 2-D Gemm, so only it is reshaped, once
+    assert ops[last_norm + 1:] == ["Reshape", "Gemm", "Unsqueeze"]
+    assert producer["logits"].op_type == "Unsqueeze"
