@@ -4,12 +4,16 @@ and keeping verification honest when it does not.
     ONNX (in memory or      carried: MatMul x A^T, MatMul . B^T, Mul s, Add, beside each
     streamed)               linear's MatMulNBits / palette lookup / float MatMul of a
                             pruned-only linear (export.onnx.decoder_graph)
+    Core ML (one package    carried: the same branch in the traced decoder
+    or chunks), LiteRT      (export.llm.decoder.ExportLinear): float16 in Core ML like
+    (one file)              the program's activations, float32 FULLY_CONNECTEDs in LiteRT
     other targets           dropped: the writer has no side branch; the adapters are
                             detached while the file is written AND verified, so the file is
                             compared with the model it really holds (the compressed model
                             without adapters), and the report says so
 
-A target that carries them sets `Exporter.carries_lora = True`.
+A target that carries them sets `Exporter.carries_lora = True`, and `streams_lora = True`
+when its streaming writer (a lazily read checkpoint) does too.
 """
 
 from __future__ import annotations
@@ -35,17 +39,33 @@ def lora_plan(exporter: Any, artifact: Any) -> LoraPlan:
         # The streamed ONNX writer and its reference read the adapter file themselves
         # (export.llm.lazy_weights, export.llm.streamed_reference); no other target does.
         path = artifact.lazy.path
-        count = int(path.is_dir() and (path / LORA_FILE).is_file())
-        if artifact.family == "llm" and getattr(exporter, "carries_lora", False):
+        count = _adapters_in_file(path / LORA_FILE) if path.is_dir() else 0
+        if artifact.family == "llm" and getattr(exporter, "streams_lora", False):
             return LoraPlan(count, True)
         return LoraPlan(count, False, f"the streamed {exporter.target} writer has no LoRA "
-                        "side branch yet (onnx carries them)")
+                        "side branch yet (onnx, coreml and the one-file tflite carry them)")
     module = getattr(artifact, "module", None)
     count = len(adapters_of(module)) if module is not None else 0
     if getattr(exporter, "carries_lora", False):
         return LoraPlan(count, True)
     return LoraPlan(count, False, f"the {exporter.target} writer has no LoRA side branch "
-                    "yet (onnx carries them)")
+                    "yet (onnx, coreml and the one-file tflite carry them)")
+
+
+def _adapters_in_file(path) -> int:
+    """How many linears the adapter file at `path` adapts (0 when there is none); the
+    file is checked again, tensor by tensor, when a reader attaches it."""
+    if not path.is_file():
+        return 0
+    from safetensors import safe_open
+
+    from models.qformat.lora import SUFFIX_A
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return sum(1 for key in handle.keys() if key.endswith(SUFFIX_A))
+    except Exception:  # unreadable: counted, so the checked read refuses it in one line
+        return 1
 
 
 @contextlib.contextmanager
@@ -67,9 +87,15 @@ def model_as_written(plan: LoraPlan, artifact: Any) -> Iterator[None]:
 
 
 def note_lora(plan: LoraPlan, report: Any) -> None:
-    """Record dropped adapters in the report: a dropped row, a lost stage (the verdict
-    says "carried none of"), and what the verification compared with."""
-    if not plan.linears or plan.carried:
+    """Record the adapters in the report: carried by a traced writer (one row for them
+    all, where the writer keeps no per-layer record of its own, as ONNX's does), or
+    dropped: a dropped row, a lost stage (the verdict says "carried none of"), and what
+    the verification compared with."""
+    if not plan.linears:
+        return
+    if plan.carried:
+        if not any("lora" in how for how in report.carried):
+            report.carried["lora adapters (float side branch)"] = plan.linears
         return
     report.dropped.append({"layer": "lora adapters", "why": plan.why})
     report.lost.append("LoRA adapters (verified against the model without them)")

@@ -48,6 +48,8 @@ class Exporter:
     # Writes an artifact's LoRA adapters as side branches (export/lora_carry.py); a target
     # that does not has them detached for writing and verification and reports them dropped.
     carries_lora: bool = False
+    # ... and from a lazily read checkpoint too (--engine streaming)
+    streams_lora: bool = False
     # Why pruned zeros end up dense in this format (said in the report), when they do.
     sparse_note: str = "the format has no sparse weights"
 

@@ -82,7 +82,7 @@ class ChunkDecoder(nn.Module):
             self.source_names[export_name] = module_name
         else:
             weight = linear.weight
-        return SimpleNamespace(weight=weight, bias=linear.bias)
+        return SimpleNamespace(weight=weight, bias=linear.bias, lora=linear.lora)
 
     def _block(self, weights: DecoderWeights, index: int, local: int) -> SimpleNamespace:
         """Block `index` as the attribute tree DecoderBlock reads (HF's names)."""

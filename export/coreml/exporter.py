@@ -23,6 +23,9 @@ class CoremlExporter(Exporter):
     streams = True  # chunk by chunk from a lazily read checkpoint (export.coreml.chunked)
     quantizes_tables = True  # --embedding-bits: constexpr_blockwise_shift_scale table/head
     writes_chunks = True  # --chunks
+    # LoRA adapters as float16 matmul side branches (export.llm.decoder.ExportLinear), in
+    # the one-package model and in every chunk
+    carries_lora = streams_lora = True
 
     def companions(self, out: Path) -> list[Path]:
         from export.coreml.chunked import chunk_siblings

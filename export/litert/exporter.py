@@ -24,6 +24,9 @@ class LitertExporter(Exporter):
     maps_palettes = True  # no lookup-table op: palettes become affine codes (--palette-map-bits)
     streams = True  # chunk by chunk from a lazily read checkpoint (export.litert.chunked)
     writes_chunks = True  # --chunks
+    # LoRA adapters as float32 FULLY_CONNECTED side branches of the one-file decoder
+    # (export.llm.decoder.ExportLinear); the chunked writer does not carry them yet
+    carries_lora = True
     sparse_note = "litert-torch writes dense weights"
     vision_layout = "NHWC"  # LiteRT's native layout: no transposes around its convolutions
     vision_int8 = ("static int8: weights per channel, activations per tensor, int8 input and "

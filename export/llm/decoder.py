@@ -41,7 +41,10 @@ class DecoderShape:
         return (self.layers, self.kv_heads, self.max_context, self.head_dim)
 
 class ExportLinear(nn.Module):
-    """y = x @ W^T + b with W^T stored as `weight_t` [in, out] (see the module docstring)."""
+    """y = x @ W^T + b with W^T stored as `weight_t` [in, out] (see the module docstring),
+    plus a LoRA adapter's side branch s (x A^T) B^T when the linear has one (arXiv
+    2106.09685; models/qformat/lora.py): A^T and B^T stay float tensors of their own, so a
+    writer that swaps W for its packed form (found by name or by value) leaves them be."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -49,10 +52,35 @@ class ExportLinear(nn.Module):
                                      requires_grad=False)
         self.bias = (None if linear.bias is None
                      else nn.Parameter(linear.bias.detach().clone(), requires_grad=False))
+        lora = lora_parts(linear)
+        self.lora_a_t = self.lora_b_t = None
+        self.lora_scale = 0.0
+        if lora is not None:
+            a, b, self.lora_scale = lora
+            self.lora_a_t = nn.Parameter(a.detach().float().t().contiguous(),
+                                         requires_grad=False)
+            self.lora_b_t = nn.Parameter(b.detach().float().t().contiguous(),
+                                         requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x @ self.weight_t
+        if self.lora_a_t is not None:
+            y = y + (x @ self.lora_a_t) @ self.lora_b_t * self.lora_scale
         return y if self.bias is None else y + self.bias
+
+
+def lora_parts(linear) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """(A [r, in], B [out, r], s) of the adapter on `linear`: an nn.Linear with a LoRA
+    forward hook, or a weight record with a `lora` field (export.llm.decoder_weights)."""
+    from models.qformat.lora import LoraAdapter
+
+    parts = getattr(linear, "lora", None)
+    if parts is not None:
+        return parts
+    for hook in getattr(linear, "_forward_hooks", {}).values():
+        if isinstance(hook, LoraAdapter):
+            return hook.lora_A, hook.lora_B, hook.scale
+    return None
 
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * g, computed in fp32 as the Llama reference does."""

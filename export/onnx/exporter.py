@@ -21,6 +21,7 @@ class OnnxExporter(Exporter):
     streams = True  # export.onnx.decoder_graph writes a lazily read checkpoint
     quantizes_tables = True  # --embedding-bits: GatherBlockQuantized + MatMulNBits head
     carries_lora = True  # LoRA adapters as MatMul side branches (export.onnx.decoder_graph)
+    streams_lora = True
     vision_int8 = ("static int8 QDQ: weights per channel (7-bit codes), uint8 activations per "
                    "tensor, float input and output")
 

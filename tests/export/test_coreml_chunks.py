@@ -109,6 +109,38 @@ def test_chunks_in_sequence_compute_the_unchunked_logits(tied) -> None:
                                rtol=1e-4, atol=1e-4)
 
 
+def test_lora_adapters_ride_along_in_the_package_and_in_every_chunk() -> None:
+    """Large adapters on every block linear: the one-package decoder and the chunks in
+    sequence compute the Hugging Face model WITH them (and far from it without)."""
+    from export.coreml.chunk_module import chunk_module
+    from export.coreml.chunked import plan_for
+    from export.coreml.llm import StatefulDecoder
+    from export.llm.decoder_weights import ModuleDecoderWeights
+    from export.llm.export_decoder import ExportDecoder
+    from models.qformat.lora import LoraAdapter, attach_adapter, detach_adapters
+
+    model, packed = _tiny_llama()
+    g = torch.Generator().manual_seed(1)
+    for name in packed:
+        linear = model.get_submodule(name)
+        attach_adapter(linear, LoraAdapter(torch.randn(4, linear.in_features, generator=g),
+                                           torch.randn(linear.out_features, 4, generator=g)
+                                           * 0.05, 2.0))
+    ids = torch.tensor([[5, 9, 200, 17, 3]])
+    with torch.no_grad():
+        reference = model(ids).logits
+        whole = StatefulDecoder(ExportDecoder.from_hf(model, CONTEXT, cache_write="blend"))
+        torch.testing.assert_close(whole(ids, torch.tensor([0])), reference, rtol=1e-4,
+                                   atol=1e-4)
+        weights = ModuleDecoderWeights(model, CONTEXT, packed)
+        x = ids
+        for chunk in [chunk_module(weights, c) for c in plan_for(weights, 3)]:
+            x = chunk(x, torch.tensor([0]))
+        torch.testing.assert_close(x, reference, rtol=1e-4, atol=1e-4)
+        detach_adapters(model)
+        assert (model(ids).logits - reference).abs().max() > 0.1
+
+
 # --- converted chunks ------------------------------------------------------------------
 
 
