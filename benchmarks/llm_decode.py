@@ -35,7 +35,10 @@ which keeps MatMulNBits' int8 kernels only when the verified tokens stay PyTorch
 8- and 4-bit tables; the last with a float16 cache; and LiteRT's 4-bit file. The compute
 column reads the MatMulNBits accuracy level back from each file. `--large afm-3b` adds the
 ~3B rows: a synthetic checkpoint of that shape, RTN 4-bit, exported with the table and
-head at 4 bits, benchmarked the same way (random weights: speed and memory only).
+head at 4 bits, benchmarked the same way (random weights: speed and memory only);
+`--large-targets onnx,tflite` adds LiteRT's chunked export of the same artifact
+(benchmarks/llm_decode_large.py), and `--large-only` runs just the ~3B rows, merged into
+the existing results file (the SmolLM2 rows are kept as they were).
 Results: benchmarks/results/llm_decode.json and the `llm-decode` section of BENCHMARKS.md.
 """
 
@@ -238,6 +241,13 @@ def large_rows(args, work: Path) -> dict:
         toolkit("compress", "--model", str(source), "--method", "rtn", "--bits", "4",
                 "--group-size", str(group), "--out", str(artifact), "--engine", "streaming",
                 "--no-eval", "--quiet")
+    tflite = None
+    if "tflite" in args.large_targets:
+        from benchmarks.llm_decode_large import large_tflite_rows
+
+        tflite = large_tflite_rows(args, work, artifact, spec)
+    if "onnx" not in args.large_targets:
+        return {"tflite": tflite}
     export = measured(["export", "onnx", "--model", str(artifact), "--engine", "streaming",
                        "--out", str(out), "--overwrite", "--max-context",
                        str(args.max_context), "--embedding-bits", "4", "--new-tokens", "4",
@@ -245,7 +255,7 @@ def large_rows(args, work: Path) -> dict:
     result = {"shape": args.large, "params": spec.param_count(), "group_size": group,
               "export_peak_rss": export["peak_rss"], "export_wall": export["wall"],
               "verdict": export["report"]["verdict"],
-              "bytes_per_token": onnx_bytes_per_token(out), "threads": {}}
+              "bytes_per_token": onnx_bytes_per_token(out), "threads": {}, "tflite": tflite}
     for threads in args.threads:
         before = read_bandwidth(threads)
         report = work / f"bench-large-{threads}.json"
@@ -312,6 +322,23 @@ def run(args) -> dict:
                      "max_context": args.max_context, "prompt_tokens": PROMPT_TOKENS}}
 
 
+def _merge_large(data: dict, args) -> dict:
+    """`data` with the large rows of args.large_targets run now in place of the old ones
+    (an ONNX part not re-run is kept)."""
+    work = args.work or Path(tempfile.mkdtemp(prefix="llm-decode-"))
+    work.mkdir(parents=True, exist_ok=True)
+    large = _relative(large_rows(args, work), work)
+    old = data.get("large") or {}
+    if "onnx" in args.large_targets:
+        old = {**large, "tflite": large.get("tflite") or old.get("tflite")}
+    else:
+        old["tflite"] = large["tflite"]
+    data["large"] = old
+    data.setdefault("large_runs", []).append({"date": environment()["date"],
+                                              "targets": args.large_targets})
+    return data
+
+
 def _relative(value, work: Path):
     """`value` with the work folder's paths made relative to it (no machine paths)."""
     if isinstance(value, dict):
@@ -340,13 +367,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--anchor-tokens", type=int, default=64)
     p.add_argument("--large", default="afm-3b",
                    help="large shape for the 3B rows ('' to skip), from `toolkit models`")
+    p.add_argument("--large-targets", default="onnx",
+                   help="comma-separated targets of the large rows: onnx, tflite "
+                        "(default: %(default)s)")
+    p.add_argument("--large-only", action="store_true",
+                   help="run only the large rows and merge them into --results")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--from-results", action="store_true",
                    help="only rewrite the BENCHMARKS.md section from --results")
     args = p.parse_args(argv)
+    args.large_targets = [t for t in args.large_targets.split(",") if t]
     if args.from_results:
         data = json.loads(args.results.read_text())
+    elif args.large_only:
+        data = _merge_large(json.loads(args.results.read_text()), args)
+        args.results.write_text(json.dumps(data, indent=1) + "\n")
     else:
         data = run(args)
         args.results.parent.mkdir(parents=True, exist_ok=True)

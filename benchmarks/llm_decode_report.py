@@ -79,6 +79,8 @@ def _quality_lines(rows: list[dict] | None) -> list[str]:
 def _large_lines(large: dict | None) -> list[str]:
     if not large:
         return []
+    if "bytes_per_token" not in large:  # only LiteRT's rows were run
+        return _large_tflite_lines(large.get("tflite"))
     per_token = large["bytes_per_token"]["total"]
     lines = ["", f"{large['shape']} ({large['params'] / 1e9:.2f}B parameters, synthetic "
              f"random weights: speed and memory only): RTN 4-bit g{large['group_size']} "
@@ -93,7 +95,43 @@ def _large_lines(large: dict | None) -> list[str]:
              "| threads | GB | GB read / token | bandwidth GB/s | bound tok/s | load s | "
              "TTFT s | prefill tok/s | decode tok/s | % of bound | RSS GB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for threads, row in large["threads"].items():
+    return (lines + _large_rows(large["threads"], per_token)
+            + _large_tflite_lines(large.get("tflite")))
+
+
+def _large_tflite_lines(tflite: dict | None) -> list[str]:
+    """The same artifact exported to LiteRT in chunks (benchmarks/llm_decode_large.py)."""
+    if not tflite:
+        return []
+    per_token = tflite["bytes_per_token"]["total"]
+    sizes = ", ".join(f"{c['bytes'] / 1e9:.2f}" for c in tflite["chunks"])
+    artifact = tflite.get("vs_artifact") or {}
+    against = ""
+    if artifact:
+        against = (f"; against the artifact as stored (float inputs, fp16 scales): tokens "
+                   f"{'same' if artifact.get('tokens_match') else 'differ'}, logits rel. "
+                   f"error {artifact['logits']['relative_error']:.1e}")
+    lines = ["", f"The same artifact exported to LiteRT: `toolkit export tflite --engine "
+             f"streaming` ({len(tflite['chunks'])} chunk files, GB: {sizes}; 4-bit linears "
+             "as int4 blockwise FCs with dynamic int8 inputs, block scales rounded to bf16, "
+             f"largest relative weight change {tflite['bf16_scale_loss_max']:.1e}); export "
+             f"peak RSS {tflite['export_peak_rss'] / 1e9:.2f} GB with verification, "
+             f"{tflite['export_wall']:.0f} s, verdict {tflite['verdict']} (against PyTorch "
+             "with the file's weights and the runtime's int8 inputs emulated: tokens "
+             f"{'same' if tflite['tokens_match'] else 'differ'}, logits rel. error "
+             f"{tflite['logit_rel_error']:.1e}{against}). Bytes per token: the chunk files "
+             "without the first chunk's gathered table, plus the whole cache, which each "
+             "LiteRT step takes and returns. Run with `--large-only --large-targets tflite`, "
+             "after the rows above.", "",
+             "| threads | GB | GB read / token | bandwidth GB/s | bound tok/s | load s | "
+             "TTFT s | prefill tok/s | decode tok/s | % of bound | RSS GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    return lines + _large_rows(tflite["threads"], per_token)
+
+
+def _large_rows(by_threads: dict, per_token: float) -> list[str]:
+    lines = []
+    for threads, row in by_threads.items():
         gb_s = min(b["gb_per_s"] for b in row["bandwidth"])
         model = row["bench"]["models"][0]
         llm = model["llm"]

@@ -12,9 +12,12 @@ RTN 4-bit of the synthetic `shape` (streaming compress), then, in fresh processe
 - coreml: `toolkit export coreml --engine streaming --chunks N` (export.coreml.chunked:
   one chunk of layers read, converted and freed at a time) with its structural
   verification (Core ML runs on macOS only), each chunk's size listed;
-- tflite: litert-torch converts a module held in memory, which a ~3B model does not fit
-  in this machine's memory; the row records the exporter's one-line refusal instead of a
-  measurement.
+- tflite: `toolkit export tflite --engine streaming` (export.litert.chunked: chunks of
+  layers, as many as keep each under 1.5 GB of float32 weights, each converted by
+  litert-torch and freed in turn; 4-bit linears carried as int4 blockwise FCs) with its
+  verification (the chunks run in sequence by ai-edge-litert, then PyTorch with the
+  file's weights and the runtime's int8 inputs emulated, one chunk at a time), each
+  chunk's size listed.
 """
 
 from __future__ import annotations
@@ -98,7 +101,9 @@ def export_lines(data: dict) -> list[str]:
         "(onnxruntime loads the whole file and decodes 8 greedy tokens; then PyTorch, read "
         "one part at a time, scores the prompt and those tokens). Core ML is converted in "
         f"{COREML_CHUNKS} chunks of layers, one at a time, and verified structurally (Core ML "
-        "runs only on macOS). Peak RSS is the process's ru_maxrss. Other jobs shared the 2 "
+        "runs only on macOS). LiteRT is converted in chunks too (as many as keep each under "
+        "1.5 GB of float32 weights), its 4-bit linears as int4 blockwise FCs, and verified "
+        "by running them in sequence. Peak RSS is the process's ru_maxrss. Other jobs shared the 2 "
         "cores while some of these ran: wall times are noisy, peaks are not.",
         "",
         "| shape | artifact | artifact GB | compress peak RSS GB | target | file GB | "

@@ -104,12 +104,18 @@ def _torch_vision(loaded) -> Runnable:
 
 
 def load_litert(path: Path, threads: int, prompt: Sequence[int]) -> Runnable:
-    """A .tflite LLM from `toolkit export tflite` (prefill and decode signatures), or any
-    other .tflite on fixed inputs (its default signature)."""
+    """A .tflite LLM from `toolkit export tflite` (prefill and decode signatures; one
+    chunk of a chunked export runs all its chunks in sequence), or any other .tflite on
+    fixed inputs (its default signature)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    from export.litert.run_chunks import chained_steps, chunk_files
     from export.litert.run_llm import signature_steps
 
+    files = chunk_files(Path(path))
+    if len(files) > 1:
+        prefill, decode, chunk, cache_shape = chained_steps(files, threads)
+        return _llm_runnable(decode, cache_shape, cache_shape[2], prompt, prefill, chunk)
     if not {"prefill", "decode"} <= set(Interpreter(model_path=os.fspath(path))
                                         .get_signature_list()):
         return _litert_default_signature(path, threads)

@@ -148,7 +148,14 @@ def _reference_outputs(outputs: dict, options: BenchOptions, prompt: list[int],
 
 
 def file_bytes(path: str) -> int | None:
+    """Bytes on disk: with ONNX's external data, every chunk of a chunked .tflite."""
     p = Path(path)
+    if p.suffix == ".tflite":
+        from export.litert.run_chunks import chunk_files
+
+        files = chunk_files(p)
+        if len(files) > 1:
+            return sum(f.stat().st_size for f in files)
     if p.is_file():
         data = p.with_name(p.name + ".data")
         return p.stat().st_size + (data.stat().st_size if data.exists() else 0)
