@@ -34,8 +34,9 @@ def _residual_stream(model: nn.Module) -> None:
     try:
         residual_blocks(decoder_layout(model))
     except ModelError as exc:
-        raise ModelError(f"{exc}; rotate applies to Llama-shaped decoders (e.g. fake-llama, "
-                         "smollm2-135m), not to mixture-of-experts blocks") from None
+        raise ModelError(f"{exc}; rotate applies to Llama-shaped decoders, dense or "
+                         "mixture-of-experts (e.g. fake-llama, smollm2-135m, "
+                         "fake-moe-llm)") from None
 
 
 # need -> a check that raises ModelError naming what the model lacks.

@@ -88,13 +88,28 @@ def _find_block_list(model: nn.Module, decoder: nn.Module,
 
 
 @dataclasses.dataclass
+class StackedWeights:
+    """A mixture-of-experts block's stacked expert weights [E, out, in] as one reader or
+    writer of the residual stream: expert e computes x W[e]^T, so a transform of the input
+    dimension (W <- W Q, W <- W diag(s)) or of the output dimension (W <- Q^T W) applies
+    to every expert at once by broadcasting over dim 0. Quacks like an nn.Linear where a
+    residual-stream rewrite reads one: `weight`, `bias` (None)."""
+
+    weight: nn.Parameter
+    bias: None = None
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [self.weight]
+
+
+@dataclasses.dataclass
 class ResidualSite:
     """One branch of a pre-norm block: `readers` take `norm(h)` of the residual stream h,
-    `writer`'s output is added back to h."""
+    `writer`'s output is added back to h (an nn.Linear, or StackedWeights for experts)."""
 
     norm: nn.Module
-    readers: list[nn.Linear]
-    writer: nn.Linear
+    readers: list[nn.Linear | StackedWeights]
+    writer: nn.Linear | StackedWeights
 
 
 @dataclasses.dataclass
@@ -109,10 +124,10 @@ class ResidualBlock:
 
 
 # Attribute paths of a Llama-shaped block (Llama, Mistral, Qwen2, Gemma): the two norms,
-# the attention linears and the gated MLP. A block that holds any other parameter (a
-# router, stacked experts, q/k norms, Gemma2's extra norms) is refused by
-# `residual_blocks`, so a method that rewrites the residual stream never skips a tensor
-# that reads or writes it.
+# the attention linears and the gated MLP, or a mixture-of-experts MLP (models.moe_lm:
+# router + stacked gate/up/down experts). A block that holds any other parameter (q/k
+# norms, Gemma2's extra norms) is refused by `residual_blocks`, so a method that rewrites
+# the residual stream never skips a tensor that reads or writes it.
 _ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 _MLP = ("mlp.gate_proj", "mlp.up_proj")
 
@@ -138,8 +153,11 @@ def _residual_block(layout: DecoderLayout, index: int) -> ResidualBlock:
     attention = ResidualSite(part("input_layernorm", nn.Module),
                              [part(p, nn.Linear) for p in _ATTENTION],
                              part("self_attn.o_proj", nn.Linear))
-    mlp = ResidualSite(part("post_attention_layernorm", nn.Module),
-                       [part(p, nn.Linear) for p in _MLP], part("mlp.down_proj", nn.Linear))
+    mlp = _moe_site(block, part("post_attention_layernorm", nn.Module))
+    if mlp is None:
+        mlp = ResidualSite(part("post_attention_layernorm", nn.Module),
+                           [part(p, nn.Linear) for p in _MLP],
+                           part("mlp.down_proj", nn.Linear))
     known = {id(p) for site in (attention, mlp)
              for module in (site.norm, *site.readers, site.writer)
              for p in module.parameters()}
@@ -155,6 +173,19 @@ def _residual_block(layout: DecoderLayout, index: int) -> ResidualBlock:
         raise ModelError(f"{where}.self_attn has no head_dim dividing its value and output "
                          "projections")
     return ResidualBlock(attention, mlp, value, head_dim)
+
+
+def _moe_site(block: nn.Module, norm: nn.Module) -> ResidualSite | None:
+    """The MLP branch of a mixture-of-experts block (models.moe_lm.SparseMoeBlock): the
+    router and every expert's gate/up read norm(h), every expert's down writes h (the
+    gates only scale expert outputs, which a rotation of h commutes with)."""
+    from models.moe_lm import SparseMoeBlock
+
+    mlp = getattr(block, "mlp", None)
+    if not isinstance(mlp, SparseMoeBlock):
+        return None
+    return ResidualSite(norm, [mlp.router, StackedWeights(mlp.gate_proj),
+                               StackedWeights(mlp.up_proj)], StackedWeights(mlp.down_proj))
 
 
 def _has(module: nn.Module, path: str) -> bool:

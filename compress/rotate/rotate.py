@@ -16,6 +16,11 @@ stream h through RMSNorm(h) = h / rms(h) * s and adds its writers' outputs back 
        readers (q, k, v, gate, up, lm_head)   W <- W Q
        writers (o_proj, down_proj)            W <- Q^T W,  b <- Q^T b
 
+   A mixture-of-experts MLP (models.moe_lm) has more readers, its router and every
+   expert's gate and up, and one writer per expert, its down; the expert weights are
+   stacked [E, out, in] and take the same products broadcast over the experts. The router
+   reads RMSNorm(h) Q with W_r Q, so its logits, and the routing, are unchanged.
+
 3. R2 (SpinQuant's per-head rotation, fused; on by default): one orthogonal R of the head
    size per block rotates every value head, v_h' = v_h R. Attention mixes value rows
    linearly, so the attention output heads are rotated alike, and

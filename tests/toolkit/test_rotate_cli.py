@@ -127,7 +127,6 @@ def test_compress_runs_rotate_alone_and_it_exports(toolkit_cli, tmp_path):
 @pytest.mark.parametrize("stages, model, needle", [
     ([{"method": "rotate", "kind": "fourier"}], "fake-llama", "rotation kind 'fourier'"),
     ([{"method": "rtn"}, {"method": "rotate"}], "fake-llama", "make rotate the first stage"),
-    ([{"method": "rotate"}], "fake-moe-llm", "mixture-of-experts"),
 ])
 def test_misuse_is_one_line_and_exit_2(toolkit_cli, tmp_path, stages, model, needle):
     recipe = _write(tmp_path / "bad.yaml", {**RECIPE, "stages": stages})
@@ -135,6 +134,26 @@ def test_misuse_is_one_line_and_exit_2(toolkit_cli, tmp_path, stages, model, nee
     assert result.code == 2
     assert len(result.err_lines) == 1 and needle in result.err, result.err
     assert not (tmp_path / "x").exists()
+
+
+def test_rotate_then_gptq_on_a_mixture_of_experts_lm_exports_and_verifies(toolkit_cli,
+                                                                           tmp_path):
+    recipe = _write(tmp_path / "moe.yaml", {
+        **RECIPE, "stages": [{"method": "rotate"},
+                             {"method": "gptq", "bits": 4, "group_size": 32}]})
+    out = tmp_path / "moe"
+    result = toolkit_cli("run", recipe, "--model", "fake-moe-llm", "--out", out, "--no-eval",
+                         "--quiet")
+    assert result.code == 0, result.err
+    manifest = json.loads((out / "toolkit.json").read_text(encoding="utf-8"))
+    assert [s["method"] for s in manifest["recipe"]["stages"]] == ["rotate", "gptq"]
+    pytest.importorskip("onnxruntime")
+    report = tmp_path / "export.json"
+    result = toolkit_cli("export", "onnx", "--model", out, "--out", tmp_path / "m.onnx",
+                         "--json", report, "--max-context", "48", "--new-tokens", "8",
+                         "--quiet")
+    assert result.code == 0, result.err
+    assert json.loads(report.read_text(encoding="utf-8"))["verdict"] == "passed"
 
 
 def test_streaming_engine_refuses_rotate_in_one_line(toolkit_cli, fake_model_dir, tmp_path):
