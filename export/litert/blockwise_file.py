@@ -9,6 +9,10 @@ blockwise quantization:
 
 so the FC reads the codes directly (no DEQUANTIZE op, no float weight at run time). Each
 signature's tensor gets its own scales tensor over one shared scales buffer.
+
+A converted chunk of over about 1 GB comes from litert-torch with its constants after
+the flatbuffer (each buffer an offset and size into the file, data empty); they are read
+back into the flatbuffer first, which the much smaller int4 file then holds whole.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ def carry_blockwise(path: Path, mapped: dict[str, BlockwiseWeight]) -> list[Laye
     if not mapped:
         return []
     wanted = {digest(m.main_weight().numpy()): (name, m) for name, m in mapped.items()}
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(path.read_bytes(), 0))
+    raw = path.read_bytes()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(raw, 0))
+    inline_buffers(model, raw)
     by_buffer = {}
     for index, buffer in enumerate(model.buffers):
         if buffer.data is not None and len(buffer.data) >= 64:
@@ -71,7 +77,16 @@ def carry_blockwise(path: Path, mapped: dict[str, BlockwiseWeight]) -> list[Laye
     if len(data) >= FLATBUFFER_LIMIT:
         raise ExportError(f"{path.name} would be {len(data) / 1e9:.2f} GB, over the 2 GB "
                           "flatbuffer limit: pass a larger --chunks")
+    del raw, model
     path.write_bytes(data)
     return [LayerRecord(name, f"FULLY_CONNECTED int4 blockwise {weight.group_size}, "
                               "dynamic int8 input")
             for name, weight in by_buffer.values()]
+
+
+def inline_buffers(model, raw: bytes) -> None:
+    """Buffers stored after the flatbuffer (offset, size into the file) read into it."""
+    for buffer in model.buffers:
+        if getattr(buffer, "offset", 0) > 1:
+            buffer.data = np.frombuffer(raw, np.uint8, buffer.size, buffer.offset)
+            buffer.offset = buffer.size = 0

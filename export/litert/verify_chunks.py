@@ -12,6 +12,13 @@ references score the prompt plus the runtime's tokens in one teacher-forced pass
 
 The runtime's tokens equal a reference's greedy ones exactly when each is the argmax of
 that reference's logits after the tokens before it (teacher forcing).
+
+The emulation matches one FC to about 3e-5, but int8 rounding is discontinuous: where
+the runtime's float order differs in the last bit, an input lands one step over, and
+deep stacks amplify that (4 synthetic afm-3b layers: a 1e-6 input change moved the output
+by 5e-3). So the file is held to INT8_INPUT_RTOL on the logits, as ONNX's int8 compute is
+(export.onnx.accuracy_choice), unless --rtol is given, and its greedy tokens must equal
+the reference's.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from export.litert.verify_llm import MappedVerification, litert_greedy
 from export.llm.check import torch_greedy
 from export.llm.streamed import StreamedArtifact
 from export.verify import agreement
+
+INT8_INPUT_RTOL = 0.1
 
 
 def file_logits(result: ChunkedLitertExport, tokens: Sequence[int]) -> np.ndarray:
@@ -57,7 +66,7 @@ def verify_chunked_litert(result: ChunkedLitertExport, artifact, prompt: Sequenc
     greedy = [int(row.argmax()) for row in reference[first:first + len(tokens)]]
     check = MappedVerification("ai-edge-litert (chunks in sequence)",
                                agreement("logits", logits, reference[:len(prompt)]),
-                               greedy, tokens, len(prompt), 0.0)
+                               greedy, tokens, len(prompt), 0.0, rtol=INT8_INPUT_RTOL)
     check.notes = {"reference": "PyTorch with the file's weights and dynamic int8 FC "
                                 "inputs emulated; vs_artifact: the model as stored"}
     if isinstance(artifact, StreamedArtifact):
