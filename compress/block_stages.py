@@ -71,6 +71,11 @@ class BlockStage:
     def keep(self, name: str) -> bool:
         return not self.config.is_ignored(name)  # type: ignore[attr-defined]
 
+    # A stage that changes the residual stream's basis (rotate) sets this; the engine
+    # then calls its prepare / before_capture / before_block hooks and the writer its
+    # rewrite_outside / config_changes (compress/rotate/streaming_stage.py).
+    changes_stream = False
+
     def process(self, index: int, all_linears: dict[str, nn.Linear],
                 linears: dict[str, nn.Linear], stats: dict[str, LinearStats]) -> None:
         raise NotImplementedError
@@ -197,7 +202,12 @@ def stage_for(config: MethodConfig, *, n_blocks: int, calib_tokens: int,
         return QuantStage(config, **common)
     from compress.recovery.config import RecoverConfig
     from compress.recovery.streaming_stage import RecoveryStage  # imports this module
+    from compress.rotate.rotate import RotateConfig
+    from compress.rotate.streaming_stage import RotateStage  # imports this module
 
+    if isinstance(config, RotateConfig):
+        common["calib_tokens"] = 0
+        return RotateStage(config, **common)
     if isinstance(config, RecoverConfig):
         common["calib_tokens"] = calib_tokens
         return RecoveryStage(config, previous or [], **common)

@@ -18,6 +18,11 @@ same weights, bit for bit, as the in-memory engine running the stages one after 
 (tests/compress/test_streaming_engine.py checks it), at the cost of one activation stream
 per data-driven stage. A data-free stage (magnitude, RTN) runs no forward at all.
 
+A stage that changes the residual stream's basis (rotate) is not one of these per-block
+steps: it rotates the materialised table before the block-0 capture and each block before
+anything else sees it (`changes_stream` hooks), so every stream, the dense one included,
+runs on the rotated model.
+
 Resuming: `start` and `resume_streams` continue from the activations a checkpoint saved
 after block start-1; the block-0 capture is redone for the keyword arguments (rotary
 tables, masks), which depend only on the calibration tokens.
@@ -99,6 +104,8 @@ def stream_compress(decoder: StreamedDecoder, stages: list[BlockStage],
     seconds = seconds if seconds is not None else {}
     for key in ("capture", "read", "forward", "method", "write"):
         seconds.setdefault(key, 0.0)
+    for stage in _basis_changes(stages):
+        stage.prepare(decoder)
     streams = _initial_streams(decoder, plan, calib, batch_size, resume_streams, seconds)
     device = decoder.device
     for index in range(start, decoder.n_blocks):
@@ -126,6 +133,8 @@ def _initial_streams(decoder, plan: StreamPlan, calib, batch_size, resume_stream
         raise ValueError("these stages need calibration token ids of shape [N, L]")
     t0 = time.perf_counter()
     with decoder.materialized(decoder.layout.embeddings):
+        for stage in _basis_changes(plan.stages):
+            stage.before_capture(decoder.layout.embeddings)
         captured = capture_block0_inputs(decoder.model, decoder.layout.blocks[0], calib,
                                          batch_size, decoder.device)
     seconds["capture"] += time.perf_counter() - t0
@@ -144,6 +153,10 @@ def _compress_block(decoder, plan: StreamPlan, index: int, block: nn.Module,
                     seconds) -> list[BlockInputs]:
     new_streams = list(streams)
     targets = None
+    t0 = time.perf_counter()
+    for stage in _basis_changes(plan.stages):  # before anything sees the block
+        stage.before_block(index, block)
+    seconds["method"] += time.perf_counter() - t0
     if plan.dense:  # the last stream is the dense model's
         t0 = time.perf_counter()
         dense_out = run_block(block, streams[-1], forward_dtype, keep_outputs=True,
@@ -178,6 +191,11 @@ def _compress_block(decoder, plan: StreamPlan, index: int, block: nn.Module,
                                                   keep_outputs=True, replace=True)
             seconds["forward"] += time.perf_counter() - t0
     return new_streams
+
+
+def _basis_changes(stages: list[BlockStage]) -> list[BlockStage]:
+    """Stages that rotate the residual stream (compress/rotate/streaming_stage.py)."""
+    return [s for s in stages if s.changes_stream]
 
 
 def _round_to_storage(block: nn.Module, prefix: str, packed: set[str],

@@ -50,6 +50,10 @@ weights inside each group instead of staying in floating point; the rotation the
 every channel into every group. GPTQ's error feedback over the Hessian absorbs this; RTN
 cannot. Use rotate before gptq (recipes/rotate-gptq4.yaml), not before rtn.
 
+Under the streaming engine (--engine streaming, a model that does not fit in memory) the
+same products run one block at a time (compress/rotate/streaming_stage.py) and write the
+same tensors.
+
 A tied LM head (the embedding table) stops being tied: the final norm's scale is folded
 into the head but not into the embeddings, so the head is untied (the model's
 `tie_word_embeddings` is set to false) and the artifact holds one more [vocab, hidden]
@@ -228,6 +232,64 @@ def untie_head(model: nn.Module, embeddings: nn.Module, head: nn.Linear) -> bool
     return True
 
 
+@dataclasses.dataclass
+class Rotation:
+    """R1 (`q`, the hidden size) and, with head_rotation, one R2 per block (`heads`), all
+    float64 and drawn in that order from one generator seeded with `config.seed`, so a
+    model rotated whole or block by block (compress/rotate/streaming_stage.py) gets the
+    same matrices."""
+
+    q: torch.Tensor
+    heads: list[torch.Tensor]
+
+    @classmethod
+    def draw(cls, config: RotateConfig, hidden: int, head_dims: list[int]) -> Rotation:
+        generator = torch.Generator().manual_seed(config.seed)
+        q = orthogonal(hidden, config.kind, generator)
+        heads = [orthogonal(d, config.kind, generator) for d in head_dims] \
+            if config.head_rotation else []
+        return cls(q, heads)
+
+    def head(self, index: int) -> torch.Tensor | None:
+        return self.heads[index] if self.heads else None
+
+
+def block_linears(block: ResidualBlock) -> list:
+    """Every reader and writer of the residual stream in `block`, in a fixed order."""
+    return [lin for site in (block.attention, block.mlp) for lin in (*site.readers, site.writer)]
+
+
+def rotate_block(block: ResidualBlock, q: torch.Tensor, r: torch.Tensor | None) -> None:
+    """Fold the block's two norms into their readers, carry the readers and writers into
+    the rotated stream (R1 = q) and, with `r`, rotate its value heads (R2)."""
+    for site in (block.attention, block.mlp):
+        fold_norm(site.norm, site.readers)
+    for site in (block.attention, block.mlp):
+        for reader in site.readers:
+            rotate_input(reader, q)
+        rotate_output(site.writer, q)
+    if r is not None:
+        rotate_heads(block, r)
+
+
+def rotate_ends(embeddings: nn.Embedding, final_norm: nn.Module, head: nn.Linear,
+                q: torch.Tensor) -> None:
+    """E <- E Q; the final norm folded into the head, which then reads the rotated stream
+    (an untied head: see untie_head)."""
+    fold_norm(final_norm, [head])
+    _set(embeddings.weight, embeddings.weight.detach().double() @ q.to(embeddings.weight.device))
+    rotate_input(head, q)
+
+
+def check_ends(model: nn.Module, embeddings, head, final_norm) -> int:
+    """The hidden size; CompressError when the model lacks what a rotation rewrites."""
+    if not isinstance(embeddings, nn.Embedding) or not isinstance(head, nn.Linear) \
+            or final_norm is None:
+        raise CompressError("rotate needs token embeddings, a final norm and a linear LM head "
+                            f"in {type(model).__name__}")
+    return embeddings.weight.shape[1]
+
+
 def rotate_model(model: nn.Module, config: RotateConfig) -> dict[str, Any]:
     """Fold and rotate `model` in place (see the module docstring); returns the report's
     fields. CompressError, before any weight changes, when the model has no known residual
@@ -238,36 +300,18 @@ def rotate_model(model: nn.Module, config: RotateConfig) -> dict[str, Any]:
     except ModelError as exc:
         raise CompressError(f"rotate: {exc}") from None
     embeddings, head, final_norm = layout.embeddings, layout.head, layout.norm
-    if not isinstance(embeddings, nn.Embedding) or not isinstance(head, nn.Linear) \
-            or final_norm is None:
-        raise CompressError("rotate needs token embeddings, a final norm and a linear LM head "
-                            f"in {type(model).__name__}")
-    hidden = embeddings.weight.shape[1]
+    hidden = check_ends(model, embeddings, head, final_norm)
     for norm in [final_norm] + [site.norm for b in blocks for site in (b.attention, b.mlp)]:
         norm_offset(norm)  # refuse a non-RMS norm before anything is changed
-    generator = torch.Generator().manual_seed(config.seed)
-    q = orthogonal(hidden, config.kind, generator)
+    rotation = Rotation.draw(config, hidden, [b.head_dim for b in blocks])
     head_dims = {b.head_dim for b in blocks}
-    heads = [orthogonal(b.head_dim, config.kind, generator) for b in blocks] \
-        if config.head_rotation else []
 
-    linears = [lin for b in blocks for site in (b.attention, b.mlp)
-               for lin in (*site.readers, site.writer)] + [head]
+    linears = [lin for b in blocks for lin in block_linears(b)] + [head]
     before = incoherence_summary([lin.weight for lin in linears])
     untied = untie_head(model, embeddings, head)
-    for block in blocks:
-        for site in (block.attention, block.mlp):
-            fold_norm(site.norm, site.readers)
-    fold_norm(final_norm, [head])
-    _set(embeddings.weight, embeddings.weight.detach().double() @ q.to(embeddings.weight.device))
-    for block in blocks:
-        for site in (block.attention, block.mlp):
-            for reader in site.readers:
-                rotate_input(reader, q)
-            rotate_output(site.writer, q)
-    rotate_input(head, q)
-    for block, r in zip(blocks, heads, strict=False):  # heads is empty without R2
-        rotate_heads(block, r)
+    for index, block in enumerate(blocks):
+        rotate_block(block, rotation.q, rotation.head(index))
+    rotate_ends(embeddings, final_norm, head, rotation.q)
     return {"kind": config.kind, "seed": config.seed, "hidden_size": hidden,
             "head_dim": (head_dims.pop() if len(head_dims) == 1 else None)
             if config.head_rotation else None,

@@ -312,10 +312,14 @@ def test_layer_norm_is_not_an_rms_norm():
         norm_offset(nn.LayerNorm(16))
 
 
-def test_streaming_engine_refuses_rotate_in_one_line():
+def test_streaming_engine_takes_rotate_as_a_change_of_basis():
+    """Streamed, rotate is a data-free stage with engine hooks, not a per-linear step
+    (the equality with the in-memory engine: tests/toolkit/test_rotate_streaming.py)."""
     from compress.block_stages import stage_for
+    from compress.rotate.streaming_stage import RotateStage
 
-    with pytest.raises(CompressError) as info:
-        stage_for(RotateConfig(), n_blocks=2, calib_tokens=0, forward_dtype=torch.float32,
-                  seconds={})
-    assert "rotate" in str(info.value) and "--engine memory" in str(info.value)
+    stage = stage_for(RotateConfig(), n_blocks=2, calib_tokens=64,
+                      forward_dtype=torch.float32, seconds={})
+    assert isinstance(stage, RotateStage) and stage.changes_stream
+    assert stage.needs == frozenset() and stage.calib_tokens == 0
+    assert not stage.keep("model.layers.0.self_attn.q_proj")

@@ -154,11 +154,3 @@ def test_rotate_then_gptq_on_a_mixture_of_experts_lm_exports_and_verifies(toolki
                          "--quiet")
     assert result.code == 0, result.err
     assert json.loads(report.read_text(encoding="utf-8"))["verdict"] == "passed"
-
-
-def test_streaming_engine_refuses_rotate_in_one_line(toolkit_cli, fake_model_dir, tmp_path):
-    recipe = _write(tmp_path / "r.yaml", RECIPE)
-    result = toolkit_cli("run", recipe, "--model", fake_model_dir, "--engine", "streaming",
-                         "--out", tmp_path / "x", "--quiet")
-    assert result.code == 2
-    assert len(result.err_lines) == 1 and "method rotate" in result.err, result.err

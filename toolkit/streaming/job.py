@@ -62,6 +62,7 @@ class StreamJob:
     device: str
     evaluate: bool
     writer: ShardedWriter | None = None  # set once the blocks are streamed
+    stages: list = dataclasses.field(default_factory=list)  # the recipe's BlockStages
     # What the engine read and wrote, and each block's wall time (for benchmarks).
     io: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -104,6 +105,7 @@ def _compress(job: StreamJob, out: Path, overwrite: bool, progress, start: float
         job.recipe.calibration, samples=data.samples))
     seconds: dict[str, float] = {}
     stages = _stages(recipe, job, data.inputs, seconds)
+    job.stages = stages
     _check_memory(job, stages, data.inputs)
     metrics: dict[str, Any] = {"held_out": data.held_out_description} \
         if data.held_out_description else {}
@@ -248,7 +250,8 @@ def _write_shard(path: Path, state, metadata, number: int, total: int) -> str:
 
 
 def _write_outside_blocks(job: StreamJob, writer: ShardedWriter, n_shards: int) -> None:
-    """Embeddings, final norm and an untied head: unchanged, copied byte for byte."""
+    """Embeddings, final norm and an untied head: copied byte for byte, unless a stage
+    rotated the residual stream (then as it rewrites them)."""
     decoder, source = job.decoder, job.lazy.source
     block_names = {n for i in range(decoder.n_blocks) for n in _block_names(decoder, i)}
     tensors = {}
@@ -258,6 +261,9 @@ def _write_outside_blocks(job: StreamJob, writer: ShardedWriter, n_shards: int) 
         raw = bytearray(source.raw(name))
         tensors[name] = torch.frombuffer(raw, dtype=info.dtype).reshape(info.shape) \
             if raw else torch.empty(info.shape, dtype=info.dtype)
+    for stage in job.stages:
+        if stage.changes_stream:  # rotate: the table, final norm and head rotated too
+            tensors = stage.rewrite_outside(tensors)
     state, metadata, record = writer.prepare(tensors, {})
     name = writer.add(n_shards, record)
     _write_shard(writer.directory / name, state, metadata, n_shards, n_shards)
@@ -271,6 +277,10 @@ def _write_rest(job: StreamJob, staging: Path, recipe: Recipe) -> None:
     writer = job.writer
     assert writer is not None
     config = job.lazy.config
+    for stage in job.stages:
+        if stage.changes_stream:
+            for key, value in stage.config_changes().items():
+                setattr(config, key, value)
     dtypes = {i.dtype for i in job.lazy.source.infos().values() if i.dtype.is_floating_point}
     # transformers' config key for the weights' dtype ("dtype"; "torch_dtype" before v5)
     config.dtype = max(dtypes, key=lambda d: torch.finfo(d).bits) if dtypes else torch.float32
