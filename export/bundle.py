@@ -2,6 +2,7 @@
 folder, everything a demo app or the device benchmark needs and nothing it must guess.
 
     DIR/model.onnx (+ model.onnx.data) | model.tflite   the verified file (export_model)
+        | model_chunk1..N.tflite                        LiteRT chunks: export.litert_bundle_chunks
         | model.mlpackage (or model_chunk1..N)           Core ML: export.coreml_bundle_llm
         tokenizer.json, tokenizer_config.json           the fast tokenizer, as saved
         chat_template.jinja                             when the tokenizer has one
@@ -161,12 +162,19 @@ def bundle_manifest(target: str, staging: Path, model: Path, artifact: Any, toke
                            ["input_ids"]],
             "tokens": check.get("runtime_tokens"), "rtol": check.get("rtol"),
             "logits_relative_error": (check.get("logits") or {}).get("relative_error")}
+    chunks = report.details.get("chunks") or []
+    if len(chunks) > 1:  # a chunked .tflite: export.litert_bundle_chunks
+        from export.litert_bundle_chunks import chunked_manifest_keys
+
+        described = chunked_manifest_keys(staging, chunks)
+    else:
+        described = {"model": {"file": model.name, "files": files,
+                               "external_data": [name for name in files
+                                                 if name != model.name]},
+                     **contract_summary(describe_entry_points(exporter.runtime, model))}
     return {
         "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "kind": KIND, "target": target,
-        "runtime": exporter.runtime, "source": artifact.source,
-        "model": {"file": model.name, "files": files,
-                  "external_data": [name for name in files if name != model.name]},
-        **contract_summary(describe_entry_points(exporter.runtime, model)),
+        "runtime": exporter.runtime, "source": artifact.source, **described,
         "tokenizer": {"file": TOKENIZER_FILE, "files": extra,
                       "chat_template": next((n for n in extra
                                              if n.startswith("chat_template.")), None)},

@@ -11,7 +11,12 @@ written before vision bundles existed; read as "llm"):
 
     target, runtime        "onnx" / "onnxruntime", "tflite" / "ai-edge-litert" or
                            "coreml" / "coremltools" (below)
-    model                  {"file", "files" (with external data), "external_data"}
+    model                  {"file", "files" (with external data), "external_data"};
+                           a chunked .tflite adds "chunks" (the files in run order)
+    chunks                 chunked .tflite only: per file its "layers" [first, last] and
+                           "signatures" (a later chunk takes "hidden", an earlier one
+                           gives "hidden_out"); the keys below then describe the chain as
+                           one decoder (export.litert_bundle_chunks)
     inputs, outputs        the decoder contract by role: name, dtype, shape ("tokens" is
                            the symbolic token count)
     signatures             per entry point of the file ("main"; or "prefill", "decode"):
@@ -263,6 +268,10 @@ def _bound(signature: dict) -> tuple[list[tuple[str, str]], list[str]]:
 def runtime_steps(bundle: Bundle, threads: int | None = None) -> tuple[Step, Step, int | None]:
     """(prefill step, decode step, fixed prefill length or None) over the bundle's model
     file, each binding the contract's roles to the file's tensor names and dtypes."""
+    if bundle.runtime == "ai-edge-litert" and bundle.manifest.get("chunks"):
+        from export.bundle_read_chunks import chunked_steps
+
+        return chunked_steps(bundle, threads)
     if bundle.runtime == "onnxruntime":
         # The session binds by the contract the file itself records (stacked or per-layer
         # cache, export.onnx.cache_io), updating a per-layer cache in place.

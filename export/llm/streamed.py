@@ -3,9 +3,9 @@
 
 `toolkit export --engine streaming` (or `auto` above the memory budget) passes this
 instead of a models.LoadedModel. Only exporters that read weights a part at a time accept
-it (`Exporter.streams`): ONNX (export.onnx.decoder_graph, one weight at a time) and Core
-ML (export.coreml.chunked, one chunk of layers at a time); LiteRT converts a module held
-in memory and refuses it in one line.
+it (`Exporter.streams`): ONNX (export.onnx.decoder_graph, one weight at a time), Core ML
+(export.coreml.chunked) and LiteRT (export.litert.chunked), one chunk of layers at a
+time.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """`toolkit export onnx --engine streaming` as a user runs it: a checkpoint or compressed
 artifact read one weight at a time gives the same verdict, the same carried layers and the
 same logits as the in-memory export of it, with the weights in `NAME.onnx.data` beside the
-graph; `auto` streams only above `--memory-budget`; what cannot stream is refused in one
-line before anything is written; and a disk that fills up mid-file leaves the destination
-as it was and no staging folder behind.
+graph; `auto` streams only above `--memory-budget`; tflite streams too (in chunks); and
+a disk that fills up mid-file leaves the destination as it was and no staging folder
+behind.
 
 The logits are compared by running both written files with onnxruntime here, on a prompt
 of our own, rather than trusting the verification each export reports against PyTorch."""
@@ -216,21 +216,16 @@ def test_auto_stays_in_memory_within_the_budget(toolkit_cli, fake_model_dir, tmp
 # --- 4. one-line refusals, nothing written ------------------------------------------------
 
 
-@pytest.mark.parametrize(("target", "suffix", "flags", "words"), [
-    ("tflite", ".tflite", ["--engine", "streaming"],
-     ["the tflite exporter converts the whole model in memory", "--engine memory",
-      "export to onnx"]),
-    # (coreml streams chunk by chunk: tests/export/test_coreml_chunks.py)
-    ("tflite", ".tflite", ["--memory-budget", "0.001"],
-     ["to tflite in memory needs about", "export it to onnx", "a larger --memory-budget"]),
-])
-def test_targets_that_cannot_stream_are_refused(toolkit_cli, fake_model_dir, tmp_path,
-                                                target, suffix, flags, words):
-    (tmp_path / "keep.txt").write_text("mine")
-    result = toolkit_cli("export", target, "--model", fake_model_dir, "--out",
-                         tmp_path / f"m{suffix}", *flags, *EXPORT)
-    _refused(result, *words)
-    assert _contents(tmp_path) == {"keep.txt": hashlib.sha256(b"mine").hexdigest()}
+@pytest.mark.parametrize("flags", [
+    pytest.param(["--engine", "streaming"], marks=pytest.mark.slow),
+    ["--memory-budget", "0.001"]])
+def test_tflite_streams_too(toolkit_cli, fake_model_dir, tmp_path, flags):
+    """Every target now reads a checkpoint lazily (tflite chunk by chunk,
+    tests/export/test_litert_chunks.py): a small float model is one chunk, OUT itself."""
+    result = toolkit_cli("export", "tflite", "--model", fake_model_dir, "--out",
+                         tmp_path / "m.tflite", "--prefill-tokens", "8", *flags, *EXPORT)
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
 
 
 def test_a_model_only_in_memory_cannot_stream(toolkit_cli, tmp_path):

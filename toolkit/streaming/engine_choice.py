@@ -123,7 +123,7 @@ def _numel(shape) -> int:
 def choose_export_engine(model_spec: str, args: argparse.Namespace, target: str,
                          target_streams: bool) -> str:
     """"memory" or "streaming" for `toolkit export TARGET`. A target that reads weights a
-    part at a time (`target_streams`: ONNX by weight, Core ML by chunk of layers) reads a
+    part at a time (`target_streams`: ONNX by weight, Core ML and LiteRT by chunk of layers) reads a
     dense decoder LM lazily when its in-memory export would exceed the budget; any other
     target above the budget is refused in one line rather than run out of memory half-way
     (`--engine memory` overrides)."""
