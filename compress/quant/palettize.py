@@ -41,6 +41,13 @@ from compress.quant.sensitivity import (
     output_energy,
     relative_error,
 )
+from compress.quant.table_bits import (
+    TABLE_ENTRY,
+    TABLE_GROUP,
+    apply_table_bits,
+    check_table_bits,
+    table_choices,
+)
 from compress.stats import HESSIAN, SQ_NORM, LinearStats
 from compress.sweep import BlockSweep, Progress
 from models.qformat import PaletteQuantized
@@ -83,6 +90,11 @@ class PalettizeConfig(QuantConfig):
     # once per layer and choice but the largest: its cost grows with both.
     sensitivity_windows: int = 4
     sensitivity_tokens: int = 256
+    # The embedding table and LM head join the mixed-bit budget at one of these widths
+    # (round-to-nearest in groups of 32, what `toolkit export --embedding-bits` stores;
+    # compress.quant.table_bits), judged by measured KL like the layers. target_bits then
+    # averages over the linears and the table. None keeps the table float, outside it.
+    table_bits: tuple[int, ...] | None = None
     # Weight each squared error by its input's second moment sum_t x_j^2 (the Hessian
     # diagonal), so the tables favour the weights that move the outputs most: sensitive
     # k-means (SqueezeLLM, arXiv 2306.07629; coremltools). Needs calibration data. On by
@@ -123,6 +135,12 @@ class PalettizeConfig(QuantConfig):
                                     f"integer, e.g. {example}")
         if self.target_bits is not None:
             self._check_target()
+        if self.table_bits is not None:
+            self.table_bits = check_table_bits(self.table_bits)
+            if self.target_bits is None or self.sensitivity != "measured":
+                raise CompressError("table_bits is a choice of the mixed-bit allocation, "
+                                    "judged by measured KL: set target_bits and keep "
+                                    "sensitivity measured")
 
     def _check_target(self) -> None:
         target = self.target_bits
@@ -224,8 +242,14 @@ def palettize_model(model: nn.Module, config: PalettizeConfig, calib: torch.Tens
         kl = OutputKL(model, sweep.layout, windows, sweep.device, forward_dtype, batch_size)
         sweep.seconds["sensitivity_reference"] = time.perf_counter() - start
     layers = measure_sensitivities(sweep, config, cache, kl)
+    if config.table_bits is not None:
+        start = time.perf_counter()
+        layers.append(table_choices(sweep.layout, kl, config.table_bits))
+        sweep.seconds["sensitivity_table"] = time.perf_counter() - start
     layer_bits = allocate_bits(layers, config.target_bits)
-    main = dataclasses.replace(config, target_bits=None)  # the main pass needs no Hessian
+    table = layer_bits.pop(TABLE_ENTRY, None)
+    achieved = average_bits(layers, {**layer_bits, **({TABLE_ENTRY: table} if table else {})})
+    main = dataclasses.replace(config, target_bits=None, table_bits=None)  # no Hessian
     per_bits = {bits: dataclasses.replace(main, bits=bits) for bits in config.bits_choices}
 
     def plan(name: str):
@@ -237,8 +261,10 @@ def palettize_model(model: nn.Module, config: PalettizeConfig, calib: torch.Tens
 
     report = quantize_blockwise(model, main, calib, palettize_weight, sweep=sweep, plan=plan)
     report.calib_tokens = int(calib.numel())
+    if table is not None:  # after the sweep: the main pass calibrates on the float table
+        apply_table_bits(sweep.layout, table)
     report.allocation = {
-        "target_bits": config.target_bits, "achieved_bits": average_bits(layers, layer_bits),
+        "target_bits": config.target_bits, "achieved_bits": achieved,
         "choices": list(config.bits_choices), "sensitivity_kind": config.sensitivity,
         "layer_bits": layer_bits, "by_type": allocation_by_type(layer_bits),
         "sensitivity": {name: {b: s for b, (s, _) in options.items()}
@@ -246,6 +272,11 @@ def palettize_model(model: nn.Module, config: PalettizeConfig, calib: torch.Tens
     }
     if kl is not None:
         report.allocation["kl_tokens"] = int(kl.tokens.numel())
+    if table is not None:
+        numel = next(n for name, n, _ in layers if name == TABLE_ENTRY)
+        report.allocation.update(table_bits=table, table_weights=numel,
+                                 table_group_size=TABLE_GROUP,
+                                 table_choices=list(config.table_bits))
     return report
 
 

@@ -91,6 +91,7 @@ class OutputKL:
                                 "next-token distributions: use sensitivity relative")
         self.layout, self.forward_dtype = layout, forward_dtype
         self.tokens = tokens
+        self.model, self.device, self.batch_size = model, device, batch_size
         with torch.no_grad():
             inputs = capture_block0_inputs(model, layout.blocks[0], tokens, batch_size, device)
             self.block_inputs: list[BlockInputs] = []
@@ -134,6 +135,28 @@ class OutputKL:
                             for ref, h in zip(self.reference, inputs.hidden, strict=True))
         finally:
             linear.weight.data.copy_(dense)
+        return total / sum(h.shape[0] * h.shape[1] for h in inputs.hidden)
+
+
+    def kl_with_tensors(self, replacements: dict[int, tuple[torch.Tensor, torch.Tensor]]
+                        ) -> float:
+        """As kl_with, for parameters outside the blocks (the embedding table, the head):
+        `replacements` maps id(param) -> (param, new value); block 0's inputs are
+        captured again from the changed table and every block re-runs."""
+        saved = {key: (param, param.data.clone()) for key, (param, _) in replacements.items()}
+        try:
+            for param, value in replacements.values():
+                param.data.copy_(value.to(param.dtype))
+            with torch.no_grad():
+                inputs = capture_block0_inputs(self.model, self.layout.blocks[0], self.tokens,
+                                               self.batch_size, self.device)
+                for block in self.layout.blocks:
+                    inputs = run_block(block, inputs, self.forward_dtype, keep_outputs=True)
+                total = sum(next_token_kl(ref, self._logits(h)) * h.shape[0] * h.shape[1]
+                            for ref, h in zip(self.reference, inputs.hidden, strict=True))
+        finally:
+            for param, dense in saved.values():
+                param.data.copy_(dense)
         return total / sum(h.shape[0] * h.shape[1] for h in inputs.hidden)
 
 

@@ -80,6 +80,10 @@ METHOD_FLAGS: list[tuple[str, dict]] = [
                            "stored bits per weight, e.g. 3.7")),
     ("--bits-choices", dict(type=_int_list, metavar="B,B", help="palettize: bit-widths the "
                             "mixed allocation picks from (default: 2,4)")),
+    ("--table-bits", dict(type=_int_list, metavar="B,B", help="palettize --target-bits: "
+                          "widths the allocation may give the embedding table and LM head "
+                          "(4,8; what --embedding-bits exports), inside the budget "
+                          "(default: float, outside it)")),
     ("--sensitivity", dict(metavar="KIND", help="palettize --target-bits: how a layer is "
                            f"judged at each width, one of {', '.join(SENSITIVITIES)} "
                            f"(default: {DEFAULT_SENSITIVITY}; measured: next-token KL "

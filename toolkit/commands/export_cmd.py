@@ -190,7 +190,32 @@ def _check_bundle(args: argparse.Namespace, options: ExportOptions) -> Path:
     return bundle
 
 
+def artifact_table_bits(model: str) -> int | None:
+    """The table width a mixed-bit palettization chose for this artifact (its manifest's
+    allocation, compress/quant/table_bits.py), None when it chose none."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return None
+    from models.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(path) or {}
+    except Exception:  # an unreadable manifest is refused in one line by the loader
+        return None
+    for stage in manifest.get("stages", []):
+        bits = ((stage.get("report") or {}).get("allocation") or {}).get("table_bits")
+        if bits is not None:
+            return int(bits)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.embedding_bits is None and get_exporter(args.target).quantizes_tables:
+        # the allocation's own choice: the values are on that grid already
+        args.embedding_bits = artifact_table_bits(args.model)
+        if args.embedding_bits is not None and not args.quiet:
+            print(f"--embedding-bits {args.embedding_bits}: the width the artifact's mixed-bit "
+                  "allocation chose for its table and head")
     options = options_from_args(args)
     if args.bundle is not None:  # both checked before loading anything
         out = _check_bundle(args, options)

@@ -108,7 +108,9 @@ def summary(manifest: dict, out: Path) -> str:
         lines.insert(-1, f"mixed bits ({allocation.get('sensitivity_kind', 'absolute')} "
                          f"sensitivity): {allocation['achieved_bits']:.3f} bits per weight "
                          f"(target {allocation['target_bits']:g}); layers per type and bits "
-                         f"{allocation.get('by_type')}")
+                         f"{allocation.get('by_type')}"
+                         + (f"; embedding table and head {allocation['table_bits']}-bit"
+                            if allocation.get("table_bits") else ""))
     interop = interop_summary(manifest.get("interop"))  # whether transformers loads it
     if interop:
         lines.insert(-1, interop)
