@@ -112,7 +112,11 @@ def _write_chunks(artifact, out: Path, options: ExportOptions):
         weights = LazyDecoderWeights(artifact.lazy, options.max_context)
     else:
         from export.llm.decoder_weights import ModuleDecoderWeights
+        from models.qformat.lora import adapters_of
 
+        if adapters_of(artifact.module):
+            raise ExportError("--chunks does not carry LoRA adapters yet (the one-file tflite "
+                              "does): export without --chunks")
         weights = ModuleDecoderWeights(artifact.module, options.max_context,
                                        artifact.quantized)
     return export_chunked_litert(weights, out, chunks=options.chunks,
