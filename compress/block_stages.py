@@ -208,6 +208,12 @@ def stage_for(config: MethodConfig, *, n_blocks: int, calib_tokens: int,
     if isinstance(config, RotateConfig):
         common["calib_tokens"] = 0
         return RotateStage(config, **common)
+    from compress.recovery.lora import LoraConfig
+    from compress.recovery.lora_streaming import LoraBlockStage  # imports this module
+
+    if isinstance(config, LoraConfig):
+        common["calib_tokens"] = calib_tokens
+        return LoraBlockStage(config, previous or [], **common)
     if isinstance(config, RecoverConfig):
         common["calib_tokens"] = calib_tokens
         return RecoveryStage(config, previous or [], **common)

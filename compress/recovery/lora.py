@@ -15,6 +15,9 @@ W_q is the packed weight of a quantized linear, or the dense masked weight of on
 only pruned (Wanda, SparseGPT, magnitude, N:M): its zeros stay zeros, the adapter is a side
 branch and is never merged into it.
 
+Under the streaming engine the stage is block-wise (compress/recovery/lora_block.py): each
+block's adapters reproduce the dense block's output instead, so only one block is held.
+
 Apple's on-device model recovers its 2/4-bit palettized weights (3.7 bits per weight)
 this way, with rank-16 adapters (arXiv 2407.21075, section 5). The adapters are stored
 in fp16 beside the compressed weights and counted in bits per weight separately.
@@ -69,13 +72,17 @@ class LoraConfig(MethodConfig):
     temperature: float = 1.0
     # Regexes over linear names that get adapters; empty = every compressed linear.
     targets: tuple[str, ...] = ()
+    # Adam steps per block under the streaming engine (block-wise LoRA,
+    # compress/recovery/lora_block.py), one calibration micro-batch each; block recovery's
+    # budget, so a 3B model's blocks train in tens of minutes, not hours.
+    block_steps: int = 100
     # Clip the global gradient norm (None = off): the first steps can spike.
     max_grad_norm: float | None = 1.0
     # Seeds A's initialisation and the order of the training windows.
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, minimum in (("rank", 1), ("steps", 1), ("batch_size", 1),
+        for name, minimum in (("rank", 1), ("steps", 1), ("block_steps", 1), ("batch_size", 1),
                               ("micro_batch", 1), ("seq_len", 2), ("eval_samples", 1)):
             _integer(name, getattr(self, name), minimum)
         if self.samples is not None:

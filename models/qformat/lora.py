@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from models.errors import ModelError
@@ -124,7 +123,13 @@ def save_adapters(path: Path, adapters: dict[str, LoraAdapter]) -> None:
         tensors[name + SUFFIX_A] = adapter.lora_A.detach().cpu().half().contiguous()
         tensors[name + SUFFIX_B] = adapter.lora_B.detach().cpu().half().contiguous()
     meta = {"format": LORA_FORMAT, "rank": summary["rank"], "scale": summary["scale"]}
-    save_file(tensors, str(path), metadata={"format": "pt", LORA_METADATA_KEY: json.dumps(meta)})
+    # the toolkit's own writer: atomic, and its header is the same bytes in every process
+    # (safetensors' own ordering of the metadata is not), so a resumed streaming run
+    # writes the file an uninterrupted one does
+    from models.lazy.safetensors_write import write_safetensors
+
+    write_safetensors(Path(path), tensors,
+                      metadata={"format": "pt", LORA_METADATA_KEY: json.dumps(meta)})
 
 
 def read_adapters(path: Path, module: nn.Module) -> dict[str, LoraAdapter]:

@@ -179,17 +179,30 @@ def test_lora_on_a_dense_model_or_first_or_with_bad_knobs_exits_2(toolkit_cli,
     assert not any((tmp_path / n).exists() for n in "abcde")
 
 
-def test_streaming_engines_refuse_lora_in_one_line(lora_artifact, toolkit_cli,
-                                                   fake_model_dir, tmp_path):
-    result = toolkit_cli("compress", "--model", fake_model_dir, *LORA, "--engine",
-                         "streaming", "--out", tmp_path / "s", *SMALL)
-    assert result.code == 2 and len(result.err_lines) == 1, result.err
-    assert "method lora works on the whole model at once" in result.err
-    assert not (tmp_path / "s").exists()
+def test_streaming_eval_applies_the_adapters_like_the_in_memory_one(lora_artifact,
+                                                                    toolkit_cli, tmp_path):
     out, _, _ = lora_artifact
-    result = toolkit_cli("eval", out, "--engine", "streaming", "--eval-windows", "1",
-                         "--eval-seq-len", "16")
-    assert result.code == 2 and "streaming evaluation does not apply" in result.err
+    results = {}
+    for engine in ("memory", "streaming"):
+        report = tmp_path / f"{engine}.json"
+        result = toolkit_cli("eval", out, "--engine", engine, "--eval-windows", "1",
+                             "--eval-seq-len", "16", "--json", report, "--quiet")
+        assert result.code == 0, result.err
+        results[engine] = json.loads(report.read_text(encoding="utf-8"))
+    for stream in ("wikipedia", "news"):
+        a = results["memory"]["metrics"][stream]["ppl"]
+        b = results["streaming"]["metrics"][stream]["ppl"]
+        assert b == pytest.approx(a, rel=1e-5)
+    # and the adapters count: without their file the streamed numbers move
+    bare = tmp_path / "bare"
+    shutil.copytree(out, bare)
+    (bare / LORA_FILE).unlink()
+    report = tmp_path / "bare.json"
+    assert toolkit_cli("eval", bare, "--engine", "streaming", "--eval-windows", "1",
+                       "--eval-seq-len", "16", "--json", report, "--quiet").code == 0
+    without = json.loads(report.read_text(encoding="utf-8"))["metrics"]["wikipedia"]["ppl"]
+    assert without != pytest.approx(results["streaming"]["metrics"]["wikipedia"]["ppl"],
+                                    rel=1e-6)
 
 
 @pytest.mark.slow

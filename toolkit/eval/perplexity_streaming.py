@@ -85,12 +85,15 @@ def evaluate_directory_streaming(path: Path | str, protocol: EvalProtocol, *,
     packed, one file or shards; a GGUF file or a registered name with a checkpoint on disk
     work too: models/lazy/open.py) on the built-in streams, one model part at a time."""
     from models.lazy.open import open_lazy
+    from models.qformat.lora import attach_saved_adapters
     from toolkit.data import cached_streams
     from toolkit.limits import check_length
 
     lazy = open_lazy(str(path))  # checked config (quantization_config dropped), lazy source
     try:
         decoder = StreamingDecoder(lazy.source, lazy.config, device=device)
+        if lazy.path.is_dir():  # LoRA adapters act as forward hooks on the skeleton's linears
+            attach_saved_adapters(lazy.path, decoder.model)
         check_length(decoder.model, protocol.seq_len, "--eval-seq-len")
         streams = cached_streams(lazy.tokenizer())
         return streaming_evaluate_perplexities(decoder, streams, protocol,

@@ -10,16 +10,15 @@ fp32 weights (`in_memory_bytes` with no calibration tokens), exceeds `--memory-b
 
 The knowledge suite (`--suite kick`, `--compare`) generates answers token by token with
 the whole model, which has no block-by-block form: there `--engine streaming` is refused
-in one line and `auto` keeps the in-memory engine. So it is for an artifact with LoRA
-adapters (`lora_adapters.safetensors`), which only the whole model's forward applies.
+in one line and `auto` keeps the in-memory engine. An artifact with LoRA adapters
+(`lora_adapters.safetensors`) streams too: the adapters are hooked onto the skeleton's
+linears and act whenever a block is materialised.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from models.qformat.lora import LORA_FILE
 from toolkit.errors import UserError
 from toolkit.streaming.engine_choice import _shape, budget_bytes, is_streamable
 from toolkit.streaming.memory import in_memory_bytes
@@ -32,16 +31,10 @@ def choose_eval_engine(model_spec: str, args: argparse.Namespace) -> str:
         budget_bytes(args)  # a bad --memory-budget is refused whichever engine runs
         return "memory"
     streamable = is_streamable(model_spec, choice)
-    # The block-by-block perplexity reads stored weights only; LoRA adapters
-    # (models/qformat/lora.py) act in the whole model's forward.
-    lora = (Path(model_spec) / LORA_FILE).is_file()
     if choice == "streaming":
-        if lora:
-            raise UserError(f"{model_spec} has LoRA adapters ({LORA_FILE}), which the "
-                            "streaming evaluation does not apply: use --engine memory")
         return "streaming"
     budget = budget_bytes(args)
-    if not streamable or lora:
+    if not streamable:
         return "memory"
     n_params, _ = _shape(model_spec)
     if n_params is None:  # a test model that exists only in memory

@@ -36,6 +36,7 @@ from models.lazy.safetensors_write import write_safetensors
 from models.lazy.shard_writer import ShardedWriter, shard_name
 from models.lazy.skeleton import StreamingDecoder
 from models.manifest import MANIFEST_FILE, check_manifest, new_manifest_fields
+from models.qformat.lora import attach_saved_adapters
 from toolkit.artifacts import RECIPE_FILE, check_output_dir, files_section, move_into_place
 from toolkit.commands.common import write_json
 from toolkit.errors import UserError
@@ -121,9 +122,9 @@ def _compress(job: StreamJob, out: Path, overwrite: bool, progress, start: float
     _write_rest(job, staging, recipe)
     if job.evaluate:
         after = open_lazy(str(staging))
-        metrics["after"] = _perplexities(
-            StreamingDecoder(after.source, after.config, device=job.device), data.held_out,
-            recipe, progress)
+        decoder = StreamingDecoder(after.source, after.config, device=job.device)
+        attach_saved_adapters(staging, decoder.model)  # block-wise LoRA's, when written
+        metrics["after"] = _perplexities(decoder, data.held_out, recipe, progress)
     manifest = _manifest(job, recipe, stages, data, metrics, seconds, compress_seconds)
     manifest["files"] = files_section(staging)
     check_manifest(manifest, str(out / MANIFEST_FILE))
@@ -298,6 +299,10 @@ def _write_rest(job: StreamJob, staging: Path, recipe: Recipe) -> None:
     job.loaded.tokenizer.save_pretrained(staging)
     if writer.blocker is not None:
         (staging / NOTE_FILE).write_text(_edge_only_note(writer.blocker), encoding="utf-8")
+    for stage in job.stages:  # block-wise LoRA's adapter file
+        write_files = getattr(stage, "write_files", None)
+        if write_files is not None:
+            write_files(staging)
     (staging / RECIPE_FILE).write_text(recipe.to_yaml(), encoding="utf-8")
 
 

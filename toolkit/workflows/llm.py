@@ -116,11 +116,23 @@ def summary(manifest: dict, out: Path) -> str:
         lines.insert(-1, interop)
     if lora:
         lines.insert(-1, f"LoRA adapters: {lora[-1]['linears']} linears, rank "
-                         f"{lora[-1]['rank']}, held-out KL to the dense model "
-                         f"{lora[-1]['kl_before']:.4g} -> {lora[-1]['kl_after']:.4g}; stored in "
+                         f"{lora[-1]['rank']}, {_lora_gain(lora[-1])}; stored in "
                          "lora_adapters.safetensors (Edge Toolkit re-attaches them, "
                          "transformers loads the base weights only)")
     return "\n".join(lines)
+
+
+def _lora_gain(section: dict) -> str:
+    """What the adapters bought: the held-out KL (whole-model LoRA), or the blocks' output
+    error (block-wise LoRA under the streaming engine)."""
+    if "kl_before" in section:
+        return (f"held-out KL to the dense model {section['kl_before']:.4g} -> "
+                f"{section['kl_after']:.4g}")
+    blocks = section.get("blocks", [])
+    before = sum(b["loss_before"] for b in blocks)
+    after = sum(b["loss_after"] for b in blocks)
+    return (f"block-wise: {section.get('blocks_recovered', 0)} of {len(blocks)} blocks "
+            f"closer to the dense blocks, summed output MSE {before:.4g} -> {after:.4g}")
 
 
 WORKFLOW = Workflow(
