@@ -35,24 +35,34 @@ def export_rows(shape: str, args, work: Path) -> list[dict]:
     from models.large_shapes import shape_named
 
     spec = shape_named(shape)
-    source = synthesize(shape, None, work)
     group = 64 if all(n % 64 == 0 for n in (spec.hidden, spec.intermediate)) else 32
-    artifact = work / f"{shape}-rtn4"
-    compress = measured(["compress", "--model", str(source), "--method", "rtn", "--bits", "4",
-                         "--group-size", str(group), "--out", str(artifact), "--overwrite",
-                         "--engine", "streaming", "--no-eval", "--quiet"], work)
-    base = {"shape": shape, "params": spec.param_count(), "recipe": f"rtn 4-bit g{group}",
+    recipe = f"rtn 4-bit g{group}"
+    given = getattr(args, "artifact", None)
+    if given is not None:  # compressed before: its figures from the earlier rows
+        artifact, source = Path(given), None
+        earlier = next(r for r in getattr(args, "previous_export", [])
+                       if r["shape"] == shape and r["recipe"] == recipe)
+        compress = {"peak_rss": earlier["compress_peak_rss"], "wall": earlier["compress_wall"]}
+    else:
+        source = synthesize(shape, None, work)
+        artifact = work / f"{shape}-rtn4"
+        compress = measured(["compress", "--model", str(source), "--method", "rtn", "--bits",
+                             "4", "--group-size", str(group), "--out", str(artifact),
+                             "--overwrite", "--engine", "streaming", "--no-eval", "--quiet"],
+                            work)
+    base = {"shape": shape, "params": spec.param_count(), "recipe": recipe,
             "artifact_bytes": dir_bytes(artifact), "compress_peak_rss": compress["peak_rss"],
             "compress_wall": compress["wall"], "max_context": args.export_context}
     targets = args.targets.split(",") if isinstance(args.targets, str) else args.targets
     rows = []
     for target in targets:
-        for verify in ((False, True) if target == "onnx" else (True,)):
+        for verify in ((False, True) if target in ("onnx", "tflite") else (True,)):
             rows.append({**base, **_export_row(target, verify, artifact, args, work)})
             print(json.dumps(rows[-1]), flush=True)
-    shutil.rmtree(artifact, ignore_errors=True)
-    if not args.keep:
-        shutil.rmtree(source, ignore_errors=True)
+    if source is not None:
+        shutil.rmtree(artifact, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(source, ignore_errors=True)
     return rows
 
 
@@ -69,19 +79,36 @@ def _export_row(target: str, verify: bool, artifact: Path, args, work: Path) -> 
             str(out), "--overwrite", "--max-context", str(args.export_context), "--quiet",
             *flags]
     try:
-        run = measured(argv, work)
+        run = measured(argv, work, allow_failure=True)
     except RuntimeError as exc:  # a refusal (exit 2) is the row's result
         shutil.rmtree(folder, ignore_errors=True)
         return {"target": target, "verify": verify, "refused": str(exc).splitlines()[-1]}
     report = run["report"]
-    verification = report.get("verification") or {}
     shutil.rmtree(folder, ignore_errors=True)
+    if report is None or (run["code"] != 0 and not report.get("verification")):
+        return {"target": target, "verify": verify, "refused": run.get("error", "")}
+    verification = report.get("verification") or {}
+    against = verification.get("vs_artifact") or {}
     return {"target": target, "verify": verify, "file_bytes": report["file_bytes"],
-            "peak_rss": run["peak_rss"], "wall": run["wall"], "carried": report["carried"],
+            # a runtime verifying in a child process (LiteRT) counts too
+            "peak_rss": max(run["peak_rss"], run.get("peak_rss_children", 0)),
+            "wall": run["wall"], "carried": report["carried"],
             "verdict": report["verdict"], "tokens_match": verification.get("tokens_match"),
             "logit_rel_error": (verification.get("logits") or {}).get("relative_error"),
+            "tokens_same": _same(verification),
+            "vs_artifact": {"tokens_match": against.get("tokens_match"),
+                            "logit_rel_error": (against.get("logits") or {})
+                            .get("relative_error")} if against else None,
             "chunks": [{"file": c["file"], "bytes": c["bytes"], "layers": c["layers"]}
                        for c in report.get("chunks", [])]}
+
+
+def _same(verification: dict) -> str | None:
+    """"k of n": how many greedy tokens the runtime shared with the reference."""
+    ours, theirs = verification.get("runtime_tokens"), verification.get("pytorch_tokens")
+    if not ours or not theirs:
+        return None
+    return f"{sum(a == b for a, b in zip(ours, theirs, strict=False))} of {len(theirs)}"
 
 
 def export_lines(data: dict) -> list[str]:
@@ -102,8 +129,12 @@ def export_lines(data: dict) -> list[str]:
         "one part at a time, scores the prompt and those tokens). Core ML is converted in "
         f"{COREML_CHUNKS} chunks of layers, one at a time, and verified structurally (Core ML "
         "runs only on macOS). LiteRT is converted in chunks too (as many as keep each under "
-        "1.5 GB of float32 weights), its 4-bit linears as int4 blockwise FCs, and verified "
-        "by running them in sequence. Peak RSS is the process's ru_maxrss. Other jobs shared the 2 "
+        "1.5 GB of float32 weights), its 4-bit linears as int4 blockwise FCs with dynamic "
+        "int8 inputs; it ran writing only and writing plus verification (the chunks run in "
+        "sequence in a child process; the reference is PyTorch with the file's weights and "
+        "the runtime's int8 inputs emulated, rtol 0.1, greedy tokens must match; the "
+        "artifact as stored is compared too). Peak RSS is the process's ru_maxrss, or its "
+        "verifying child's when larger. Other jobs shared the 2 "
         "cores while some of these ran: wall times are noisy, peaks are not.",
         "",
         "| shape | artifact | artifact GB | compress peak RSS GB | target | file GB | "
@@ -126,8 +157,14 @@ def export_lines(data: dict) -> list[str]:
             verified = f"{row['verdict']} (structural)"
         else:
             verified = (f"{row['verdict']}: tokens "
-                        f"{'same' if row['tokens_match'] else 'differ'}, logits rel. error "
-                        f"{row['logit_rel_error']:.1e}")
+                        f"{'same' if row['tokens_match'] else 'differ'}"
+                        f"{'' if row['tokens_match'] else ' (' + str(row.get('tokens_same')) + ')'}"
+                        f", logits rel. error {row['logit_rel_error']:.1e}")
+            against = row.get("vs_artifact")
+            if against:
+                verified += (f"; vs the artifact: tokens "
+                             f"{'same' if against['tokens_match'] else 'differ'}, logits "
+                             f"{against['logit_rel_error']:.1e}")
         chunks = row.get("chunks") or []
         if chunks:
             carried += "; chunks GB: " + ", ".join(gb(c["bytes"]) for c in chunks)

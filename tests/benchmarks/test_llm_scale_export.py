@@ -31,3 +31,16 @@ def test_rows_for_each_target_and_a_refusal() -> None:
     assert "passed (structural)" in table[1] and "**7.90**" in table[1]
     assert "| tflite | - | - | refused |" in table[2] and "converts the whole" in table[2]
     assert all(line.count("|") == lines[-4].count("|") for line in table)
+
+
+def test_a_failed_verification_row_says_how_far_the_tokens_went() -> None:
+    row = {**BASE, "target": "tflite", "verify": True, "file_bytes": 3.0e9, "peak_rss": 7.7e9,
+           "wall": 1400.0, "carried": {"FULLY_CONNECTED int4 blockwise 32": 182},
+           "verdict": "failed", "tokens_match": False, "logit_rel_error": 0.11,
+           "tokens_same": "5 of 8",
+           "vs_artifact": {"tokens_match": False, "logit_rel_error": 0.111},
+           "chunks": [{"file": "m_chunk1.tflite", "bytes": 7.4e8, "layers": [0, 1]}]}
+    line = next(x for x in export_lines({"export": [row]}) if x.startswith("| afm-3b"))
+    assert "failed: tokens differ (5 of 8), logits rel. error 1.1e-01" in line
+    assert "vs the artifact: tokens differ, logits 1.1e-01" in line
+    assert "chunks GB: 0.74" in line and "**7.70**" in line
