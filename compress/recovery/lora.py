@@ -73,9 +73,11 @@ class LoraConfig(MethodConfig):
     # Regexes over linear names that get adapters; empty = every compressed linear.
     targets: tuple[str, ...] = ()
     # Adam steps per block under the streaming engine (block-wise LoRA,
-    # compress/recovery/lora_block.py), one calibration micro-batch each; block recovery's
-    # budget, so a 3B model's blocks train in tens of minutes, not hours.
-    block_steps: int = 100
+    # compress/recovery/lora_block.py), one calibration micro-batch (4 windows) each: 32 is
+    # four passes over the default 32 x 512 calibration tokens. A step is one forward and
+    # backward of one block on 2048 tokens, so the cost is blocks x steps of that (on this
+    # project's 2-core CPU about 1-2 s for a SmolLM2 block; a 3B block is ~30x that).
+    block_steps: int = 32
     # Clip the global gradient norm (None = off): the first steps can spike.
     max_grad_norm: float | None = 1.0
     # Seeds A's initialisation and the order of the training windows.
