@@ -82,8 +82,9 @@ def point_row(point: Point, bench_dir: str | None) -> dict[str, Any]:
         "name": point.name, "key": point.key, "recipe": point.recipe,
         "size_mb": disk_bytes(artifact) / 1e6,
         "weights_mb": files.get("weights_bytes", 0) / 1e6,
+        # Adapters are counted apart (below), so a float base's bits exclude their file.
         "bits_per_weight": bits if bits is not None
-        else float_bits(artifact, files.get("weights", [])),
+        else float_bits(artifact, [w for w in files.get("weights", []) if w != LORA_FILE]),
         **_adapters(manifest, artifact),
         "sparsity": (manifest.get("sparsity") or {}).get("overall"),
     }

@@ -61,6 +61,22 @@ def test_float_artifacts_report_their_stored_bits(tmp_path):
     assert row["adapter_bits_per_weight"] is None
 
 
+def test_a_float_base_with_adapters_reports_its_own_bits_and_the_adapters_apart(tmp_path):
+    manifest = {"stages": [{"kind": "prune", "report": {}},
+                           {"kind": "lora", "report": {"adapter_bits_per_weight": 0.74,
+                                                       "rank": 16}}]}
+    point = fake_point(tmp_path, manifest, {"w": torch.zeros(40, dtype=torch.float32)})
+    save_file({"a": torch.zeros(100, dtype=torch.float16)},
+              point.directory / ARTIFACT / LORA_FILE)
+    toolkit_json = point.directory / ARTIFACT / "toolkit.json"
+    files = json.loads(toolkit_json.read_text())
+    files["files"]["weights"] = [LORA_FILE, "model.safetensors"]  # as the LLM writer lists
+    toolkit_json.write_text(json.dumps(files))
+    row = point_row(point, None)
+    assert row["bits_per_weight"] == 32.0  # the fp16 adapters are not blended in
+    assert row["adapter_bits_per_weight"] == 0.74 and row["adapter_rank"] == 16
+
+
 def test_closest_is_the_smallest_worst_relative_excess():
     budget = parse_budget("size=100MB,latency=10ms")
     rows = [{"name": "big", "size_mb": 150.0, "latency_ms": 9.0, "wiki_ppl": 10.0},
