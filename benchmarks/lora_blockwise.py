@@ -76,8 +76,9 @@ def markdown(data: dict) -> str:
              "stream, read block by block, adapters applied). Block-wise LoRA: rank 16, "
              f"{args['block_steps']} Adam steps per block on one calibration micro-batch each, "
              "each block fitted to the dense block's output on the adapted upstream's "
-             "activations (compress/recovery/lora_block.py). The whole-model LoRA (KL to "
-             "the dense model's next-token distributions) is in the recovery sweep below.",
+             "activations (compress/recovery/lora_block.py). Wall s: the whole job, its "
+             "evaluations before and after included. The whole-model LoRA (KL to the dense "
+             "model's next-token distributions) is measured in the recovery sweep's section.",
              "", "| model | Wikipedia ppl | news ppl | bits per weight | blocks improved | "
              "wall s |", "|---|---|---|---|---|---|"]
     dense = first["metrics"]["before"]
