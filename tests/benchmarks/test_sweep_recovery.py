@@ -9,6 +9,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from benchmarks import sweep_recovery
 
@@ -81,3 +82,18 @@ def test_a_rerun_under_another_protocol_is_refused(tmp_path, monkeypatch):
                                       str(rerun)])
     with pytest.raises(SystemExit, match="its eval differs"):
         sweep_recovery.main()
+
+
+def test_finished_rows_are_read_again_from_their_point_folders(tmp_path):
+    from tests.toolkit.sweep.test_rows import fake_point
+
+    sweep = tmp_path / "sweep"
+    (sweep / "points").mkdir(parents=True)
+    point = fake_point(sweep / "points", {"quantization": {"bits_per_weight": 2.5}},
+                       {"w": torch.zeros(4, 4)})
+    point.directory.rename(sweep / "points" / "k")
+    stale = {"name": "p", "key": "k", "recipe": point.recipe, "bits_per_weight": 9.0}
+    failed = {"name": "f", "key": "gone", "recipe": {}, "error": "refused"}
+    rows = sweep_recovery.reread_rows(sweep, {"bench": None, "rows": [stale, failed]})
+    assert rows[0]["bits_per_weight"] == 2.5 and rows[0]["wiki_ppl"] == 20.0
+    assert rows[1] == failed
