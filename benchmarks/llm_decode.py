@@ -366,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-context", type=int, default=512)
     p.add_argument("--anchor-tokens", type=int, default=64)
     p.add_argument("--large", default="afm-3b",
-                   help="large shape for the 3B rows ('' to skip), from `toolkit models`")
+                   help="large shape for the 3B rows ('' to skip them and keep the "
+                        "results file's), from `toolkit models`")
     p.add_argument("--large-targets", default="onnx",
                    help="comma-separated targets of the large rows: onnx, tflite "
                         "(default: %(default)s)")
@@ -385,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
         args.results.write_text(json.dumps(data, indent=1) + "\n")
     else:
         data = run(args)
+        if not args.large and args.results.exists():  # --large '': the 3B rows are kept
+            previous = json.loads(args.results.read_text())
+            for key in ("large", "large_runs"):
+                if previous.get(key):
+                    data[key] = previous[key]
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(data, indent=1) + "\n")
     replace_section(args.markdown, SECTION, markdown(data))
