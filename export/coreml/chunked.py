@@ -28,29 +28,18 @@ from export.coreml.chunk_module import chunk_module
 from export.coreml.chunk_plan import Chunk, auto_chunk_count, plan_chunks
 from export.coreml.llm import _carry_weights, input_scales, save_mlprogram, stateful_to_mil
 from export.errors import require
+from export.llm.chunk_files import ChunkedRecords, ChunkFileRecord
 from export.llm.decoder_weights import DecoderWeights
 from export.quiet import captured_console
-from export.records import LayerRecord
 
 
 @dataclasses.dataclass
-class ChunkFile:
-    chunk: Chunk
-    path: Path
-    file_bytes: int
-    carried: list[LayerRecord]
-    dropped: list[LayerRecord]
-    cache_shape: tuple[int, int, int, int]
+class ChunkFile(ChunkFileRecord):
     parameters: int  # float parameters the chunk's module held (tables counted again)
 
-    def describe(self) -> dict:
-        return {"file": self.path.name, "bytes": self.file_bytes,
-                "layers": [self.chunk.start, self.chunk.stop - 1],
-                "cache": list(self.cache_shape), "carried_layers": len(self.carried)}
-
 
 @dataclasses.dataclass
-class ChunkedCoremlExport:
+class ChunkedCoremlExport(ChunkedRecords):
     """What llm_job reads of an export (path, decoder with shape and parameter_count,
     carried, dropped) plus each chunk's file. `decoder` is the DecoderWeights: it reads
     the evaluated weights again for verification, one tensor at a time."""
@@ -59,14 +48,6 @@ class ChunkedCoremlExport:
     decoder: DecoderWeights
     chunks: list[ChunkFile]
     input_scales: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def carried(self) -> list[LayerRecord]:
-        return [r for c in self.chunks for r in c.carried]
-
-    @property
-    def dropped(self) -> list[LayerRecord]:
-        return [r for c in self.chunks for r in c.dropped]
 
     @property
     def extra_details(self) -> dict:

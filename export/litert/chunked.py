@@ -30,29 +30,18 @@ from export.errors import ExportError, require
 from export.litert.blockwise_file import FLATBUFFER_LIMIT, carry_blockwise
 from export.litert.chunk_module import LitertChunk
 from export.litert.weights import carry_weights
+from export.llm.chunk_files import ChunkedRecords, ChunkFileRecord
 from export.llm.decoder_weights import DecoderWeights
 from export.quiet import captured_console
-from export.records import LayerRecord
 
 
 @dataclasses.dataclass
-class LitertChunkFile:
-    chunk: Chunk
-    path: Path
-    file_bytes: int
-    carried: list[LayerRecord]
-    dropped: list[LayerRecord]
-    cache_shape: tuple[int, int, int, int]
+class LitertChunkFile(ChunkFileRecord):
     mapped_loss: dict[str, float]  # layer -> relative weight error of the bf16 scales
 
-    def describe(self) -> dict:
-        return {"file": self.path.name, "bytes": self.file_bytes,
-                "layers": [self.chunk.start, self.chunk.stop - 1],
-                "cache": list(self.cache_shape), "carried_layers": len(self.carried)}
-
 
 @dataclasses.dataclass
-class ChunkedLitertExport:
+class ChunkedLitertExport(ChunkedRecords):
     """What llm_job reads of an export (path, decoder, carried, dropped) plus the chunk
     files; `decoder` is the DecoderWeights, read again by the verification."""
 
@@ -60,14 +49,6 @@ class ChunkedLitertExport:
     decoder: DecoderWeights
     chunks: list[LitertChunkFile]
     prefill_tokens: int
-
-    @property
-    def carried(self) -> list[LayerRecord]:
-        return [r for c in self.chunks for r in c.carried]
-
-    @property
-    def dropped(self) -> list[LayerRecord]:
-        return [r for c in self.chunks for r in c.dropped]
 
     @property
     def files(self) -> list[Path]:
