@@ -93,6 +93,17 @@ def _with_large_adapters(out, tmp_path):
     return big
 
 
+def adapter_effect(artifact) -> float:
+    """How far the artifact's adapters move its last-token logits (largest change)."""
+    loaded = models.load_model(str(artifact))
+    tokens = torch.tensor([[3, 17, 42, 7, 99]])
+    with torch.no_grad():
+        with_adapters = loaded.module(input_ids=tokens).logits[0, -1]
+        detach_adapters(loaded.module)
+        without = loaded.module(input_ids=tokens).logits[0, -1]
+    return float((with_adapters - without).abs().max())
+
+
 @pytest.mark.parametrize("engine", ["memory", "streaming"])
 def test_onnx_export_carries_the_adapters_and_matches_pytorch_with_them(lora_artifact,
                                                                         toolkit_cli,
@@ -115,13 +126,7 @@ def test_onnx_export_carries_the_adapters_and_matches_pytorch_with_them(lora_art
     verification = data["verification"]
     assert verification["passed"] and verification["tokens_match"]
     # The adapters move the logits far more than the file's error: it carries them.
-    loaded = models.load_model(str(big))
-    tokens = torch.tensor([[3, 17, 42, 7, 99]])
-    with torch.no_grad():
-        with_adapters = loaded.module(input_ids=tokens).logits[0, -1]
-        detach_adapters(loaded.module)
-        without = loaded.module(input_ids=tokens).logits[0, -1]
-    assert (with_adapters - without).abs().max() > 100 * verification["logits"]["max_abs_error"]
+    assert adapter_effect(big) > 100 * verification["logits"]["max_abs_error"]
 
 
 def test_truncated_or_misshapen_adapter_file_is_refused_in_one_line(lora_artifact,
