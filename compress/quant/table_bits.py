@@ -16,9 +16,9 @@ The chosen width is applied in the model as the quantizer's own dequantized valu
 artifact keeps the table float, so transformers still opens it, but every value lies on
 the B-bit grid, so evaluation measures the quantized table), and the manifest records
 it; `toolkit export` then uses it as the default `--embedding-bits`. The export
-quantizes those values again: re-deriving each group's float16 scale moves about 1% of
-8-bit codes by one step (none of the 4-bit ones on the test table), an added RMS error of
-0.12x the first rounding's (tests/compress/test_table_bits.py). Storing the codes
+quantizes those values again: re-deriving each group's float16 scale moves a few 8-bit
+codes by one step, adding an RMS error well under the first rounding's
+(tests/compress/test_table_bits.py holds it to at most 2% of the codes and 0.25x). Storing the codes
 themselves in the artifact would remove even that; the artifact format has no packed
 table yet.
 """

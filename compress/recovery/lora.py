@@ -75,8 +75,9 @@ class LoraConfig(MethodConfig):
     # Adam steps per block under the streaming engine (block-wise LoRA,
     # compress/recovery/lora_block.py), one calibration micro-batch (4 windows) each: 32 is
     # four passes over the default 32 x 512 calibration tokens. A step is one forward and
-    # backward of one block on 2048 tokens, so the cost is blocks x steps of that (on this
-    # project's 2-core CPU about 1-2 s for a SmolLM2 block; a 3B block is ~30x that).
+    # backward of one block on 2048 tokens, so the cost is blocks x steps of that
+    # (BENCHMARKS.md, lora-blockwise: the whole SmolLM2-135M job, its two evaluations
+    # included, took 702 s on 2 cores; a 3B block holds ~30x a SmolLM2 block's weights).
     block_steps: int = 32
     # Clip the global gradient norm (None = off): the first steps can spike.
     max_grad_norm: float | None = 1.0
