@@ -50,7 +50,7 @@ class QuantConfig(MethodConfig):
 class IntQuantConfig(QuantConfig):
     """Integer (affine) weight quantization: RTN, GPTQ, AWQ."""
 
-    # Bits per weight code: 2, 3, 4 or 8.
+    # Bits per weight code: 2, 3, 4, 6 or 8.
     bits: int = 4
     # Inputs sharing one scale/zero point (32, 64, 128 ...); None = one per output channel.
     # 64, not the papers' usual 128: it divides every width of the default model
@@ -81,7 +81,8 @@ def register_quantizer(config_type: type[QuantConfig]) -> Callable[[QuantizeFn],
     """`@register_quantizer(GPTQConfig)` on the method's pure `quantize_weight` function.
 
     Registers a `compress.apply` handler that runs the block-sequential quantization
-    engine with that function (or NNCF, for `backend="nncf"`)."""
+    engine with that function (or NNCF, for `backend="nncf"`; with `target_bits`, the
+    mixed bit-width plan of compress.quant.mixed_plan around it)."""
 
     def decorate(quantize_weight: QuantizeFn) -> QuantizeFn:
         def handler(model, config, calib, **engine_options):
@@ -89,6 +90,10 @@ def register_quantizer(config_type: type[QuantConfig]) -> Callable[[QuantizeFn],
                 from compress.quant.nncf_backend import quantize_with_nncf
 
                 return quantize_with_nncf(model, config, calib, **engine_options)
+            if getattr(config, "target_bits", None) is not None:
+                from compress.quant.mixed_plan import quantize_mixed  # imports this module
+
+                return quantize_mixed(model, config, calib, quantize_weight, **engine_options)
             from compress.quant.engine import quantize_blockwise  # engine imports this module
 
             return quantize_blockwise(model, config, calib, quantize_weight, **engine_options)

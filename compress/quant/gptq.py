@@ -40,15 +40,18 @@ import torch
 from compress.errors import CompressError
 from compress.hessian import check_lazy_batch_knobs, inverse_hessian_factor, prepare_hessian
 from compress.linalg import lazy_update_threads, single_threaded
-from compress.quant.base import IntQuantConfig, register_quantizer
+from compress.quant.base import register_quantizer
 from compress.quant.grid import check_grid, dequantize_codes, group_params, quantize_to_codes
+from compress.quant.mixed_int import MixedIntQuantConfig
 from compress.stats import HESSIAN, LinearStats
 from models.qformat import AffineQuantized
 
 
 @dataclasses.dataclass
-class GPTQConfig(IntQuantConfig):
-    """GPTQ's knobs on top of the shared integer-grid ones; needs the full input Hessian."""
+class GPTQConfig(MixedIntQuantConfig):
+    """GPTQ's knobs on top of the shared integer-grid ones; needs the full input Hessian.
+    With target_bits the widths are allocated from round-to-nearest sensitivities and
+    GPTQ runs at each layer's width (compress.quant.mixed_int says why)."""
 
     method: ClassVar[str] = "gptq"
     needs: ClassVar[frozenset[str]] = frozenset({HESSIAN})

@@ -21,7 +21,7 @@ import torch
 
 from compress.errors import CompressError
 
-SUPPORTED_BITS = (2, 3, 4, 8)
+SUPPORTED_BITS = (2, 3, 4, 6, 8)
 # Smallest stored scale: keeps all-zero groups (pruned rows) finite; fp16 can hold it.
 _MIN_SCALE = 1e-7
 

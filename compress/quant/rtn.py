@@ -4,6 +4,8 @@
 
 with per-group scale and zero point from the group's range (see `compress.quant.grid`).
 The data-free baseline that GPTQ (arXiv 2210.17323) and AWQ (arXiv 2306.00978) improve on.
+With `target_bits` each layer gets its own width from `bits_choices`
+(compress.quant.mixed_int, compress.quant.mixed_plan).
 """
 
 from __future__ import annotations
@@ -13,15 +15,23 @@ from typing import ClassVar
 
 import torch
 
-from compress.quant.base import IntQuantConfig, register_quantizer
+from compress.quant.base import register_quantizer
 from compress.quant.grid import check_grid, expand_groups, group_params, quantize_to_codes
+from compress.quant.mixed_int import MixedIntQuantConfig
 from compress.stats import LinearStats
 from models.qformat import AffineQuantized
 
 
 @dataclasses.dataclass
-class RTNConfig(IntQuantConfig):
+class RTNConfig(MixedIntQuantConfig):
+    """Round-to-nearest on the integer grid, one width or mixed (target_bits)."""
+
     method: ClassVar[str] = "rtn"
+
+    # The mixed-bit pre-pass's round-to-nearest codes are this method's own: kept.
+    @property
+    def trial_is_final(self) -> bool:
+        return True
 
 
 def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int | None,

@@ -5,7 +5,8 @@ model is loaded on the device, stored compressed in the file).
                 -> constexpr_lut_to_dense(indices uint{b} [out, in], lut [out/g, 1, 2^b, 1])
     affine      W[r, j] = scale[r, k] * (code[r, j] - zero[r, k]),  k = j // group
                 -> constexpr_blockwise_shift_scale(data uint4|uint8 [out, in],
-                   scale [out, in/group], offset [out, in/group]); 2- and 3-bit codes in uint4
+                   scale [out, in/group], offset [out, in/group]); 2- and 3-bit codes in
+                   uint4, 6-bit codes in uint8 (the op takes 4- and 8-bit data only)
     AWQ (arXiv 2306.00978) W = dequant(codes) / s
                 -> the codes as above, and the layer's input multiplied by 1/s (mul),
                    added by export.coreml.llm where the reading op is known
@@ -47,7 +48,7 @@ def palette_op(weight: PaletteQuantized, name: str):
 def affine_op(weight: AffineQuantized, name: str):
     from coremltools.converters.mil import Builder as mb
 
-    container = 8 if weight.bits == 8 else 4
+    container = 4 if weight.bits <= 4 else 8
     dtype = _dtype(container)
     data = weight.codes.numpy().astype(dtype)
     offset = weight.zero_points().numpy().astype(dtype)

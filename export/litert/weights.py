@@ -13,12 +13,12 @@ TFLite's DEQUANTIZE computes scale * (q - zero_point) in float32, the toolkit's 
 formula, so the weight the file computes with equals the one the toolkit evaluated. The
 runtime dequantizes a constant once, when the model is prepared: the file is small, the
 arithmetic is float (exact), the resident weights are float. 2- and 3-bit codes sit in
-int4. TFLite keeps a float32 scale and an int64 zero point per group (12 bytes) in the
-codes tensor's quantization parameters, and each signature has its own tensor: with two
-signatures, int4 in 64-weight groups costs 7 bits per weight in the file (4.31 in the
-artifact); per-channel codes cost their bit width. Palette (lookup-table) weights have no
-LiteRT op: the caller maps them to affine codes first (export.litert.palette_map), and
-anything still not affine is listed as dropped, float32.
+int4, 6-bit codes in int8. TFLite keeps a float32 scale and an int64 zero point per group
+(12 bytes) in the codes tensor's quantization parameters, and each signature has its own
+tensor: with two signatures, int4 in 64-weight groups costs 7 bits per weight in the file
+(4.31 in the artifact); per-channel codes cost their bit width. Palette (lookup-table)
+weights have no LiteRT op: the caller maps them to affine codes first
+(export.litert.palette_map), and anything still not affine is listed as dropped, float32.
 
 A table read by a lookup (GATHER_ND, the embedding) is not dequantized whole: the lookup
 gathers its rows' codes and scales (export.litert.gather); a tied head's matmul still
@@ -43,7 +43,8 @@ from export.litert.gather import rewrite_gathers
 from export.records import LayerRecord
 from models.qformat import AffineQuantized
 
-CONTAINER_BITS = {2: 4, 3: 4, 4: 4, 8: 8}
+# LiteRT's weight-only DEQUANTIZE reads int4 or int8 constants: narrower codes widen.
+CONTAINER_BITS = {2: 4, 3: 4, 4: 4, 6: 8, 8: 8}
 
 
 def digest(weight: np.ndarray) -> str:

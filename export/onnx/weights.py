@@ -4,7 +4,9 @@
         Y = A @ W^T,  W[n, k] = scale[n, g] * (q[n, k] - zero[n, g]),  g = k // block
         B [N, K/block, block*bits/8] uint8, codes LSB-first; zero points packed the same
         way per row (absent = 2^(bits-1), our symmetric grid)
-    affine, 3 bits:     the same with 4-bit storage (the 3-bit codes fit; say so)
+    affine, 3 or 6 bits: the same in the next wider container (3 in 4 bits, 6 in 8; the
+        codes fit, the report says so): onnxruntime 1.32's kernel refuses any width but
+        2, 4 and 8 ("Only 2b, 4b and 8b quantization is supported for MatMulNBits")
     affine, groups of g inputs (per channel: g = in): MatMulNBits with the largest
         power-of-two block b >= 16 dividing g, each group's scale and zero repeated g/b times
         (DequantizeLinear -> MatMul is not used: onnxruntime fuses it into a kernel that
@@ -28,6 +30,11 @@ from models.qformat import AffineQuantized, PaletteQuantized
 from models.qformat.packing import pack_bits
 
 MATMUL_NBITS_BITS = (2, 4, 8)
+
+
+def matmul_nbits_container(bits: int) -> int:
+    """The narrowest width MatMulNBits runs that holds `bits`-bit codes."""
+    return min(b for b in MATMUL_NBITS_BITS if b >= bits)
 
 
 @dataclasses.dataclass
@@ -71,7 +78,7 @@ def matmul_nbits(weight: AffineQuantized, a: str, y: str, prefix: str) -> OnnxWe
     from onnx import helper
 
     out, inp = weight.shape
-    bits = weight.bits if weight.bits in MATMUL_NBITS_BITS else 4
+    bits = matmul_nbits_container(weight.bits)
     block = matmul_nbits_block(weight.group_size)
     if block is None:
         raise ValueError(f"group size {weight.group_size} has no power-of-two block >= 16")
@@ -93,7 +100,8 @@ def matmul_nbits(weight: AffineQuantized, a: str, y: str, prefix: str) -> OnnxWe
     if repeat > 1:
         how += f" (each group of {weight.group_size} as {repeat} blocks)"
     if bits != weight.bits:
-        how += f" (the {weight.bits}-bit codes stored in 4 bits: no 3-bit kernel)"
+        how += (f" (the {weight.bits}-bit codes stored in {bits} bits: no "
+                f"{weight.bits}-bit kernel)")
     return OnnxWeight(nodes, inits, how)
 
 

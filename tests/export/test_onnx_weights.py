@@ -65,14 +65,16 @@ def _numpy_affine(w: AffineQuantized) -> np.ndarray:
     (3, 32, False, True, "MatMulNBits"),
     (4, IN, False, False, "MatMulNBits"),  # per channel: 96 = 3 blocks of 32
     (8, 48, True, False, "MatMulNBits"),  # 48 = 3 blocks of 16
+    (6, 32, False, False, "MatMulNBits"),  # 6-bit codes in an 8-bit container
+    (6, 16, True, True, "MatMulNBits"),
 ])
 def test_affine_weights_match_numpy(bits, group, symmetric, awq, op) -> None:
     weight = _affine(bits, group, symmetric, awq)
     x = np.random.default_rng(1).standard_normal((5, IN)).astype(np.float32)
     y, ops, how = _run(weight, x)
     assert op in ops
-    if bits == 3:
-        assert "stored in 4 bits" in how
+    if bits in (3, 6):  # onnxruntime's MatMulNBits runs 2, 4 and 8 bits only
+        assert f"{bits}-bit codes stored in {4 if bits == 3 else 8} bits" in how
     expected = x.astype(np.float64) @ _numpy_affine(weight).T
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 

@@ -82,7 +82,11 @@ def test_reported_bits_and_bytes_are_the_files(rtn_artifact):
     assert (out / "recipe.yaml").is_file()
     assert report["recipe"]["stages"][0] == {"method": "rtn", "ignore": [], "bits": 4,
                                              "group_size": 32, "symmetric": False,
-                                             "backend": "toolkit"}
+                                             "backend": "toolkit", "target_bits": None,
+                                             "bits_choices": [3, 4, 6],
+                                             "sensitivity": "measured",
+                                             "sensitivity_windows": 4,
+                                             "sensitivity_tokens": 256, "table_bits": None}
 
 
 def test_eval_of_the_artifact_reproduces_the_reported_perplexity(toolkit_cli, rtn_artifact,

@@ -18,7 +18,7 @@ from compress.experts import CRITERION_CHOICES
 from compress.experts.drop import RECOVER_CHOICES
 from compress.prune.base import LAYERWISE_CHOICES
 from compress.quant.base import BACKENDS
-from compress.quant.palettize import DEFAULT_SENSITIVITY
+from compress.quant.mixed_config import DEFAULT_SENSITIVITY
 from compress.quant.sensitivity import SENSITIVITIES
 from compress.recovery import LoraConfig
 from compress.structured import ALLOCATIONS, CHANNEL_CRITERIA
@@ -61,8 +61,8 @@ METHOD_FLAGS: list[tuple[str, dict]] = [
                          "(outlier-weighted per-block sparsity, arXiv 2310.05175)")),
     ("--owl-m", dict(type=float, help="pruning: OWL outlier threshold M (default: 5)")),
     ("--owl-lambda", dict(type=float, help="pruning: OWL spread +-lambda (default: 0.08)")),
-    ("--bits", dict(type=int, help="quantization: bits per weight code (rtn/gptq/awq: 2, 3, "
-                    "4, 8; palettize: 2, 3, 4, 6, 8) (default: 4)")),
+    ("--bits", dict(type=int, help="quantization: bits per weight code (rtn/gptq/awq and "
+                    "palettize: 2, 3, 4, 6, 8) (default: 4)")),
     ("--group-size", dict(type=_none_or_int("channel"), metavar="G|channel",
                           help="rtn/gptq/awq: inputs sharing a scale (32, 64, 128), or "
                                "`channel` for one scale per output row (default: 64)")),
@@ -76,15 +76,17 @@ METHOD_FLAGS: list[tuple[str, dict]] = [
     ("--group-rows", dict(type=_none_or_int("tensor"), metavar="R|tensor",
                           help="palettize: output rows sharing one lookup table, or `tensor` "
                                "(default: 16)")),
-    ("--target-bits", dict(type=float, help="palettize: mixed bit-widths with this average "
-                           "stored bits per weight, e.g. 3.7")),
-    ("--bits-choices", dict(type=_int_list, metavar="B,B", help="palettize: bit-widths the "
-                            "mixed allocation picks from (default: 2,4)")),
-    ("--table-bits", dict(type=_int_list, metavar="B,B", help="palettize --target-bits: "
+    ("--target-bits", dict(type=float, help="palettize/rtn/gptq: mixed bit-widths with this "
+                           "average stored bits per weight (scales, zero points and tables "
+                           "included), e.g. 3.7")),
+    ("--bits-choices", dict(type=_int_list, metavar="B,B", help="palettize/rtn/gptq: "
+                            "bit-widths the mixed allocation picks from (default: palettize "
+                            "2,4; rtn/gptq 3,4,6)")),
+    ("--table-bits", dict(type=_int_list, metavar="B,B", help="--target-bits: "
                           "widths the allocation may give the embedding table and LM head "
                           "(4,8; what --embedding-bits exports), inside the budget "
                           "(default: float, outside it)")),
-    ("--sensitivity", dict(metavar="KIND", help="palettize --target-bits: how a layer is "
+    ("--sensitivity", dict(metavar="KIND", help="--target-bits: how a layer is "
                            f"judged at each width, one of {', '.join(SENSITIVITIES)} "
                            f"(default: {DEFAULT_SENSITIVITY}; measured: next-token KL "
                            "with that layer alone quantized)")),
