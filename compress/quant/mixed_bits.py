@@ -4,8 +4,9 @@
 
 with s_l(b) the layer's output error at b bits on the calibration tokens,
 s_l(b) = tr(dW_b H dW_b^T) / n_tokens (dW_b = W - W_hat_b, H = sum_t x_t x_t^T), and
-q_l(b) its stored bits per weight, tables included. Apple's on-device model mixes 2- and
-4-bit palettized layers for about 3.5-3.7 bits per weight (arXiv 2407.21075).
+q_l(b) its stored bits per weight, tables (palettes) or group scales and zero points
+(integer grids) included. Apple's on-device model mixes 2- and 4-bit palettized layers
+for about 3.5-3.7 bits per weight (arXiv 2407.21075).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def allocate_bits(layers: list[LayerChoices], target: float,
     if floor > target + 1e-9:
         smallest = min(min(options) for _, _, options in layers)
         raise CompressError(f"target {target:g} bits is below the smallest choice ({smallest} "
-                            f"bits, {floor:.3f} stored with its tables): raise target_bits "
+                            f"bits, {floor:.3f} stored with its scales or tables): raise "
+                            "target_bits "
                             "or add a smaller choice")
     room = (target - floor) * total
     while (upgrade := _best_upgrade(layers, choice, room)) is not None:
