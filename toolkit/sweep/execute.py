@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from toolkit.sweep.point_lock import PARENT_ENV
 from toolkit.sweep.points import LOG
 
 
@@ -55,6 +56,7 @@ def run_worker(point_dir: str, key: str) -> Outcome:
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("TMPDIR", None)  # the parent's run folder is removed when it ends
+    env[PARENT_ENV] = str(os.getpid())  # the worker ends with this process (point_lock.py)
     return env
 
 

@@ -9,6 +9,7 @@
       done.json        written last, atomically: compress and eval are complete
       bench-<fmt>-<k>/ export + `toolkit bench` (renamed into place when complete)
       log.txt          the worker's output, for a point that failed
+      .worker.lock     held by the worker running the point (toolkit/sweep/point_lock.py)
 
 key = sha256 of the resolved recipe (every knob with its default, calibration, perplexity
 protocol, model), the model's identity (a registered name; a path with its files' names,

@@ -13,6 +13,9 @@ at the step it was in):
 4. with a bench format: `toolkit export FORMAT` and `toolkit bench` on the file, into a
    staging folder renamed into place when both are complete.
 
+The worker holds the point's lock while it runs and ends with the sweep that started it
+(toolkit/sweep/point_lock.py), so a resumed sweep never runs a point twice at once.
+
 A command's failure ends the worker with its exit code; its one-line error is the last
 line of stderr, which the sweep reports.
 """
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 from toolkit.data.cache import write_text_atomic
+from toolkit.sweep.point_lock import end_with_parent, point_lock
 from toolkit.sweep.points import ARTIFACT, COMPRESS, DONE, EVAL, JOB, RECIPE
 
 EXPORT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
@@ -141,8 +145,11 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m toolkit.sweep.worker POINT_DIR", file=sys.stderr)
         return 2
+    end_with_parent()
+    point = Path(argv[0])
     try:
-        run_point(Path(argv[0]))
+        with point_lock(point, lambda line: print(line, file=sys.stderr, flush=True)):
+            run_point(point)
     except StepFailed as exc:
         return exc.code
     return 0
