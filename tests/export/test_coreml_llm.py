@@ -19,8 +19,8 @@ CONTEXT = 32
 
 
 def _mixed_fake():
-    """palettes on the MLP, 3-bit symmetric q, 4-bit asymmetric o, AWQ-scaled v, and a
-    pruned float k: every path of export.coreml.weights."""
+    """palettes on the MLP, 3-bit symmetric q, 4- and 6-bit asymmetric o (6-bit codes sit
+    in uint8), AWQ-scaled v, and a pruned float k: every path of export.coreml.weights."""
     loaded = create_model("fake-llama")
     packed = {}
     for name, module in loaded.module.named_modules():
@@ -32,7 +32,8 @@ def _mixed_fake():
         elif "q_proj" in name:
             packed[name] = rtn_quantize(weight, 3, 32, symmetric=True)
         elif "o_proj" in name:
-            packed[name] = rtn_quantize(weight, 4, 32, symmetric=False)
+            bits = 6 if ".layers.1." in name else 4
+            packed[name] = rtn_quantize(weight, bits, 32, symmetric=False)
         elif "v_proj" in name:
             packed[name] = rtn_quantize(weight, 4, 32, symmetric=True)
             packed[name].input_scale = torch.linspace(0.5, 2.0, weight.shape[1]).half()
@@ -58,7 +59,8 @@ def test_each_layer_is_carried_by_its_op_or_reported(exported) -> None:
     assert how == {"constexpr_lut_to_dense 4-bit, 8 tables": 4,
                    "constexpr_lut_to_dense 4-bit, 4 tables": 2,
                    "constexpr_blockwise_shift_scale 3-bit, block 32": 2,
-                   "constexpr_blockwise_shift_scale 4-bit, block 32": 2,
+                   "constexpr_blockwise_shift_scale 4-bit, block 32": 1,
+                   "constexpr_blockwise_shift_scale 6-bit, block 32": 1,
                    "constexpr_blockwise_shift_scale 4-bit, block 32 + AWQ input scaling": 2,
                    "constexpr_sparse_to_dense": 2}
     assert exported.dropped == []

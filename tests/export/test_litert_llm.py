@@ -80,6 +80,8 @@ def _compressed_fake():
             packed[name] = palettize(weight, 4, 16, 10)
         elif "q_proj" in name:
             packed[name] = rtn_quantize(weight, 3, 32, symmetric=True)
+        elif "o_proj" in name:  # 6-bit codes (a mixed-bit allocation's) in int8
+            packed[name] = rtn_quantize(weight, 6, None, symmetric=False)
         elif "v_proj" in name:
             scale = (torch.rand(weight.shape[1], generator=generator) + 0.5).half()
             packed[name] = dataclasses.replace(
@@ -109,7 +111,7 @@ def test_integer_weights_are_carried_as_weight_only_dequantize(compressed) -> No
                    "self_attn.q_proj": "DEQUANTIZE int4 block 32 (3-bit codes)",
                    "self_attn.v_proj": "DEQUANTIZE int4 block 32 + DIV by AWQ scales",
                    "self_attn.k_proj": "DEQUANTIZE int4 per channel",
-                   "self_attn.o_proj": "DEQUANTIZE int4 per channel",
+                   "self_attn.o_proj": "DEQUANTIZE int8 per channel (6-bit codes)",
                    "mlp.gate_proj": "DEQUANTIZE int4 block 32 (mapped from a 4-bit palette)"}
     assert len(result.carried) == 2 * len(how) and result.dropped == []
     assert set(result.mapped) == {n for n in packed if "gate_proj" in n}
@@ -118,7 +120,7 @@ def test_integer_weights_are_carried_as_weight_only_dequantize(compressed) -> No
     # by each signature's codes tensor.
     carried = [p for n, p in packed.items() if "gate_proj" not in n]
     float_bytes = sum(4 * p.shape[0] * p.shape[1] for p in carried)
-    code_bytes = sum(p.shape[0] * p.shape[1] * (1 if p.bits == 8 else 0.5) for p in carried)
+    code_bytes = sum(p.shape[0] * p.shape[1] * (1 if p.bits > 4 else 0.5) for p in carried)
     param_bytes = sum(2 * 12 * p.scales.numel() for p in carried)
     saved = dense.path.stat().st_size - result.path.stat().st_size
     assert saved > 0.9 * (float_bytes - code_bytes - param_bytes)
