@@ -91,7 +91,11 @@ def run_cli(argv: list[str]) -> float:
 
 def run_variant(name: str, args: argparse.Namespace, work: Path) -> dict:
     stages = VARIANTS[name]
-    result: dict = {"variant": name, "stages": stages}
+    from benchmarks.environment import environment
+
+    env = environment()
+    result: dict = {"variant": name, "stages": stages,
+                    "run_on": {k: env[k] for k in ("date", "cpu", "cores", "torch")}}
     model = "smollm2-135m"
     if stages:
         recipe = work / f"{name}.yaml"
@@ -190,6 +194,11 @@ def main() -> int:
                else json.loads(args.results.read_text()))
     if results.get("protocol") != protocol:
         results = {"protocol": protocol, "variants": {}}
+    if "environment" not in results:  # the run that starts the file: the table's header
+        from benchmarks.environment import environment
+
+        env = environment()
+        results["environment"] = {k: env[k] for k in ("date", "cpu", "cores", "torch")}
     names = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:

@@ -30,7 +30,15 @@ def _describe(stages: list[dict]) -> str:
 
 
 def render_table(results: dict) -> str:
-    env = environment()
+    # The header names the run that started the results file; a variant re-run later
+    # (`--redo`, after its method changed) carries its own `run_on` and is listed below it.
+    env = results.get("environment") or environment()
+    later = {}
+    for name, r in results["variants"].items():
+        run_on = r.get("run_on")
+        if run_on and (run_on["date"], run_on["cpu"]) != (env["date"], env["cpu"]):
+            later.setdefault(f"{run_on['date']} ({run_on['cpu']}, {run_on['cores']} cores, "
+                             f"torch {run_on['torch']})", []).append(name)
     protocol = results["protocol"]
     rows = ["| variant | recipe | bits/weight | weights on disk MB | wiki ppl | news ppl | "
             "factoid closed-book % [95% CI] | factoid open-book % [95% CI] | compress s | "
@@ -70,6 +78,8 @@ def render_table(results: dict) -> str:
         "`weights on disk` is the whole model.safetensors (embeddings, tied with the head, "
         "stay fp32: 113 MB of it). Groups are 64 wide because SmolLM2's 576-wide layers "
         "are not divisible by 128. Peak RSS is the larger of the two processes.",
+        *([""] + [f"Re-run on {when}: {', '.join(names)} (their compress seconds are from "
+                  "that machine)." for when, names in later.items()] if later else []),
         "",
         *rows,
         "",
