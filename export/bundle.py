@@ -63,6 +63,10 @@ def write_bundle(target: str, artifact: Any, bundle: Path,
 
         return write_vision_bundle(target, artifact, bundle, options)
     check_bundle_dir(target, bundle, options)
+    if options.kv_cache_dtype == "int8":
+        raise ExportError("--bundle carries a float32 or float16 cache (the demo apps and "
+                          "the bundle reader allocate float caches): use --kv-cache float16 "
+                          "with --bundle, or --out for an int8-cache file")
     tokenizer = _checked_tokenizer(artifact)
 
     def finish(staging: Path, model: Path, report: ExportReport) -> dict:

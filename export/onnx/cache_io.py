@@ -20,7 +20,9 @@ binding present_key.{i} to the very buffer given as past_key.{i} (onnxruntime's
 IOBinding) makes GroupQueryAttention write only the new rows, with no copy of the cache
 per token. A caller that feeds present back as past (plain `session.run`) gets the same
 numbers, paying a copy per layer. The cache dtype is float32 or, with
-`--kv-cache float16`, float16 (half the cache traffic).
+`--kv-cache float16`, float16 (half the cache traffic), or with `--kv-cache int8`, int8
+codes with static per-channel scales inside the file (a quarter; export.llm.kv_scales).
+A caller starts from an all-zero cache of the recorded dtype.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ LLM_METADATA_KEY = "edge_toolkit.llm"  # the metadata entry holding io_descripti
 STACKED, PER_LAYER = "stacked", "per_layer"
 STACKED_INPUTS = ["input_ids", "position", "past_keys", "past_values"]
 STACKED_OUTPUTS = ["logits", "present_keys", "present_values"]
-KV_CACHE_DTYPES = ("float32", "float16")
+KV_CACHE_DTYPES = ("float32", "float16", "int8")
 
 
 def per_layer_names(layers: int) -> dict[str, list[str]]:

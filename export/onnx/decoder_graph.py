@@ -303,7 +303,7 @@ def write_decoder_onnx(weights: DecoderWeights, out: Path,
     `attention`: "fused" (GroupQueryAttention, per-layer cache updated in place; see
     export.onnx.cache_io), "standard" (standard ops, stacked cache: any ONNX runtime) or
     "auto" (fused where onnxruntime's kernel takes the head width). `kv_cache_dtype`:
-    "float32" or "float16" (fused only)."""
+    "float32", "float16" or "int8" (fused only; int8 reads `weights.kv_scales`)."""
     onnx = require("onnx", "onnx", "ONNX export")
     from onnx import TensorProto, helper
 
@@ -320,7 +320,8 @@ def write_decoder_onnx(weights: DecoderWeights, out: Path,
               helper.make_tensor_value_info("position", TensorProto.INT64, [1])]
     logits = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
                                             [1, "tokens", shape.vocab])]
-    cache_type = TensorProto.FLOAT16 if kv_cache_dtype == "float16" else TensorProto.FLOAT
+    cache_type = {"float16": TensorProto.FLOAT16, "int8": TensorProto.INT8}.get(
+        kv_cache_dtype, TensorProto.FLOAT)
     if layout == STACKED:
         cache = list(shape.cache_shape())
         inputs = tokens + [helper.make_tensor_value_info(name, cache_type, cache)

@@ -38,6 +38,10 @@ class OnnxExporter(Exporter):
 
         metadata = {"edge_toolkit.source": artifact.source}
         if isinstance(artifact, StreamedArtifact):
+            if options.kv_cache_dtype == "int8":
+                raise ExportError("--kv-cache int8 calibrates its scales on the model in "
+                                  "memory, which the streaming engine does not hold: use "
+                                  "--kv-cache float16, or --engine memory")
             from export.llm.lazy_weights import LazyDecoderWeights
 
             weights = LazyDecoderWeights(artifact.lazy, options.max_context)
@@ -50,6 +54,8 @@ class OnnxExporter(Exporter):
             weights = ModuleDecoderWeights(artifact.module, options.max_context,
                                            artifact.quantized)
             _quantize_tables(weights, options)
+            if options.kv_cache_dtype == "int8":
+                weights.kv_scales = _kv_scales(artifact, weights, options)
             return write_decoder_onnx(weights, out, metadata,
                                       external=weights.float32_bytes() > EXTERNAL_DATA_BYTES,
                                       **_graph_options(options))
@@ -104,6 +110,26 @@ def _graph_options(options: ExportOptions) -> dict:
 
     return {"accuracy_level": written_level(options), "attention": options.onnx_attention,
             "kv_cache_dtype": options.kv_cache_dtype}
+
+
+def _kv_scales(artifact, weights, options: ExportOptions):
+    """The int8 cache's per-channel scales (export.llm.kv_scales), measured on the caller's
+    calibration windows (`options.calibration`; toolkit: Wikipedia) with the model as the
+    file computes it, tables quantized at export included."""
+    import contextlib
+
+    import torch
+
+    from export.llm.kv_scales import measure_kv_scales
+
+    if options.calibration is None:
+        raise ExportError("--kv-cache int8 needs calibration text to measure its scales; "
+                          "export through `toolkit export`, which supplies it")
+    windows = [torch.tensor(ids, dtype=torch.long)
+               for ids in options.calibration(artifact.tokenizer)]
+    tables = getattr(weights, "tables", None)
+    with tables.swapped_into(artifact.module) if tables else contextlib.nullcontext():
+        return measure_kv_scales(artifact.module, windows)
 
 
 def _quantize_tables(weights, options: ExportOptions) -> None:

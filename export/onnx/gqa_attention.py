@@ -18,6 +18,12 @@ positions from them; its rotary is the rotate-half form (rotary_interleaved = 0)
 uses, with the tables precomputed here from the model's own inv_freq and attention scale
 (so llama3 / linear / dynamic-free rope variants that DecoderWeights resolves all
 carry). onnxruntime's CPU kernel needs D to be a multiple of 16 (checked at export).
+
+With an int8 cache (`--kv-cache int8`) the node also takes one static scale per cache
+channel for keys and values ([1, K, 1, D] constants, k_quant_type = v_quant_type =
+PER_CHANNEL, kv_cache_bit_width = 8), measured on calibration text by
+export.llm.kv_scales and given as `weights.kv_scales`; q/k/v and the output stay float32
+(the kernel's int8 cache takes float32 activations).
 """
 
 from __future__ import annotations
@@ -46,6 +52,11 @@ class GqaAttention:
         g, w = writer.g, writer.w
         self.writer, self.names = writer, names
         self.half = cache_dtype == "float16"
+        self.int8 = cache_dtype == "int8"
+        self.kv_scales = getattr(w, "kv_scales", None) if self.int8 else None
+        if self.int8 and self.kv_scales is None:
+            raise ValueError("an int8 cache needs weights.kv_scales "
+                             "(export.llm.kv_scales.measure_kv_scales)")
         dtype = np.float16 if self.half else np.float32
         cos, sin = rotary_tables(w.inv_freq.numpy(), w.rope_scale, w.shape.max_context, dtype)
         self.cos, self.sin = g.array("rotary.cos_cache", cos), g.array("rotary.sin_cache", sin)
@@ -67,14 +78,22 @@ class GqaAttention:
             streams = [self._batched(writer.linear(h, part)) for part in parts]
         shape = w.shape
         out = g.fresh(f"attention.{index}")
-        g.node(_node("GroupQueryAttention",
-                     [*streams, self.names["past_keys"][index],
-                      self.names["past_values"][index], self.seqlens, self.total,
-                      self.cos, self.sin],
+        inputs = [*streams, self.names["past_keys"][index], self.names["past_values"][index],
+                  self.seqlens, self.total, self.cos, self.sin]
+        int8 = {}
+        if self.int8:  # inputs 9-11 (position ids, bias, head sink) are left out
+            scales = [g.array(f"kv_scale.{kind}.{index}",
+                              table[index][None, :, None, :].astype(np.float32))
+                      for kind, table in (("key", self.kv_scales.keys),
+                                          ("value", self.kv_scales.values))]
+            inputs += ["", "", "", *scales]
+            int8 = {"k_quant_type": "PER_CHANNEL", "v_quant_type": "PER_CHANNEL",
+                    "kv_cache_bit_width": 8}
+        g.node(_node("GroupQueryAttention", inputs,
                      [out, self.names["present_keys"][index],
                       self.names["present_values"][index]],
                      num_heads=shape.heads, kv_num_heads=shape.kv_heads, do_rotary=1,
-                     rotary_interleaved=0, scale=float(shape.head_dim ** -0.5)))
+                     rotary_interleaved=0, scale=float(shape.head_dim ** -0.5), **int8))
         if self.half:
             out = g.op("Cast", [out], to=FLOAT)
         return writer.linear(out, w.linear(linears["o_proj"]))  # [1, T, heads * D]
