@@ -20,7 +20,6 @@ the end (--render: from the JSON alone).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.markdown_section import replace_section  # noqa: E402
-from benchmarks.mixed_bits_sensitivity import Bench  # noqa: E402
+from benchmarks.mixed_bits_sensitivity import Bench, protocol_arguments  # noqa: E402
 
 SECTION = "mixed_bits_rtn"
 RESULTS = ROOT / "benchmarks" / "results" / "mixed_bits_rtn.json"
@@ -121,16 +120,7 @@ def _reading(rows: list[dict]) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calib-samples", type=int, default=8)
-    parser.add_argument("--eval-windows", type=int, default=8)
-    parser.add_argument("--kl-windows", type=int, default=4)
-    parser.add_argument("--kl-tokens", type=int, default=256)
-    parser.add_argument("--write", action="store_true",
-                        help="write BENCHMARKS.md's section and the results JSON")
-    parser.add_argument("--render", action="store_true",
-                        help="only rewrite BENCHMARKS.md's section from the results JSON")
-    args = parser.parse_args()
+    args = protocol_arguments(__doc__.splitlines()[0])
     if args.render:
         data = json.loads(RESULTS.read_text(encoding="utf-8"))
         replace_section(ROOT / "BENCHMARKS.md", SECTION, markdown(data))

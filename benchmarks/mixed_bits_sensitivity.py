@@ -185,8 +185,9 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def protocol_arguments(description: str) -> argparse.Namespace:
+    """The quick protocol's command line, shared with benchmarks/mixed_bits_rtn.py."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--calib-samples", type=int, default=8)
     parser.add_argument("--eval-windows", type=int, default=8)
     parser.add_argument("--kl-windows", type=int, default=4)
@@ -195,7 +196,11 @@ def main() -> int:
                         help="write BENCHMARKS.md's section and the results JSON")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite BENCHMARKS.md's section from the results JSON")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = protocol_arguments(__doc__.splitlines()[0])
     if args.render:
         data = json.loads(RESULTS.read_text(encoding="utf-8"))
         replace_section(ROOT / "BENCHMARKS.md", SECTION, markdown(data))
