@@ -230,7 +230,10 @@ def markdown(data: dict) -> str:
         "(warm). Medians with the 10th-90th percentile. % of bound = (MB per token / probe "
         "bandwidth) / cold step. Huge pages: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` for "
         "that process (its probe buffer too); `huge MB` is the process's memory on "
-        "transparent huge pages at the end, the proof the setting took.", "",
+        "transparent huge pages at the end, the proof the setting took. 1-minute load "
+        f"average when the run ended: {data['load_average_1min_end']:.2f} (on 2 cores, "
+        "above about 1 another job shared the machine and the 2-thread rows are "
+        "disturbed most).", "",
         "| threads | pages | probe GB/s | cold step ms | % of bound (cold) | warm step ms "
         "| warm MB/ms | huge MB |",
         "|---|---|---|---|---|---|---|---|",

@@ -40,6 +40,7 @@ def _data(probe: list[float], cold: list[float], warm: list[float]) -> dict:
         "bytes_per_token": {"total": 82_000_000, "accuracy_levels": [4]},
         "ratios": {"1|4 KiB (default)": {"probe_gb_per_s": probe, "cold_ms": cold,
                                          "warm_ms": warm, "anon_huge_kb": 2048}},
+        "load_average_1min_end": 0.5,
         "profile": {"steps": 3, "op_us_per_step": {"MatMulNBits": 900.0, "Mul": 100.0},
                     "matmulnbits": {"lm_head.MatMulNBits": {"count": 1, "bytes": 2_000_000,
                                                             "us_per_step": 400.0}}},
