@@ -1,0 +1,24 @@
+"""benchmarks/rotation_factoids.py on the committed results: every try's goal decided
+again here from its own numbers, and the seed spread from the rows themselves."""
+
+from __future__ import annotations
+
+from benchmarks import rotation_factoids
+
+
+def test_goals_follow_from_each_rows_numbers():
+    data = rotation_factoids.collect()
+    dense = data["dense"]
+    low, high = dense["closed_book_ci_pct"]
+    assert len(data["rows"]) >= 7
+    for row in data["rows"]:
+        within = row["wiki_ppl"] <= 1.10 * dense["wiki_ppl"]
+        inside = low <= row["closed_book_pct"] <= high
+        assert row["goal"] == (within and inside), row["name"]
+    seeds = sorted(r["rotation_seed"] for r in data["rows"]
+                   if r["rotation_seed"] is not None and r["group_size"] == 64
+                   and not r["lora"] and r["calibration"]["samples"] == 32)
+    assert seeds == [0, 1, 2]
+    assert len(data["seed_closed_book_pct"]) == 3
+    text = rotation_factoids.markdown(data)
+    assert text.count("| rotate") == 6 and "(no rotation)" in text
