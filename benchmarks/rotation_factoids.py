@@ -9,13 +9,15 @@ Reads only committed results (nothing is recomputed):
   g64 at rotation seed 0, with and without LoRA);
 - benchmarks/results/sweep_recovery/rotate-*-results.json: the sweeps of
   sweeps/smollm2-recovery-rotate-{g32,calib128,seeds}.yaml (results.json of each, copied
-  as they were written), with the recovery sweep's evaluation and bench protocol;
+  as they were written), with the recovery sweep's evaluation and bench protocol, and of
+  sweeps/smollm2-rotate-q4-origin.yaml (RTN 4-bit g32 with and without rotation: the
+  check on why rotation costs this checkpoint's factoids);
 - benchmarks/results/llm_quant.json: GPTQ 4-bit g64 without rotation (the same
   calibration, 32 x 512 Wikipedia tokens, seed 0, and the same evaluation, 16 windows x
   512 and 100 factoid questions).
 
 Writes the `rotation-factoids` section of BENCHMARKS.md: one row per try, the goal
-decided on each row, and the spread over rotation seeds.
+decided on each row, the spread over rotation seeds, and the Q4_1-origin check.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 TRIES = {"rotate-g32": "sweeps/smollm2-recovery-rotate-g32.yaml",
          "rotate-calib128": "sweeps/smollm2-recovery-rotate-calib128.yaml",
          "rotate-seeds": "sweeps/smollm2-recovery-rotate-seeds.yaml"}
+ORIGIN = ("rotate-q4-origin", "sweeps/smollm2-rotate-q4-origin.yaml")
 SECTION = "rotation-factoids"
 PPL_LIMIT = 1.10
 
@@ -48,9 +51,9 @@ def _scores(kick: dict) -> dict:
 
 def _describe(stages: list[dict]) -> dict:
     rotate = next((s for s in stages if s["method"] == "rotate"), None)
-    gptq = next(s for s in stages if s["method"] == "gptq")
+    quant = next(s for s in stages if s["method"] in ("gptq", "rtn"))
     return {"rotation_seed": None if rotate is None else rotate.get("seed", 0),
-            "group_size": gptq["group_size"],
+            "method": quant["method"], "group_size": quant["group_size"],
             "lora": any(s["method"] == "lora" for s in stages)}
 
 
@@ -85,7 +88,13 @@ def collect() -> dict:
     seeds = [r["closed_book_pct"] for r in rows
              if r["rotation_seed"] is not None and r["group_size"] == 64 and not r["lora"]
              and r["calibration"]["samples"] == recovery["calibration"]["samples"]]
-    return {"dense": {"wiki_ppl": dense["wiki_ppl"], "closed_book_pct": dense["closed_book_pct"],
+    origin = json.loads((RESULTS / "sweep_recovery" / f"{ORIGIN[0]}-results.json")
+                        .read_text(encoding="utf-8"))
+    origin_rows = [{"name": row["name"], "from": ORIGIN[1],
+                    "calibration": origin["calibration"], **_pick(row)}
+                   for row in origin["rows"]]
+    return {"origin": origin_rows,
+            "dense": {"wiki_ppl": dense["wiki_ppl"], "closed_book_pct": dense["closed_book_pct"],
                       "closed_book_ci_pct": dense["closed_book_ci_pct"]},
             "rows": rows, "seed_closed_book_pct": seeds,
             "seed_closed_book_median": statistics.median(seeds) if seeds else None}
@@ -128,10 +137,25 @@ def markdown(data: dict) -> str:
                   f"{', '.join(f'{s:.0f}' for s in seeds)}% (median "
                   f"{data['seed_closed_book_median']:.0f}%), every one below the dense "
                   f"interval's {low:.0f}%; the same GPTQ without rotation keeps "
-                  f"{data['rows'][-1]['closed_book_pct']:.0f}%. A possible reason, not "
-                  "tested here: this checkpoint's weights were already 4-bit in their own "
-                  "basis (the Q4_1 origin, `gptq_vs_rtn` section), where unrotated GPTQ "
-                  "can land near the original grid; a rotation takes every weight off it."]
+                  f"{data['rows'][-1]['closed_book_pct']:.0f}%. A likely reason: this "
+                  "checkpoint's weights were already 4-bit in their own basis (the Q4_1 "
+                  "origin, `gptq_vs_rtn` section), where unrotated rounding can land near "
+                  "the original grid; a rotation takes every weight off it. The check "
+                  "below agrees: rotation makes round-to-nearest far worse here, the "
+                  "opposite of what it does to models trained in float (QuaRot, arXiv "
+                  "2404.00456)."]
+    if data.get("origin"):
+        lines += ["", "The Q4_1-origin check (`sweeps/smollm2-rotate-q4-origin.yaml`, same "
+                  "protocol): round-to-nearest 4-bit in groups of 32, the Q4_1 file's own "
+                  "group width, with and without the rotation.", "",
+                  "| point | wiki ppl (x dense) | closed-book % [95%] | open-book % |",
+                  "|---|---|---|---|"]
+        for row in data["origin"]:
+            low_ci, high_ci = row["closed_book_ci_pct"]
+            lines.append(f"| {row['name']} | {row['wiki_ppl']:.2f} "
+                         f"({row['wiki_ppl'] / dense['wiki_ppl']:.3f}x) | "
+                         f"{row['closed_book_pct']:.0f} [{low_ci:.0f}-{high_ci:.0f}] | "
+                         f"{row['open_book_pct']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

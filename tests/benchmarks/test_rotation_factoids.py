@@ -21,4 +21,6 @@ def test_goals_follow_from_each_rows_numbers():
     assert seeds == [0, 1, 2]
     assert len(data["seed_closed_book_pct"]) == 3
     text = rotation_factoids.markdown(data)
-    assert text.count("| rotate") == 6 and "(no rotation)" in text
+    assert text.count("| rotate") == 6 + 1 and "(no rotation)" in text  # + the origin check
+    assert [row["rotation_seed"] is None for row in data["origin"]] == [True, False]
+    assert {row["method"] for row in data["origin"]} == {"rtn"}
