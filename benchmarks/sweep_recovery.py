@@ -6,7 +6,7 @@ recipes it recommends for a size budget, and the accuracy-recovery goals checked
     toolkit sweep sweeps/smollm2-recovery-pruned-lora.yaml \\
         --out runs/sweep-smollm2-pruned-lora --bench onnx --jobs 1 --threads 1
     python -m benchmarks.sweep_recovery [--sweep runs/sweep-smollm2-recovery] \\
-        [--rerun runs/sweep-smollm2-pruned-lora]
+        [--rerun runs/sweep-smollm2-pruned-lora] [--render-only]
 
 Reads the sweep's results.json (nothing is recomputed; each finished row is read again from
 its point folder by the sweep's own row code, `toolkit.sweep.rows.point_row`, so a fix to
@@ -178,6 +178,9 @@ def render(result: dict) -> str:
     for goal in result["goals"]:
         met = {True: "yes", False: "**no**", None: "not measured"}[goal["met"]]
         lines.append(f"| {goal['goal']} | {met} | {goal['evidence']} |")
+    lines += ["", "The rotation goal's other tries (rotation seeds, groups of 32, 4x the "
+              "calibration text) and why rotation costs this checkpoint's factoids: the "
+              "`rotation-factoids` section (benchmarks/rotation_factoids.py)."]
     lines += ["", "Recommended recipes (`toolkit sweep ... --budget`, the same code):", ""]
     for pick in result["budgets"]:
         if pick["best"]:
@@ -210,9 +213,16 @@ def main() -> int:
     parser.add_argument("--sweep", type=Path, default=ROOT / "runs" / "sweep-smollm2-recovery")
     parser.add_argument("--rerun", type=Path, default=ROOT / "runs" / "sweep-smollm2-pruned-lora",
                         help=f"the sweep of {RERUN_SPEC} (skipped when it has no results)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the section from benchmarks/results/sweep_recovery.json")
     args = parser.parse_args()
     from benchmarks.environment import environment
     from benchmarks.markdown_section import replace_section
+
+    if args.render_only:
+        saved = json.loads((RESULTS / "sweep_recovery.json").read_text(encoding="utf-8"))
+        replace_section(ROOT / "BENCHMARKS.md", "sweep_recovery", render(saved))
+        return 0
     from toolkit.sweep.pareto import fronts, plot_png, write_bytes_atomic
     from toolkit.sweep.report import markdown_table
 
