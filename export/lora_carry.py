@@ -5,8 +5,10 @@ and keeping verification honest when it does not.
     streamed)               linear's MatMulNBits / palette lookup / float MatMul of a
                             pruned-only linear (export.onnx.decoder_graph)
     Core ML (one package    carried: the same branch in the traced decoder
-    or chunks), LiteRT      (export.llm.decoder.ExportLinear): float16 in Core ML like
-    (one file)              the program's activations, float32 FULLY_CONNECTEDs in LiteRT
+    or chunks), LiteRT      (export.llm.decoder.ExportLinear; beside an int4 blockwise FC
+    (one file or chunks)    export.litert.blockwise.BlockwiseLinear): float16 in Core ML
+                            like the program's activations, float32 FULLY_CONNECTEDs in
+                            LiteRT (float inputs: the int8 quantization is the int4 FC's)
     other targets           dropped: the writer has no side branch; the adapters are
                             detached while the file is written AND verified, so the file is
                             compared with the model it really holds (the compressed model
@@ -36,20 +38,20 @@ class LoraPlan:
 
 def lora_plan(exporter: Any, artifact: Any) -> LoraPlan:
     if isinstance(artifact, StreamedArtifact):
-        # The streamed ONNX writer and its reference read the adapter file themselves
-        # (export.llm.lazy_weights, export.llm.streamed_reference); no other target does.
+        # The streamed writers (ONNX, Core ML and LiteRT chunks) and their reference read
+        # the adapter file themselves (export.llm.lazy_weights, .streamed_reference).
         path = artifact.lazy.path
         count = _adapters_in_file(path / LORA_FILE) if path.is_dir() else 0
         if artifact.family == "llm" and getattr(exporter, "streams_lora", False):
             return LoraPlan(count, True)
         return LoraPlan(count, False, f"the streamed {exporter.target} writer has no LoRA "
-                        "side branch yet (onnx, coreml and the one-file tflite carry them)")
+                        "side branch yet (onnx, coreml and tflite carry them)")
     module = getattr(artifact, "module", None)
     count = len(adapters_of(module)) if module is not None else 0
     if getattr(exporter, "carries_lora", False):
         return LoraPlan(count, True)
     return LoraPlan(count, False, f"the {exporter.target} writer has no LoRA side branch "
-                    "yet (onnx, coreml and the one-file tflite carry them)")
+                    "yet (onnx, coreml and tflite carry them)")
 
 
 def _adapters_in_file(path) -> int:

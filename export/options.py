@@ -68,6 +68,17 @@ class ExportOptions:
     # LiteRT LLMs: palettized linears re-quantized to this many bits (4 or 8) per group of
     # 32 (export.litert.palette_map); None: 4 for palettes of up to 4 bits, else 8.
     palette_map_bits: int | None = None
+    # LiteRT chunked LLMs, whose int4 FCs quantize their inputs to int8 per row: token id
+    # sequences, tokenizer -> list of lists of ids (toolkit: Wikipedia calibration
+    # windows), run in float to find each FC input's outlier channels, which then leave
+    # the int8 FC for a float one (export.litert.int8_outliers); None: no split.
+    calibration: Callable | None = None
+    # ... at most this many channels per FC input; None: OUTLIER_CHANNELS there, 0: none.
+    outlier_channels: int | None = None
+    # ... and each FC written as one int4 FC per slice of about this many inputs, each
+    # slice's int8 input with its own scale (export.litert.blockwise); None: INT8_SLICE
+    # there, 0: one FC over the whole row (XNNPACK's own form).
+    int8_slice: int | None = None
 
     def __post_init__(self) -> None:
         if self.rtol_given is None:
@@ -88,6 +99,14 @@ class ExportOptions:
                 raise ValueError("embedding_bits needs an embedding_quantizer")
         if self.chunks is not None and (not isinstance(self.chunks, int) or self.chunks < 1):
             raise ExportError(f"--chunks {self.chunks!r} must be a positive integer, e.g. 4")
+        if self.int8_slice is not None and (
+                not isinstance(self.int8_slice, int) or self.int8_slice < 0):
+            raise ExportError(f"--int8-slice {self.int8_slice!r} must be an integer >= 0, e.g. "
+                              "128 (0: one int8 scale per whole row)")
+        if self.outlier_channels is not None and (
+                not isinstance(self.outlier_channels, int) or self.outlier_channels < 0):
+            raise ExportError(f"--outlier-channels {self.outlier_channels!r} must be an integer "
+                              ">= 0, e.g. 8 (0: no channel leaves the int8 FCs)")
         if self.palette_map_bits not in (None, *PALETTE_MAP_BITS):
             raise ExportError(f"--palette-map-bits {self.palette_map_bits!r} must be 4 or 8")
         for name in ("max_context", "prefill_tokens", "new_tokens", "calibration_images"):

@@ -30,6 +30,13 @@ def report_rows(report: ExportReport) -> list[list[str]]:
         rows.append(["mapped", f"{len(mapped)} palette layers, relative weight error "
                                f"mean {sum(mapped.values()) / len(mapped):.3g}, max "
                                f"{max(mapped.values()):.3g}"])
+    int8 = report.details.get("int8_input_outliers")
+    if int8:  # LiteRT chunks: how the int4 FCs' dynamic int8 inputs are scaled
+        width = int8["slice_width"]
+        rows.append(["int8 inputs", (f"a scale per token and slice of ~{width} inputs"
+                                     if width else "a scale per token")
+                     + f"; {int8['channels']} outlier channels of {int8['layers']} layers "
+                       f"in float ({int8['float_bytes'] / 1e6:.2f} MB)"])
     for why, layers in _group_by_reason(report.dropped).items():
         named = layers[0] if len(layers) == 1 else f"{len(layers)} layers"
         rows.append(["dropped", f"{named}: {why}"])
@@ -77,6 +84,12 @@ def _llm_rows(check: dict) -> list[list[str]]:
     forced = check.get("teacher_forced")
     if forced:
         rows.append(["teacher-forced", _teacher_forced(forced)])
+    emulated = check.get("vs_emulated")
+    if emulated:  # the runtime's int8 inputs emulated in PyTorch (LiteRT chunks)
+        logits = emulated["logits"]
+        rows.append(["logits vs emulated", f"max abs error {logits['max_abs_error']:.3g} "
+                                           f"(relative {logits['relative_error']:.2g}; "
+                                           "PyTorch with the runtime's int8 inputs)"])
     artifact = check.get("vs_artifact")
     if artifact:  # the file against the artifact's own weights (a lossy mapping's cost)
         logits = artifact["logits"]

@@ -30,13 +30,15 @@ from export.records import LayerRecord
 FLATBUFFER_LIMIT = 2 << 30  # a .tflite without external buffers cannot exceed 2 GiB
 
 
-def carry_blockwise(path: Path, mapped: dict[str, BlockwiseWeight]) -> list[LayerRecord]:
-    """Rewrite the .tflite at `path` in place; one record per carried layer."""
+def carry_blockwise(path: Path, mapped: dict[str, list[BlockwiseWeight]]) -> list[LayerRecord]:
+    """Rewrite the .tflite at `path` in place; `mapped`: layer -> its FCs' weights (one
+    per input slice, export.litert.blockwise.BlockwiseLinear); one record per layer."""
     from ai_edge_litert import schema_py_generated as schema
 
     if not mapped:
         return []
-    wanted = {digest(m.main_weight().numpy()): (name, m) for name, m in mapped.items()}
+    wanted = {digest(part.main_weight().numpy()): (name, part)
+              for name, parts in mapped.items() for part in parts}
     raw = path.read_bytes()
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(raw, 0))
     inline_buffers(model, raw)
@@ -46,7 +48,9 @@ def carry_blockwise(path: Path, mapped: dict[str, BlockwiseWeight]) -> list[Laye
             found = wanted.get(hashlib.sha256(np.asarray(buffer.data).tobytes()).hexdigest())
             if found is not None:
                 by_buffer[index] = found
-    missing = sorted(set(mapped) - {name for name, _ in by_buffer.values()})
+    found = {(name, id(part)) for name, part in by_buffer.values()}
+    missing = sorted({name for name, parts in mapped.items() for part in parts
+                      if (name, id(part)) not in found})
     if missing:
         raise ExportError(f"int4 blockwise weights not found in the LiteRT file: {missing[:3]}")
     rewriter = _Rewriter(model, schema)
@@ -79,9 +83,9 @@ def carry_blockwise(path: Path, mapped: dict[str, BlockwiseWeight]) -> list[Laye
                           "flatbuffer limit: pass a larger --chunks")
     del raw, model
     path.write_bytes(data)
-    return [LayerRecord(name, f"FULLY_CONNECTED int4 blockwise {weight.group_size}, "
+    return [LayerRecord(name, f"FULLY_CONNECTED int4 blockwise {parts[0].group_size}, "
                               "dynamic int8 input")
-            for name, weight in by_buffer.values()]
+            for name, parts in mapped.items()]
 
 
 def inline_buffers(model, raw: bytes) -> None:

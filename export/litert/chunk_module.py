@@ -11,10 +11,11 @@ state, so each chunk takes and returns its own layers' cache, as the one-file de
 (export.llm.export_decoder) does for all of them; the arithmetic is that decoder's
 (DecoderBlock, scatter cache write), so chunks run in sequence compute what it computes.
 
-4-bit linears become BlockwiseLinear (export.litert.blockwise: int4 blockwise FC plus a
-per-group correction, the form LiteRT runs without a float copy); other packed linears
-enter as their evaluated float weights and get DEQUANTIZE (export.litert.weights), listed
-in `dequantized`.
+4-bit linears become BlockwiseLinear (export.litert.blockwise: int4 blockwise FCs, one
+per input slice, plus a per-group correction and the outlier channels' float FC, the form
+LiteRT runs without a float copy); other packed linears enter as their evaluated float
+weights and get DEQUANTIZE (export.litert.weights), listed in `dequantized`. A linear's
+LoRA adapter (DecoderWeights' LinearWeight.lora) rides along as a float side branch.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ import torch
 from torch import nn
 
 from export.coreml.chunk_plan import Chunk
-from export.litert.blockwise import BlockwiseLinear, BlockwiseWeight, eligible, map_blockwise
+from export.litert.blockwise import (
+    INT8_SLICE,
+    BlockwiseLinear,
+    BlockwiseWeight,
+    eligible,
+    map_blockwise,
+)
 from export.llm.decoder import DecoderBlock, ExportLinear, RMSNorm
 from export.llm.decoder_weights import ATTENTION, MLP, DecoderWeights
 from export.llm.export_decoder import step_inputs
@@ -35,10 +42,16 @@ _PLACEHOLDER = SimpleNamespace(weight=torch.zeros(1, 1), bias=None)
 
 
 class LitertChunk(nn.Module):
-    def __init__(self, weights: DecoderWeights, chunk: Chunk):
+    def __init__(self, weights: DecoderWeights, chunk: Chunk,
+                 outliers: dict[str, list[int]] | None = None,
+                 slice_width: int = INT8_SLICE):
         super().__init__()
         self.shape, self.chunk = weights.shape, chunk
+        self.slice_width = slice_width  # inputs per int8 scale (export.litert.blockwise)
         self.mapped: dict[str, BlockwiseWeight] = {}  # source name -> int4 blockwise form
+        self.blockwise: dict[str, BlockwiseLinear] = {}  # source name -> its module
+        # source name -> input channels kept out of the int8 FC (export.litert.int8_outliers)
+        self.outliers = dict(outliers or {})
         self.dequantized: dict[str, object] = {}  # source name -> packed (DEQUANTIZE form)
         self.register_buffer("inv_freq", weights.inv_freq.detach().float().clone())
         self.rope_scale = weights.rope_scale
@@ -60,13 +73,22 @@ class LitertChunk(nn.Module):
         linear = weights.linear(name)
         if eligible(linear.packed):
             self.mapped[name] = map_blockwise(linear.packed)
-            return BlockwiseLinear(self.mapped[name], linear.bias)
+            self.blockwise[name] = BlockwiseLinear(self.mapped[name], linear.bias,
+                                                   self.outliers.get(name), linear.lora,
+                                                   self.slice_width)
+            return self.blockwise[name]
         if linear.packed is not None:
             self.dequantized[name] = linear.packed
             weight = linear.packed.dequantize().to(torch.float32)
         else:
             weight = linear.weight
-        return ExportLinear(SimpleNamespace(weight=weight, bias=linear.bias))
+        return ExportLinear(SimpleNamespace(weight=weight, bias=linear.bias, lora=linear.lora))
+
+    def set_outliers(self, outliers: dict[str, list[int]]) -> None:
+        """Split these input channels off the blockwise FCs (export.litert.int8_outliers)."""
+        self.outliers = dict(outliers)
+        for name, linear in self.blockwise.items():
+            linear.set_outliers(self.outliers.get(name))
 
     def _block(self, weights: DecoderWeights, index: int) -> DecoderBlock:
         names = weights.block_linear_names(index)

@@ -24,9 +24,10 @@ class LitertExporter(Exporter):
     maps_palettes = True  # no lookup-table op: palettes become affine codes (--palette-map-bits)
     streams = True  # chunk by chunk from a lazily read checkpoint (export.litert.chunked)
     writes_chunks = True  # --chunks
-    # LoRA adapters as float32 FULLY_CONNECTED side branches of the one-file decoder
-    # (export.llm.decoder.ExportLinear); the chunked writer does not carry them yet
-    carries_lora = True
+    # LoRA adapters as float32 FULLY_CONNECTED side branches: the one-file decoder's
+    # (export.llm.decoder.ExportLinear) and every chunk's (export.litert.blockwise), from
+    # memory or from a lazily read checkpoint
+    carries_lora = streams_lora = True
     sparse_note = "litert-torch writes dense weights"
     vision_layout = "NHWC"  # LiteRT's native layout: no transposes around its convolutions
     vision_int8 = ("static int8: weights per channel, activations per tensor, int8 input and "
@@ -42,6 +43,12 @@ class LitertExporter(Exporter):
 
         if isinstance(artifact, StreamedArtifact) or options.chunks is not None:
             return _write_chunks(artifact, out, options)
+        for flag, value in (("--outlier-channels", options.outlier_channels),
+                            ("--int8-slice", options.int8_slice)):
+            if value is not None:
+                raise ExportError(f"{flag} is for the chunked tflite export (--chunks or "
+                                  "--engine streaming), whose int4 FCs take int8 inputs; the "
+                                  f"one-file export computes in float: drop {flag}")
         from export.litert.llm import export_llm_litert
         from export.litert.palette_map import mapped_layers
         from export.litert.tables import quantize_tables
@@ -100,7 +107,9 @@ class LitertExporter(Exporter):
 
 
 def _write_chunks(artifact, out: Path, options: ExportOptions):
+    from export.litert.blockwise import INT8_SLICE
     from export.litert.chunked import export_chunked_litert
+    from export.litert.int8_outliers import OUTLIER_CHANNELS
     from export.llm.streamed import StreamedArtifact
 
     if options.embedding_bits:
@@ -112,14 +121,19 @@ def _write_chunks(artifact, out: Path, options: ExportOptions):
         weights = LazyDecoderWeights(artifact.lazy, options.max_context)
     else:
         from export.llm.decoder_weights import ModuleDecoderWeights
-        from models.qformat.lora import adapters_of
 
-        if adapters_of(artifact.module):
-            raise ExportError("--chunks does not carry LoRA adapters yet (the one-file tflite "
-                              "does): export without --chunks")
         weights = ModuleDecoderWeights(artifact.module, options.max_context,
                                        artifact.quantized)
+    calibration = ([list(ids)[:options.max_context]
+                    for ids in options.calibration(artifact.tokenizer)]
+                   if options.calibration is not None else [])
     return export_chunked_litert(weights, out, chunks=options.chunks,
                                  prefill_tokens=min(options.prefill_tokens,
                                                     options.max_context),
-                                 progress=None if options.quiet else print)
+                                 progress=None if options.quiet else print,
+                                 calibration=calibration,
+                                 outlier_channels=(OUTLIER_CHANNELS
+                                                   if options.outlier_channels is None
+                                                   else options.outlier_channels),
+                                 slice_width=(INT8_SLICE if options.int8_slice is None
+                                              else options.int8_slice))

@@ -2,7 +2,8 @@
 mapping carries the codes and zero points exactly and moves each scale at most to bf16;
 the chunk files hold INT4 blockwise FCs with no DEQUANTIZE; the chunks run in sequence
 give the emulated PyTorch reference's logits and the same greedy tokens as the one-file
-export and as PyTorch; bad chunk counts are refused in one line with nothing written."""
+export and as PyTorch computing in float (the verdict's reference); bad chunk counts
+are refused in one line with nothing written."""
 
 from __future__ import annotations
 
@@ -100,7 +101,11 @@ def test_chunks_in_sequence_match_the_emulated_reference_the_one_file_and_pytorc
     artifact = LoadedModel(module=model, tokenizer=None, source="tiny")
     check = verify_chunked_litert(result, artifact, PROMPT, 6)
     assert check.tokens_match, (check.pytorch_tokens, check.runtime_tokens)
-    assert check.logits.relative_error < 1e-4
+    # the verdict's reference computes in float: the int8 inputs' cost; the emulation of
+    # those inputs, reported beside it, is what the file computes
+    assert check.allow_near_ties and check.rtol == 0.1
+    assert check.logits.relative_error < 0.05
+    assert check.to_dict()["vs_emulated"]["logits"]["relative_error"] < 1e-4
     assert check.artifact_tokens == check.runtime_tokens
     assert check.artifact_logits.relative_error < 0.05  # the int8 inputs' cost
     one_tokens, _ = litert_greedy(one.path, PROMPT, 6, CONTEXT)

@@ -115,6 +115,17 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
                         "are re-quantized to B-bit affine codes in groups of 32 and the "
                         "loss is reported: 4 keeps a 4-bit palette's size, 8 is near "
                         "lossless (default: 4 for palettes of up to 4 bits, else 8)")
+    p.add_argument("--outlier-channels", type=_non_negative_int, metavar="K",
+                   help="chunked tflite LLMs (--chunks, --engine streaming), whose int4 FCs "
+                        "quantize their inputs to int8 with one scale per token: up to K "
+                        "input channels per FC with massive activations (found on Wikipedia "
+                        "calibration text) go through a small float FC instead, so they do "
+                        "not set that scale (default: 8; 0: none)")
+    p.add_argument("--int8-slice", type=_non_negative_int, metavar="N",
+                   help="chunked tflite LLMs: write each int4 FC as one FC per slice of about "
+                        "N inputs (whole quantization groups), so each slice's int8 input "
+                        "gets its own scale per token (default: 128; 0: one FC per linear, "
+                        "one scale per whole row)")
     p.add_argument("--embedding-group-size", type=positive_int, default=32, metavar="G",
                    help="inputs per scale for --embedding-bits, a power of two >= 16 "
                         "(default: %(default)s)")
@@ -145,7 +156,48 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         embedding_bits=args.embedding_bits, embedding_group_size=args.embedding_group_size,
         embedding_quantizer=_table_quantizer(args), accuracy_level=args.accuracy_level,
         onnx_attention=args.onnx_attention, kv_cache_dtype=args.kv_cache,
-        chunks=_chunks(args), palette_map_bits=_palette_map_bits(args))
+        chunks=_chunks(args), palette_map_bits=_palette_map_bits(args),
+        outlier_channels=_int8_input_option(args, "outlier_channels"),
+        int8_slice=_int8_input_option(args, "int8_slice"), calibration=_calibration_windows)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _int8_input_option(args: argparse.Namespace, name: str) -> int | None:
+    """--outlier-channels / --int8-slice, refused for a target without int8-input FCs."""
+    value = getattr(args, name, None)
+    if value is not None and args.target != "tflite":
+        flag = "--" + name.replace("_", "-")
+        raise UserError(f"{flag} is for the chunked tflite export, whose int4 FCs take int8 "
+                        f"inputs; the {args.target} exporter has none: drop {flag}")
+    return value
+
+
+# Windows of the Wikipedia calibration pool (toolkit.data.streams) that the chunked tflite
+# export runs in float to find its FCs' outlier input channels: 4 x 128 tokens, seed 0,
+# like a small `toolkit compress` calibration; called with the artifact's tokenizer only
+# when a chunked tflite file is written.
+CALIBRATION_WINDOWS, CALIBRATION_TOKENS = 4, 128
+
+
+def _calibration_windows(tokenizer) -> list[list[int]]:
+    import torch
+
+    from toolkit.data.calibration import sample_calibration
+    from toolkit.data.streams import cached_streams
+
+    with torch.random.fork_rng():  # sample_calibration seeds the global generator
+        windows = sample_calibration(cached_streams(tokenizer).calib_pool,
+                                     CALIBRATION_WINDOWS, CALIBRATION_TOKENS, 0)
+    return windows.tolist()
 
 
 def _palette_map_bits(args: argparse.Namespace) -> int | None:
