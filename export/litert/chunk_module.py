@@ -34,6 +34,8 @@ from export.litert.blockwise import (
     eligible,
     map_blockwise,
 )
+from export.litert.tables import NOTE as TABLE_NOTE
+from export.litert.weights import Carry
 from export.llm.decoder import DecoderBlock, ExportLinear, RMSNorm
 from export.llm.decoder_weights import ATTENTION, MLP, DecoderWeights
 from export.llm.export_decoder import step_inputs
@@ -55,7 +57,20 @@ class LitertChunk(nn.Module):
         self.dequantized: dict[str, object] = {}  # source name -> packed (DEQUANTIZE form)
         self.register_buffer("inv_freq", weights.inv_freq.detach().float().clone())
         self.rope_scale = weights.rope_scale
+        # record name -> the table or head quantized at export (--embedding-bits,
+        # DecoderWeights.quantize_tables) with the float values the module holds, which
+        # export.litert.weights finds in the file and replaces by the codes
+        self.tables: dict[str, Carry] = {}
         table = _table(weights) if chunk.first or (chunk.last and weights.tied) else None
+        if table is not None and weights.embedding_packed is not None:
+            tied_here = chunk.last and weights.tied
+            if chunk.first:  # the lookup's GATHER over the codes (and a tied head's FC)
+                self.tables[weights.module_name(weights.layout.embeddings)] = Carry(
+                    table.numpy(), weights.embedding_packed, TABLE_NOTE,
+                    tied_head=f"{weights.head_module} (tied)" if tied_here else None)
+            else:  # a tied head in a later chunk than the table: its FC's DEQUANTIZE
+                self.tables[f"{weights.head_module} (tied)"] = Carry(
+                    table.numpy(), weights.embedding_packed, TABLE_NOTE)
         self.embed = nn.Parameter(table, requires_grad=False) if chunk.first else None
         self.layers = nn.ModuleList(self._block(weights, i) for i in chunk.layers)
         self.norm = self.lm_head = self.head_table = None
@@ -65,6 +80,12 @@ class LitertChunk(nn.Module):
             if weights.tied:
                 self.head_table = (self.embed if chunk.first
                                    else nn.Parameter(table, requires_grad=False))
+            elif weights.head_packed is not None:  # an untied float head, quantized at export
+                head = weights.head_packed.dequantize().to(torch.float32)
+                self.tables[weights.head_module] = Carry(head.numpy(), weights.head_packed,
+                                                         TABLE_NOTE)
+                self.lm_head = ExportLinear(SimpleNamespace(
+                    weight=head, bias=weights.linear(weights.head_module).bias))
             else:
                 self.lm_head = self._linear(weights, weights.head_module)
         self.eval()
@@ -140,4 +161,8 @@ class LitertChunk(nn.Module):
 
 
 def _table(weights: DecoderWeights) -> torch.Tensor:
+    """The embedding table in float32: the values of its export-time codes when
+    --embedding-bits quantized it (what the file's lookup and head compute with)."""
+    if weights.embedding_packed is not None:
+        return weights.embedding_packed.dequantize().to(torch.float32)
     return torch.from_numpy(np.concatenate(list(weights.embedding_blocks()), axis=0))

@@ -86,17 +86,24 @@ def export_chunked_litert(weights: DecoderWeights, out: Path, *, chunks: int | N
                           progress: Callable[[str], None] | None = None,
                           calibration: Sequence[Sequence[int]] = (),
                           outlier_channels: int = OUTLIER_CHANNELS,
-                          slice_width: int = INT8_SLICE) -> ChunkedLitertExport:
+                          slice_width: int = INT8_SLICE,
+                          table_quantizer: Callable | None = None) -> ChunkedLitertExport:
     """Write chunk_path(out, k) for each chunk k, freeing each chunk before the next.
 
     `calibration` (token id sequences) is run through each chunk in float before it is
     converted, to find the input channels its int8 FCs leave out (at most
     `outlier_channels` per FC; export.litert.int8_outliers); none: no split. Each 4-bit
-    linear is one int4 FC per `slice_width` inputs (export.litert.blockwise)."""
+    linear is one int4 FC per `slice_width` inputs (export.litert.blockwise).
+    `table_quantizer` (--embedding-bits): the embedding table and an untied float head
+    quantized first (DecoderWeights.quantize_tables) and carried as the one-file export
+    carries them (export.litert.tables): a GATHER of the codes for the lookup, a
+    DEQUANTIZE for the head."""
     litert_torch = require("litert_torch", "litert", "LiteRT export")
     if not 1 <= prefill_tokens <= weights.shape.max_context:
         raise ExportError(f"prefill length {prefill_tokens} must lie in "
                           f"1..{weights.shape.max_context} (the max context)")
+    if table_quantizer is not None:
+        weights.quantize_tables(table_quantizer)
     plan = plan_for(weights, chunk_count(weights, chunks))
     _check_sizes(weights, plan)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +173,7 @@ def _export_chunk(litert_torch, module: LitertChunk, path: Path,
                                      for name, m in module.blockwise.items()})
     others = {name: (packed.dequantize().float().numpy(), packed)
               for name, packed in module.dequantized.items()}
-    more, dropped = carry_weights(path, others)
+    more, dropped = carry_weights(path, {**others, **module.tables})
     return LitertChunkFile(chunk, path, path.stat().st_size, carried + more, dropped,
                            module.cache_shape(),
                            {name: m.loss for name, m in module.mapped.items()},

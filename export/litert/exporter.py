@@ -112,9 +112,6 @@ def _write_chunks(artifact, out: Path, options: ExportOptions):
     from export.litert.int8_outliers import OUTLIER_CHANNELS
     from export.llm.streamed import StreamedArtifact
 
-    if options.embedding_bits:
-        raise ExportError("--embedding-bits is not carried by the chunked tflite export yet "
-                          "(the table and head stay float32): export without it")
     if isinstance(artifact, StreamedArtifact):
         from export.llm.lazy_weights import LazyDecoderWeights
 
@@ -136,4 +133,6 @@ def _write_chunks(artifact, out: Path, options: ExportOptions):
                                                    if options.outlier_channels is None
                                                    else options.outlier_channels),
                                  slice_width=(INT8_SLICE if options.int8_slice is None
-                                              else options.int8_slice))
+                                              else options.int8_slice),
+                                 table_quantizer=(options.embedding_quantizer
+                                                  if options.embedding_bits else None))
