@@ -31,7 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.markdown_section import replace_section  # noqa: E402
-from benchmarks.mixed_bits_sensitivity import Bench, protocol_arguments  # noqa: E402
+from benchmarks.mixed_bits_sensitivity import (  # noqa: E402
+    Bench,
+    protocol_arguments,
+    row_recorder,
+)
 
 SECTION = "mixed_bits_rtn"
 RESULTS = ROOT / "benchmarks" / "results" / "mixed_bits_rtn.json"
@@ -134,16 +138,7 @@ def main() -> int:
                          "kl_tokens": args.kl_tokens, "threads": 1},
             "rows": [], "seconds": {}}
 
-    def add(kind: str, target, choices, bits_of) -> None:
-        row = {"sensitivity": kind, "target": target, "choices": list(choices),
-               **bench.score(bits_of)}
-        data["rows"].append(row)
-        data["seconds"] = {**bench.seconds, "kl_count": len(bench._kls),
-                           "total": time.perf_counter() - start}
-        print(f"| {kind} | {target} | {choices} | {row['bits_per_weight']:.3f} | "
-              f"{row['wiki_ppl']:.2f} | {row['layers_per_bits']} |", flush=True)
-        if args.write:  # the rows so far; BENCHMARKS.md once at the end (shared file)
-            RESULTS.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    add = row_recorder(bench, data, RESULTS if args.write else None, start)
 
     for bits in UNIFORM:
         add("uniform", bits, (), dict.fromkeys(bench.dense, bits))

@@ -185,6 +185,25 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def row_recorder(bench, data: dict, results: Path | None, start: float):
+    """`add(kind, target, choices, bits_of)`: score one allocation with `bench`, append its
+    row to `data` (with the seconds so far), print it, and with `results` write the rows so
+    far there (BENCHMARKS.md is written once at the end: it is a shared file). Shared with
+    benchmarks/mixed_bits_rtn.py."""
+    def add(kind: str, target, choices, bits_of) -> None:
+        row = {"sensitivity": kind, "target": target, "choices": list(choices),
+               **bench.score(bits_of)}
+        data["rows"].append(row)
+        data["seconds"] = {**bench.seconds, "kl_count": len(bench._kls),
+                           "total": time.perf_counter() - start}
+        print(f"| {kind} | {target} | {choices} | {row['bits_per_weight']:.3f} | "
+              f"{row['wiki_ppl']:.2f} | {row['layers_per_bits']} |", flush=True)
+        if results is not None:
+            results.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+    return add
+
+
 def protocol_arguments(description: str) -> argparse.Namespace:
     """The quick protocol's command line, shared with benchmarks/mixed_bits_rtn.py."""
     parser = argparse.ArgumentParser(description=description)
@@ -213,16 +232,7 @@ def main() -> int:
                          "kl_tokens": args.kl_tokens, "threads": 1},
             "rows": [], "seconds": {}}
 
-    def add(kind: str, target, choices, bits_of) -> None:
-        row = {"sensitivity": kind, "target": target, "choices": list(choices),
-               **bench.score(bits_of)}
-        data["rows"].append(row)
-        data["seconds"] = {**bench.seconds, "kl_count": len(bench._kls),
-                           "total": time.perf_counter() - start}
-        print(f"| {kind} | {target} | {choices} | {row['bits_per_weight']:.3f} | "
-              f"{row['wiki_ppl']:.2f} | {row['layers_per_bits']} |", flush=True)
-        if args.write:  # the rows so far; BENCHMARKS.md once at the end (shared file)
-            RESULTS.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    add = row_recorder(bench, data, RESULTS if args.write else None, start)
 
     for bits in (3, 4):
         add("uniform", bits, (), dict.fromkeys(bench.dense, bits))

@@ -16,27 +16,9 @@ from compress.quant.mixed_bits import output_error
 from compress.quant.sensitivity import OutputKL, output_energy, relative_error
 from models import create_model
 from models.adapter import decoder_layout
+from tests.compress.linear_inputs import block_linear_inputs, random_calib
 
 FRAGILE = "model.layers.1.self_attn.v_proj"
-
-
-def _calib(n=4, length=24, seed=1):
-    return torch.randint(3, 259, (n, length), generator=torch.Generator().manual_seed(seed))
-
-
-def _inputs(model, calib):
-    """Every block linear's inputs on the dense model, gathered with plain hooks."""
-    seen, hooks = {}, []
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and ".layers." in name:
-            hooks.append(module.register_forward_pre_hook(
-                lambda _m, args, n=name: seen.setdefault(n, []).append(
-                    args[0].reshape(-1, args[0].shape[-1]))))
-    with torch.no_grad():
-        model(input_ids=calib, use_cache=False)
-    for hook in hooks:
-        hook.remove()
-    return {n: torch.cat(x) for n, x in seen.items()}
 
 
 def test_relative_is_absolute_over_output_energy_on_a_hand_built_layer() -> None:
@@ -55,11 +37,11 @@ def test_relative_is_absolute_over_output_energy_on_a_hand_built_layer() -> None
 
 
 def test_relative_sensitivities_of_the_palettizer_match_hooked_inputs() -> None:
-    calib = _calib()
+    calib = random_calib()
     reports = {}
     for kind in ("absolute", "relative"):
         model = create_model("fake-llama").module
-        inputs = _inputs(model, calib)
+        inputs = block_linear_inputs(model, calib)
         dense = {n: m.weight.detach().clone() for n, m in model.named_modules() if n in inputs}
         config = PalettizeConfig(target_bits=3.0, bits_choices=(2, 3, 4), iters=5,
                                  sensitivity=kind)
@@ -76,7 +58,7 @@ def test_relative_sensitivities_of_the_palettizer_match_hooked_inputs() -> None:
 
 def test_measured_kl_of_one_layer_equals_torch_kl_of_the_whole_model() -> None:
     model = create_model("fake-llama").module.eval()
-    tokens = _calib(n=3, length=16)
+    tokens = random_calib(n=3, length=16)
     kl = OutputKL(model, decoder_layout(model), tokens, torch.device("cpu"), torch.float32, 2)
     linear = model.model.layers[0].mlp.up_proj
     dense = linear.weight.detach().clone()
@@ -112,7 +94,7 @@ def _whole_model_kl(dense, quantized, tokens) -> float:
 
 
 def test_measured_gives_the_planted_fragile_layer_the_bits_absolute_denies_it() -> None:
-    calib, bits, kls, sensitivity = _calib(), {}, {}, {}
+    calib, bits, kls, sensitivity = random_calib(), {}, {}, {}
     dense = _planted(create_model("fake-llama").module).eval()
     for kind in ("absolute", "measured"):
         model = _planted(create_model("fake-llama").module)
@@ -120,7 +102,7 @@ def test_measured_gives_the_planted_fragile_layer_the_bits_absolute_denies_it() 
                                  sensitivity=kind)
         allocation = compress.apply(model, config, calib).allocation
         bits[kind], sensitivity[kind] = allocation["layer_bits"], allocation["sensitivity"]
-        kls[kind] = _whole_model_kl(dense, model.eval(), _calib(n=8, seed=5))
+        kls[kind] = _whole_model_kl(dense, model.eval(), random_calib(n=8, seed=5))
     at_two = {kind: sorted(s, key=lambda n, s=s: s[n][2]) for kind, s in sensitivity.items()}
     assert at_two["absolute"].index(FRAGILE) < 3  # absolute: among the least sensitive
     assert at_two["measured"][-1] == FRAGILE or at_two["measured"][-2] == FRAGILE
@@ -134,7 +116,7 @@ def test_choices_2_3_4_6_reach_the_target_and_the_report_counts_every_layer(kind
     model = create_model("fake-llama").module
     config = PalettizeConfig(target_bits=3.5, bits_choices=(6, 2, 4, 3), iters=5,
                              sensitivity=kind)
-    report = compress.apply(model, config, _calib())
+    report = compress.apply(model, config, random_calib())
     allocation = report.manifest_section()["allocation"]
     assert 3.45 <= allocation["achieved_bits"] <= 3.5 + 1e-9
     assert report.bits_per_weight == pytest.approx(allocation["achieved_bits"], abs=1e-9)

@@ -17,27 +17,9 @@ from compress.errors import CompressError
 from compress.quant import GPTQConfig, RTNConfig
 from compress.quant.rtn import rtn_quantize
 from models import create_model
+from tests.compress.linear_inputs import block_linear_inputs, random_calib
 
 LINEARS = 14  # 7 per block of the fake Llama
-
-
-def _calib(n=4, length=24, seed=1):
-    return torch.randint(3, 259, (n, length), generator=torch.Generator().manual_seed(seed))
-
-
-def _dense_inputs(model, calib):
-    """Every block linear's inputs on the dense model, gathered with plain hooks."""
-    seen, hooks = {}, []
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and ".layers." in name:
-            hooks.append(module.register_forward_pre_hook(
-                lambda _m, args, n=name: seen.setdefault(n, []).append(
-                    args[0].reshape(-1, args[0].shape[-1]))))
-    with torch.no_grad():
-        model(input_ids=calib, use_cache=False)
-    for hook in hooks:
-        hook.remove()
-    return {n: torch.cat(x) for n, x in seen.items()}
 
 
 def _error(weight, dequantized, x) -> float:
@@ -56,10 +38,10 @@ def _stored_bits(report) -> float:
 
 
 def test_rtn_mixed_meets_the_budget_and_a_layer_with_more_bits_has_lower_error() -> None:
-    model, calib = create_model("fake-llama").module, _calib()
+    model, calib = create_model("fake-llama").module, random_calib()
     dense = {n: m.weight.detach().clone() for n, m in model.named_modules()
              if isinstance(m, torch.nn.Linear) and ".layers." in n}
-    inputs = _dense_inputs(model, calib)
+    inputs = block_linear_inputs(model, calib)
     config = RTNConfig(target_bits=4.4, bits_choices=(3, 4, 6), group_size=32,
                        sensitivity="absolute")
     report = compress.apply(model, config, calib)
@@ -90,13 +72,13 @@ def test_rtn_mixed_meets_the_budget_and_a_layer_with_more_bits_has_lower_error()
 
 
 def test_gptq_mixed_end_to_end_allocates_like_rtn_and_beats_it_on_dense_inputs() -> None:
-    calib, runs = _calib(), {}
+    calib, runs = random_calib(), {}
     for config in (RTNConfig(target_bits=4.0, group_size=32, sensitivity="relative"),
                    GPTQConfig(target_bits=4.0, group_size=32, sensitivity="relative")):
         model = create_model("fake-llama").module
         dense = {n: m.weight.detach().clone() for n, m in model.named_modules()
                  if isinstance(m, torch.nn.Linear)}
-        inputs = _dense_inputs(model, calib)
+        inputs = block_linear_inputs(model, calib)
         report = compress.apply(model, config, calib)
         runs[config.method] = report
         allocation = report.allocation
@@ -125,7 +107,7 @@ def test_measured_rtn_mix_with_the_table_in_the_budget() -> None:
     model = create_model("fake-llama").module
     config = RTNConfig(target_bits=5.0, bits_choices=(3, 4, 6), group_size=32,
                        table_bits=(4, 8), sensitivity_windows=2, sensitivity_tokens=24)
-    allocation = compress.apply(model, config, _calib()).allocation
+    allocation = compress.apply(model, config, random_calib()).allocation
     assert allocation["sensitivity_kind"] == "measured" and allocation["table_bits"] in (4, 8)
     assert allocation["kl_tokens"] == 2 * 24 and 4.95 <= allocation["achieved_bits"] <= 5.0
     layers = {n: s for n, s in allocation["sensitivity"].items() if n != "table"}
@@ -170,7 +152,7 @@ def test_per_channel_cost_is_checked_after_the_pre_pass() -> None:
                        sensitivity="absolute")
     with pytest.raises(CompressError, match=r"target 3\.05 bits is below the smallest choice "
                                             r"\(3 bits, 3\.26. stored with its scales or tables\)"):
-        compress.apply(create_model("fake-llama").module, config, _calib())
+        compress.apply(create_model("fake-llama").module, config, random_calib())
 
 
 @pytest.mark.parametrize("config_type", [RTNConfig, GPTQConfig])
