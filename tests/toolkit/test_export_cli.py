@@ -186,7 +186,9 @@ def test_bad_embedding_quantization_is_refused(toolkit_cli, tmp_path, flags, nee
      "--kv-cache float16 needs the fused attention"),
     ("fake-moe-llm", ["--onnx-attention", "fused"],
      "mixture-of-experts models are exported with the standard attention"),
-    ("fake-llama", ["--kv-cache", "int8"], "invalid choice"),
+    ("fake-llama", ["--kv-cache", "int4"], "invalid choice"),
+    ("fake-moe-llm", ["--kv-cache", "int8"],
+     "mixture-of-experts models are exported with the standard attention and a float32 cache"),
 ])
 def test_attention_and_cache_options_a_file_cannot_carry_are_refused(
         toolkit_cli, tmp_path, model, flags, needle):
