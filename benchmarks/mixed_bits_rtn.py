@@ -35,6 +35,7 @@ from benchmarks.mixed_bits_sensitivity import (  # noqa: E402
     Bench,
     protocol_arguments,
     row_recorder,
+    rows_table,
 )
 
 SECTION = "mixed_bits_rtn"
@@ -78,14 +79,8 @@ def markdown(data: dict) -> str:
         "palettization rows above, not the quantization table's). Bits per weight include "
         "the fp16 scale and zero point of every group. CPU, one thread.",
         "",
-        "| sensitivity | target | choices | bits/weight | wiki ppl | layers per bits |",
-        "|---|---|---|---|---|---|",
     ]
-    for row in data["rows"]:
-        choices = ",".join(map(str, row["choices"])) if row["choices"] else "-"
-        lines.append(f"| {row['sensitivity']} | {row['target']} | {choices} | "
-                     f"{row['bits_per_weight']:.3f} | {row['wiki_ppl']:.2f} | "
-                     f"{row['layers_per_bits']} |")
+    lines += rows_table(data["rows"])
     mixed = [r for r in data["rows"] if r["sensitivity"] in KINDS
              and r["target"] == CASES[0][0] and tuple(r["choices"]) == CASES[0][1]]
     if mixed:

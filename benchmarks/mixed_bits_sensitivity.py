@@ -159,14 +159,8 @@ def markdown(data: dict) -> str:
         f"{p['kl_windows']} x {p['kl_tokens']} calibration tokens with one layer "
         "quantized. CPU, one thread.",
         "",
-        "| sensitivity | target | choices | bits/weight | wiki ppl | layers per bits |",
-        "|---|---|---|---|---|---|",
     ]
-    for row in data["rows"]:
-        choices = ",".join(map(str, row["choices"])) if row["choices"] else "-"
-        lines.append(f"| {row['sensitivity']} | {row['target']} | {choices} | "
-                     f"{row['bits_per_weight']:.3f} | {row['wiki_ppl']:.2f} | "
-                     f"{row['layers_per_bits']} |")
+    lines += rows_table(data["rows"])
     best = [r for r in data["rows"] if r["sensitivity"] in KINDS]
     if best:
         lines += ["", "Layers per type at 3.7 bits, choices 2,4:", ""]
@@ -183,6 +177,19 @@ def markdown(data: dict) -> str:
               f"per-layer KLs {s['kl']:.0f} ({s['kl_count']} partial forwards), total "
               f"{s['total']:.0f}."]
     return "\n".join(lines)
+
+
+def rows_table(rows: list[dict]) -> list[str]:
+    """The quick protocol's table, one line per scored allocation (shared with
+    benchmarks/mixed_bits_rtn.py)."""
+    lines = ["| sensitivity | target | choices | bits/weight | wiki ppl | layers per bits |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        choices = ",".join(map(str, row["choices"])) if row["choices"] else "-"
+        lines.append(f"| {row['sensitivity']} | {row['target']} | {choices} | "
+                     f"{row['bits_per_weight']:.3f} | {row['wiki_ppl']:.2f} | "
+                     f"{row['layers_per_bits']} |")
+    return lines
 
 
 def row_recorder(bench, data: dict, results: Path | None, start: float):
