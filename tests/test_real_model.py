@@ -102,3 +102,27 @@ def test_gptq4_exports_to_onnx_with_the_same_greedy_tokens(smollm2_installed, to
     assert data["carried"] == {"MatMulNBits 4-bit, block 64": 210}
     assert data["verification"]["tokens_match"]
     assert data["file_bytes"] < 0.45 * data["float32_bytes"]  # fp32 embeddings remain
+
+
+def test_rtn4_chunked_tflite_verifies_with_its_int8_inputs(smollm2_installed, toolkit_cli,
+                                                            tmp_path):
+    """The real model's massive activations against XNNPACK's per-token int8 FC inputs:
+    with the outlier channels split off and the inputs in slices of 128 (the defaults,
+    export.litert.int8_outliers), the chunked tflite file passes verification (logits
+    within 0.1 of float compute with the file's weights, tokens equal up to near ties)."""
+    pytest.importorskip("litert_torch")
+    artifact, out, report = tmp_path / "rtn4", tmp_path / "m.tflite", tmp_path / "m.json"
+    result = toolkit_cli("compress", "--model", "smollm2-135m", "--method", "rtn", "--bits",
+                         "4", "--group-size", "64", "--no-eval", "--out", artifact, "--quiet")
+    assert result.code == 0, result.err
+    result = toolkit_cli("export", "tflite", "--model", artifact, "--out", out, "--chunks",
+                         "2", "--max-context", "64", "--json", report, "--quiet")
+    assert result.code == 0, result.err
+    data = json.loads(report.read_text())
+    assert data["verdict"] == "passed"
+    assert data["carried"] == {"FULLY_CONNECTED int4 blockwise 64, dynamic int8 input": 210}
+    split = data["int8_input_outliers"]
+    assert split["slice_width"] == 128 and split["channels"] > 0
+    assert "model.layers.11.mlp.down_proj" in split["by_layer"]  # 3,200x the median peak
+    verification = data["verification"]
+    assert verification["tokens_agree"] and verification["logits"]["relative_error"] < 0.1
