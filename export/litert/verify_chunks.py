@@ -26,7 +26,6 @@ exactly, at --rtol.
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Sequence
 
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 from export.litert.chunk_module import LitertChunk
-from export.litert.chunked import ChunkedLitertExport
+from export.litert.chunked import ChunkedLitertExport, release_freed_memory
 from export.litert.verify_llm import MappedVerification, litert_greedy
 from export.llm.check import torch_greedy
 from export.llm.near_ties import generated_rows, teacher_forced_agreement
@@ -60,7 +59,7 @@ def file_logits(result: ChunkedLitertExport, tokens: Sequence[int],
                 module.emulate_runtime(on)
                 streams[index], _, _ = module(streams[index], position, keys, keys.clone())
             del module, keys
-            gc.collect()
+            release_freed_memory()
     return [x[0].numpy() for x in streams]
 
 
