@@ -1,10 +1,10 @@
 """The ~3B LiteRT rows of benchmarks/llm_decode.py (`--large-targets tflite`): the RTN
 4-bit artifact of the synthetic shape exported by `toolkit export tflite --engine
 streaming` (chunks of layers converted one at a time, 4-bit linears as int4 blockwise
-FCs: export.litert.chunked), written without verification (`--no-verify`: on these random
-weights the int8 FC inputs change the greedy tokens, so the verified export refuses to
-write; the llm-scale table records that run), with its peak RSS, then one `toolkit bench`
-of the chunks in sequence per thread count, beside the ONNX rows of the same artifact.
+FCs: export.litert.chunked), written without verification (`--no-verify`, so the peak RSS
+is the exporter's own; the llm-scale table records the verified run), then one `toolkit
+bench` of the chunks in sequence per thread count, beside the ONNX rows of the same
+artifact.
 
 Bytes read per decode token, for the bound: every chunk file's bytes except the first
 chunk's embedding table (a float32 GATHER reads one row per token; a tied head in the

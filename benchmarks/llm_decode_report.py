@@ -108,12 +108,13 @@ def _large_tflite_lines(tflite: dict | None) -> list[str]:
     sizes = ", ".join(f"{c['bytes'] / 1e9:.2f}" for c in tflite["chunks"])
     lines = ["", f"The same artifact exported to LiteRT: `toolkit export tflite --engine "
              f"streaming --no-verify` ({len(tflite['chunks'])} chunk files, GB: {sizes}; "
-             "4-bit linears as int4 blockwise FCs with dynamic int8 inputs, block scales "
-             "rounded to bf16, largest relative weight change "
+             "4-bit linears as int4 blockwise FCs with dynamic int8 inputs, one FC per "
+             "~128-input slice, outlier input channels split off into float FCs, block "
+             "scales rounded to bf16, largest relative weight change "
              f"{tflite['bf16_scale_loss_max']:.1e}); export peak RSS "
              f"{tflite['export_peak_rss'] / 1e9:.2f} GB, {tflite['export_wall']:.0f} s, "
-             "written without verification: on these random weights the int8 FC inputs "
-             "change the greedy tokens (the verified run is in the llm-scale table). Bytes "
+             "written without verification, so the peak is the exporter's own (the "
+             "verified run is in the llm-scale table). Bytes "
              "per token: the chunk files without the first chunk's gathered table, plus the "
              "whole cache, which each LiteRT step takes and returns. Run with "
              "`--large-only --large-targets tflite`, after the rows above.", "",
