@@ -266,6 +266,8 @@ def markdown(data: dict) -> str:
         mb = entry["bytes"] / 1e6
         lines.append(f"| {layer_type} | {entry['count']} | {mb:.2f} | "
                      f"{entry['us_per_step']:.0f} | {mb / (entry['us_per_step'] / 1e3):.1f} |")
+    lines += ["", "The kernel alone, per layer shape, with its weights in cache and streamed "
+              "from DRAM: the `matmul-nbits-rate` section (benchmarks/matmul_nbits_rate.py)."]
     return "\n".join(lines) + "\n"
 
 
