@@ -21,7 +21,8 @@ initializer of the file except an embedding table that only a Gather reads (one 
 token; a tied float head reads it whole, so then it counts; for LiteRT, whose tensors are
 not parsed here, the whole file), plus the key/value cache rows the step reads: with the
 fused attention (per-layer cache, GroupQueryAttention) the rows up to the current position
-(2 x layers x kv heads x (prompt + 1) x head dim x 4 bytes, 2 for a float16 cache); the
+(2 x layers x kv heads x (prompt + 1) x head dim x 4 bytes, 2 for a float16 cache, 1 for
+an int8 one, whose per-channel scales are initializers and counted with them); the
 standard-ops graph reads its whole max-context cache at every step. For llama.cpp: the
 GGUF's bytes (its head is the tied table; its fp16 cache rows are left out). For PyTorch:
 4 bytes per parameter.
@@ -32,7 +33,8 @@ stacked cache, float compute and a 4-bit table/head (last release's best layout)
 fused attention (`--onnx-attention auto`, the default) with a float table, then a 4-bit
 table, at float compute (`--accuracy-level 0`); int8 compute (the default `auto` level,
 which keeps MatMulNBits' int8 kernels only when the verified tokens stay PyTorch's) with
-8- and 4-bit tables; the last with a float16 cache; and LiteRT's 4-bit file. The compute
+8- and 4-bit tables; the last with a float16 cache and with an int8 cache (static
+per-channel scales measured on calibration text); and LiteRT's 4-bit file. The compute
 column reads the MatMulNBits accuracy level back from each file. `--large afm-3b` adds the
 ~3B rows: a synthetic checkpoint of that shape, RTN 4-bit, exported with the table and
 head at 4 bits, benchmarked the same way (random weights: speed and memory only);
@@ -79,6 +81,8 @@ FILES = {
     "gptq4, fused, auto level, 4-bit table.onnx": ("gptq4", "onnx", [*I8, *T4], True),
     "gptq4, fused, auto level, 4-bit table, fp16 cache.onnx": (
         "gptq4", "onnx", [*I8, *T4, "--kv-cache", "float16"], True),
+    "gptq4, fused, auto level, 4-bit table, int8 cache.onnx": (
+        "gptq4", "onnx", [*I8, *T4, "--kv-cache", "int8"], True),
     "gptq4.tflite": ("gptq4", "tflite", ["--prefill-tokens", "64"], True),
     "gptq4, 4-bit table.tflite": ("gptq4", "tflite", ["--prefill-tokens", "64", *T4], True),
 }
@@ -133,7 +137,8 @@ def onnx_bytes_per_token(path: Path) -> dict:
                 gathered_only.update(i for i in node.input if i in sizes and i != node.input[1])
     meta = _llm_metadata(model)
     layers, kv_heads, context, head_dim = meta["cache_shape"]
-    row = 2 * layers * kv_heads * head_dim * (2 if meta.get("cache_dtype") == "float16" else 4)
+    element = {"float16": 2, "int8": 1}.get(meta.get("cache_dtype"), 4)
+    row = 2 * layers * kv_heads * head_dim * element
     # A per-layer cache is read up to the current position (GroupQueryAttention); the
     # stacked graph reads (and copies) every row of its cache at every step.
     rows = min(PROMPT_TOKENS + 1, context) if meta.get("cache_layout") == "per_layer" \
