@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.environment import environment  # noqa: E402
-from benchmarks.markdown_section import replace_section  # noqa: E402
+from benchmarks.markdown_section import run_or_render  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "decode_profile.json"
 SECTION = "decode-profile"
@@ -287,11 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child == "profile":
         print(json.dumps(child_profile(args.file, args.threads[0], args.rounds, args.work)))
         return 0
-    data = json.loads(RESULTS.read_text()) if args.render_only else run(args)
-    if not args.render_only:
-        RESULTS.write_text(json.dumps(data, indent=2) + "\n")
-    replace_section(REPO / "BENCHMARKS.md", SECTION, markdown(data))
-    print(markdown(data))
+    print(run_or_render(args.render_only, RESULTS, REPO / "BENCHMARKS.md", SECTION,
+                        lambda: run(args), markdown))
     return 0
 
 

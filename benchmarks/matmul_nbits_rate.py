@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.environment import environment  # noqa: E402
-from benchmarks.markdown_section import replace_section  # noqa: E402
+from benchmarks.markdown_section import run_or_render  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "matmul_nbits_rate.json"
 SECTION = "matmul-nbits-rate"
@@ -265,11 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render-only", action="store_true",
                         help="re-render BENCHMARKS.md from the results file")
     args = parser.parse_args(argv)
-    data = json.loads(RESULTS.read_text()) if args.render_only else run(args)
-    if not args.render_only:
-        RESULTS.write_text(json.dumps(data, indent=2) + "\n")
-    replace_section(REPO / "BENCHMARKS.md", SECTION, markdown(data))
-    print(markdown(data))
+    print(run_or_render(args.render_only, RESULTS, REPO / "BENCHMARKS.md", SECTION,
+                        lambda: run(args), markdown))
     return 0
 
 
