@@ -25,6 +25,10 @@ copies of that one node with random codes, every copy reading the same input row
 - DRAM: copies of at least 512 MB in all, more than the host's shared last-level cache
   holds, so every run streams them from memory.
 
+One more row: the head at 8 bits, as `--embedding-bits 8` writes it, to show what each
+accuracy level costs an 8-bit weight (export.onnx.accuracy_choice keeps int8 compute on
+8-bit weights where it can, for this reason).
+
 Each node's kernel time comes from onnxruntime's profiler (framework overhead and the
 Python call left out); the rate is the node's initializer bytes (codes, scales, zero
 points) over its median kernel time. B is the 1 GiB `torch.sum` probe in the same process
@@ -59,6 +63,8 @@ SECTION = "matmul-nbits-rate"
 CACHE_BYTES = 4 << 20
 DRAM_BYTES = 512 << 20
 PROBE_BYTES = 1 << 30
+HEAD = "lm_head"
+EIGHT_BIT_HEAD = "lm_head at 8 bits (the 8-bit table file's head)"
 
 
 def file_shapes(path: Path) -> dict[str, dict]:
@@ -79,6 +85,16 @@ def file_shapes(path: Path) -> dict[str, dict]:
             "zero_points": len(node.input) > 3 and bool(node.input[3]), "nodes": 0})
         entry["nodes"] += 1
     return shapes
+
+
+def eight_bit_head(shapes: dict[str, dict]) -> dict[str, dict]:
+    """The head as `--embedding-bits 8` writes it (the llm-decode table's 8-bit table
+    file: the same groups and zero points, 8-bit codes), with no nodes in this file's step:
+    a row of the table, left out of the step's sum."""
+    head = shapes.get(HEAD)
+    if head is None or head["bits"] == 8:
+        return {}
+    return {EIGHT_BIT_HEAD: {**head, "bits": 8, "nodes": 0}}
 
 
 def node_bytes(shape: dict) -> int:
@@ -186,6 +202,7 @@ def run(args) -> dict:
     work = args.work or Path(tempfile.mkdtemp(prefix="matmul-nbits-rate-"))
     work.mkdir(parents=True, exist_ok=True)
     shapes = file_shapes(build(work))
+    shapes.update(eight_bit_head(shapes))
     return {"environment": environment(), "file": FILE_NAME, "shapes": shapes,
             "runs": [measure(shapes, threads, args.levels, work) for threads in args.threads],
             "load_average_1min_end": os.getloadavg()[0]}
@@ -202,7 +219,9 @@ def markdown(data: dict) -> str:
         "## The int4 kernel's own rate: MatMulNBits per layer shape, in cache and from DRAM",
         "", f"`python -m benchmarks.matmul_nbits_rate` on {env['cpu']} ({env['cores']} "
         f"cores), {env['date']}. Each layer type of the llm-decode table's `{data['file']}` "
-        "(its N, K, bits, block and zero points), as copies of one MatMulNBits node with "
+        "(its N, K, bits, block and zero points), and that head at 8 bits as `--embedding-bits "
+        "8` writes it (not in this file: left out of the sums below), as copies of one "
+        "MatMulNBits node with "
         "random codes: at most 4 MB of them, run again and again (cache: the kernel's "
         "arithmetic rate C), or at least 512 MB (DRAM: every run streams them from memory). "
         "Rate = the node's bytes (codes, scales, zero points) / its median kernel time in "

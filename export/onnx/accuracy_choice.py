@@ -21,6 +21,15 @@ match exactly. When they do not agree, `auto` rewrites the graph to level 0 (an
 attribute per node: the weights are untouched) and verifies again. Without verification
 there is no evidence either way and `auto` writes level 0.
 
+One step sits between the two when the file mixes 8-bit MatMulNBits (an 8-bit table and
+head, 6-bit codes in 8-bit storage) with narrower ones: the 8-bit nodes keep int8
+compute and only the others go to float, verified the same way as int8 compute. An 8-bit
+weight times int8 activations is the mildest of the roundings, and onnxruntime 1.32 has
+no fast float-compute kernel for 8-bit weights: BENCHMARKS.md's `matmul-nbits-rate`
+section times SmolLM2's head at 8 bits at both levels, and in its `llm-decode` table the
+8-bit table file that fell back to float compute everywhere decodes about 10x slower
+than the 4-bit table file at the same level.
+
 An int8 key/value cache (`--kv-cache int8`, export.llm.kv_scales) rounds the stored keys
 and values as int8 compute rounds activations, and moves the logits by a few percent as
 well: such a file is held to INT8_COMPUTE_RTOL with near ties allowed at either level.
@@ -37,9 +46,10 @@ from pathlib import Path
 from export.errors import require
 from export.llm.check import LlmVerification
 from export.llm.near_ties import TIE_MARGIN as NEAR_TIE_MARGIN
-from export.onnx.weights import set_accuracy_level
+from export.onnx.weights import matmul_nbits_bits, set_accuracy_level
 
 INT8_COMPUTE, FLOAT_COMPUTE = 4, 0
+EIGHT_BIT = 8  # MatMulNBits weights that keep int8 compute in the middle step
 INT8_COMPUTE_RTOL = 0.1
 
 
@@ -73,6 +83,22 @@ def verify_choosing_level(verify: Callable[[], LlmVerification], out: Path, opti
                    f"near ties at tokens {check.agreement.near_ties})")
         check.notes = {**check.notes, "accuracy_level": INT8_COMPUTE, "accuracy_choice": how}
         return check
+    widths = nbits_widths(out)
+    if EIGHT_BIT in widths and len(widths) > 1:
+        rewrite_level(out, FLOAT_COMPUTE, skip_bits=EIGHT_BIT)
+        mixed = _int8_cache_allowance(verify(), options)
+        mixed.allow_near_ties = True
+        if mixed.tokens_agree:
+            mixed.rtol = INT8_COMPUTE_RTOL
+            mixed.notes = {**mixed.notes,
+                           "accuracy_level": {str(b): INT8_COMPUTE if b == EIGHT_BIT
+                                              else FLOAT_COMPUTE for b in widths},
+                           "accuracy_choice": "auto: int8 compute everywhere changed the "
+                                              f"greedy tokens ({check.runtime_tokens} vs "
+                                              f"PyTorch's {check.pytorch_tokens}); kept on "
+                                              "the 8-bit weights only, float compute on "
+                                              "the rest"}
+            return mixed
     rewrite_level(out, FLOAT_COMPUTE)
     retried = _int8_cache_allowance(verify(), options)
     retried.notes = {**retried.notes, "accuracy_level": FLOAT_COMPUTE,
@@ -93,10 +119,19 @@ def _int8_cache_allowance(check: LlmVerification, options) -> LlmVerification:
     return check
 
 
-def rewrite_level(out: Path, level: int) -> None:
-    """Set every MatMulNBits node's accuracy_level in the graph file at `out` (its
-    external data file, if any, is not read or rewritten)."""
+def rewrite_level(out: Path, level: int, skip_bits: int | None = None) -> None:
+    """Set the accuracy_level of every MatMulNBits node (but those of `skip_bits` bits)
+    in the graph file at `out` (its external data file, if any, is not read or
+    rewritten)."""
     onnx = require("onnx", "onnx", "ONNX export")
     model = onnx.load(os.fspath(out), load_external_data=False)
-    set_accuracy_level(model.graph.node, level)
+    set_accuracy_level(model.graph.node, level, skip_bits)
     onnx.save_model(model, os.fspath(out))
+
+
+def nbits_widths(out: Path) -> list[int]:
+    """The weight widths of the MatMulNBits nodes in the graph file at `out`, sorted."""
+    onnx = require("onnx", "onnx", "ONNX export")
+    model = onnx.load(os.fspath(out), load_external_data=False)
+    return sorted({matmul_nbits_bits(n) for n in model.graph.node
+                   if n.op_type == "MatMulNBits"})

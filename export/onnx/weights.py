@@ -170,19 +170,26 @@ def palette_gather(weight: PaletteQuantized, a: str, y: str, prefix: str) -> Onn
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
-def set_accuracy_level(nodes, level: int | None) -> None:
-    """MatMulNBits' `accuracy_level` on every such node: the precision onnxruntime computes
-    in (0: its default, float activations; 4: activations quantized to int8 per block and
-    integer dot products, the fast CPU kernels; 1-3: fp32/fp16/bf16). None leaves it."""
+def set_accuracy_level(nodes, level: int | None, skip_bits: int | None = None) -> None:
+    """MatMulNBits' `accuracy_level` on every such node (but those of `skip_bits` bits):
+    the precision onnxruntime computes in (0: its default, float activations; 4:
+    activations quantized to int8 per block and integer dot products, the fast CPU
+    kernels; 1-3: fp32/fp16/bf16). None leaves it."""
     from onnx import helper
 
     if level is None:
         return
     for node in nodes:
-        if node.op_type == "MatMulNBits":
+        if node.op_type == "MatMulNBits" and (skip_bits is None
+                                              or matmul_nbits_bits(node) != skip_bits):
             kept = [a for a in node.attribute if a.name != "accuracy_level"]
             del node.attribute[:]
             node.attribute.extend([*kept, helper.make_attribute("accuracy_level", level)])
+
+
+def matmul_nbits_bits(node) -> int:
+    """The weight width of a MatMulNBits node (its `bits` attribute; 4 when absent)."""
+    return next((a.i for a in node.attribute if a.name == "bits"), 4)
 
 
 def compressed_weight(weight, a: str, y: str, prefix: str) -> OnnxWeight | None:

@@ -92,3 +92,13 @@ def test_rates_serial_model_and_verdict():
     # three nodes: 300 KB in 60 us; 1.5 x 0.3 MB / 10 GB/s = 0.045 ms < 0.06 ms
     assert "0.06 ms from DRAM, 5.0 MB/ms, **50% of B**" in text
     assert "MB / B = 0.05 ms; the faster level takes 0.06 ms (over that)" in text
+
+
+def test_the_8_bit_head_row_has_no_nodes_in_the_step():
+    shapes = {"lm_head": {"N": 10, "K": 64, "bits": 4, "block_size": 32,
+                          "zero_points": True, "nodes": 1}}
+    (name, head), = rate.eight_bit_head(shapes).items()
+    assert head == {**shapes["lm_head"], "bits": 8, "nodes": 0} and "8 bits" in name
+    # codes, 2 float32 scales and 2 one-byte zero points per row
+    assert rate.node_bytes(head) == 10 * 64 + 10 * 2 * 4 + 10 * 2
+    assert rate.eight_bit_head({}) == {}

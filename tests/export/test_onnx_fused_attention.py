@@ -227,6 +227,57 @@ def test_auto_accuracy_falls_back_to_float_compute_when_tokens_differ(files, tmp
     assert _levels(path) == {FLOAT_COMPUTE}  # rewritten in the graph
 
 
+def _mixed_widths(files, path: Path) -> None:
+    """The fused file written at level 4 with its last MatMulNBits marked 8-bit: only
+    the attributes matter to the level choice (verification is stubbed)."""
+    from export.onnx.weights import set_accuracy_level
+
+    model = onnx.load(str(files["fused"].path))
+    set_accuracy_level(model.graph.node, INT8_COMPUTE)
+    last = [n for n in model.graph.node if n.op_type == "MatMulNBits"][-1]
+    next(a for a in last.attribute if a.name == "bits").i = 8
+    onnx.save_model(model, str(path))
+
+
+def _levels_by_bits(path: Path) -> dict[int, set[int]]:
+    levels: dict[int, set[int]] = {}
+    for node in onnx.load(str(path)).graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: a.i for a in node.attribute}
+            levels.setdefault(attrs["bits"], set()).add(attrs["accuracy_level"])
+    return levels
+
+
+def test_auto_accuracy_keeps_int8_compute_on_8_bit_weights_when_that_verifies(
+        files, tmp_path) -> None:
+    path = tmp_path / "mixed.onnx"
+    _mixed_widths(files, path)
+    seen = []
+
+    def verify():  # int8 compute everywhere changes token 2; the mixed file does not
+        seen.append(_levels_by_bits(path))
+        return _check([1, 2, 9] if len(seen) == 1 else [1, 2, 3], 0.05)
+    check = verify_choosing_level(verify, path, ExportOptions(), True)
+    assert seen == [{4: {4}, 8: {4}}, {4: {0}, 8: {4}}]
+    assert check.tokens_match and check.rtol == INT8_COMPUTE_RTOL
+    assert check.notes["accuracy_level"] == {"4": FLOAT_COMPUTE, "8": INT8_COMPUTE}
+    assert "8-bit weights only" in check.notes["accuracy_choice"]
+
+
+def test_auto_accuracy_goes_to_float_everywhere_when_the_mixed_file_fails(
+        files, tmp_path) -> None:
+    path = tmp_path / "mixed.onnx"
+    _mixed_widths(files, path)
+    seen = []
+
+    def verify():
+        seen.append(_levels_by_bits(path))
+        return _check([1, 2, 9] if len(seen) < 3 else [1, 2, 3], 1e-6)
+    check = verify_choosing_level(verify, path, ExportOptions(), True)
+    assert seen[1:] == [{4: {0}, 8: {4}}, {4: {0}, 8: {0}}]
+    assert check.notes["accuracy_level"] == FLOAT_COMPUTE and check.rtol is None
+
+
 def test_given_level_or_rtol_is_never_overridden(files, tmp_path) -> None:
     path = files["fused"].path
     given = ExportOptions(accuracy_level=0)
