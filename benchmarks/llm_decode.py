@@ -144,11 +144,16 @@ def onnx_bytes_per_token(path: Path) -> dict:
     rows = min(PROMPT_TOKENS + 1, context) if meta.get("cache_layout") == "per_layer" \
         else context
     weights = sum(size for name, size in sizes.items() if name not in gathered_only)
-    levels = sorted({a.i for node in model.graph.node if node.op_type == "MatMulNBits"
-                     for a in node.attribute if a.name == "accuracy_level"} or {0})
+    by_bits: dict[str, set[int]] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: a.i for a in node.attribute}
+            by_bits.setdefault(str(attrs.get("bits", 4)), set()).add(
+                attrs.get("accuracy_level", 0))
+    levels = sorted(set().union(*by_bits.values()))
     return {"weights": weights, "cache": row * rows, "total": weights + row * rows,
-            "accuracy_levels": levels if any(n.op_type == "MatMulNBits"
-                                             for n in model.graph.node) else []}
+            "accuracy_levels": levels,
+            "accuracy_levels_by_bits": {b: sorted(v) for b, v in sorted(by_bits.items())}}
 
 
 def _llm_metadata(model) -> dict:

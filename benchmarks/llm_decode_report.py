@@ -52,8 +52,8 @@ def markdown(data: dict) -> str:
         at_size = row.get("working_set_gb_per_s", {})
         for name, entry in data["files"].items():
             model = next(m for path, m in models.items() if path.endswith(entry["file"]))
-            levels = entry.get("bytes_per_token", {}).get("accuracy_levels")
-            label = f"{name} (level {'/'.join(map(str, levels))})" if levels else name
+            label = f"{name} ({level_label(entry.get('bytes_per_token', {}))})" \
+                if entry.get("bytes_per_token", {}).get("accuracy_levels") else name
             lines.append(_row(label, model, entry.get("bytes_per_token", {}).get("total"),
                               gb_s, eager_tps, _tokens(entry), at_size.get(name)))
         lines.append(_row(EAGER, eager, None, gb_s, eager_tps, True, at_size.get(EAGER),
@@ -99,6 +99,18 @@ def _large_lines(large: dict | None) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     return (lines + _large_rows(large["threads"], per_token)
             + _large_tflite_lines(large.get("tflite")))
+
+
+def level_label(per_token: dict) -> str:
+    """"level 4", or per weight width where the widths differ ("level 4 on 8-bit, 0 on
+    4-bit": export.onnx.accuracy_choice's middle step)."""
+    levels = per_token["accuracy_levels"]
+    by_bits = per_token.get("accuracy_levels_by_bits") or {}
+    if len(levels) > 1 and by_bits:
+        return "level " + ", ".join(f"{'/'.join(map(str, lv))} on {bits}-bit"
+                                    for bits, lv in sorted(by_bits.items(),
+                                                           key=lambda kv: -int(kv[0])))
+    return f"level {'/'.join(map(str, levels))}"
 
 
 def _large_tflite_lines(tflite: dict | None) -> list[str]:

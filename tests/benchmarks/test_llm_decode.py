@@ -55,3 +55,35 @@ def test_a_quantized_table_only_gathered_is_not_counted(tmp_path):
     path, sizes, _ = _write(tmp_path, quantize=True, external=False)
     assert not any(n.startswith("model.embed_tokens.") for n in sizes)
     assert onnx_bytes_per_token(path)["weights"] == sum(sizes.values())
+
+
+def test_accuracy_levels_per_weight_width_and_their_label(tmp_path):
+    """A quantized head (4-bit here) marked 8-bit at level 4 beside level-0 4-bit linears,
+    as the accuracy choice's middle step leaves a file; read back per width and labelled."""
+    from benchmarks.llm_decode_report import level_label
+    from compress.quant.rtn import rtn_quantize
+    from export.onnx.weights import set_accuracy_level
+
+    import torch
+
+    module = create_model("fake-llama").module
+    packed = {name: rtn_quantize(m.weight.data, 4, 16, symmetric=False)
+              for name, m in module.named_modules()
+              if isinstance(m, torch.nn.Linear) and "layers" in name}
+    weights = ModuleDecoderWeights(module, 128, packed)
+    weights.quantize_tables(lambda w: rtn_quantize(w, 4, 16, symmetric=False))
+    path = tmp_path / "mixed.onnx"
+    write_decoder_onnx(weights, path, external=False, attention="auto")
+    model = onnx.load(str(path))
+    nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    set_accuracy_level(model.graph.node, 0)
+    head = next(n for n in nodes if n.name.startswith("lm_head"))
+    next(a for a in head.attribute if a.name == "bits").i = 8
+    set_accuracy_level([head], 4)
+    onnx.save_model(model, str(path))
+    counted = onnx_bytes_per_token(path)
+    assert counted["accuracy_levels"] == [0, 4]
+    assert counted["accuracy_levels_by_bits"] == {"4": [0], "8": [4]}
+    assert level_label(counted) == "level 4 on 8-bit, 0 on 4-bit"
+    assert level_label({"accuracy_levels": [4], "accuracy_levels_by_bits": {"4": [4]}}) \
+        == "level 4"
