@@ -32,7 +32,8 @@ PyTorch's): the dense model (fp32); GPTQ 4-bit g64 with the standard-ops attenti
 stacked cache, float compute and a 4-bit table/head (last release's best layout); the
 fused attention (`--onnx-attention auto`, the default) with a float table, then a 4-bit
 table, at float compute (`--accuracy-level 0`); int8 compute (the default `auto` level,
-which keeps MatMulNBits' int8 kernels only when the verified tokens stay PyTorch's) with
+which keeps MatMulNBits' int8 kernels only when the verified tokens stay PyTorch's, on
+every weight or else on the 8-bit ones alone: export.onnx.accuracy_choice) with
 8- and 4-bit tables; the last with a float16 cache and with an int8 cache (static
 per-channel scales measured on calibration text); and LiteRT's 4-bit file. The compute
 column reads the MatMulNBits accuracy level back from each file. `--large afm-3b` adds the
