@@ -60,11 +60,11 @@ def test_a_quantized_table_only_gathered_is_not_counted(tmp_path):
 def test_accuracy_levels_per_weight_width_and_their_label(tmp_path):
     """A quantized head (4-bit here) marked 8-bit at level 4 beside level-0 4-bit linears,
     as the accuracy choice's middle step leaves a file; read back per width and labelled."""
+    import torch
+
     from benchmarks.llm_decode_report import level_label
     from compress.quant.rtn import rtn_quantize
     from export.onnx.weights import set_accuracy_level
-
-    import torch
 
     module = create_model("fake-llama").module
     packed = {name: rtn_quantize(m.weight.data, 4, 16, symmetric=False)
