@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from export.llm.decoder import lora_side_tensors
 from models.qformat import AffineQuantized
 
 BLOCK_MULTIPLE = 32  # XNNPACK's blockwise kernels take blocks of a multiple of 32 inputs
@@ -168,14 +169,7 @@ class BlockwiseLinear(nn.Module):
         self.emulate = False
         self.keep = self.outlier_index = self.outlier_weight = None
         self.set_outliers(outliers)
-        self.lora_a_t = self.lora_b_t = None
-        self.lora_scale = 0.0
-        if lora is not None:
-            a, b, self.lora_scale = lora
-            self.lora_a_t = nn.Parameter(a.detach().float().t().contiguous(),
-                                         requires_grad=False)
-            self.lora_b_t = nn.Parameter(b.detach().float().t().contiguous(),
-                                         requires_grad=False)
+        self.lora_a_t, self.lora_b_t, self.lora_scale = lora_side_tensors(lora)
 
     def set_outliers(self, outliers) -> None:
         """Split these input channels off the int8 FCs (none: undo the split)."""

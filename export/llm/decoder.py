@@ -52,21 +52,24 @@ class ExportLinear(nn.Module):
                                      requires_grad=False)
         self.bias = (None if linear.bias is None
                      else nn.Parameter(linear.bias.detach().clone(), requires_grad=False))
-        lora = lora_parts(linear)
-        self.lora_a_t = self.lora_b_t = None
-        self.lora_scale = 0.0
-        if lora is not None:
-            a, b, self.lora_scale = lora
-            self.lora_a_t = nn.Parameter(a.detach().float().t().contiguous(),
-                                         requires_grad=False)
-            self.lora_b_t = nn.Parameter(b.detach().float().t().contiguous(),
-                                         requires_grad=False)
+        self.lora_a_t, self.lora_b_t, self.lora_scale = lora_side_tensors(lora_parts(linear))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x @ self.weight_t
         if self.lora_a_t is not None:
             y = y + (x @ self.lora_a_t) @ self.lora_b_t * self.lora_scale
         return y if self.bias is None else y + self.bias
+
+
+def lora_side_tensors(lora: tuple[torch.Tensor, torch.Tensor, float] | None
+                      ) -> tuple[nn.Parameter | None, nn.Parameter | None, float]:
+    """(A^T, B^T, s) of an adapter (A [r, in], B [out, r], s) as frozen float32 parameters
+    of their own, the side branch s (x A^T) B^T's operands; (None, None, 0.0) without one."""
+    if lora is None:
+        return None, None, 0.0
+    a, b, scale = lora
+    return (nn.Parameter(a.detach().float().t().contiguous(), requires_grad=False),
+            nn.Parameter(b.detach().float().t().contiguous(), requires_grad=False), scale)
 
 
 def lora_parts(linear) -> tuple[torch.Tensor, torch.Tensor, float] | None:
