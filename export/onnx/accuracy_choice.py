@@ -26,9 +26,8 @@ head, 6-bit codes in 8-bit storage) with narrower ones: the 8-bit nodes keep int
 compute and only the others go to float, verified the same way as int8 compute. An 8-bit
 weight times int8 activations is the mildest of the roundings, and onnxruntime 1.32 has
 no fast float-compute kernel for 8-bit weights: BENCHMARKS.md's `matmul-nbits-rate`
-section times SmolLM2's head at 8 bits at both levels, and in its `llm-decode` table the
-8-bit table file that fell back to float compute everywhere decodes about 10x slower
-than the 4-bit table file at the same level.
+section times SmolLM2's head at 8 bits about 50 times slower at level 0 than at level 4
+(the 4-bit head: about 1.6 times), enough to make a whole file ~10x slower per token.
 
 An int8 key/value cache (`--kv-cache int8`, export.llm.kv_scales) rounds the stored keys
 and values as int8 compute rounds activations, and moves the logits by a few percent as
