@@ -165,6 +165,14 @@ def render(result: dict) -> str:
         f" LoRA adapters as side branches), which a size budget counts; p50 ms is one "
         f"decode step at position {bench.get('prompt_tokens', '-')} in onnxruntime, "
         f"{bench.get('threads', '-')} thread (`toolkit bench`, {bench.get('runs', '-')}+ runs). "
+        "It depends on the MatMulNBits accuracy level `--accuracy-level auto` chose for "
+        "each file, which these points' exports made all or nothing: a file whose int8 "
+        "compute changed the verified tokens went to float compute everywhere, where "
+        "onnxruntime's 8-bit kernel (the table and head) is about 50 times slower "
+        "(`matmul-nbits-rate` section), which most likely explains p50s of a few hundred "
+        "ms against ~10 ms (the level each point's file got was not recorded). Exports "
+        "since keep int8 compute on the 8-bit weights when "
+        "that verifies (export/onnx/accuracy_choice.py); these points were not re-run. "
         "bits/w: stored bits per weight of the decoder linears, LoRA adapters apart.",
         *_rerun_note(result),
         "",
