@@ -119,7 +119,15 @@ def _bench(directory: Path | None) -> dict[str, Any]:
                       "file_mb": (model.get("file_bytes") or 0) / 1e6,
                       "p90_ms": model["latency"]["p90_ms"],
                       "decode_tokens_per_s": llm.get("decode_tokens_per_s"),
-                      "prefill_tokens_per_s": llm.get("prefill_tokens_per_s")}}
+                      "prefill_tokens_per_s": llm.get("prefill_tokens_per_s"),
+                      "accuracy_level": _accuracy_level(directory)}}
+
+
+def _accuracy_level(directory: Path):
+    """The MatMulNBits accuracy level the export chose (export.onnx.accuracy_choice: an
+    int, or one per weight width), which the latency depends on; None when not recorded."""
+    export = _read_json(directory / "export.json") or {}
+    return (export.get("verification") or {}).get("accuracy_level")
 
 
 def failed_row(point: Point, error: str) -> dict[str, Any]:

@@ -99,3 +99,20 @@ def test_a_size_budget_counts_the_exported_file_when_there_is_one():
             {"name": "big-file", "size_mb": 95.0, "file_mb": 120.0, "wiki_ppl": 20.0}]
     assert best_within(rows, budget)["name"] == "big-artifact-small-file"
     assert excess(rows[2], budget) == {"size": 20.0}
+
+
+def test_a_benched_row_carries_the_accuracy_level_its_export_chose(tmp_path):
+    point = fake_point(tmp_path, {"quantization": {"bits_per_weight": 4.0}, "stages": []},
+                       {"w": torch.zeros(4, 4)})
+    bench = point.directory / "bench-onnx"
+    bench.mkdir()
+    (bench / "bench.json").write_text(json.dumps({"models": [{
+        "runtime": "onnxruntime", "file_bytes": 2_000_000,
+        "latency": {"p50_ms": 12.0, "p90_ms": 13.0}, "llm": {"decode_tokens_per_s": 80.0}}]}))
+    (bench / "export.json").write_text(json.dumps({"verification": {
+        "accuracy_level": {"4": 0, "8": 4}}}))
+    row = point_row(point, "bench-onnx")
+    assert row["latency_ms"] == 12.0 and row["file_mb"] == 2.0
+    assert row["bench"]["accuracy_level"] == {"4": 0, "8": 4}
+    (bench / "export.json").unlink()
+    assert point_row(point, "bench-onnx")["bench"]["accuracy_level"] is None
