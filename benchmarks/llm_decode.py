@@ -122,6 +122,8 @@ def onnx_bytes_per_token(path: Path) -> dict:
     """Initializer bytes a decode step reads (module docstring) and the cache bytes."""
     import onnx
 
+    from export.onnx.weights import matmul_nbits_bits
+
     model = onnx.load(str(path), load_external_data=False)
     sizes = {}
     for tensor in model.graph.initializer:
@@ -148,9 +150,8 @@ def onnx_bytes_per_token(path: Path) -> dict:
     by_bits: dict[str, set[int]] = {}
     for node in model.graph.node:
         if node.op_type == "MatMulNBits":
-            attrs = {a.name: a.i for a in node.attribute}
-            by_bits.setdefault(str(attrs.get("bits", 4)), set()).add(
-                attrs.get("accuracy_level", 0))
+            level = next((a.i for a in node.attribute if a.name == "accuracy_level"), 0)
+            by_bits.setdefault(str(matmul_nbits_bits(node)), set()).add(level)
     levels = sorted(set().union(*by_bits.values()))
     return {"weights": weights, "cache": row * rows, "total": weights + row * rows,
             "accuracy_levels": levels,

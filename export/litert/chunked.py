@@ -128,9 +128,9 @@ def release_freed_memory() -> None:
     """Collect, then hand the heap's free pages back to the system (glibc's malloc_trim).
     A chunk's weight slices (export.litert.blockwise) are each below glibc's mmap
     threshold, so they live in the heap, and freeing the chunk leaves their pages
-    resident: measured on afm-3b (BENCHMARKS.md, llm-decode), 4.9 GB resident after a
-    chunk was freed and 2.1 GB after the trim, so without it every chunk's conversion
-    stacked on the last one's leftovers (export peak 10.4 GB instead of 8.7). A no-op
+    resident, so every chunk's conversion stacked on the last one's leftovers. On afm-3b
+    the trim took the export's peak RSS from 10.39 to 9.69 GB written alone, and from
+    10.72 to 9.56 GB with verification (BENCHMARKS.md, llm-decode and llm-scale). A no-op
     without glibc."""
     gc.collect()
     try:
