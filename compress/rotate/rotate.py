@@ -36,10 +36,16 @@ function is unchanged up to rounding; what changes is the weights' incoherence
 mu(W) = max|W_ij| / rms(W) (QuaRot's motivation: a Hadamard spreads an outlier input
 channel over all of them), which the stage report gives before and after.
 
+4. With `learn_steps` > 0, SpinQuant's learned rotation (arXiv 2405.16406): one more
+   orthogonal U of the hidden size and one V per block of the head size, trained on the
+   calibration windows with round-to-nearest of the block linears in the loop so that the
+   quantized model's next-token distributions stay near the float model's; carried into
+   the weights like R1 and R2 (compress/rotate/learned.py). Kept only when it lowers the
+   KL on held-out calibration windows.
+
 Not done here, on purpose: QuaRot's online rotations (R3 on queries/keys after RoPE, R4 a
 Hadamard before down_proj) need a Hadamard transform at run time; the artifact formats and
-export files hold weights only, so they could not carry it. SpinQuant's learned (Cayley
-SGD) rotations are not done either: the rotation is random, seeded.
+export files hold weights only, so they could not carry it.
 
 When it helps (SmolLM2-135M, 4-bit groups of 64; the recovery sweep in BENCHMARKS.md,
 `toolkit sweep sweeps/smollm2-recovery.yaml`): rotate + GPTQ gives Wikipedia perplexity
@@ -71,8 +77,10 @@ from torch import nn
 
 from compress.config import MethodConfig, register_handler
 from compress.errors import CompressError
+from compress.quant.grid import SUPPORTED_BITS
 from compress.rotate.hadamard import KINDS, orthogonal
-from compress.sweep import dtype_name
+from compress.rotate.learned import LearnSettings, learn, residual_sites
+from compress.sweep import Progress, dtype_name
 from models.adapter import ResidualBlock, decoder_layout, residual_blocks
 from models.errors import ModelError
 
@@ -94,6 +102,16 @@ class RotateConfig(MethodConfig):
     seed: int = 0
     # SpinQuant's R2: rotate each value head (v_proj outputs, o_proj inputs) too.
     head_rotation: bool = True
+    # SpinQuant's learned rotation (compress/rotate/learned.py): Adam steps on the
+    # calibration windows, one window each; 0 keeps the seeded rotation. The grid in the
+    # loop (learn_bits, learn_group_size) should be the next quantization stage's.
+    learn_steps: int = 0
+    learn_lr: float = 2e-3
+    learn_bits: int = 4
+    learn_group_size: int = 64
+    # Calibration windows left out of training; the KL on them decides whether the
+    # learned matrices are kept.
+    learn_held_out: int = 2
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -104,6 +122,17 @@ class RotateConfig(MethodConfig):
             raise CompressError(f"seed {self.seed!r} must be an integer in [0, 2^63)")
         if not isinstance(self.head_rotation, bool):
             raise CompressError(f"head_rotation {self.head_rotation!r} must be true or false")
+        for name, minimum in (("learn_steps", 0), ("learn_group_size", 1),
+                              ("learn_held_out", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise CompressError(f"{name} {value!r} must be an integer >= {minimum}")
+        if self.learn_bits not in SUPPORTED_BITS:
+            raise CompressError(f"learn_bits {self.learn_bits!r} must be one of "
+                                f"{', '.join(map(str, SUPPORTED_BITS))}")
+        if isinstance(self.learn_lr, bool) or not isinstance(self.learn_lr, (int, float)) \
+                or not 0 < self.learn_lr < float("inf"):
+            raise CompressError(f"learn_lr {self.learn_lr!r} must be a positive number")
 
 
 @dataclasses.dataclass
@@ -119,15 +148,19 @@ class RotateReport:
     incoherence_after: dict[str, float]
     forward_dtype: str
     seconds: dict[str, float]
+    learned: dict[str, Any] | None = None  # learned.learn's fields, with learn_steps > 0
 
     def manifest_section(self) -> dict[str, Any]:
-        return {"kind": "rotate", "rotation": self.kind, "seed": self.seed,
+        section = {"kind": "rotate", "rotation": self.kind, "seed": self.seed,
                 "hidden_size": self.hidden_size, "head_dim": self.head_dim,
                 "untied_head": self.untied_head, "head_bytes_added": self.head_bytes_added,
                 "linears": self.linears,
                 "incoherence": {"measure": "max|W| / rms(W) over the block linears and head",
                                 "before": self.incoherence_before,
                                 "after": self.incoherence_after}}
+        if self.learned is not None:
+            section["learned"] = self.learned
+        return section
 
 
 def incoherence(weight: torch.Tensor) -> float:
@@ -290,10 +323,13 @@ def check_ends(model: nn.Module, embeddings, head, final_norm) -> int:
     return embeddings.weight.shape[1]
 
 
-def rotate_model(model: nn.Module, config: RotateConfig) -> dict[str, Any]:
+def rotate_model(model: nn.Module, config: RotateConfig,
+                 calib: torch.Tensor | None = None,
+                 progress: Progress | None = None) -> dict[str, Any]:
     """Fold and rotate `model` in place (see the module docstring); returns the report's
     fields. CompressError, before any weight changes, when the model has no known residual
-    layout or a size has no Hadamard construction."""
+    layout or a size has no Hadamard construction. `calib` (token ids [N, L]) is read only
+    with learn_steps > 0."""
     try:
         layout = decoder_layout(model)
         blocks = residual_blocks(layout)
@@ -305,6 +341,11 @@ def rotate_model(model: nn.Module, config: RotateConfig) -> dict[str, Any]:
         norm_offset(norm)  # refuse a non-RMS norm before anything is changed
     rotation = Rotation.draw(config, hidden, [b.head_dim for b in blocks])
     head_dims = {b.head_dim for b in blocks}
+    if config.learn_steps and any(not isinstance(lin, nn.Linear)
+                                  for b in blocks for lin in block_linears(b)):
+        raise CompressError("a learned rotation (learn_steps) needs blocks of nn.Linear "
+                            "layers; a mixture-of-experts model takes the seeded rotation "
+                            "(learn_steps: 0)")
 
     linears = [lin for b in blocks for lin in block_linears(b)] + [head]
     before = incoherence_summary([lin.weight for lin in linears])
@@ -312,7 +353,16 @@ def rotate_model(model: nn.Module, config: RotateConfig) -> dict[str, Any]:
     for index, block in enumerate(blocks):
         rotate_block(block, rotation.q, rotation.head(index))
     rotate_ends(embeddings, final_norm, head, rotation.q)
-    return {"kind": config.kind, "seed": config.seed, "hidden_size": hidden,
+    learned = None
+    if config.learn_steps:
+        settings = LearnSettings(config.learn_steps, float(config.learn_lr), config.learn_bits,
+                                 config.learn_group_size, config.learn_held_out, config.seed)
+        sites = residual_sites(model, blocks, embeddings, head, config.head_rotation)
+        u, heads, learned = learn(model, sites, hidden,
+                                  [b.head_dim for b in blocks] if config.head_rotation else [],
+                                  calib, settings, progress)
+        apply_learned(blocks, embeddings, head, u, heads)
+    return {"learned": learned, "kind": config.kind, "seed": config.seed, "hidden_size": hidden,
             "head_dim": (head_dims.pop() if len(head_dims) == 1 else None)
             if config.head_rotation else None,
             "untied_head": untied,
@@ -322,12 +372,28 @@ def rotate_model(model: nn.Module, config: RotateConfig) -> dict[str, Any]:
             "incoherence_after": incoherence_summary([lin.weight for lin in linears])}
 
 
+def apply_learned(blocks: list[ResidualBlock], embeddings: nn.Embedding, head: nn.Linear,
+                  u: torch.Tensor, heads: list[torch.Tensor]) -> None:
+    """Carry the learned U (hidden size) and V_b (head size, one per block; none without
+    head rotation) into the weights, in float64, like R1 and R2 (norms already folded)."""
+    for index, block in enumerate(blocks):
+        for site in (block.attention, block.mlp):
+            for reader in site.readers:
+                rotate_input(reader, u)
+            rotate_output(site.writer, u)
+        if heads:
+            rotate_heads(block, heads[index])
+    _set(embeddings.weight, embeddings.weight.detach().double() @ u.to(embeddings.weight.device))
+    rotate_input(head, u)
+
+
 @register_handler(RotateConfig)
-def rotate_stage(model: nn.Module, config: RotateConfig, _calib: torch.Tensor | None, *,
-                 forward_dtype: torch.dtype = torch.float32, **_options: Any) -> RotateReport:
-    """Data-free: the calibration tokens are not read."""
+def rotate_stage(model: nn.Module, config: RotateConfig, calib: torch.Tensor | None, *,
+                 forward_dtype: torch.dtype = torch.float32, progress: Progress | None = None,
+                 **_options: Any) -> RotateReport:
+    """Data-free unless learn_steps > 0, which trains on the calibration tokens."""
     start = time.perf_counter()
-    fields = rotate_model(model, config)
+    fields = rotate_model(model, config, calib, progress)
     return RotateReport(**fields, forward_dtype=dtype_name(forward_dtype),
                         seconds={"method": time.perf_counter() - start})
 

@@ -52,6 +52,11 @@ class RotateStage(BlockStage):
     changes_stream = True  # compress/streaming.py calls the hooks below
 
     def __init__(self, config: RotateConfig, **kw) -> None:
+        if config.learn_steps:
+            # The learned rotation trains through the whole quantized model at once.
+            raise CompressError("a learned rotation (learn_steps) needs the whole model in "
+                                "memory: run it with --engine memory, or use learn_steps: 0 "
+                                "under the streaming engine")
         super().__init__(config, **kw)
         self.decoder = None
         self.rotation: Rotation | None = None
