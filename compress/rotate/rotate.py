@@ -54,7 +54,10 @@ round-to-nearest it hurt in development checks (not a committed benchmark): Smol
 norm scales vary a lot across channels, and once folded they are rounded with the
 weights inside each group instead of staying in floating point; the rotation then mixes
 every channel into every group. GPTQ's error feedback over the Hessian absorbs this; RTN
-cannot. Use rotate before gptq (recipes/rotate-gptq4.yaml), not before rtn.
+cannot. Use rotate before gptq (recipes/rotate-gptq4.yaml), not before rtn. The learned
+rotation (`learn_steps: 100`, sweeps/smollm2-recovery-rotate-learned.yaml) lowered the
+round-to-nearest model's held-out KL from 0.799 to 0.595 but, followed by GPTQ, gave
+perplexity 23.72 against the seeded rotation's 23.44 (BENCHMARKS.md rotation-factoids).
 
 Under the streaming engine (--engine streaming, a model that does not fit in memory) the
 same products run one block at a time (compress/rotate/streaming_stage.py) and write the

@@ -16,11 +16,17 @@ def test_goals_follow_from_each_rows_numbers():
         inside = low <= row["closed_book_pct"] <= high
         assert row["goal"] == (within and inside), row["name"]
     seeds = sorted(r["rotation_seed"] for r in data["rows"]
-                   if r["rotation_seed"] is not None and r["group_size"] == 64
+                   if r["rotation_seed"] is not None and not r["learned_steps"]
+                   and r["group_size"] == 64
                    and not r["lora"] and r["calibration"]["samples"] == 32)
     assert seeds == [0, 1, 2]
     assert len(data["seed_closed_book_pct"]) == 3
     text = rotation_factoids.markdown(data)
-    assert text.count("| rotate") == 6 + 1 and "(no rotation)" in text  # + the origin check
+    assert text.count("| rotate") == 7 + 1 and "(no rotation)" in text  # + the origin check
+    learned = data["learned"]
+    assert learned["kept"] == (learned["held_out_kl_after"] < learned["held_out_kl_before"])
+    assert f"{learned['held_out_kl_after']:.3f} nats per token" in text
+    assert [r["learned_steps"] for r in data["rows"]
+            if r["name"] == "rotate-learned+gptq-4b-g64"] == [learned["steps"]]
     assert [row["rotation_seed"] is None for row in data["origin"]] == [True, False]
     assert {row["method"] for row in data["origin"]} == {"rtn"}
