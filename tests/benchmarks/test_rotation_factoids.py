@@ -22,7 +22,13 @@ def test_goals_follow_from_each_rows_numbers():
     assert seeds == [0, 1, 2]
     assert len(data["seed_closed_book_pct"]) == 3
     text = rotation_factoids.markdown(data)
-    assert text.count("| rotate") == 7 + 1 and "(no rotation)" in text  # + the origin check
+    rotated = [r for r in data["rows"] if r["rotation_seed"] is not None]
+    assert text.count("| rotate") == len(rotated) + 1  # + the origin check's rotated row
+    assert "(no rotation)" in text
+    more_text = [r for r in data["rows"] if r["from"] == rotation_factoids.LORA_DATA]
+    assert more_text and all(r["lora"] and r["lora_windows"] == 1600 for r in more_text)
+    assert all(f"{r['name']} (rotation seed {r['rotation_seed']}): {r['wiki_ppl']:.2f}" in text
+               for r in more_text)
     learned = data["learned"]
     assert learned["kept"] == (learned["held_out_kl_after"] < learned["held_out_kl_before"])
     assert f"{learned['held_out_kl_after']:.3f} nats per token" in text

@@ -97,3 +97,39 @@ def test_finished_rows_are_read_again_from_their_point_folders(tmp_path):
     rows = sweep_recovery.reread_rows(sweep, {"bench": None, "rows": [stale, failed]})
     assert rows[0]["bits_per_weight"] == 2.5 and rows[0]["wiki_ppl"] == 20.0
     assert rows[1] == failed
+
+
+def test_from_saved_appends_an_added_sweep_and_decides_its_rotation_goal(tmp_path,
+                                                                          monkeypatch):
+    """The first sweep's folder is gone: its rows come from the saved results, the added
+    sweep's row is appended (marked with its spec), the goal is decided on it, and running
+    again does not append it twice."""
+    results = tmp_path / "results"
+    results.mkdir()
+    dense = {**_row("dense", 540, 20.0, 32.0), "closed_book_pct": 52.0,
+             "closed_book_ci_pct": [42.0, 62.0]}
+    saved = {**HEADER, "rerun": None, "environment": {"cpu": "cpu", "date": "2026-12-04"},
+             "rows": [dense, _row("rtn-4b-g64", 94, 26.0, 4.6)]}
+    (results / "sweep_recovery.json").write_text(json.dumps(saved))
+    added = tmp_path / "added"
+    name = "rotate+gptq-4b-g64+lora-1600w"
+    _write(added, [{**_row(name, 146, 21.5, 4.31, 0.74), "closed_book_pct": 50.0}])
+    monkeypatch.setattr(sweep_recovery, "ROOT", tmp_path)
+    monkeypatch.setattr(sweep_recovery, "RESULTS", results)
+    monkeypatch.setattr(sweep_recovery, "FILES", results / "files")
+    monkeypatch.setattr(sys, "argv", ["sweep_recovery", "--from-saved", "--added", str(added),
+                                      "--sweep", str(tmp_path / "gone")])
+    for _ in range(2):
+        assert sweep_recovery.main() == 0
+        result = json.loads((results / "sweep_recovery.json").read_text())
+        assert [r["name"] for r in result["rows"]] == ["dense", "rtn-4b-g64", name]
+    assert result["rows"][2]["from"] == sweep_recovery.ADDED_SPEC
+    assert result["environment"]["cpu"] == "cpu"
+    goal = next(g for g in result["goals"] if g["goal"].startswith(name))
+    # 21.5 / 20 = 1.075x and 50% inside [42-62]: met, with the numbers and the source.
+    assert goal["met"] is True and "ppl 21.50 = 1.075x dense 20.00" in goal["evidence"]
+    assert sweep_recovery.ADDED_SPEC in goal["evidence"]
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert f"Added from `{sweep_recovery.ADDED_SPEC}`" in text and "run folder is gone" in text
+    assert f"| {name}: perplexity within 10% of dense and closed-book within the dense " \
+           "interval | yes |" in text
