@@ -150,7 +150,9 @@ def budget_picks(rows: list[dict]) -> list[dict]:
                           "over": near and over_text(near, budget)})
             continue
         recipe = FILES / f"best-{budget.slug}.yaml"
-        recipe.write_text(recipe_text(best, budget, SPEC), encoding="utf-8")
+        # An added or rerun sweep's row names the sweep that made it.
+        recipe.write_text(recipe_text(best, budget, best.get("from") or SPEC),
+                          encoding="utf-8")
         picks.append({"budget": text, "best": best["name"], "wiki_ppl": best["wiki_ppl"],
                       "file_mb": best.get("file_mb"), "size_mb": best["size_mb"],
                       "recipe": str(recipe.relative_to(ROOT))})
@@ -200,7 +202,7 @@ def render(result: dict) -> str:
         met = {True: "yes", False: "**no**", None: "not measured"}[goal["met"]]
         lines.append(f"| {goal['goal']} | {met} | {goal['evidence']} |")
     lines += ["", "The rotation goal's other tries (rotation seeds, groups of 32, 4x the "
-              "calibration text) and why rotation costs this checkpoint's factoids: the "
+              "calibration text, a learned rotation, LoRA on more text) and why rotation costs this checkpoint's factoids: the "
               "`rotation-factoids` section (benchmarks/rotation_factoids.py)."]
     lines += ["", "Recommended recipes (`toolkit sweep ... --budget`, the same code):", ""]
     for pick in result["budgets"]:
