@@ -202,7 +202,8 @@ def render(result: dict) -> str:
         met = {True: "yes", False: "**no**", None: "not measured"}[goal["met"]]
         lines.append(f"| {goal['goal']} | {met} | {goal['evidence']} |")
     lines += ["", "The rotation goal's other tries (rotation seeds, groups of 32, 4x the "
-              "calibration text, a learned rotation, LoRA on more text) and why rotation costs this checkpoint's factoids: the "
+              "calibration text, a learned rotation, LoRA on more text) and why rotation "
+              "costs this checkpoint's factoids: the "
               "`rotation-factoids` section (benchmarks/rotation_factoids.py)."]
     lines += ["", "Recommended recipes (`toolkit sweep ... --budget`, the same code):", ""]
     for pick in result["budgets"]:
