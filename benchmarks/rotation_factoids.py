@@ -167,28 +167,7 @@ def markdown(data: dict) -> str:
                   "opposite of what it does to models trained in float (QuaRot, arXiv "
                   "2404.00456)."]
     lines += _lora_data_lines(data)
-    learned = data.get("learned")
-    by_name = {row["name"]: row for row in data["rows"]}
-    if learned and "rotate-learned+gptq-4b-g64" in by_name:
-        row, seeded = by_name["rotate-learned+gptq-4b-g64"], by_name["rotate+gptq-4b-g64"]
-        lines += ["", f"The learned rotation (SpinQuant, arXiv 2405.16406; `learn_steps: "
-                  f"{learned['steps']}`, Adam at {learned['lr']:g} on {learned['train_windows']} "
-                  f"calibration windows with {learned['bits']}-bit g{learned['group_size']} "
-                  "round-to-nearest in the loop, compress/rotate/learned.py) did what it "
-                  "optimises: on the "
-                  f"{learned['held_out_windows']} held-out calibration windows the "
-                  "round-to-nearest model's KL to the float model fell from "
-                  f"{learned['held_out_kl_before']:.3f} to {learned['held_out_kl_after']:.3f} "
-                  "nats per token. After GPTQ it is no better than the seeded rotation it "
-                  f"started from: Wikipedia perplexity {row['wiki_ppl']:.2f} against "
-                  f"{seeded['wiki_ppl']:.2f}, closed-book {row['closed_book_pct']:.0f}% "
-                  f"against {seeded['closed_book_pct']:.0f}%, open-book "
-                  f"{row['open_book_pct']:.0f}% against {seeded['open_book_pct']:.0f}%. "
-                  "GPTQ's error feedback already removes much of the rounding error the "
-                  "loop trains against, and the matrices were fitted to the Wikipedia "
-                  f"calibration text only ({learned['steps'] / learned['train_windows']:.1f} "
-                  "passes over it), which may explain the open-book drop; this was not "
-                  "checked further."]
+    lines += _learned_lines(data)
     if data.get("origin"):
         lines += ["", "The Q4_1-origin check (`sweeps/smollm2-rotate-q4-origin.yaml`, same "
                   "protocol): round-to-nearest 4-bit in groups of 32, the Q4_1 file's own "
@@ -202,6 +181,34 @@ def markdown(data: dict) -> str:
                          f"{row['closed_book_pct']:.0f} [{low_ci:.0f}-{high_ci:.0f}] | "
                          f"{row['open_book_pct']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _learned_lines(data: dict) -> list[str]:
+    """What the learned rotation did in its own loop and after GPTQ, from its stage
+    report and its row against the seeded rotation's."""
+    learned = data.get("learned")
+    by_name = {row["name"]: row for row in data["rows"]}
+    if not learned or "rotate-learned+gptq-4b-g64" not in by_name:
+        return []
+    row, seeded = by_name["rotate-learned+gptq-4b-g64"], by_name["rotate+gptq-4b-g64"]
+    return ["", f"The learned rotation (SpinQuant, arXiv 2405.16406; `learn_steps: "
+            f"{learned['steps']}`, Adam at {learned['lr']:g} on {learned['train_windows']} "
+            f"calibration windows with {learned['bits']}-bit g{learned['group_size']} "
+            "round-to-nearest in the loop, compress/rotate/learned.py) did what it "
+            "optimises: on the "
+            f"{learned['held_out_windows']} held-out calibration windows the "
+            "round-to-nearest model's KL to the float model fell from "
+            f"{learned['held_out_kl_before']:.3f} to {learned['held_out_kl_after']:.3f} "
+            "nats per token. After GPTQ it is no better than the seeded rotation it "
+            f"started from: Wikipedia perplexity {row['wiki_ppl']:.2f} against "
+            f"{seeded['wiki_ppl']:.2f}, closed-book {row['closed_book_pct']:.0f}% "
+            f"against {seeded['closed_book_pct']:.0f}%, open-book "
+            f"{row['open_book_pct']:.0f}% against {seeded['open_book_pct']:.0f}%. "
+            "GPTQ's error feedback already removes much of the rounding error the "
+            "loop trains against, and the matrices were fitted to the Wikipedia "
+            f"calibration text only ({learned['steps'] / learned['train_windows']:.1f} "
+            "passes over it), which may explain the open-book drop; this was not "
+            "checked further."]
 
 
 def _lora_cell(row: dict) -> str:
