@@ -122,9 +122,7 @@ def transform(weight: torch.Tensor, site: Site, u: torch.Tensor,
     """`weight` carried into the basis U (or the block's V), as the module docstring says."""
     if site.side == "input":
         return weight @ u
-    if site.side == "output":
-        return u.T @ weight
-    if site.side == "bias":
+    if site.side in ("output", "bias"):
         return u.T @ weight
     v = heads[site.block]
     d = v.shape[0]
@@ -154,16 +152,27 @@ def rotated_parameters(base: dict[str, torch.Tensor], sites: list[Site], u: torc
     return out
 
 
-def learn(model: nn.Module, sites: list[Site], hidden: int, head_dims: list[int],
-          calib: torch.Tensor, settings: LearnSettings, progress: Progress | None = None
-          ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, Any]]:
-    """Train U and the V_b; returns them (float64; identities when learning did not lower
-    the held-out KL) and the report's fields."""
+def check_inputs(calib: torch.Tensor | None, settings: LearnSettings,
+                 in_features: list[int]) -> None:
+    """CompressError, before any weight changes, when the calibration windows cannot give
+    training and held-out windows or the loop's group size does not divide a linear."""
     if calib is None or calib.ndim != 2 or calib.shape[0] <= settings.held_out \
             or calib.shape[1] < 2:
         raise CompressError(f"learned rotation needs more than {settings.held_out} calibration "
                             "windows of at least 2 tokens (held_out of them are not trained "
                             "on): raise the calibration samples or lower learn_held_out")
+    for inp in in_features:
+        if inp % settings.group_size:
+            raise CompressError(f"learned rotation: group size {settings.group_size} does not "
+                                f"divide a linear's {inp} inputs: set learn_group_size to a "
+                                "divisor")
+
+
+def learn(model: nn.Module, sites: list[Site], hidden: int, head_dims: list[int],
+          calib: torch.Tensor, settings: LearnSettings, progress: Progress | None = None
+          ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, Any]]:
+    """Train U and the V_b; returns them (float64; identities when learning did not lower
+    the held-out KL) and the report's fields. `calib` passed check_inputs."""
     train, held = calib[:-settings.held_out], calib[-settings.held_out:]
     names = {s.name for s in sites}
     base = {n: p.detach().float() for n, p in model.named_parameters() if n in names}

@@ -82,7 +82,7 @@ from compress.config import MethodConfig, register_handler
 from compress.errors import CompressError
 from compress.quant.grid import SUPPORTED_BITS
 from compress.rotate.hadamard import KINDS, orthogonal
-from compress.rotate.learned import LearnSettings, learn, residual_sites
+from compress.rotate.learned import LearnSettings, check_inputs, learn, residual_sites
 from compress.sweep import Progress, dtype_name
 from models.adapter import ResidualBlock, decoder_layout, residual_blocks
 from models.errors import ModelError
@@ -155,12 +155,12 @@ class RotateReport:
 
     def manifest_section(self) -> dict[str, Any]:
         section = {"kind": "rotate", "rotation": self.kind, "seed": self.seed,
-                "hidden_size": self.hidden_size, "head_dim": self.head_dim,
-                "untied_head": self.untied_head, "head_bytes_added": self.head_bytes_added,
-                "linears": self.linears,
-                "incoherence": {"measure": "max|W| / rms(W) over the block linears and head",
-                                "before": self.incoherence_before,
-                                "after": self.incoherence_after}}
+                   "hidden_size": self.hidden_size, "head_dim": self.head_dim,
+                   "untied_head": self.untied_head,
+                   "head_bytes_added": self.head_bytes_added, "linears": self.linears,
+                   "incoherence": {"measure": "max|W| / rms(W) over the block linears and "
+                                   "head", "before": self.incoherence_before,
+                                   "after": self.incoherence_after}}
         if self.learned is not None:
             section["learned"] = self.learned
         return section
@@ -344,11 +344,16 @@ def rotate_model(model: nn.Module, config: RotateConfig,
         norm_offset(norm)  # refuse a non-RMS norm before anything is changed
     rotation = Rotation.draw(config, hidden, [b.head_dim for b in blocks])
     head_dims = {b.head_dim for b in blocks}
-    if config.learn_steps and any(not isinstance(lin, nn.Linear)
-                                  for b in blocks for lin in block_linears(b)):
-        raise CompressError("a learned rotation (learn_steps) needs blocks of nn.Linear "
-                            "layers; a mixture-of-experts model takes the seeded rotation "
-                            "(learn_steps: 0)")
+    settings = None
+    if config.learn_steps:
+        if any(not isinstance(lin, nn.Linear) for b in blocks for lin in block_linears(b)):
+            raise CompressError("a learned rotation (learn_steps) needs blocks of nn.Linear "
+                                "layers; a mixture-of-experts model takes the seeded "
+                                "rotation (learn_steps: 0)")
+        settings = LearnSettings(config.learn_steps, float(config.learn_lr), config.learn_bits,
+                                 config.learn_group_size, config.learn_held_out, config.seed)
+        check_inputs(calib, settings, [lin.in_features for b in blocks
+                                       for lin in block_linears(b)])
 
     linears = [lin for b in blocks for lin in block_linears(b)] + [head]
     before = incoherence_summary([lin.weight for lin in linears])
@@ -357,9 +362,7 @@ def rotate_model(model: nn.Module, config: RotateConfig,
         rotate_block(block, rotation.q, rotation.head(index))
     rotate_ends(embeddings, final_norm, head, rotation.q)
     learned = None
-    if config.learn_steps:
-        settings = LearnSettings(config.learn_steps, float(config.learn_lr), config.learn_bits,
-                                 config.learn_group_size, config.learn_held_out, config.seed)
+    if settings is not None:
         sites = residual_sites(model, blocks, embeddings, head, config.head_rotation)
         u, heads, learned = learn(model, sites, hidden,
                                   [b.head_dim for b in blocks] if config.head_rotation else [],

@@ -149,13 +149,17 @@ def test_bad_learning_knobs_are_refused_in_one_line(knobs, word):
     assert word in str(info.value) and "\n" not in str(info.value)
 
 
-def test_too_few_calibration_windows_and_a_bad_group_are_refused():
-    with pytest.raises(CompressError, match="calibration windows"):
-        rotate_model(create_model("fake-llama").module, RotateConfig(learn_steps=2),
-                     CALIB[:2])
-    with pytest.raises(CompressError, match="learn_group_size"):
-        rotate_model(create_model("fake-llama").module,
-                     RotateConfig(learn_steps=2, learn_group_size=48), CALIB)
+@pytest.mark.parametrize("knobs, calib, word", [
+    ({}, CALIB[:2], "calibration windows"), ({}, None, "calibration windows"),
+    ({"learn_group_size": 48}, CALIB, "learn_group_size"),
+])
+def test_too_few_calibration_windows_and_a_bad_group_are_refused_before_any_change(
+        knobs, calib, word):
+    model = create_model("fake-llama").module
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(CompressError, match=word):
+        rotate_model(model, RotateConfig(learn_steps=2, **knobs), calib)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
 def test_mixture_of_experts_and_streaming_refuse_learning_before_any_change():
