@@ -47,6 +47,14 @@ def iterable_stream(batches: Iterable[Any],
             raise CompressError("batches is empty: pass at least one batch")
 
 
+def shuffled_forever(count: int, seed: int) -> Iterator[int]:
+    """Indices 0..count-1: a seeded permutation per pass, passes repeated forever (the order
+    the recovery, LoRA and learned-rotation loops draw their windows in)."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        yield from torch.randperm(count, generator=generator).tolist()
+
+
 def tensor_stream(samples: torch.Tensor, labels: Any, batch_size: int,
                   seed: int) -> Iterator[tuple[Any, Any]]:
     if labels is not None and (not isinstance(labels, torch.Tensor)

@@ -22,6 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from compress.block_io import BlockInputs
+from compress.distill_batches import shuffled_forever
 from compress.errors import CompressError
 from compress.recovery.config import RecoverConfig
 from compress.recovery.trainables import Term, build_terms, stored_value
@@ -79,7 +80,7 @@ def _train(block: nn.Module, inputs: BlockInputs, targets: list[torch.Tensor],
                                ("weights", config.lr))]
     optimizer = torch.optim.Adam([g for g in groups if g["params"]])
     fixed = {name: p.detach() for name, p in block.named_parameters()}
-    order = _batch_order(len(inputs.hidden), config)
+    order = shuffled_forever(len(inputs.hidden), config.seed)
     for _ in range(config.steps):
         optimizer.zero_grad(set_to_none=True)
         picks = [next(order) for _ in range(config.batch_size)]
@@ -90,13 +91,6 @@ def _train(block: nn.Module, inputs: BlockInputs, targets: list[torch.Tensor],
             loss = (out.float() - targets[index].float()).pow(2).mean() / len(picks)
             loss.backward()
         optimizer.step()
-
-
-def _batch_order(count: int, config: RecoverConfig):
-    """Micro-batch indices: a seeded permutation per pass, passes repeated forever."""
-    generator = torch.Generator().manual_seed(config.seed)
-    while True:
-        yield from torch.randperm(count, generator=generator).tolist()
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from compress.block_io import BlockInputs
+from compress.distill_batches import shuffled_forever
 from compress.recovery.block_recovery import _first, _float_dtypes, _restore_dtypes, block_loss
 from compress.recovery.lora import LoraConfig
 from compress.recovery.lora_train import init_adapter
@@ -68,7 +69,7 @@ def _train(block: nn.Module, inputs: BlockInputs, targets: list[torch.Tensor],
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(params, lr=config.lr)
-    order = _batch_order(len(inputs.hidden), config.seed)
+    order = shuffled_forever(len(inputs.hidden), config.seed)
     for _ in range(config.block_steps):
         index = next(order)
         optimizer.zero_grad(set_to_none=True)
@@ -80,10 +81,3 @@ def _train(block: nn.Module, inputs: BlockInputs, targets: list[torch.Tensor],
         optimizer.step()
     for p in params:
         p.requires_grad_(False)
-
-
-def _batch_order(count: int, seed: int):
-    """Micro-batch indices: a seeded permutation per pass, passes repeated forever."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        yield from torch.randperm(count, generator=generator).tolist()

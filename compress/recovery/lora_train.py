@@ -28,6 +28,7 @@ from torch import nn
 
 from compress.config import register_handler
 from compress.distill import kd_loss
+from compress.distill_batches import shuffled_forever
 from compress.errors import CompressError
 from compress.recovery.lora import LoraConfig
 from compress.sweep import Progress
@@ -170,7 +171,7 @@ def _train(model: nn.Module, teacher: nn.Module, adapters: dict[str, LoraAdapter
     for p in frozen:
         p.requires_grad_(False)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    order = _window_order(tokens.shape[0], config.seed)
+    order = shuffled_forever(tokens.shape[0], config.seed)
     losses: list[float] = []
     try:
         for step in range(config.steps):
@@ -198,13 +199,6 @@ def _train(model: nn.Module, teacher: nn.Module, adapters: dict[str, LoraAdapter
             p.requires_grad_(flag)
         model.eval()
     return losses
-
-
-def _window_order(count: int, seed: int):
-    """Window indices: a seeded permutation per pass, passes repeated forever."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        yield from torch.randperm(count, generator=generator).tolist()
 
 
 @torch.no_grad()

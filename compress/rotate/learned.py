@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,7 +40,15 @@ from torch import nn
 from torch.func import functional_call
 
 from compress.distill import kd_loss
+from compress.distill_batches import shuffled_forever
 from compress.errors import CompressError
+from compress.quant.grid import (
+    check_grid,
+    dequantize_codes,
+    expand_groups,
+    group_params,
+    quantize_to_codes,
+)
 from compress.sweep import Progress
 from models.adapter import ResidualBlock
 
@@ -67,22 +75,15 @@ class Site:
 
 
 def fake_quantize(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """Round-to-nearest on compress/quant/grid.py's asymmetric grid, straight-through:
-    the value is the dequantized weight, the gradient is the identity."""
-    *lead, inp = weight.shape
-    if inp % group_size:
-        raise CompressError(f"learned rotation: group size {group_size} does not divide a "
-                            f"linear's {inp} inputs: set learn_group_size to a divisor")
-    maxq = (1 << bits) - 1
-    groups = weight.reshape(*lead, inp // group_size, group_size)
+    """Round-to-nearest of an [out, in] weight on compress/quant/grid.py's asymmetric grid,
+    straight-through: the value is the dequantized weight, the gradient is the identity."""
+    group = check_grid(bits, group_size, weight.shape[-1])
     with torch.no_grad():
-        lo = groups.amin(dim=-1, keepdim=True).clamp(max=0)
-        hi = groups.amax(dim=-1, keepdim=True).clamp(min=0)
-        scale = ((hi - lo) / maxq).clamp(min=1e-7).to(torch.float16).float()
-        zero = torch.round(-lo / scale).clamp(0, maxq)
-        codes = torch.clamp(torch.round(groups / scale) + zero, 0, maxq)
-        error = scale * (codes - zero) - groups
-    return (groups + error).reshape(weight.shape)
+        scale, zero = group_params(weight, bits, group, symmetric=False)
+        scale, zero = expand_groups(scale, group), expand_groups(zero, group)
+        rounded = dequantize_codes(quantize_to_codes(weight.float(), scale, zero, bits),
+                                   scale, zero).to(weight.dtype)
+    return weight + (rounded - weight).detach()
 
 
 def orthogonal_from(free: torch.Tensor) -> torch.Tensor:
@@ -190,7 +191,7 @@ def learn(model: nn.Module, sites: list[Site], hidden: int, head_dims: list[int]
                                         quantize, teacher)
         before = held_out_kl(free_u, free_v)
         optimizer = torch.optim.Adam([free_u, *free_v], lr=settings.lr)
-        order = _windows(train.shape[0], settings.seed)
+        order = shuffled_forever(train.shape[0], settings.seed)
         losses = []
         for _ in range(settings.steps):
             window = train[next(order)][None, :]
@@ -252,10 +253,3 @@ def _held_out_kl(model, base, dtypes, sites, held, quantize, teacher, free_u,
                                  strict=False).logits
         total += float(kd_loss(logits, teacher(window)))
     return total / held.shape[0]
-
-
-def _windows(count: int, seed: int) -> Iterator[int]:
-    """Window indices: a seeded permutation per pass, passes repeated forever."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        yield from torch.randperm(count, generator=generator).tolist()
