@@ -35,7 +35,9 @@ def markdown(data: dict) -> str:
         "table's quantization. llama.cpp: llama-cpp-python on the shipped Q4_1 GGUF, same "
         "prompt ids. Why the int8-compute file stops near 60% of the DRAM bound: the "
         "`decode-profile` section (benchmarks/decode_profile.py) and the int4 kernel's own "
-        "rate per layer shape, `matmul-nbits-rate` (benchmarks/matmul_nbits_rate.py).",
+        "rate per layer shape, `matmul-nbits-rate` (benchmarks/matmul_nbits_rate.py), "
+        "and in every block size with and without zero points, `matmul-nbits-layouts` "
+        "(benchmarks/matmul_nbits_layouts.py).",
     ]
     for threads, row in data["threads"].items():
         bandwidth = row["bandwidth"][0]["gb_per_s"], row["bandwidth"][1]["gb_per_s"]

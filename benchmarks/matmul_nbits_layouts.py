@@ -1,0 +1,203 @@
+"""Does any MatMulNBits weight layout bring the SmolLM2-135M 4-bit decode step within 1.5x
+of the memory-bandwidth bound? onnxruntime's int4 kernel (accuracy level 4, int8 compute)
+timed from DRAM for every block size it takes and with and without zero points, per layer
+shape of the llm-decode table's 4-bit file.
+
+    python -m benchmarks.matmul_nbits_layouts [--work DIR] [--threads 1 2]
+        [--blocks 16 32 64 128 256]
+
+The file's layout is the artifact's: its quantization groups become MatMulNBits blocks and
+its asymmetric codes carry zero points. A user can choose another group size when
+compressing (`--group-size`), so the question is whether some other layout reads its
+weights fast enough. The decode goal is
+
+    step time  <=  1.5 x bytes per token / B                                         (1)
+
+with B the DRAM read bandwidth (the 1 GiB `torch.sum` probe, benchmarks/memory_bandwidth.py).
+A decode step is the MatMulNBits products plus the other operators (attention, norms:
+about 2 ms at 1 thread, the decode-profile section), so the products alone must run at
+
+    rate  >=  B / 1.5  (67% of B)                                                    (2)
+
+and faster still to leave time for the rest. Each layout's products are timed the way
+benchmarks/matmul_nbits_rate.py times them from DRAM (copies of one node with random codes,
+at least 512 MB in all, so every run streams them from memory; the node's median kernel
+time in onnxruntime's profiler). The step's products are summed over the file's nodes
+(30 of each block linear, one head); bytes are each layout's own (a larger block stores
+fewer scales, a block that does not divide K pads the last one), so (2) is judged per
+layout on its own bytes. The head (blocks of 32 in the file) takes each layout too.
+
+Results: benchmarks/results/matmul_nbits_layouts.json and the `matmul-nbits-layouts`
+section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.environment import environment  # noqa: E402
+from benchmarks.markdown_section import run_or_render  # noqa: E402
+from benchmarks.matmul_nbits_rate import (  # noqa: E402
+    DRAM_BYTES,
+    PROBE_BYTES,
+    file_shapes,
+    kernel_us,
+    node_bytes,
+    synthetic_model,
+)
+
+RESULTS = REPO / "benchmarks" / "results" / "matmul_nbits_layouts.json"
+SECTION = "matmul-nbits-layouts"
+LEVEL = 4  # int8 compute: the faster level on every 4-bit shape (matmul-nbits-rate)
+BLOCKS = [16, 32, 64, 128, 256]  # the block sizes MatMulNBits takes (powers of 2, >= 16)
+GOAL = 1.5  # decode within 1.5x of the bound
+RUNS = 12
+
+
+def layouts(blocks: list[int]) -> list[dict]:
+    return [{"block_size": block, "zero_points": zero_points}
+            for block in blocks for zero_points in (True, False)]
+
+
+def with_layout(shape: dict, layout: dict) -> dict:
+    return {**shape, **layout}
+
+
+def dram_us(shape: dict, threads: int, folder: Path) -> dict:
+    """Median kernel time (us) of one node of `shape` streamed from DRAM, with the 10th and
+    90th percentile of the nodes' medians."""
+    copies = math.ceil(DRAM_BYTES / node_bytes(shape))
+    started = time.perf_counter()
+    times = sorted(kernel_us(synthetic_model(shape, copies, LEVEL), shape["K"], threads, RUNS,
+                             folder))
+    return {"copies": copies, "us": statistics.median(times),
+            "us_p10": times[len(times) // 10], "us_p90": times[(len(times) * 9) // 10],
+            "wall_s": time.perf_counter() - started}
+
+
+def measure(shapes: dict[str, dict], threads: int, blocks: list[int], folder: Path) -> dict:
+    import torch
+
+    from benchmarks.memory_bandwidth import read_bandwidth
+
+    torch.set_num_threads(threads)
+    before = read_bandwidth(threads, PROBE_BYTES)
+    rows = []
+    for layout in layouts(blocks):
+        for layer_type, shape in shapes.items():
+            laid = with_layout(shape, layout)
+            row = {"layout": layout, "layer_type": layer_type, "bytes": node_bytes(laid),
+                   "dram": dram_us(laid, threads, folder)}
+            rows.append(row)
+            print(f"{threads} thread(s) {layout} {layer_type}: {row['bytes'] / 1e3:.0f} KB "
+                  f"in {row['dram']['us']:.1f} us", flush=True)
+    after = read_bandwidth(threads, PROBE_BYTES)
+    return {"threads": threads, "bandwidth_before": before, "bandwidth_after": after,
+            "rows": rows}
+
+
+def run(args) -> dict:
+    from benchmarks.decode_profile import FILE_NAME, build
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="matmul-nbits-layouts-"))
+    work.mkdir(parents=True, exist_ok=True)
+    shapes = file_shapes(build(work))
+    return {"environment": environment(), "file": FILE_NAME, "level": LEVEL, "shapes": shapes,
+            "runs": [measure(shapes, threads, args.blocks, work) for threads in args.threads],
+            "load_average_1min_end": os.getloadavg()[0]}
+
+
+def step_totals(run: dict, shapes: dict[str, dict]) -> list[dict]:
+    """Per layout: one decode step's products (bytes, us) summed over the file's nodes."""
+    totals: dict[tuple, dict] = {}
+    for row in run["rows"]:
+        key = (row["layout"]["block_size"], row["layout"]["zero_points"])
+        total = totals.setdefault(key, {"layout": row["layout"], "bytes": 0, "us": 0.0,
+                                        "rates": {}})
+        nodes = shapes[row["layer_type"]]["nodes"]
+        total["bytes"] += row["bytes"] * nodes
+        total["us"] += row["dram"]["us"] * nodes
+        total["rates"][row["layer_type"]] = row["bytes"] / 1e3 / row["dram"]["us"]  # MB/ms
+    return list(totals.values())
+
+
+def _layout_name(layout: dict) -> str:
+    return f"{layout['block_size']}, {'zero points' if layout['zero_points'] else 'symmetric'}"
+
+
+def markdown(data: dict) -> str:
+    env, shapes = data["environment"], data["shapes"]
+    types = list(shapes)
+    lines = [
+        "## Every MatMulNBits layout against the bandwidth goal",
+        "", f"`python -m benchmarks.matmul_nbits_layouts` on {env['cpu']} ({env['cores']} "
+        f"cores), {env['date']}. The layer shapes of the llm-decode table's `{data['file']}` "
+        f"at accuracy level {data['level']} (int8 compute), each in every block size "
+        "MatMulNBits takes, with zero points (the artifact's asymmetric codes) and without "
+        "(symmetric), timed from DRAM as the matmul-nbits-rate section does (copies of one "
+        "node, at least 512 MB, median kernel time in onnxruntime's profiler). Rates: the "
+        "node's own bytes (codes, float32 scales, zero points; a block that does not divide "
+        "K pads the last one) / its time; the head too takes each layout. Step: the "
+        "file's nodes summed (30 of each block linear, one head), in each layout's own "
+        "bytes. Goal: a step within 1.5x of the bound needs its products at 67% of B or more "
+        "(B: the 1 GiB `torch.sum` probe, the lower of before and after), before the other "
+        "operators' time (about 2 ms at 1 thread: the decode-profile section). 1-minute load "
+        f"average at the end: {data['load_average_1min_end']:.2f}.", ""]
+    for run in data["runs"]:
+        bandwidth = min(run["bandwidth_before"]["gb_per_s"], run["bandwidth_after"]["gb_per_s"])
+        header = " | ".join(f"{t} MB/ms" for t in types)
+        lines += [f"**{run['threads']} thread(s)**: B = {bandwidth:.1f} GB/s (before "
+                  f"{run['bandwidth_before']['gb_per_s']:.1f}, after "
+                  f"{run['bandwidth_after']['gb_per_s']:.1f}).", "",
+                  f"| block, zero points | {header} | step MB | step ms | step % of B | "
+                  "1.5x bound ms |",
+                  "|---|" + "---|" * len(types) + "---|---|---|---|"]
+        totals = step_totals(run, shapes)
+        for total in totals:
+            rate = total["bytes"] / 1e3 / total["us"]
+            allowed = GOAL * total["bytes"] / (bandwidth * 1e9) * 1e3
+            cells = " | ".join(f"{total['rates'][t]:.1f}" for t in types)
+            lines.append(f"| {_layout_name(total['layout'])} | {cells} | "
+                         f"{total['bytes'] / 1e6:.1f} | {total['us'] / 1e3:.2f} | "
+                         f"{100 * rate / bandwidth:.0f}% | {allowed:.2f} |")
+        best = max(totals, key=lambda total: total["bytes"] / total["us"])
+        best_share = best["bytes"] / 1e3 / best["us"] / bandwidth
+        allowed = GOAL * best["bytes"] / (bandwidth * 1e9) * 1e3
+        left = allowed - best["us"] / 1e3
+        lines += ["", f"- Fastest layout per byte: {_layout_name(best['layout'])}, "
+                  f"{100 * best_share:.0f}% of B for the products alone "
+                  f"({'meets' if best_share >= 1 / GOAL else 'misses'} the 67% they need "
+                  f"before any other operator's time): they take {best['us'] / 1e3:.2f} ms "
+                  f"where 1.5x the bound on their bytes allows {allowed:.2f} ms, "
+                  + (f"leaving {left:.2f} ms for every other operator of the step."
+                     if left >= 0 else f"{-left:.2f} ms over before any other operator."),
+                  ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, help="folder for the artifact and the file")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--blocks", type=int, nargs="+", default=BLOCKS,
+                        help="MatMulNBits block sizes (powers of 2, at least 16)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="re-render BENCHMARKS.md from the results file")
+    args = parser.parse_args(argv)
+    print(run_or_render(args.render_only, RESULTS, REPO / "BENCHMARKS.md", SECTION,
+                        lambda: run(args), markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
