@@ -1,15 +1,18 @@
 """The ~3B LiteRT rows of benchmarks/llm_decode.py (`--large-targets tflite`): the RTN
 4-bit artifact of the synthetic shape exported by `toolkit export tflite --engine
-streaming` (chunks of layers converted one at a time, 4-bit linears as int4 blockwise
-FCs: export.litert.chunked), written without verification (`--no-verify`, so the peak RSS
+streaming --embedding-bits 4` (chunks of layers converted one at a time, 4-bit linears
+and the head as int4 blockwise FCs, the table a lookup over its int4 codes:
+export.litert.chunked; the ONNX rows quantize the table and head the same way), written
+without verification (`--no-verify`, so the peak RSS
 is the exporter's own; the llm-scale table records the verified run), then one `toolkit
 bench` of the chunks in sequence per thread count, beside the ONNX rows of the same
 artifact.
 
 Bytes read per decode token, for the bound: every chunk file's bytes except the first
-chunk's embedding table (a float32 GATHER reads one row per token; a tied head in the
-last chunk is the table again and is read whole, so it counts there), plus the whole
-key/value cache, which every LiteRT step takes in and gives back.
+chunk's embedding table (its int4 codes and float32 scales and zero points per group of
+32, export.litert.gather: the lookup reads one row per token; the head in the last chunk
+holds its own codes and is read whole, so it counts), plus the whole key/value cache,
+which every LiteRT step takes in and gives back.
 """
 
 from __future__ import annotations
@@ -18,6 +21,15 @@ import json
 from pathlib import Path
 
 PROMPT_TOKENS = 64
+EMBEDDING_BITS = 4
+EMBEDDING_GROUP = 32  # `--embedding-group-size`'s default
+
+
+def gathered_table_bytes(vocab: int, hidden: int, bits: int = EMBEDDING_BITS,
+                         group: int = EMBEDDING_GROUP) -> int:
+    """The lookup's table in the first chunk: packed codes, then a float32 scale and a
+    float32 zero point per group of each row (export.litert.gather)."""
+    return vocab * hidden * bits // 8 + 2 * 4 * vocab * (hidden // group)
 
 
 def large_tflite_rows(args, work: Path, artifact: Path, spec) -> dict:
@@ -28,14 +40,16 @@ def large_tflite_rows(args, work: Path, artifact: Path, spec) -> dict:
     out = work / f"{args.large}-rtn4.tflite"
     export = measured(["export", "tflite", "--model", str(artifact), "--engine", "streaming",
                        "--out", str(out), "--overwrite", "--max-context",
-                       str(args.max_context), "--no-verify", "--quiet"], work)
+                       str(args.max_context), "--embedding-bits", str(EMBEDDING_BITS),
+                       "--no-verify", "--quiet"], work)
     report = export["report"]
     chunks = report.get("chunks") or [{"file": out.name, "bytes": report["file_bytes"]}]
-    table = spec.vocab * spec.hidden * 4
+    table = gathered_table_bytes(spec.vocab, spec.hidden)
     cache = 2 * spec.layers * spec.kv_heads * args.max_context * spec.attention_head_dim * 4
     weights = report["file_bytes"] - table
     verification = report.get("verification") or {}
     result = {"shape": args.large, "params": spec.param_count(),
+              "embedding_bits": EMBEDDING_BITS,
               "export_peak_rss": export["peak_rss"], "export_wall": export["wall"],
               "verdict": report["verdict"], "carried": report["carried"],
               "tokens_match": verification.get("tokens_match"),

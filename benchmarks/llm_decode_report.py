@@ -121,9 +121,14 @@ def _large_tflite_lines(tflite: dict | None) -> list[str]:
         return []
     per_token = tflite["bytes_per_token"]["total"]
     sizes = ", ".join(f"{c['bytes'] / 1e9:.2f}" for c in tflite["chunks"])
+    bits = tflite.get("embedding_bits")
+    tables = (f"--embedding-bits {bits} " if bits else "")
+    quantized = (f"table a lookup over its int{bits} codes, " if bits else "float table, ")
     lines = ["", f"The same artifact exported to LiteRT: `toolkit export tflite --engine "
-             f"streaming --no-verify` ({len(tflite['chunks'])} chunk files, GB: {sizes}; "
-             "4-bit linears as int4 blockwise FCs with dynamic int8 inputs, one FC per "
+             f"streaming {tables}--no-verify` ({len(tflite['chunks'])} chunk files, GB: "
+             f"{sizes}; {quantized}"
+             f"4-bit linears{' and head' if bits == 4 else ''} as int4 blockwise FCs with "
+             "dynamic int8 inputs, one FC per "
              "~128-input slice, outlier input channels split off into float FCs, block "
              "scales rounded to bf16, largest relative weight change "
              f"{tflite['bf16_scale_loss_max']:.1e}); export peak RSS "

@@ -11,9 +11,11 @@ state, so each chunk takes and returns its own layers' cache, as the one-file de
 (export.llm.export_decoder) does for all of them; the arithmetic is that decoder's
 (DecoderBlock, scatter cache write), so chunks run in sequence compute what it computes.
 
-4-bit linears become BlockwiseLinear (export.litert.blockwise: int4 blockwise FCs, one
-per input slice, plus a per-group correction and the outlier channels' float FC, the form
-LiteRT runs without a float copy); other packed linears enter as their evaluated float
+4-bit linears, and a head quantized to 4 bits at export (--embedding-bits 4, tied or
+not), become BlockwiseLinear (export.litert.blockwise: int4 blockwise FCs, one per input
+slice, plus a per-group correction and the outlier channels' float FC, the form LiteRT
+runs without a float copy); a tied head then holds its own copy of the codes beside the
+table's lookup. Other packed linears enter as their evaluated float
 weights and get DEQUANTIZE (export.litert.weights), listed in `dequantized`. A linear's
 LoRA adapter (DecoderWeights' LinearWeight.lora) rides along as a float side branch.
 """
@@ -61,14 +63,21 @@ class LitertChunk(nn.Module):
         # DecoderWeights.quantize_tables) with the float values the module holds, which
         # export.litert.weights finds in the file and replaces by the codes
         self.tables: dict[str, Carry] = {}
-        table = _table(weights) if chunk.first or (chunk.last and weights.tied) else None
+        # A head quantized to 4 bits at export (--embedding-bits 4, tied or not) runs as
+        # int4 blockwise FCs like the block linears; a DEQUANTIZE'd head would be a float
+        # weight computed at run time, which XNNPACK cannot pack, so the interpreter's own
+        # float matrix-vector product read all of it in float32 at every decode step.
+        head_codes = weights.embedding_packed if weights.tied else weights.head_packed
+        head_blockwise = chunk.last and eligible(head_codes)
+        table = (_table(weights) if chunk.first or (chunk.last and weights.tied
+                                                     and not head_blockwise) else None)
         if table is not None and weights.embedding_packed is not None:
-            tied_here = chunk.last and weights.tied
+            tied_here = chunk.last and weights.tied and not head_blockwise
             if chunk.first:  # the lookup's GATHER over the codes (and a tied head's FC)
                 self.tables[weights.module_name(weights.layout.embeddings)] = Carry(
                     table.numpy(), weights.embedding_packed, TABLE_NOTE,
                     tied_head=f"{weights.head_module} (tied)" if tied_here else None)
-            else:  # a tied head in a later chunk than the table: its FC's DEQUANTIZE
+            elif not head_blockwise:  # a tied head in a later chunk: its FC's DEQUANTIZE
                 self.tables[f"{weights.head_module} (tied)"] = Carry(
                     table.numpy(), weights.embedding_packed, TABLE_NOTE)
         self.embed = nn.Parameter(table, requires_grad=False) if chunk.first else None
@@ -77,7 +86,11 @@ class LitertChunk(nn.Module):
         if chunk.last:
             self.norm = RMSNorm(SimpleNamespace(weight=weights.float32(weights.norm_name)),
                                 weights.eps)
-            if weights.tied:
+            if head_blockwise:
+                name = f"{weights.head_module} (tied)" if weights.tied else weights.head_module
+                bias = None if weights.tied else weights.linear(weights.head_module).bias
+                self.lm_head = self._blockwise(name, head_codes, bias, None)
+            elif weights.tied:
                 self.head_table = (self.embed if chunk.first
                                    else nn.Parameter(table, requires_grad=False))
             elif weights.head_packed is not None:  # an untied float head, quantized at export
@@ -93,17 +106,19 @@ class LitertChunk(nn.Module):
     def _linear(self, weights: DecoderWeights, name: str) -> nn.Module:
         linear = weights.linear(name)
         if eligible(linear.packed):
-            self.mapped[name] = map_blockwise(linear.packed)
-            self.blockwise[name] = BlockwiseLinear(self.mapped[name], linear.bias,
-                                                   self.outliers.get(name), linear.lora,
-                                                   self.slice_width)
-            return self.blockwise[name]
+            return self._blockwise(name, linear.packed, linear.bias, linear.lora)
         if linear.packed is not None:
             self.dequantized[name] = linear.packed
             weight = linear.packed.dequantize().to(torch.float32)
         else:
             weight = linear.weight
         return ExportLinear(SimpleNamespace(weight=weight, bias=linear.bias, lora=linear.lora))
+
+    def _blockwise(self, name: str, packed, bias, lora) -> BlockwiseLinear:
+        self.mapped[name] = map_blockwise(packed)
+        self.blockwise[name] = BlockwiseLinear(self.mapped[name], bias, self.outliers.get(name),
+                                               lora, self.slice_width)
+        return self.blockwise[name]
 
     def set_outliers(self, outliers: dict[str, list[int]]) -> None:
         """Split these input channels off the blockwise FCs (export.litert.int8_outliers)."""

@@ -96,9 +96,9 @@ def export_chunked_litert(weights: DecoderWeights, out: Path, *, chunks: int | N
     `outlier_channels` per FC; export.litert.int8_outliers); none: no split. Each 4-bit
     linear is one int4 FC per `slice_width` inputs (export.litert.blockwise).
     `table_quantizer` (--embedding-bits): the embedding table and an untied float head
-    quantized first (DecoderWeights.quantize_tables) and carried as the one-file export
-    carries them (export.litert.tables): a GATHER of the codes for the lookup, a
-    DEQUANTIZE for the head."""
+    quantized first (DecoderWeights.quantize_tables): a GATHER of the codes for the
+    lookup (export.litert.tables); the head as int4 blockwise FCs at 4 bits
+    (export.litert.chunk_module), else a DEQUANTIZE of its codes."""
     litert_torch = require("litert_torch", "litert", "LiteRT export")
     if not 1 <= prefill_tokens <= weights.shape.max_context:
         raise ExportError(f"prefill length {prefill_tokens} must lie in "

@@ -87,3 +87,21 @@ def test_accuracy_levels_per_weight_width_and_their_label(tmp_path):
     assert level_label(counted) == "level 4 on 8-bit, 0 on 4-bit"
     assert level_label({"accuracy_levels": [4], "accuracy_levels_by_bits": {"4": [4]}}) \
         == "level 4"
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_the_large_litert_rows_say_how_the_table_and_head_were_written(bits):
+    from benchmarks.llm_decode_report import _large_tflite_lines
+
+    tflite = {"chunks": [{"file": "a_chunk1.tflite", "bytes": 2e9}],
+              "bytes_per_token": {"total": 1e9}, "bf16_scale_loss_max": 1e-3,
+              "export_peak_rss": 9e9, "export_wall": 600.0, "threads": {}}
+    if bits:
+        tflite["embedding_bits"] = bits
+    text = "\n".join(_large_tflite_lines(tflite))
+    if bits:
+        assert "`toolkit export tflite --engine streaming --embedding-bits 4 --no-verify`" in text
+        assert "table a lookup over its int4 codes, 4-bit linears and head as int4" in text
+    else:  # results written before the tables were quantized in this row
+        assert "`toolkit export tflite --engine streaming --no-verify`" in text
+        assert "float table, 4-bit linears as int4" in text

@@ -1,9 +1,10 @@
 """--embedding-bits in the chunked LiteRT export: the embedding table and an untied head
-quantized at export and carried as the one-file export carries them (a GATHER of the
-table's codes in the first chunk, a DEQUANTIZE of the head's codes in the last, a tied
-head reading the table's codes again there): no chunk keeps a float copy of either, the
-codes in the files are rtn_quantize's own, and the chunks in sequence give the tokens and
-logits of the Hugging Face model holding the dequantized tables (computed apart)."""
+quantized at export (a GATHER of the table's codes in the first chunk; in the last, at 4
+bits the head's codes as int4 blockwise FCs like the block linears, a tied head holding
+the table's codes again; at 8 bits a DEQUANTIZE of them): no chunk keeps a float copy of
+either, the codes in the files are rtn_quantize's own, and the chunks in sequence give
+the tokens and logits of the Hugging Face model holding the dequantized table and the
+blockwise head (its block scales rounded to bf16, as XNNPACK reads them), computed apart."""
 
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ def exported(request, tmp_path_factory):
     return model, packed, result
 
 
+def _blockwise_weight(p) -> torch.Tensor:
+    """s'(c - 8) + s(8 - z) per group of 32, s' = bf16(s): the int4 FC's weight plus the
+    zero-point correction (export.litert.blockwise), from rtn_quantize's packed form."""
+    s = p.scales.float()
+    bf16 = s.to(torch.bfloat16).float()
+    codes = p.codes.float().unflatten(1, (-1, 32))
+    weight = bf16[..., None] * (codes - 8) + (s * (8 - p.zero_points().float()))[..., None]
+    return weight.flatten(1)
+
+
 def _buffers(path) -> list[bytes]:
     from ai_edge_litert import schema_py_generated as schema
 
@@ -60,7 +71,8 @@ def test_tables_are_codes_in_the_files_not_floats(exported) -> None:
     head_codes = (table_codes if tied else
                   pack_int4(RTN4(head).codes.numpy().astype(np.int16) - 8).tobytes())
     head_name = "lm_head (tied)" if tied else "lm_head"
-    assert (head_name, "DEQUANTIZE int4 block 32 (quantized at export)") in records
+    assert (head_name, "FULLY_CONNECTED int4 blockwise 32, dynamic int8 input") in records
+    assert not any(r.carried_as.startswith("DEQUANTIZE") for r in result.carried)
     # ... and the head's in the last; no float32 table or head anywhere
     assert head_codes in last
     floats = {table.numpy().tobytes(), head.numpy().tobytes(),
@@ -79,14 +91,11 @@ def test_chunks_run_the_model_holding_the_dequantized_tables(exported) -> None:
     # and the int4 FCs' block scales rounded to bf16, as XNNPACK reads them
     with torch.no_grad():
         for name, p in packed.items():
-            s = p.scales.float()
-            bf16 = s.to(torch.bfloat16).float()
-            codes = p.codes.float().unflatten(1, (-1, 32))
-            weight = bf16[..., None] * (codes - 8) + (s * (8 - p.zero_points().float()))[..., None]
-            model.get_submodule(name).weight.copy_(weight.flatten(1))
-        model.model.embed_tokens.weight.copy_(RTN4(model.model.embed_tokens.weight).dequantize())
-        if not model.config.tie_word_embeddings:
-            model.lm_head.weight.copy_(RTN4(model.lm_head.weight).dequantize())
+            model.get_submodule(name).weight.copy_(_blockwise_weight(p))
+        table = model.model.embed_tokens.weight.detach().clone()
+        head = table if model.config.tie_word_embeddings else model.lm_head.weight.detach()
+        model.lm_head.weight = torch.nn.Parameter(_blockwise_weight(RTN4(head)))  # untied
+        model.model.embed_tokens.weight.copy_(RTN4(table).dequantize())
         sequence = PROMPT + check.runtime_tokens[:-1]
         logits = model(torch.tensor([sequence])).logits[0].numpy()
     rows = logits[len(PROMPT) - 1:]
@@ -123,3 +132,19 @@ def test_cli_streams_chunks_with_quantized_tables(toolkit_cli, fake_model_dir, t
     assert carried["DEQUANTIZE int8 block 32 (quantized at export)"] == 1  # the tied head
     # fake-llama's tied 259 x 64 table, twice in float32 (lookup and head) without
     assert sizes[None] - sizes["8"] > 259 * 64 * 4
+
+
+def test_the_decode_benchmarks_table_bytes_are_the_lookups_buffers(exported) -> None:
+    """benchmarks/llm_decode_large leaves the lookup's table out of the bytes a decode step
+    reads: its size there must be the codes, scales and zero points the first chunk holds."""
+    from benchmarks.llm_decode_large import gathered_table_bytes
+
+    model, _, result = exported
+    table = model.model.embed_tokens.weight.detach().float()
+    packed = RTN4(table)
+    codes = pack_int4(packed.codes.numpy().astype(np.int16) - 8).tobytes()
+    scales = packed.scales.float().numpy().tobytes()
+    zeros = (packed.zero_points().float() - 8).numpy().tobytes()
+    assert {codes, scales, zeros} <= set(_buffers(result.files[0]))
+    vocab, hidden = table.shape
+    assert gathered_table_bytes(vocab, hidden, 4, 32) == len(codes) + len(scales) + len(zeros)
