@@ -81,3 +81,17 @@ def test_verdict_misses_when_no_layout_reaches_two_thirds_of_b():
     assert "Fastest layout per byte: 32, symmetric, 45% of B" in text
     assert "(misses the 67%" in text
     assert "over before any other operator" in text  # 2.7 us allowed, 4 us taken
+
+
+def test_a_block_that_does_not_divide_k_gets_its_own_verdict_line():
+    data = _data()
+    wide = {"block_size": 128, "zero_points": False}  # K = 64: padded, no quantizer writes it
+    data["runs"][0]["rows"] += [
+        {"layout": wide, "layer_type": "a", "bytes": 2000, "dram": {"us": 0.1}},
+        {"layout": wide, "layer_type": "head", "bytes": 20_000, "dram": {"us": 1.0}}]
+    text = layouts.markdown(data)
+    # 128: 80 KB in 4 us = 20 MB/ms = 200% of B; among 32 only, symmetric at 90%
+    assert "Fastest layout per byte: 128, symmetric, 200% of B" in text
+    assert "Fastest among the blocks that divide every layer's input width (32: the group " \
+        "sizes the quantizers accept for this model): 32, symmetric, 90% of B" in text
+    assert "Fastest among" not in layouts.markdown(_data())  # every block divides there
