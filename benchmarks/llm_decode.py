@@ -19,7 +19,9 @@ Decode of a small LLM is bound by memory bandwidth: every token reads every weig
 Each file's bound is bytes read per decode token / bandwidth. Bytes per token: every
 initializer of the file except an embedding table that only a Gather reads (one row per
 token; a tied float head reads it whole, so then it counts; for LiteRT, whose tensors are
-not parsed here, the whole file), plus the key/value cache rows the step reads: with the
+not parsed here, the whole file less a quantized table that only the lookup reads, and
+the whole max-context cache, which each LiteRT step takes in and gives back:
+litert_bytes_per_token), plus the key/value cache rows the step reads: with the
 fused attention (per-layer cache, GroupQueryAttention) the rows up to the current position
 (2 x layers x kv heads x (prompt + 1) x head dim x 4 bytes, 2 for a float16 cache, 1 for
 an int8 one, whose per-channel scales are initializers and counted with them); the
@@ -35,7 +37,10 @@ table, at float compute (`--accuracy-level 0`); int8 compute (the default `auto`
 which keeps MatMulNBits' int8 kernels only when the verified tokens stay PyTorch's, on
 every weight or else on the 8-bit ones alone: export.onnx.accuracy_choice) with
 8- and 4-bit tables; the last with a float16 cache and with an int8 cache (static
-per-channel scales measured on calibration text); and LiteRT's 4-bit file. The compute
+per-channel scales measured on calibration text); LiteRT's 4-bit file with a float and
+with a 4-bit table (weight-only DEQUANTIZE: float compute), and its int4-FC form
+(`--chunks 1`: the block linears and the 4-bit head as int4 blockwise FCs with dynamic
+int8 inputs, export.litert.chunked, the form LiteRT runs without a float copy). The compute
 column reads the MatMulNBits accuracy level back from each file. `--large afm-3b` adds the
 ~3B rows: a synthetic checkpoint of that shape, RTN 4-bit, exported with the table and
 head at 4 bits, benchmarked the same way (random weights: speed and memory only);
@@ -50,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -65,6 +71,7 @@ from benchmarks.markdown_section import replace_section  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results" / "llm_decode.json"
 SECTION = "llm-decode"
 MODEL = "smollm2-135m"
+TABLE_NAME = "model.embed_tokens.weight"
 ARTIFACT_FLAGS = ["--method", "gptq", "--bits", "4", "--group-size", "64"]
 # name -> (source: "dense" or "gptq4", target, export flags, verified by the export)
 # float compute; the default `auto` level (int8 compute if the verified tokens hold, else
@@ -86,6 +93,8 @@ FILES = {
         "gptq4", "onnx", [*I8, *T4, "--kv-cache", "int8"], True),
     "gptq4.tflite": ("gptq4", "tflite", ["--prefill-tokens", "64"], True),
     "gptq4, 4-bit table.tflite": ("gptq4", "tflite", ["--prefill-tokens", "64", *T4], True),
+    "gptq4, int4 FCs, 4-bit table.tflite (--chunks 1)": (
+        "gptq4", "tflite", ["--prefill-tokens", "64", "--chunks", "1", *T4], True),
 }
 
 
@@ -156,6 +165,43 @@ def onnx_bytes_per_token(path: Path) -> dict:
     return {"weights": weights, "cache": row * rows, "total": weights + row * rows,
             "accuracy_levels": levels,
             "accuracy_levels_by_bits": {b: sorted(v) for b, v in sorted(by_bits.items())}}
+
+
+def litert_bytes_per_token(path: Path, carried: dict[str, int]) -> dict:
+    """A .tflite file's tensors are not parsed here: the whole file counts, less a table
+    that only the lookup reads (a GATHER of its codes, one row per token) when the head
+    does not read it too (the head's own int4 FCs, not a DEQUANTIZE of the table's
+    codes), plus the whole key/value cache, which each LiteRT step takes in and gives back
+    (every max-context row, not only those up to the position)."""
+    from benchmarks.llm_decode_large import gathered_table_bytes
+    from export.litert.run_llm import signature_steps
+
+    *_, cache_shape = signature_steps(str(path))
+    layers, kv_heads, context, head_dim = cache_shape
+    weights = path.stat().st_size
+    table = 0
+    gathered = gathered_only(carried)
+    if gathered:
+        from models.lazy.open import open_lazy
+
+        lazy = open_lazy(MODEL)
+        vocab, hidden = lazy.source.infos()[TABLE_NAME].shape
+        lazy.source.close()
+        table = gathered_table_bytes(vocab, hidden, *gathered)
+    cache = 2 * layers * kv_heads * context * head_dim * 4
+    return {"weights": weights - table, "gathered_table": table, "cache": cache,
+            "total": weights - table + cache, "from_file_size": True}
+
+
+def gathered_only(carried: dict[str, int]) -> tuple[int, int] | None:
+    """(bits, group) of a LiteRT file's quantized table when only its lookup reads it,
+    from the export report's carried records; None when there is no such table or a head
+    DEQUANTIZEs the same codes (the table quantized at export, read whole every step)."""
+    gather = next((re.match(r"GATHER int(\d+) rows, block (\d+)", record)
+                   for record in carried if record.startswith("GATHER ")), None)
+    shares_head = any(record.startswith("DEQUANTIZE") and record.endswith("(quantized at export)")
+                      for record in carried)
+    return None if gather is None or shares_head else (int(gather[1]), int(gather[2]))
 
 
 def _llm_metadata(model) -> dict:
@@ -291,12 +337,10 @@ def run(args) -> dict:
     for entry in made.values():
         if entry["target"] == "onnx":
             entry["bytes_per_token"] = onnx_bytes_per_token(Path(entry["path"]))
-    cache = made[FLOAT_TABLE]["bytes_per_token"]["cache"]
     for entry in made.values():
-        if entry["target"] != "onnx":  # LiteRT: the whole file, table included
-            size = Path(entry["path"]).stat().st_size
-            entry["bytes_per_token"] = {"weights": size, "cache": cache,
-                                        "total": size + cache, "from_file_size": True}
+        if entry["target"] != "onnx":
+            entry["bytes_per_token"] = litert_bytes_per_token(Path(entry["path"]),
+                                                              entry["export"]["carried"])
     ensure_env()
     gguf = default_gguf()
     from models.lazy.open import open_lazy

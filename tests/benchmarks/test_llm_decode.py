@@ -105,3 +105,20 @@ def test_the_large_litert_rows_say_how_the_table_and_head_were_written(bits):
     else:  # results written before the tables were quantized in this row
         assert "`toolkit export tflite --engine streaming --no-verify`" in text
         assert "float table, 4-bit linears as int4" in text
+
+
+def test_a_litert_table_counts_unless_only_its_lookup_reads_it():
+    from benchmarks.llm_decode import gathered_only
+
+    int4_head = {"FULLY_CONNECTED int4 blockwise 64, dynamic int8 input": 210,
+                 "FULLY_CONNECTED int4 blockwise 32, dynamic int8 input": 1,
+                 "GATHER int4 rows, block 32 (quantized at export)": 1}
+    assert gathered_only(int4_head) == (4, 32)
+    shared = {"GATHER int8 rows, block 16 (quantized at export)": 1,
+              "DEQUANTIZE int8 block 16 (quantized at export)": 1,  # the head, same codes
+              "DEQUANTIZE int4 block 64": 210}
+    assert gathered_only(shared) is None
+    assert gathered_only({"DEQUANTIZE int4 block 64": 210}) is None  # a float table
+    # the block linears' own DEQUANTIZE does not make the table shared
+    assert gathered_only({"GATHER int8 rows, block 16 (quantized at export)": 1,
+                          "DEQUANTIZE int4 block 64": 210}) == (8, 16)
