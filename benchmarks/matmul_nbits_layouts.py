@@ -40,10 +40,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,11 +50,10 @@ from benchmarks.environment import environment  # noqa: E402
 from benchmarks.markdown_section import run_or_render  # noqa: E402
 from benchmarks.matmul_nbits_rate import (  # noqa: E402
     DRAM_BYTES,
-    PROBE_BYTES,
-    file_shapes,
-    kernel_us,
+    between_probes,
+    built_file_shapes,
     node_bytes,
-    synthetic_model,
+    timed_copies,
 )
 
 RESULTS = REPO / "benchmarks" / "results" / "matmul_nbits_layouts.json"
@@ -78,44 +74,30 @@ def with_layout(shape: dict, layout: dict) -> dict:
 
 
 def dram_us(shape: dict, threads: int, folder: Path) -> dict:
-    """Median kernel time (us) of one node of `shape` streamed from DRAM, with the 10th and
-    90th percentile of the nodes' medians."""
-    copies = math.ceil(DRAM_BYTES / node_bytes(shape))
-    started = time.perf_counter()
-    times = sorted(kernel_us(synthetic_model(shape, copies, LEVEL), shape["K"], threads, RUNS,
-                             folder))
-    return {"copies": copies, "us": statistics.median(times),
-            "us_p10": times[len(times) // 10], "us_p90": times[(len(times) * 9) // 10],
-            "wall_s": time.perf_counter() - started}
+    """One node of `shape` streamed from DRAM (matmul_nbits_rate.timed_copies)."""
+    return timed_copies(shape, math.ceil(DRAM_BYTES / node_bytes(shape)), LEVEL, threads, RUNS,
+                        folder)
 
 
 def measure(shapes: dict[str, dict], threads: int, blocks: list[int], folder: Path) -> dict:
-    import torch
-
-    from benchmarks.memory_bandwidth import read_bandwidth
-
-    torch.set_num_threads(threads)
-    before = read_bandwidth(threads, PROBE_BYTES)
-    rows = []
-    for layout in layouts(blocks):
-        for layer_type, shape in shapes.items():
-            laid = with_layout(shape, layout)
-            row = {"layout": layout, "layer_type": layer_type, "bytes": node_bytes(laid),
-                   "dram": dram_us(laid, threads, folder)}
-            rows.append(row)
-            print(f"{threads} thread(s) {layout} {layer_type}: {row['bytes'] / 1e3:.0f} KB "
-                  f"in {row['dram']['us']:.1f} us", flush=True)
-    after = read_bandwidth(threads, PROBE_BYTES)
-    return {"threads": threads, "bandwidth_before": before, "bandwidth_after": after,
-            "rows": rows}
+    def rows() -> list[dict]:
+        measured = []
+        for layout in layouts(blocks):
+            for layer_type, shape in shapes.items():
+                laid = with_layout(shape, layout)
+                row = {"layout": layout, "layer_type": layer_type, "bytes": node_bytes(laid),
+                       "dram": dram_us(laid, threads, folder)}
+                measured.append(row)
+                print(f"{threads} thread(s) {layout} {layer_type}: {row['bytes'] / 1e3:.0f} "
+                      f"KB in {row['dram']['us']:.1f} us", flush=True)
+        return measured
+    return between_probes(threads, rows)
 
 
 def run(args) -> dict:
-    from benchmarks.decode_profile import FILE_NAME, build
+    from benchmarks.decode_profile import FILE_NAME
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="matmul-nbits-layouts-"))
-    work.mkdir(parents=True, exist_ok=True)
-    shapes = file_shapes(build(work))
+    work, shapes = built_file_shapes(args.work, "matmul-nbits-layouts-")
     return {"environment": environment(), "file": FILE_NAME, "level": LEVEL, "shapes": shapes,
             "runs": [measure(shapes, threads, args.blocks, work) for threads in args.threads],
             "load_average_1min_end": os.getloadavg()[0]}

@@ -50,6 +50,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,43 +166,64 @@ def kernel_us(model: bytes, k: int, threads: int, runs: int, folder: Path) -> li
     return [statistics.median(durations[2:]) for durations in per_node.values()]
 
 
-def measure(shapes: dict[str, dict], threads: int, levels: list[int], folder: Path) -> dict:
+def timed_copies(shape: dict, copies: int, level: int, threads: int, runs: int,
+                 folder: Path) -> dict:
+    """`copies` nodes of `shape` run `runs` times: the median of the nodes' median kernel
+    times (us), their 10th and 90th percentile, and the wall time it all took."""
+    started = time.perf_counter()
+    times = sorted(kernel_us(synthetic_model(shape, copies, level), shape["K"], threads, runs,
+                             folder))
+    return {"copies": copies, "runs": runs, "us": statistics.median(times),
+            "us_p10": times[len(times) // 10], "us_p90": times[(len(times) * 9) // 10],
+            "wall_s": time.perf_counter() - started}
+
+
+def between_probes(threads: int, measure_rows: Callable[[], list[dict]]) -> dict:
+    """`measure_rows()` at `threads` intra-op threads, with the 1 GiB bandwidth probe in the
+    same process and thread count before and after it."""
     import torch
 
     from benchmarks.memory_bandwidth import read_bandwidth
 
     torch.set_num_threads(threads)
     before = read_bandwidth(threads, PROBE_BYTES)
-    rows = []
-    for layer_type, shape in shapes.items():
-        nbytes = node_bytes(shape)
-        for level in levels:
-            row = {"layer_type": layer_type, "level": level, "bytes": nbytes}
-            for residency, total in (("cache", CACHE_BYTES), ("dram", DRAM_BYTES)):
-                copies = max(1, total // nbytes) if residency == "cache" \
-                    else math.ceil(total / nbytes)
-                runs = 12 if residency == "dram" else max(12, 400 // copies)
-                started = time.perf_counter()
-                times = kernel_us(synthetic_model(shape, copies, level), shape["K"], threads,
-                                  runs, folder)
-                row[residency] = {"copies": copies, "runs": runs,
-                                  "us": statistics.median(times),
-                                  "us_p10": sorted(times)[len(times) // 10],
-                                  "us_p90": sorted(times)[(len(times) * 9) // 10],
-                                  "wall_s": time.perf_counter() - started}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    after = read_bandwidth(threads, PROBE_BYTES)
-    return {"threads": threads, "bandwidth_before": before, "bandwidth_after": after,
-            "rows": rows}
+    rows = measure_rows()
+    return {"threads": threads, "bandwidth_before": before,
+            "bandwidth_after": read_bandwidth(threads, PROBE_BYTES), "rows": rows}
+
+
+def built_file_shapes(work: Path | None, prefix: str) -> tuple[Path, dict[str, dict]]:
+    """(work folder, layer shapes) of the decode-profile file, written into `work` (a new
+    temporary folder when None) unless it is there already."""
+    from benchmarks.decode_profile import build
+
+    work = work or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work, file_shapes(build(work))
+
+
+def measure(shapes: dict[str, dict], threads: int, levels: list[int], folder: Path) -> dict:
+    def rows() -> list[dict]:
+        measured = []
+        for layer_type, shape in shapes.items():
+            nbytes = node_bytes(shape)
+            for level in levels:
+                row = {"layer_type": layer_type, "level": level, "bytes": nbytes}
+                for residency, total in (("cache", CACHE_BYTES), ("dram", DRAM_BYTES)):
+                    copies = max(1, total // nbytes) if residency == "cache" \
+                        else math.ceil(total / nbytes)
+                    runs = 12 if residency == "dram" else max(12, 400 // copies)
+                    row[residency] = timed_copies(shape, copies, level, threads, runs, folder)
+                measured.append(row)
+                print(json.dumps(row), flush=True)
+        return measured
+    return between_probes(threads, rows)
 
 
 def run(args) -> dict:
-    from benchmarks.decode_profile import FILE_NAME, build
+    from benchmarks.decode_profile import FILE_NAME
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="matmul-nbits-rate-"))
-    work.mkdir(parents=True, exist_ok=True)
-    shapes = file_shapes(build(work))
+    work, shapes = built_file_shapes(args.work, "matmul-nbits-rate-")
     shapes.update(eight_bit_head(shapes))
     return {"environment": environment(), "file": FILE_NAME, "shapes": shapes,
             "runs": [measure(shapes, threads, args.levels, work) for threads in args.threads],
