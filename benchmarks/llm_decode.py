@@ -401,8 +401,8 @@ def _relative(value, work: Path):
         return {k: _relative(v, work) for k, v in value.items()}
     if isinstance(value, list):
         return [_relative(v, work) for v in value]
-    if isinstance(value, str):
-        return value.replace(f"{work}/", "")
+    if isinstance(value, str):  # the folder as given and as an absolute path
+        return value.replace(f"{work.resolve()}/", "").replace(f"{work}/", "")
     return value
 
 

@@ -122,3 +122,15 @@ def test_a_litert_table_counts_unless_only_its_lookup_reads_it():
     # the block linears' own DEQUANTIZE does not make the table shared
     assert gathered_only({"GATHER int8 rows, block 16 (quantized at export)": 1,
                           "DEQUANTIZE int4 block 64": 210}) == (8, 16)
+
+
+def test_results_hold_no_machine_paths_whichever_way_the_work_folder_was_given(tmp_path,
+                                                                                monkeypatch):
+    from benchmarks.llm_decode import _relative
+
+    monkeypatch.chdir(tmp_path)
+    work = Path("runs") / "decode"
+    absolute = str(tmp_path / "runs" / "decode" / "file0.onnx")
+    value = {"path": absolute, "files": [f"{work}/file1.onnx", "other"]}
+    assert _relative(value, work) == {"path": "file0.onnx",
+                                      "files": ["file1.onnx", "other"]}
