@@ -21,7 +21,7 @@ initializer of the file except an embedding table that only a Gather reads (one 
 token; a tied float head reads it whole, so then it counts; for LiteRT, whose tensors are
 not parsed here, the whole file less a quantized table that only the lookup reads, and
 the whole max-context cache, which each LiteRT step takes in and gives back:
-litert_bytes_per_token), plus the key/value cache rows the step reads: with the
+benchmarks/litert_bytes.py); for ONNX, plus the key/value cache rows the step reads: with the
 fused attention (per-layer cache, GroupQueryAttention) the rows up to the current position
 (2 x layers x kv heads x (prompt + 1) x head dim x 4 bytes, 2 for a float16 cache, 1 for
 an int8 one, whose per-channel scales are initializers and counted with them); the
@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -65,6 +64,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.environment import environment  # noqa: E402
+from benchmarks.litert_bytes import litert_bytes_per_token  # noqa: E402
 from benchmarks.llm_decode_report import EAGER, LLAMACPP, PROMPT_TOKENS, markdown  # noqa: E402
 from benchmarks.markdown_section import replace_section  # noqa: E402
 
@@ -167,41 +167,14 @@ def onnx_bytes_per_token(path: Path) -> dict:
             "accuracy_levels_by_bits": {b: sorted(v) for b, v in sorted(by_bits.items())}}
 
 
-def litert_bytes_per_token(path: Path, carried: dict[str, int]) -> dict:
-    """A .tflite file's tensors are not parsed here: the whole file counts, less a table
-    that only the lookup reads (a GATHER of its codes, one row per token) when the head
-    does not read it too (the head's own int4 FCs, not a DEQUANTIZE of the table's
-    codes), plus the whole key/value cache, which each LiteRT step takes in and gives back
-    (every max-context row, not only those up to the position)."""
-    from benchmarks.llm_decode_large import gathered_table_bytes
-    from export.litert.run_llm import signature_steps
+def _table_shape() -> tuple[int, int]:
+    from models.lazy.open import open_lazy
 
-    *_, cache_shape = signature_steps(str(path))
-    layers, kv_heads, context, head_dim = cache_shape
-    weights = path.stat().st_size
-    table = 0
-    gathered = gathered_only(carried)
-    if gathered:
-        from models.lazy.open import open_lazy
-
-        lazy = open_lazy(MODEL)
-        vocab, hidden = lazy.source.infos()[TABLE_NAME].shape
+    lazy = open_lazy(MODEL)
+    try:
+        return tuple(lazy.source.infos()[TABLE_NAME].shape)
+    finally:
         lazy.source.close()
-        table = gathered_table_bytes(vocab, hidden, *gathered)
-    cache = 2 * layers * kv_heads * context * head_dim * 4
-    return {"weights": weights - table, "gathered_table": table, "cache": cache,
-            "total": weights - table + cache, "from_file_size": True}
-
-
-def gathered_only(carried: dict[str, int]) -> tuple[int, int] | None:
-    """(bits, group) of a LiteRT file's quantized table when only its lookup reads it,
-    from the export report's carried records; None when there is no such table or a head
-    DEQUANTIZEs the same codes (the table quantized at export, read whole every step)."""
-    gather = next((re.match(r"GATHER int(\d+) rows, block (\d+)", record)
-                   for record in carried if record.startswith("GATHER ")), None)
-    shares_head = any(record.startswith("DEQUANTIZE") and record.endswith("(quantized at export)")
-                      for record in carried)
-    return None if gather is None or shares_head else (int(gather[1]), int(gather[2]))
 
 
 def _llm_metadata(model) -> dict:
@@ -337,10 +310,11 @@ def run(args) -> dict:
     for entry in made.values():
         if entry["target"] == "onnx":
             entry["bytes_per_token"] = onnx_bytes_per_token(Path(entry["path"]))
+    table_shape = _table_shape()
     for entry in made.values():
         if entry["target"] != "onnx":
-            entry["bytes_per_token"] = litert_bytes_per_token(Path(entry["path"]),
-                                                              entry["export"]["carried"])
+            entry["bytes_per_token"] = litert_bytes_per_token(
+                Path(entry["path"]), entry["export"]["carried"], table_shape)
     ensure_env()
     gguf = default_gguf()
     from models.lazy.open import open_lazy

@@ -20,16 +20,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmarks.litert_bytes import EMBEDDING_BITS, gathered_table_bytes
+
 PROMPT_TOKENS = 64
-EMBEDDING_BITS = 4
-EMBEDDING_GROUP = 32  # `--embedding-group-size`'s default
-
-
-def gathered_table_bytes(vocab: int, hidden: int, bits: int = EMBEDDING_BITS,
-                         group: int = EMBEDDING_GROUP) -> int:
-    """The lookup's table in the first chunk: packed codes, then a float32 scale and a
-    float32 zero point per group of each row (export.litert.gather)."""
-    return vocab * hidden * bits // 8 + 2 * 4 * vocab * (hidden // group)
 
 
 def large_tflite_rows(args, work: Path, artifact: Path, spec) -> dict:

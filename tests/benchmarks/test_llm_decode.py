@@ -108,7 +108,7 @@ def test_the_large_litert_rows_say_how_the_table_and_head_were_written(bits):
 
 
 def test_a_litert_table_counts_unless_only_its_lookup_reads_it():
-    from benchmarks.llm_decode import gathered_only
+    from benchmarks.litert_bytes import gathered_only
 
     int4_head = {"FULLY_CONNECTED int4 blockwise 64, dynamic int8 input": 210,
                  "FULLY_CONNECTED int4 blockwise 32, dynamic int8 input": 1,

@@ -137,7 +137,7 @@ def test_cli_streams_chunks_with_quantized_tables(toolkit_cli, fake_model_dir, t
 def test_the_decode_benchmarks_table_bytes_are_the_lookups_buffers(exported) -> None:
     """benchmarks/llm_decode_large leaves the lookup's table out of the bytes a decode step
     reads: its size there must be the codes, scales and zero points the first chunk holds."""
-    from benchmarks.llm_decode_large import gathered_table_bytes
+    from benchmarks.litert_bytes import gathered_table_bytes
 
     _, _, result = exported
     # the export's own codes (the model's table may have been changed by another test)
