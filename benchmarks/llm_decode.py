@@ -167,16 +167,6 @@ def onnx_bytes_per_token(path: Path) -> dict:
             "accuracy_levels_by_bits": {b: sorted(v) for b, v in sorted(by_bits.items())}}
 
 
-def _table_shape() -> tuple[int, int]:
-    from models.lazy.open import open_lazy
-
-    lazy = open_lazy(MODEL)
-    try:
-        return tuple(lazy.source.infos()[TABLE_NAME].shape)
-    finally:
-        lazy.source.close()
-
-
 def _llm_metadata(model) -> dict:
     """The contract the exporter stored in the file (export.onnx.cache_io.io_description)."""
     from export.onnx.cache_io import LLM_METADATA_KEY
@@ -301,27 +291,23 @@ def large_rows(args, work: Path) -> dict:
 def run(args) -> dict:
     from benchmarks.llamacpp_anchor import default_gguf, ensure_env, run_anchor
     from benchmarks.memory_bandwidth import read_bandwidth
+    from models.lazy.open import open_lazy
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="llm-decode-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = _work_folder(args)
     made = build(work, args.max_context)
     verify_tokens(made)
     quality = table_quality(work / "gptq4")
+    lazy = open_lazy(MODEL)
+    infos = lazy.source.infos()
+    lazy.source.close()
+    dense_bytes = 4 * sum(_numel(i.shape) for i in infos.values())
     for entry in made.values():
-        if entry["target"] == "onnx":
-            entry["bytes_per_token"] = onnx_bytes_per_token(Path(entry["path"]))
-    table_shape = _table_shape()
-    for entry in made.values():
-        if entry["target"] != "onnx":
-            entry["bytes_per_token"] = litert_bytes_per_token(
-                Path(entry["path"]), entry["export"]["carried"], table_shape)
+        entry["bytes_per_token"] = (
+            onnx_bytes_per_token(Path(entry["path"])) if entry["target"] == "onnx"
+            else litert_bytes_per_token(Path(entry["path"]), entry["export"]["carried"],
+                                        tuple(infos[TABLE_NAME].shape)))
     ensure_env()
     gguf = default_gguf()
-    from models.lazy.open import open_lazy
-
-    lazy = open_lazy(MODEL)
-    dense_bytes = 4 * sum(_numel(i.shape) for i in lazy.source.infos().values())
-    lazy.source.close()
     rows = {}
     # The bytes each row reads per token, for the bound at that working set (a small
     # model's weights stay partly in the host's shared last-level cache between tokens).
@@ -355,8 +341,7 @@ def run(args) -> dict:
 def _merge_large(data: dict, args) -> dict:
     """`data` with the large rows of args.large_targets run now in place of the old ones
     (an ONNX part not re-run is kept)."""
-    work = args.work or Path(tempfile.mkdtemp(prefix="llm-decode-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = _work_folder(args)
     large = _relative(large_rows(args, work), work)
     old = data.get("large") or {}
     if "onnx" in args.large_targets:
@@ -369,14 +354,22 @@ def _merge_large(data: dict, args) -> dict:
     return data
 
 
+def _work_folder(args) -> Path:
+    """--work (or a new temporary folder), absolute: the tools it runs record absolute
+    paths, which _relative strips."""
+    work = (args.work or Path(tempfile.mkdtemp(prefix="llm-decode-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
 def _relative(value, work: Path):
     """`value` with the work folder's paths made relative to it (no machine paths)."""
     if isinstance(value, dict):
         return {k: _relative(v, work) for k, v in value.items()}
     if isinstance(value, list):
         return [_relative(v, work) for v in value]
-    if isinstance(value, str):  # the folder as given and as an absolute path
-        return value.replace(f"{work.resolve()}/", "").replace(f"{work}/", "")
+    if isinstance(value, str):
+        return value.replace(f"{work}/", "")
     return value
 
 

@@ -126,10 +126,13 @@ def test_a_litert_table_counts_unless_only_its_lookup_reads_it():
 
 def test_results_hold_no_machine_paths_whichever_way_the_work_folder_was_given(tmp_path,
                                                                                 monkeypatch):
-    from benchmarks.llm_decode import _relative
+    from types import SimpleNamespace
+
+    from benchmarks.llm_decode import _relative, _work_folder
 
     monkeypatch.chdir(tmp_path)
-    work = Path("runs") / "decode"
+    work = _work_folder(SimpleNamespace(work=Path("runs") / "decode"))
+    assert work == tmp_path / "runs" / "decode" and work.is_dir()
     absolute = str(tmp_path / "runs" / "decode" / "file0.onnx")
     value = {"path": absolute, "files": [f"{work}/file1.onnx", "other"]}
     assert _relative(value, work) == {"path": "file0.onnx",
